@@ -1,0 +1,265 @@
+import CFITSIO
+import ModelFormat
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A 2-D image read from a FITS file, in the file's physical units (BSCALE/BZERO applied).
+public struct FITSImage: Sendable {
+    public var width: Int
+    public var height: Int
+    /// Row-major pixels; row 0 is the first row stored in the file (FITS y = 1).
+    public var pixels: [Float]
+    /// true where the pixel is undefined (BLANK in integer images, NaN in float images).
+    public var invalid: [Bool]
+    /// The 80-character header records of the HDU the image came from, in order.
+    public var headerCards: [String]
+    /// BITPIX of the source HDU (the equivalent type after scaling is not kept: output is -32).
+    public var bitpix: Int
+    /// HDU number the image was read from, 0 for the primary.
+    public var hdu: Int
+
+    public init(width: Int, height: Int, pixels: [Float], invalid: [Bool]? = nil,
+                headerCards: [String] = [], bitpix: Int = -32, hdu: Int = 0) {
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+        self.invalid = invalid ?? pixels.map { !$0.isFinite }
+        self.headerCards = headerCards
+        self.bitpix = bitpix
+        self.hdu = hdu
+    }
+
+    public var invalidCount: Int { invalid.reduce(0) { $0 + ($1 ? 1 : 0) } }
+
+    /// The value of a header keyword as written in the card (quotes removed for strings).
+    public func keyword(_ name: String) -> String? {
+        let key = name.uppercased()
+        for card in headerCards {
+            let k = String(card.prefix(8)).trimmingCharacters(in: " ")
+            guard k == key, card.count > 10, card.dropFirst(8).hasPrefix("= ") else { continue }
+            var v = String(card.dropFirst(10))
+            if v.trimmingCharacters(in: " ").hasPrefix("'") {
+                let t = v.trimmingCharacters(in: " ").dropFirst()
+                if let end = t.firstIndex(of: "'") { return String(t[..<end]).trimmingCharacters(in: " ") }
+                return String(t)
+            }
+            if let slash = v.firstIndex(of: "/") { v = String(v[..<slash]) }
+            return v.trimmingCharacters(in: " ")
+        }
+        return nil
+    }
+}
+
+/// Errors of FITS reading and writing, each saying what to do.
+public enum FITSError: Error, CustomStringConvertible, Equatable {
+    case missingFile(String)
+    case notFITS(String, String)
+    case noImage(String)
+    case oneDimensional(String)
+    case cube(String, [Int])
+    case empty(String)
+    case badHDU(String, String)
+    case cfitsio(String, Int32, String)
+    case exists(String)
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .missingFile(let p): return "\(p): no such file"
+        case .notFITS(let p, let why): return "\(p) is not a readable FITS file (\(why))"
+        case .noImage(let p): return "\(p) holds no image HDU with data"
+        case .oneDimensional(let p): return "\(p): the image is 1-D; a 2-D image is needed"
+        case .cube(let p, let axes):
+            return "\(p): the image is a \(axes.count)-D cube \(axes.map(String.init).joined(separator: "x")); pick one plane with cfitsio's section syntax, e.g. '\(p)[*,*,1:1]' (quote it in the shell)"
+        case .empty(let p): return "\(p): the image has no pixels"
+        case .badHDU(let p, let h): return "\(p): no HDU '\(h)' (give an index, 0 = primary, or an EXTNAME)"
+        case .cfitsio(let what, let code, let msg): return "\(what): cfitsio error \(code): \(msg)"
+        case .exists(let p): return "\(p) already exists (pass --overwrite to replace it)"
+        case .io(let s): return s
+        }
+    }
+}
+
+/// FITS input and output through cfitsio.
+public enum FITSIO {
+    /// Reads a 2-D image. `path` may use cfitsio's extended syntax (`file.fits[SCI]`, `.gz`,
+    /// tile-compressed `.fz`); `hdu` selects an HDU by index (0 = primary) or EXTNAME. With
+    /// neither, the first HDU holding an image is used.
+    public static func readImage(path: String, hdu: String? = nil) throws -> FITSImage {
+        let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
+        if !plain.isEmpty, plain != "-", !plain.contains("://"), access(plain, F_OK) != 0 {
+            throw FITSError.missingFile(plain)
+        }
+        var status: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        if hdu == nil {
+            ffiopn(&f, path, READONLY, &status)  // fits_open_image: first HDU with an image
+        } else {
+            ffopen(&f, path, READONLY, &status)
+        }
+        if status != 0 || f == nil {
+            let msg = errorText(status)
+            if status == 104 { throw FITSError.missingFile(path) }  // FILE_NOT_OPENED
+            if status == 301 || status == 320 { throw FITSError.noImage(path) }  // BAD_HDU_NUM, NOT_IMAGE
+            throw FITSError.notFITS(path, msg)
+        }
+        defer { var s: Int32 = 0; ffclos(f, &s) }
+        if let hdu = hdu {
+            var type: Int32 = 0
+            if let n = Int(hdu) {
+                if n < 0 { throw FITSError.badHDU(path, hdu) }
+                ffmahd(f, Int32(n + 1), &type, &status)
+            } else {
+                var name = Array(hdu.utf8CString)
+                ffmnhd(f, ANY_HDU, &name, 0, &status)
+            }
+            if status != 0 { throw FITSError.badHDU(path, hdu) }
+        }
+        var hdutype: Int32 = 0
+        ffghdt(f, &hdutype, &status)
+        var hdunum: Int32 = 0
+        ffghdn(f, &hdunum)
+        if hdutype != IMAGE_HDU && fits_is_compressed_image(f, &status) == 0 {
+            throw FITSError.noImage("\(path) (HDU \(hdunum - 1) is a table)")
+        }
+        var bitpix: Int32 = 0, naxis: Int32 = 0
+        var naxes = [Int](repeating: 0, count: 9)
+        ffgipr(f, 9, &bitpix, &naxis, &naxes, &status)
+        if status != 0 { throw FITSError.cfitsio(path, status, errorText(status)) }
+        let axes = Array(naxes[0..<Int(min(naxis, 9))])
+        if naxis == 0 { throw FITSError.noImage("\(path) (HDU \(hdunum - 1) has NAXIS = 0)") }
+        if naxis == 1 { throw FITSError.oneDimensional(path) }
+        if axes.contains(0) { throw FITSError.empty(path) }
+        if axes.dropFirst(2).contains(where: { $0 > 1 }) { throw FITSError.cube(path, axes) }
+        let width = axes[0], height = axes[1]
+        let (count, overflow) = width.multipliedReportingOverflow(by: height)
+        if overflow || count > 1 << 33 { throw FITSError.io("\(path): image \(width)x\(height) is too large") }
+
+        var values = [Double](repeating: 0, count: count)
+        var nulls = [CChar](repeating: 0, count: count)
+        var first = [Int](repeating: 1, count: Int(naxis))
+        var anynul: Int32 = 0
+        ffgpxf(f, TDOUBLE, &first, Int64(count), &values, &nulls, &anynul, &status)
+        if status != 0 { throw FITSError.cfitsio("\(path): reading pixels", status, errorText(status)) }
+
+        var pixels = [Float](repeating: 0, count: count)
+        var invalid = [Bool](repeating: false, count: count)
+        for i in 0..<count {
+            let v = values[i]
+            if nulls[i] != 0 || !v.isFinite {
+                invalid[i] = true
+                pixels[i] = .nan
+            } else {
+                pixels[i] = Float(v)
+            }
+        }
+
+        // Header records.
+        var nkeys: Int32 = 0, more: Int32 = 0
+        ffghsp(f, &nkeys, &more, &status)
+        var cards: [String] = []
+        var buf = [CChar](repeating: 0, count: 96)
+        if nkeys > 0 {
+            for i in 1...nkeys {
+                ffgrec(f, i, &buf, &status)
+                if status != 0 { break }
+                cards.append(String(cString: buf))
+            }
+        }
+        if status != 0 { throw FITSError.cfitsio("\(path): reading the header", status, errorText(status)) }
+        return FITSImage(width: width, height: height, pixels: pixels, invalid: invalid, headerCards: cards,
+                         bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
+    }
+
+    /// What `writeImage` adds to the copied header.
+    public struct Provenance: Sendable {
+        /// Keyword cards to add: (name ≤ 8 chars, value, comment).
+        public var keywords: [(String, MetaValue, String)]
+        /// HISTORY lines (long lines are continued over several cards).
+        public var history: [String]
+        public init(keywords: [(String, MetaValue, String)] = [], history: [String] = []) {
+            self.keywords = keywords
+            self.history = history
+        }
+    }
+
+    /// Writes a Float32 image (BITPIX -32) as the primary HDU, keeping the non-structural cards
+    /// of `headerCards` (WCS, observation keywords, comments, history) and adding provenance.
+    /// The file appears atomically; an existing file is replaced only with `overwrite`.
+    public static func writeImage(path: String, width: Int, height: Int, pixels: [Float], headerCards: [String],
+                                  provenance: Provenance = Provenance(), overwrite: Bool = false) throws {
+        precondition(pixels.count == width * height, "writeImage: pixel count")
+        do { try AtomicFile.checkWritable(path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
+            if case .exists = e { throw FITSError.exists(path) }
+            throw FITSError.io(e.description)
+        }
+        let tmp = AtomicFile.temporaryPath(for: path)
+        var status: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        ffinit(&f, tmp, &status)
+        if status != 0 || f == nil { throw FITSError.cfitsio("creating \(path)", status, errorText(status)) }
+        var naxes = [width, height]
+        ffcrim(f, FLOAT_IMG, 2, &naxes, &status)
+        for card in headerCards {
+            var c = Array(card.utf8CString)
+            let cls = ffgkcl(&c)
+            if [TYP_STRUC_KEY, TYP_CMPRS_KEY, TYP_SCAL_KEY, TYP_NULL_KEY, TYP_DIM_KEY, TYP_RANG_KEY, TYP_CKSUM_KEY].contains(cls) {
+                continue
+            }
+            let key = String(card.prefix(8)).trimmingCharacters(in: " ")
+            if key == "END" || key == "EXTEND" { continue }
+            ffprec(f, card, &status)
+        }
+        for (key, value, comment) in provenance.keywords {
+            switch value {
+            case .string(let s): ffpkys(f, key, s, comment, &status)
+            case .int(let v): ffpkyj(f, key, v, comment, &status)
+            case .float(let v): ffpkyg(f, key, v, 10, comment, &status)
+            case .bool(let b): ffpkyl(f, key, b ? 1 : 0, comment, &status)
+            case .ints(let a): ffpkys(f, key, a.map(String.init).joined(separator: ","), comment, &status)
+            case .floats(let a): ffpkys(f, key, a.map { String($0) }.joined(separator: ","), comment, &status)
+            }
+        }
+        for h in provenance.history { ffphis(f, h, &status) }
+        var first = [1, 1]
+        var data = pixels
+        ffppx(f, TFLOAT, &first, Int64(pixels.count), &data, &status)
+        var closeStatus: Int32 = 0
+        ffclos(f, &closeStatus)
+        if status != 0 || closeStatus != 0 {
+            let s = status != 0 ? status : closeStatus
+            unlink(tmp)
+            throw FITSError.cfitsio("writing \(path)", s, errorText(s))
+        }
+        do { try AtomicFile.commit(temporary: tmp, to: path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
+            if case .exists = e { throw FITSError.exists(path) }
+            throw FITSError.io(e.description)
+        }
+    }
+
+    /// cfitsio's text for a status code, with the messages on its error stack.
+    static func errorText(_ status: Int32) -> String {
+        var buf = [CChar](repeating: 0, count: 96)
+        ffgerr(status, &buf)
+        var text = String(cString: buf)
+        var stack: [String] = []
+        while ffgmsg(&buf) != 0 {
+            let m = String(cString: buf).trimmingCharacters(in: " ")
+            if !m.isEmpty { stack.append(m) }
+        }
+        if !stack.isEmpty { text += " (" + stack.prefix(3).joined(separator: "; ") + ")" }
+        return text
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,120 @@
+import Kernels
+import ModelFormat
+
+/// Errors of running a model.
+public enum RuntimeError: Error, CustomStringConvertible {
+    case unsupportedModel(String)
+    case imageTooSmall(String)
+    case badParameter(String)
+
+    public var description: String {
+        switch self {
+        case .unsupportedModel(let s): return "unsupported model: \(s)"
+        case .imageTooSmall(let s): return s
+        case .badParameter(let s): return s
+        }
+    }
+}
+
+/// A loaded model ready to run: validated graph, decoded weights and the metadata the
+/// pipeline needs. Immutable and shareable between threads.
+public final class Network: @unchecked Sendable {
+    public let metadata: [String: MetaValue]
+    public let graph: Graph
+    public let analysis: GraphAnalysis
+    public let name: String
+    /// CRC-32C of the model file, when loaded from one.
+    public let fileChecksum: UInt32?
+    public let normalization: Normalization.Kind
+    /// Decoded weights by tensor name (canonical layout).
+    let weights: [String: [Float]]
+
+    public init(model: Model, fileChecksum: UInt32? = nil) throws {
+        analysis = try GraphAnalysis(graph: model.graph, tensorShapes: model.tensors.mapValues { $0.shape })
+        var meta = model.metadata
+        for (k, v) in analysis.derivedMetadata where meta[k] == nil { meta[k] = v }
+        try analysis.checkMetadata(meta)
+        metadata = meta
+        graph = model.graph
+        name = model.name
+        self.fileChecksum = fileChecksum
+        weights = model.tensors.mapValues { $0.values }
+        guard let n = Normalization.Kind(rawValue: meta["normalization"]?.stringValue ?? "none") else {
+            throw RuntimeError.unsupportedModel("unknown normalization")
+        }
+        normalization = n
+        if graph.inputs.count != 1 || graph.outputs.count != 1 {
+            throw RuntimeError.unsupportedModel("image restoration needs exactly one input and one output, the graph has \(graph.inputs.count) and \(graph.outputs.count)")
+        }
+    }
+
+    /// Loads and fully verifies an `.acnn` file.
+    public convenience init(path: String) throws {
+        let reader = try ModelReader(path: path)
+        try self.init(model: try reader.model(), fileChecksum: reader.fileChecksum)
+    }
+
+    public var inputChannels: Int { graph.inputs[0].channels }
+    public var outputChannels: Int { analysis.channels[graph.outputs[0]]! }
+
+    /// Run-time scalars the graph reads (constant_channel parameters), with their defaults.
+    public var runtimeParameters: [String: Float] {
+        var p: [String: Float] = [:]
+        for n in graph.nodes where n.op == .constantChannel {
+            if let name = n.runtimeParameter { p[name] = n.constantValue }
+        }
+        return p
+    }
+
+    /// Runs the whole graph on one input map with the scalar reference ops.
+    public func forward(_ input: FeatureMap, parameters: [String: Float] = [:]) throws -> FeatureMap {
+        if input.channels != inputChannels {
+            throw RuntimeError.unsupportedModel("the model takes \(inputChannels) input channel(s), got \(input.channels)")
+        }
+        for k in parameters.keys where runtimeParameters[k] == nil {
+            throw RuntimeError.badParameter("the model has no run-time parameter '\(k)' (it has: \(runtimeParameters.keys.sorted().joined(separator: ", ")))")
+        }
+        _ = try analysis.shapes(height: input.height, width: input.width)  // clear error for bad sizes
+
+        // Free each value after its last use.
+        var lastUse: [String: Int] = [:]
+        for (step, i) in analysis.order.enumerated() {
+            for v in graph.nodes[i].inputs { lastUse[v] = step }
+        }
+        var values: [String: FeatureMap] = [graph.inputs[0].name: input]
+        for (step, i) in analysis.order.enumerated() {
+            let n = graph.nodes[i]
+            let x = values[n.inputs[0]]!
+            let y: FeatureMap
+            switch n.op {
+            case .conv2d:
+                let w = analysis.weightShape(n)
+                y = Reference.conv2d(x, weight: weights[n.params[0]]!, bias: n.params.count > 1 ? weights[n.params[1]]! : nil,
+                                     outChannels: w[0], kh: w[2], kw: w[3], padding: n.padding == .same ? .same : .valid)
+            case .relu:
+                y = Reference.relu(x)
+            case .leakyRelu:
+                y = Reference.leakyRelu(x, alpha: n.alpha)
+            case .maxpool2d:
+                y = Reference.maxpool2x2(x)
+            case .convTranspose2d:
+                let w = analysis.weightShape(n)
+                y = Reference.convTranspose2x2(x, weight: weights[n.params[0]]!, bias: n.params.count > 1 ? weights[n.params[1]]! : nil,
+                                               outChannels: w[0])
+            case .concat:
+                y = Reference.concat(n.inputs.map { values[$0]! })
+            case .constantChannel:
+                let v = n.runtimeParameter.flatMap { parameters[$0] } ?? n.constantValue
+                y = Reference.constantChannel(height: x.height, width: x.width, value: v)
+            }
+            values[n.output] = y
+            for v in n.inputs where lastUse[v] == step && !graph.outputs.contains(v) { values[v] = nil }
+        }
+        return values[graph.outputs[0]]!
+    }
+}
+
+extension GraphAnalysis {
+    /// Shape of a node's weight tensor (validated at load).
+    func weightShape(_ n: Node) -> [Int] { tensorShapes[n.params[0]]! }
+}

@@ -1,0 +1,141 @@
+/// Maps image pixels to the units the network was trained on, and back. The rule is named by the
+/// model's `normalization` metadata; its statistics come from the valid pixels of the whole image.
+public struct Normalization: Equatable, Sendable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        case none
+        /// Flamary 2017: negatives set to 0, divided by the image maximum.
+        case clipMax = "clip_max"
+        case minmax
+        case meanstd
+    }
+
+    public let kind: Kind
+    /// network = (pixel - offset) / scale (after clipping for clip_max).
+    public let offset: Double
+    public let scale: Double
+
+    public var description: String {
+        switch kind {
+        case .none: return "none"
+        case .clipMax: return "clip_max (max \(scale))"
+        case .minmax: return "minmax (min \(offset), range \(scale))"
+        case .meanstd: return "meanstd (mean \(offset), std \(scale))"
+        }
+    }
+
+    /// Measures the statistics the rule needs on the valid pixels.
+    public static func fit(_ kind: Kind, pixels: [Float], invalid: [Bool]) -> Normalization {
+        var mn = Double.infinity, mx = -Double.infinity, sum = 0.0, n = 0
+        for i in 0..<pixels.count where !invalid[i] {
+            let v = Double(pixels[i])
+            mn = min(mn, v); mx = max(mx, v); sum += v; n += 1
+        }
+        switch kind {
+        case .none:
+            return Normalization(kind: kind, offset: 0, scale: 1)
+        case .clipMax:
+            return Normalization(kind: kind, offset: 0, scale: mx > 0 ? mx : 1)
+        case .minmax:
+            let r = mx - mn
+            return Normalization(kind: kind, offset: n > 0 ? mn : 0, scale: r > 0 ? r : 1)
+        case .meanstd:
+            let mean = n > 0 ? sum / Double(n) : 0
+            var ss = 0.0
+            for i in 0..<pixels.count where !invalid[i] { let d = Double(pixels[i]) - mean; ss += d * d }
+            let sd = n > 1 ? (ss / Double(n)).squareRoot() : 0
+            return Normalization(kind: kind, offset: mean, scale: sd > 0 ? sd : 1)
+        }
+    }
+
+    /// Pixels in network units; invalid pixels are left as they are (NaN) for the filler.
+    public func apply(_ pixels: [Float], invalid: [Bool]) -> [Float] {
+        var out = [Float](repeating: .nan, count: pixels.count)
+        let inv = 1 / scale
+        for i in 0..<pixels.count where !invalid[i] {
+            var v = Double(pixels[i])
+            if kind == .clipMax { v = max(v, 0) }
+            out[i] = Float((v - offset) * inv)
+        }
+        return out
+    }
+
+    /// Network output back to the image's units.
+    public func invert(_ values: [Float]) -> [Float] {
+        values.map { Float(Double($0) * scale + offset) }
+    }
+}
+
+/// Gives invalid (NaN/BLANK) pixels values the network can digest: each takes the mean of its
+/// already-filled 8-neighbours, filling inward from the valid pixels in breadth-first order
+/// (nearest-neighbour inpainting, O(n)). An image with no valid pixel is filled with 0.
+/// The pixels are NaN again in the output.
+public enum MaskFill {
+    public static func fill(_ values: inout [Float], invalid: [Bool], width: Int, height: Int) {
+        let n = width * height
+        var done = invalid.map { !$0 }
+        var queue: [Int] = []
+        queue.reserveCapacity(n / 8)
+        var queued = [Bool](repeating: false, count: n)
+        func enqueueNeighbours(_ i: Int) {
+            let y = i / width, x = i % width
+            for dy in -1...1 {
+                for dx in -1...1 where dy != 0 || dx != 0 {
+                    let yy = y + dy, xx = x + dx
+                    if yy < 0 || yy >= height || xx < 0 || xx >= width { continue }
+                    let j = yy * width + xx
+                    if !done[j] && !queued[j] { queued[j] = true; queue.append(j) }
+                }
+            }
+        }
+        var any = false
+        for i in 0..<n where done[i] {
+            any = true
+            // Only valid pixels touching an invalid one seed the queue.
+            enqueueNeighbours(i)
+        }
+        if !any {
+            for i in 0..<n { values[i] = 0 }
+            return
+        }
+        var head = 0
+        while head < queue.count {
+            let i = queue[head]; head += 1
+            let y = i / width, x = i % width
+            var s: Float = 0, c: Float = 0
+            for dy in -1...1 {
+                for dx in -1...1 where dy != 0 || dx != 0 {
+                    let yy = y + dy, xx = x + dx
+                    if yy < 0 || yy >= height || xx < 0 || xx >= width { continue }
+                    let j = yy * width + xx
+                    if done[j] { s += values[j]; c += 1 }
+                }
+            }
+            values[i] = c > 0 ? s / c : 0
+            done[i] = true
+            enqueueNeighbours(i)
+        }
+    }
+}
+
+/// Reflection padding (numpy's 'reflect': the edge pixel is not repeated).
+public enum ReflectPad {
+    /// Pads a single-channel image. Each pad must be smaller than the image side.
+    public static func pad(_ v: [Float], width: Int, height: Int,
+                           top: Int, bottom: Int, left: Int, right: Int) -> [Float] {
+        precondition(top < height && bottom < height && left < width && right < width, "ReflectPad: pad larger than image")
+        let ow = width + left + right, oh = height + top + bottom
+        var out = [Float](repeating: 0, count: ow * oh)
+        @inline(__always) func reflect(_ i: Int, _ n: Int) -> Int {
+            if i < 0 { return -i }
+            if i >= n { return 2 * (n - 1) - i }
+            return i
+        }
+        for y in 0..<oh {
+            let sy = reflect(y - top, height)
+            for x in 0..<ow {
+                out[y * ow + x] = v[sy * width + reflect(x - left, width)]
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Kernels
+import ModelFormat
+
+/// The software version written into outputs.
+public enum AstroCNN {
+    public static let version = "0.1.0"
+}
+
+/// What a restoration did, for the CLI and the FITS header.
+public struct RestoreReport: Sendable {
+    public var width: Int
+    public var height: Int
+    public var invalidPixels: Int
+    public var normalization: Normalization
+    /// Reflection padding applied around the image: top, bottom, left, right.
+    public var padding: [Int]
+    public var tiles: Int
+    public var seconds: Double
+}
+
+/// The restoration pipeline, one place for each step:
+/// image (file units) -> normalise -> fill invalid pixels -> reflect-pad -> tiled graph ->
+/// crop -> denormalise -> invalid pixels back to NaN.
+public enum Restoration {
+    public struct Options: Sendable {
+        public var threads: Int
+        public var tileSize: Int?
+        /// Run-time scalars of the model (e.g. the U-net's exposure-time ratio).
+        public var parameters: [String: Float]
+        public var progress: (@Sendable (Int, Int) -> Void)?
+        public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
+                    progress: (@Sendable (Int, Int) -> Void)? = nil) {
+            self.threads = threads
+            self.tileSize = tileSize
+            self.parameters = parameters
+            self.progress = progress
+        }
+    }
+
+    /// Padding around an image of the given size so that every pixel gets an output:
+    /// returns (top, bottom, left, right) and the output crop origin (row, column).
+    public static func padding(for network: Network, height: Int, width: Int) throws -> (pads: [Int], crop: [Int]) {
+        let g = network.analysis.geometry
+        let shrink = try network.analysis.shrink()
+        let m = g.sizeMultiple
+        let rf = g.receptiveField
+        func axis(_ n: Int, _ off: Int, _ sh: Int, _ haloLo: Int, _ haloHi: Int, _ rfSide: Int, _ what: String) throws -> (Int, Int, Int) {
+            if sh > 0 && n < rfSide {
+                throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), smaller than the model's receptive field of \(rfSide); it cannot be restored")
+            }
+            if n < m {
+                throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what); the model needs at least \(m)")
+            }
+            // 'same' networks get extra reflected context so their zero padding stays outside the image.
+            let eLo = sh == 0 ? min(haloLo, n - 1) : 0
+            let eHi = sh == 0 ? min(haloHi, n - 1) : 0
+            let top = off + eLo
+            let padded = (n + top + (sh - off) + eHi + m - 1) / m * m
+            let bottom = padded - n - top
+            if top >= n || bottom >= n {
+                throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), too small for the model's padding of \(max(top, bottom))")
+            }
+            return (top, bottom, eLo)
+        }
+        let (t, b, cy) = try axis(height, g.outputOffset[0], shrink[0], g.halo[0], g.halo[1], rf[0], "high")
+        let (l, r, cx) = try axis(width, g.outputOffset[1], shrink[1], g.halo[2], g.halo[3], rf[1], "wide")
+        return ([t, b, l, r], [cy, cx])
+    }
+
+    /// Restores one image held in memory; returns pixels in the input's units (NaN where invalid).
+    public static func restore(_ image: FITSImage, network: Network, options: Options = Options()) throws -> (pixels: [Float], report: RestoreReport) {
+        let start = Date()
+        if network.inputChannels != 1 || network.outputChannels != 1 {
+            throw RuntimeError.unsupportedModel("restoring a FITS image needs a 1-channel to 1-channel model; this one maps \(network.inputChannels) to \(network.outputChannels)")
+        }
+        let w = image.width, h = image.height
+        let (pads, crop) = try padding(for: network, height: h, width: w)
+
+        let norm = Normalization.fit(network.normalization, pixels: image.pixels, invalid: image.invalid)
+        var networkUnits = norm.apply(image.pixels, invalid: image.invalid)
+        MaskFill.fill(&networkUnits, invalid: image.invalid, width: w, height: h)
+        let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])
+        let ph = h + pads[0] + pads[1], pw = w + pads[2] + pads[3]
+
+        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads)
+        let out = try runner.run(padded: padded, height: ph, width: pw, parameters: options.parameters, progress: options.progress)
+
+        var restored = [Float](repeating: 0, count: w * h)
+        for y in 0..<h {
+            for x in 0..<w { restored[y * w + x] = out.data[(crop[0] + y) * out.width + crop[1] + x] }
+        }
+        restored = norm.invert(restored)
+        for i in 0..<restored.count where image.invalid[i] { restored[i] = .nan }
+        let tiles = ((out.height + runner.tileSize - 1) / runner.tileSize) * ((out.width + runner.tileSize - 1) / runner.tileSize)
+        let report = RestoreReport(width: w, height: h, invalidPixels: image.invalidCount, normalization: norm, padding: pads,
+                                   tiles: tiles, seconds: Date().timeIntervalSince(start))
+        return (restored, report)
+    }
+
+    /// FITS file in, FITS file out: keeps the input header (WCS included) and adds provenance.
+    public static func restoreFile(input: String, hdu: String? = nil, output: String, network: Network,
+                                   options: Options = Options(), overwrite: Bool = false, command: String? = nil) throws -> RestoreReport {
+        // Fail before the long computation if the output cannot be written.
+        do { try AtomicFile.checkWritable(output, overwrite: overwrite) } catch let e as AtomicFile.Failure {
+            if case .exists = e { throw FITSError.exists(output) }
+            throw FITSError.io(e.description)
+        }
+        let image = try FITSIO.readImage(path: input, hdu: hdu)
+        let (pixels, report) = try restore(image, network: network, options: options)
+        var keywords: [(String, MetaValue, String)] = [
+            ("ACNNVER", .string(AstroCNN.version), "astrocnn version"),
+            ("ACNNMODL", .string(network.name), "restoration model"),
+            ("ACNNNORM", .string(network.normalization.rawValue), "input normalisation of the model"),
+            ("ACNNHALO", .int(Int64(report.padding.max() ?? 0)), "[px] reflection padding (receptive-field halo)"),
+            ("ACNNNBAD", .int(Int64(report.invalidPixels)), "invalid input pixels (NaN in output)"),
+        ]
+        if let crc = network.fileChecksum {
+            keywords.insert(("ACNNCRC", .string(checksumString(crc)), "CRC-32C of the model file"), at: 2)
+        }
+        for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) {
+            keywords.append(("ACNNP\(keywords.count)", .string("\(k)=\(v)"), "run-time model parameter"))
+        }
+        var history = [
+            "Restored by astrocnn \(AstroCNN.version) with model '\(network.name)'" + (network.fileChecksum.map { " (CRC-32C \(checksumString($0)))" } ?? ""),
+            "Input: \(input)" + (hdu.map { " HDU \($0)" } ?? " HDU \(image.hdu)") + ", BITPIX \(image.bitpix)",
+            "Normalisation \(report.normalization), reflection padding \(report.padding.map(String.init).joined(separator: ",")) (top,bottom,left,right)",
+        ]
+        if report.invalidPixels > 0 {
+            history.append("\(report.invalidPixels) invalid pixels were filled by neighbour inpainting for the network and are NaN here")
+        }
+        if let c = command { history.append("Command: \(c)") }
+        try FITSIO.writeImage(path: output, width: image.width, height: image.height, pixels: pixels, headerCards: image.headerCards,
+                              provenance: .init(keywords: keywords, history: history), overwrite: overwrite)
+        return report
+    }
+}

@@ -1,0 +1,159 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import ModelFormat
+import Runtime
+
+@main
+struct AstroCNNCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "astrocnn",
+        abstract: "Restore astronomical images with CNNs on the CPU.",
+        version: AstroCNN.version,
+        subcommands: [Restore.self, Inspect.self]
+    )
+}
+
+/// Prints an error to standard error and exits non-zero.
+func failure(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data(("astrocnn: error: " + message + "\n").utf8))
+    return ExitCode(1)
+}
+
+func describe(_ error: Error) -> String {
+    String(describing: error)
+}
+
+/// A progress line on standard error, rewritten in place when it is a terminal.
+final class ProgressLine: @unchecked Sendable {
+    let label: String
+    let start = Date()
+    let lock = NSLock()
+    let interactive = isatty(2) != 0
+    var lastPrint = Date.distantPast
+    init(_ label: String) { self.label = label }
+
+    func update(_ done: Int, _ total: Int) {
+        lock.lock(); defer { lock.unlock() }
+        let now = Date()
+        if done < total && now.timeIntervalSince(lastPrint) < (interactive ? 0.2 : 5) { return }
+        lastPrint = now
+        let t = now.timeIntervalSince(start)
+        let eta = done > 0 ? t * Double(total - done) / Double(done) : 0
+        let line = String(format: "%@: %d/%d tiles (%.0f%%), %.1f s elapsed, ETA %.1f s", label, done, total,
+                          100 * Double(done) / Double(max(total, 1)), t, eta)
+        FileHandle.standardError.write(Data(((interactive ? "\r" : "") + line + (interactive && done < total ? "" : "\n")).utf8))
+    }
+}
+
+struct Restore: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Restore a FITS image with a model; the output keeps the input's shape, units and header.")
+
+    @Argument(help: "Input FITS file (cfitsio extended syntax allowed, e.g. 'image.fits[SCI]', .gz, .fz).")
+    var input: String
+
+    @Option(name: [.short, .long], help: "Model file (.acnn).")
+    var model: String
+
+    @Option(name: [.short, .long], help: "Output FITS file (written atomically).")
+    var output: String
+
+    @Option(help: "HDU to read: index (0 = primary) or EXTNAME. Default: the first HDU holding an image.")
+    var hdu: String?
+
+    @Option(help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    @Option(help: "Output tile side in pixels (default: the model's default_tile, else 256).")
+    var tile: Int?
+
+    @Option(name: .customLong("param"), help: "Run-time model parameter NAME=VALUE (e.g. exposure_ratio=4). Repeatable.")
+    var params: [String] = []
+
+    @Flag(help: "Replace the output file if it exists.")
+    var overwrite = false
+
+    @Flag(help: "No progress line.")
+    var quiet = false
+
+    func run() throws {
+        if let t = threads, t < 1 { throw failure("--threads must be at least 1") }
+        if let t = tile, t < 1 { throw failure("--tile must be at least 1") }
+        var parameters: [String: Float] = [:]
+        for p in params {
+            let parts = p.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let v = Float(parts[1]), v.isFinite else { throw failure("--param expects NAME=VALUE, got '\(p)'") }
+            parameters[parts[0]] = v
+        }
+        do {
+            let network = try Network(path: model)
+            let progress = quiet ? nil : ProgressLine("restore")
+            var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters)
+            if let p = progress { options.progress = { p.update($0, $1) } }
+            let command = CommandLine.arguments.joined(separator: " ")
+            let r = try Restoration.restoreFile(input: input, hdu: hdu, output: output, network: network, options: options,
+                                                overwrite: overwrite, command: command)
+            print(String(format: "restored %dx%d pixels (%d invalid) with '%@' in %.2f s (%d tiles, %d threads) -> %@",
+                         r.width, r.height, r.invalidPixels, network.name, r.seconds, r.tiles, options.threads, output))
+        } catch {
+            throw failure(describe(error))
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a model's graph, parameters, receptive field, FLOPs, checksums and metadata.")
+
+    @Argument(help: "Model file (.acnn).")
+    var model: String
+
+    func run() throws {
+        let reader: ModelReader
+        do { reader = try ModelReader(path: model) } catch { throw failure("\(model): \(describe(error))") }
+        let a = reader.analysis
+        let g = a.geometry
+        print("model      \(reader.metadata["name"]?.description ?? "?")  (\(model), \(reader.fileSize) bytes, format \(reader.version.major).\(reader.version.minor))")
+        print("checksum   \(checksumString(reader.fileChecksum)) (CRC-32C of the file)")
+        let params = reader.tensors.reduce(0) { $0 + $1.count }
+        print("parameters \(params)")
+        print("receptive  \(g.receptiveField[0])x\(g.receptiveField[1]) px, output offset (\(g.outputOffset[0]), \(g.outputOffset[1])), halo t/b/l/r \(g.halo.map(String.init).joined(separator: "/")), size multiple \(g.sizeMultiple)")
+        print(String(format: "FLOPs      %.1f k per output pixel (%.2f GFLOP per megapixel)", a.flopsPerOutputPixel / 1e3, a.flopsPerOutputPixel / 1e3))
+        print("")
+        print("graph: input " + reader.graph.inputs.map { "\($0.name) [\($0.channels) ch]" }.joined(separator: ", ")
+              + " -> output " + reader.graph.outputs.joined(separator: ", "))
+        let header = "  #  node                 op                 inputs -> output                      out ch  kernel    params    kFLOP/px"
+        print(header)
+        for (step, i) in a.order.enumerated() {
+            let n = reader.graph.nodes[i]
+            var kernel = "", pcount = 0
+            if let w = n.params.first.flatMap({ a.tensorShapes[$0] }) { kernel = "\(w[2])x\(w[3])" + (n.op == .conv2d ? " \(n.padding.rawValue)" : "") }
+            for p in n.params { pcount += a.tensorShapes[p]?.reduce(1, *) ?? 0 }
+            var extra = ""
+            if n.op == .leakyRelu { extra = " alpha=\(n.alpha)" }
+            if n.op == .constantChannel { extra = " value=\(n.constantValue)" + (n.runtimeParameter.map { " param=\($0)" } ?? "") }
+            let io = (n.inputs.joined(separator: ",") + " -> " + n.output)
+            print(String(format: "%3d  %@ %@ %@ %6d  %@ %8d  %10.2f%@", step, pad(n.name, 20), pad(n.op.rawValue, 18), pad(io, 37),
+                         a.channels[n.output] ?? 0, pad(kernel, 9), pcount, a.nodeFlopsPerOutputPixel[i] / 1e3, extra))
+        }
+        print("")
+        print("tensors:")
+        var bad = 0
+        for e in reader.tensors {
+            let ok = reader.verify(e)
+            if !ok { bad += 1 }
+            print("  \(pad(e.name, 28)) \(pad(e.dtype.name, 8)) \(pad(e.shape.map(String.init).joined(separator: "x"), 14)) crc \(checksumString(e.crc)) \(ok ? "ok" : "MISMATCH")")
+        }
+        print("")
+        print("metadata:")
+        for k in reader.metadata.keys.sorted() {
+            print("  \(pad(k, 22)) \(reader.metadata[k]!)")
+        }
+        if bad > 0 { throw failure("\(model): \(bad) tensor(s) fail their checksum: the file is damaged") }
+    }
+}
+
+func pad(_ s: String, _ n: Int) -> String {
+    s.count >= n ? s : s + String(repeating: " ", count: n - s.count)
+}
