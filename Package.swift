@@ -30,7 +30,7 @@ let package = Package(
         ),
         .testTarget(name: "ModelFormatTests", dependencies: ["ModelFormat"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -153,6 +153,21 @@ public struct ModelReader: @unchecked Sendable {
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.fileOffset + a.byteLength > b.fileOffset {
             throw ModelFormatError.invalid("tensors '\(a.name)' and '\(b.name)' overlap")
         }
+        // Every byte of the file is covered: CRCs for the header and tensors, zeros elsewhere.
+        func requireZeros(_ a: Int, _ b: Int, _ what: String) throws {
+            var i = a
+            while i < b {
+                if bytes[i] != 0 { throw ModelFormatError.invalid("non-zero byte at offset \(i) in \(what)") }
+                i += 1
+            }
+        }
+        try requireZeros(headerLength, Int(dataOffset), "the padding after the header")
+        var cursor = Int(dataOffset)
+        for e in sorted {
+            try requireZeros(cursor, e.fileOffset, "the padding before tensor '\(e.name)'")
+            cursor = e.fileOffset + e.byteLength
+        }
+        try requireZeros(cursor, size, "the padding after the last tensor")
         tensors = entries
 
         var gr = try section(ModelFile.tagGraph)

@@ -53,11 +53,17 @@ public enum Restoration {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what); the model needs at least \(m)")
             }
             // 'same' networks get extra reflected context so their zero padding stays outside the image.
-            let eLo = sh == 0 ? min(haloLo, n - 1) : 0
-            let eHi = sh == 0 ? min(haloHi, n - 1) : 0
-            let top = off + eLo
-            let padded = (n + top + (sh - off) + eHi + m - 1) / m * m
-            let bottom = padded - n - top
+            // Small images get less context: reflection needs pads smaller than the image.
+            var eLo = sh == 0 ? min(haloLo, n - 1) : 0
+            var eHi = sh == 0 ? min(haloHi, n - 1) : 0
+            func pads() -> (Int, Int) {
+                let top = off + eLo
+                let padded = (n + top + (sh - off) + eHi + m - 1) / m * m
+                return (top, padded - n - top)
+            }
+            var (top, bottom) = pads()
+            while bottom >= n && eHi > 0 { eHi -= 1; (top, bottom) = pads() }
+            while (top >= n || bottom >= n) && eLo > 0 { eLo -= 1; (top, bottom) = pads() }
             if top >= n || bottom >= n {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), too small for the model's padding of \(max(top, bottom))")
             }
