@@ -6,6 +6,17 @@ import Runtime
 
 @main
 struct AstroCNNCommand: ParsableCommand {
+    static func main() {
+        // A write past a file-size limit must fail with an error (and leave no file), not kill us.
+        signal(SIGXFSZ, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "astrocnn",
         abstract: "Restore astronomical images with CNNs on the CPU.",

@@ -81,14 +81,24 @@ func publishedFlamaryModel(_ which: String, data: String) throws -> Model {
     return m
 }
 
-/// Path of the built `astrocnn` executable (next to the test bundle).
+/// Path of the built `astrocnn` executable, in the build folder that holds this test binary.
+struct MissingExecutable: Error, CustomStringConvertible {
+    let searched: [String]
+    var description: String { "the astrocnn executable was not found in \(searched); build it with the tests (swift test builds it)" }
+}
+
 func astrocnnExecutable() throws -> String {
-    for b in Bundle.allBundles {
-        let dir = b.bundleURL.deletingLastPathComponent().path
-        let p = dir + "/astrocnn"
+    var dirs: [String] = []
+    if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+        dirs.append(URL(fileURLWithPath: exe).deletingLastPathComponent().path)
+    }
+    dirs.append(URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path)
+    for b in Bundle.allBundles { dirs.append(b.bundleURL.deletingLastPathComponent().path) }
+    for d in dirs {
+        let p = d + "/astrocnn"
         if FileManager.default.isExecutableFile(atPath: p) { return p }
     }
-    throw XCTSkip("the astrocnn executable was not built next to the tests")
+    throw MissingExecutable(searched: dirs)
 }
 
 /// Runs a command, returning (exit status, stdout, stderr).

@@ -1,0 +1,109 @@
+import Foundation
+import ModelFormat
+import Runtime
+import XCTest
+
+/// The `astrocnn` command line, run as a user would.
+final class CLITests: XCTestCase {
+    var dir = ""
+    override func setUp() { dir = temporaryDirectory() }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func writeModel(_ m: Model) throws -> String {
+        let p = dir + "/model.acnn"
+        try ModelWriter.write(m, to: p)
+        return p
+    }
+
+    func testInspectShowsGraphAndFailsOnDamage() throws {
+        let exe = try astrocnnExecutable()
+        let path = try writeModel(try Architectures.unet(widths: [4, 8, 16], initializer: randomInit(seed: 1)))
+        let (ok, out, _) = try runProcess(exe, ["inspect", path])
+        XCTAssertEqual(ok, 0)
+        for s in ["receptive", "size multiple 4", "leaky_relu", "conv_transpose2d", "constant_channel", "param=exposure_ratio", "FLOPs", "ok"] {
+            XCTAssertTrue(out.contains(s), "inspect output should mention '\(s)':\n\(out)")
+        }
+        // Damage a tensor byte: inspect reports the mismatch and exits non-zero.
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[bytes.count - 100] ^= 0xFF
+        let bad = dir + "/bad.acnn"
+        try Data(bytes).write(to: URL(fileURLWithPath: bad))
+        let (s1, o1, e1) = try runProcess(exe, ["inspect", bad])
+        XCTAssertNotEqual(s1, 0)
+        XCTAssertTrue((o1 + e1).contains("MISMATCH") || e1.contains("damaged") || e1.contains("non-zero"), o1 + e1)
+        // A truncated file, a header flip and a missing file: clear errors, non-zero exit.
+        let cut = dir + "/cut.acnn"
+        try Data(bytes[0..<300]).write(to: URL(fileURLWithPath: cut))
+        let (s2, _, e2) = try runProcess(exe, ["inspect", cut])
+        XCTAssertNotEqual(s2, 0); XCTAssertTrue(e2.contains("truncated"), e2)
+        bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[80] ^= 0x10
+        try Data(bytes).write(to: URL(fileURLWithPath: bad))
+        let (s3, _, e3) = try runProcess(exe, ["inspect", bad])
+        XCTAssertNotEqual(s3, 0); XCTAssertTrue(e3.contains("checksum"), e3)
+        let (s4, _, e4) = try runProcess(exe, ["inspect", dir + "/none.acnn"])
+        XCTAssertNotEqual(s4, 0); XCTAssertTrue(e4.contains("No such file"), e4)
+    }
+
+    func testRestoreErrors() throws {
+        let exe = try astrocnnExecutable()
+        let model = try writeModel(try Architectures.flamary3(initializer: randomInit(seed: 2)))
+        let small = dir + "/small.fits"
+        try FITSIO.writeImage(path: small, width: 12, height: 40, pixels: [Float](repeating: 1, count: 480), headerCards: [])
+        let (s1, _, e1) = try runProcess(exe, ["restore", small, "-m", model, "-o", dir + "/o.fits"])
+        XCTAssertNotEqual(s1, 0); XCTAssertTrue(e1.contains("receptive field"), e1)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/o.fits"))
+        let (s2, _, e2) = try runProcess(exe, ["restore", dir + "/missing.fits", "-m", model, "-o", dir + "/o.fits"])
+        XCTAssertNotEqual(s2, 0); XCTAssertTrue(e2.contains("no such file"), e2)
+        let (s3, _, e3) = try runProcess(exe, ["restore", small, "-m", dir + "/nomodel.acnn", "-o", dir + "/o.fits"])
+        XCTAssertNotEqual(s3, 0); XCTAssertTrue(e3.contains("cannot read model"), e3)
+    }
+
+    /// A write that hits a file-size limit (as on a full disk) fails with an error and leaves
+    /// neither the output nor a temporary file.
+    func testFullDiskLeavesNoFile() throws {
+        let exe = try astrocnnExecutable()
+        let model = try writeModel(try Architectures.flamary1(initializer: randomInit(seed: 3)))
+        let input = dir + "/in.fits"
+        let w = 200, h = 200
+        try FITSIO.writeImage(path: input, width: w, height: h, pixels: (0..<(w * h)).map { Float($0 % 13) }, headerCards: [])
+        let outDir = dir + "/out"
+        try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+        // 100 blocks of 512 bytes: less than the 160 kB output.
+        let (status, _, err) = try runProcess("/bin/sh", ["-c", "ulimit -f 100; exec '\(exe)' restore '\(input)' -m '\(model)' -o '\(outDir)/o.fits' --quiet"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("error"), err)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: outDir), [], "no partial or temporary file may remain")
+    }
+
+    /// The shared HorseHead plate (it also carries an ASCII table extension) restored with the
+    /// published Flamary weights: same shape, WCS cards kept, provenance added, values finite.
+    func testRestoreHorseHeadWithPublishedWeights() throws {
+        let data = try requireSharedData()
+        let exe = try astrocnnExecutable()
+        let model = dir + "/flamary-M51a.acnn"
+        try ModelWriter.write(try publishedFlamaryModel("M51a", data: data), to: model)
+        let input = data + "/fits/HorseHead.fits"
+        let output = dir + "/restored.fits"
+        let (status, out, err) = try runProcess(exe, ["restore", input, "-m", model, "-o", output, "--threads", "2"])
+        XCTAssertEqual(status, 0, err)
+        XCTAssertTrue(out.contains("restored"), out)
+        let a = try FITSIO.readImage(path: input), b = try FITSIO.readImage(path: output)
+        XCTAssertEqual(b.width, a.width); XCTAssertEqual(b.height, a.height)
+        XCTAssertTrue(b.pixels.allSatisfy { $0.isFinite })
+        for key in ["CTYPE1", "CTYPE2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CDELT1", "CDELT2", "OBJECT", "DATE-OBS"] where a.keyword(key) != nil {
+            XCTAssertEqual(b.keyword(key), a.keyword(key), key)
+        }
+        XCTAssertEqual(b.keyword("ACNNMODL"), "flamary2017-M51a")
+        XCTAssertEqual(b.keyword("ACNNHALO"), "9")
+        XCTAssertNotNil(b.keyword("ACNNCRC"))
+        XCTAssertTrue(b.headerCards.contains { $0.hasPrefix("HISTORY Restored by astrocnn") })
+        // Output is in the input's units (the sky level is kept), and not a copy of the input.
+        let medA = a.pixels.sorted()[a.pixels.count / 2], medB = b.pixels.sorted()[b.pixels.count / 2]
+        XCTAssertEqual(Double(medB), Double(medA), accuracy: 0.25 * Double(medA))
+        XCTAssertNotEqual(a.pixels, b.pixels)
+        // No overwrite without --overwrite.
+        let (again, _, e2) = try runProcess(exe, ["restore", input, "-m", model, "-o", output])
+        XCTAssertNotEqual(again, 0); XCTAssertTrue(e2.contains("--overwrite"), e2)
+    }
+}
