@@ -1,6 +1,17 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The x86-64 kernel targets are compiled for their ISA; the runtime picks one by cpuid, so a
+// plain `swift build -c release` gives one binary that is fast on AVX-512 and AVX2 CPUs and still
+// runs on older ones. On other architectures these targets compile to nothing.
+#if arch(x86_64)
+let avx512Flags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512"])]
+let avx2Flags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let avx512Flags: [SwiftSetting] = []
+let avx2Flags: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "AstroCNN",
     products: [
@@ -19,7 +30,10 @@ let package = Package(
             providers: [.apt(["libcfitsio-dev"])]
         ),
         .target(name: "ModelFormat"),
-        .target(name: "Kernels"),
+        .target(name: "CPUFeatures"),
+        .target(name: "KernelsAVX512", swiftSettings: avx512Flags),
+        .target(name: "KernelsAVX2", swiftSettings: avx2Flags),
+        .target(name: "Kernels", dependencies: ["CPUFeatures", "KernelsAVX512", "KernelsAVX2"]),
         .target(name: "Runtime", dependencies: ["ModelFormat", "Kernels", "CFITSIO"]),
         .executableTarget(
             name: "astrocnn",

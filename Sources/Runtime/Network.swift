@@ -28,6 +28,9 @@ public final class Network: @unchecked Sendable {
     public let normalization: Normalization.Kind
     /// Decoded weights by tensor name (canonical layout).
     let weights: [String: [Float]]
+    /// Weights repacked for the fast kernels (made on first use).
+    private(set) lazy var packed: PackedWeights = PackedWeights(network: self)
+    private let packLock = NSLockShim()
 
     public init(model: Model, fileChecksum: UInt32? = nil) throws {
         analysis = try GraphAnalysis(graph: model.graph, tensorShapes: model.tensors.mapValues { $0.shape })
@@ -66,16 +69,38 @@ public final class Network: @unchecked Sendable {
         return p
     }
 
-    /// Runs the whole graph on one input map with the scalar reference ops.
-    public func forward(_ input: FeatureMap, parameters: [String: Float] = [:]) throws -> FeatureMap {
+    /// Runs the whole graph on one input map.
+    public func forward(_ input: FeatureMap, parameters: [String: Float] = [:], algorithm: ConvAlgorithm = .direct,
+                        isa: KernelISA = .best) throws -> FeatureMap {
+        try checkInput(input, parameters)
+        if algorithm == .reference { return referenceForward(input, parameters: parameters) }
+        let plan = try ExecutionPlan(network: self, packed: packedWeights(), height: input.height, width: input.width, isa: isa)
+        return plan.run(input, parameters: parameters)
+    }
+
+    /// The repacked weights, made once (thread-safe).
+    func packedWeights() -> PackedWeights {
+        packLock.locked { packed }
+    }
+
+    /// Throws unless every name is a run-time parameter of the model.
+    public func checkParameters(_ parameters: [String: Float]) throws {
+        for k in parameters.keys.sorted() where runtimeParameters[k] == nil {
+            let known = runtimeParameters.keys.sorted()
+            throw RuntimeError.badParameter("the model has no run-time parameter '\(k)'" + (known.isEmpty ? " (it has none)" : " (it has: \(known.joined(separator: ", ")))"))
+        }
+    }
+
+    func checkInput(_ input: FeatureMap, _ parameters: [String: Float]) throws {
         if input.channels != inputChannels {
             throw RuntimeError.unsupportedModel("the model takes \(inputChannels) input channel(s), got \(input.channels)")
         }
-        for k in parameters.keys where runtimeParameters[k] == nil {
-            throw RuntimeError.badParameter("the model has no run-time parameter '\(k)' (it has: \(runtimeParameters.keys.sorted().joined(separator: ", ")))")
-        }
+        try checkParameters(parameters)
         _ = try analysis.shapes(height: input.height, width: input.width)  // clear error for bad sizes
+    }
 
+    /// The scalar reference executor (the test oracle).
+    func referenceForward(_ input: FeatureMap, parameters: [String: Float]) -> FeatureMap {
         // Free each value after its last use.
         var lastUse: [String: Int] = [:]
         for (step, i) in analysis.order.enumerated() {

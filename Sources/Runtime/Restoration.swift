@@ -29,9 +29,11 @@ public enum Restoration {
         /// Run-time scalars of the model (e.g. the U-net's exposure-time ratio).
         public var parameters: [String: Float]
         public var progress: (@Sendable (Int, Int) -> Void)?
+        public var algorithm: ConvAlgorithm
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
-                    progress: (@Sendable (Int, Int) -> Void)? = nil) {
+                    algorithm: ConvAlgorithm = .direct, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
+            self.algorithm = algorithm
             self.tileSize = tileSize
             self.parameters = parameters
             self.progress = progress
@@ -89,7 +91,7 @@ public enum Restoration {
         let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])
         let ph = h + pads[0] + pads[1], pw = w + pads[2] + pads[3]
 
-        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads)
+        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm)
         let out = try runner.run(padded: padded, height: ph, width: pw, parameters: options.parameters, progress: options.progress)
 
         var restored = [Float](repeating: 0, count: w * h)

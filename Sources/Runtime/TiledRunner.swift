@@ -17,9 +17,14 @@ public struct TiledRunner: Sendable {
     /// Output tile side (rows and columns of output per tile).
     public let tileSize: Int
     public let threads: Int
+    public let algorithm: ConvAlgorithm
+    public let isa: KernelISA
 
-    public init(network: Network, tileSize: Int? = nil, threads: Int = ParallelFor.availableCores) {
+    public init(network: Network, tileSize: Int? = nil, threads: Int = ParallelFor.availableCores,
+                algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best) {
         self.network = network
+        self.algorithm = algorithm
+        self.isa = isa
         let m = network.analysis.geometry.sizeMultiple
         let t = tileSize ?? Int(network.metadata["default_tile"]?.intValue ?? 256)
         self.tileSize = max(m, (max(t, 1) + m - 1) / m * m)
@@ -35,6 +40,7 @@ public struct TiledRunner: Sendable {
     /// map in network units. `progress(done, total)` is called after each tile.
     public func run(padded: [Float], height: Int, width: Int, parameters: [String: Float] = [:],
                     progress: (@Sendable (Int, Int) -> Void)? = nil) throws -> FeatureMap {
+        try network.checkParameters(parameters)
         let (oh, ow) = try outputSize(height: height, width: width)
         let g = network.analysis.geometry
         let m = g.sizeMultiple
@@ -72,7 +78,10 @@ public struct TiledRunner: Sendable {
         let net = network
         let done = Counter()
         let failure = ErrorBox()
-        ParallelFor.run(total, threads: threads) { k in
+        let caches = (0..<threads).map { _ in PlanCache() }
+        let algorithm = self.algorithm, isa = self.isa
+        let packed = algorithm == .reference ? nil : net.packedWeights()
+        ParallelFor.run(total, threads: threads) { k, worker in
             let w = window(k / tilesX, k % tilesX)
             let wh = w.r1 - w.r0, ww = w.c1 - w.c0
             var tile = FeatureMap(channels: 1, height: wh, width: ww)
@@ -80,7 +89,13 @@ public struct TiledRunner: Sendable {
                 for x in 0..<ww { tile.data[y * ww + x] = src[(w.r0 + y) * width + w.c0 + x] }
             }
             do {
-                let y = try net.forward(tile, parameters: parameters)
+                let y: FeatureMap
+                if let packed = packed {
+                    let plan = try caches[worker].plan(net, packed, wh, ww, isa)
+                    y = plan.run(tile, parameters: parameters)
+                } else {
+                    y = try net.forward(tile, parameters: parameters, algorithm: .reference)
+                }
                 // Network output row k of this window is global output row r0 + k.
                 for c in 0..<outC {
                     for yy in 0..<w.t {
@@ -99,6 +114,18 @@ public struct TiledRunner: Sendable {
         }
         if let e = failure.error { throw e }
         return FeatureMap(channels: outC, height: oh, width: ow, data: Array(UnsafeBufferPointer(start: outPtr, count: outC * oh * ow)))
+    }
+}
+
+/// Execution plans of one worker, by input size (edge tiles differ from interior ones).
+final class PlanCache: @unchecked Sendable {
+    private var plans: [Int: ExecutionPlan] = [:]
+    func plan(_ net: Network, _ packed: PackedWeights, _ h: Int, _ w: Int, _ isa: KernelISA) throws -> ExecutionPlan {
+        let key = h << 32 | w
+        if let p = plans[key] { return p }
+        let p = try ExecutionPlan(network: net, packed: packed, height: h, width: w, isa: isa)
+        plans[key] = p
+        return p
     }
 }
 

@@ -11,11 +11,17 @@ final class PublishedWeightsTests: XCTestCase {
         let input = try readFloats(data + "/flamary2017-models/testvectors/input_64x64.f32")
         for which in ["M51a", "Hoag", "M31", "M81", "M101", "M104"] {
             let net = try Network(model: try publishedFlamaryModel(which, data: data))
-            let out = try net.forward(FeatureMap(channels: 1, height: 64, width: 64, data: input))
-            XCTAssertEqual(out.height, 46); XCTAssertEqual(out.width, 46)
             let expected = try readFloats(data + "/flamary2017-models/testvectors/output_\(which)_46x46.f32")
-            let err = maxAbsDiff(out.data, expected)
-            XCTAssertLessThanOrEqual(err, 1e-5, "\(which): max abs error \(err)")
+            // The reference executor, and the fast direct kernels on every ISA this CPU has.
+            var runs: [(String, FeatureMap)] = [("reference", try net.forward(FeatureMap(channels: 1, height: 64, width: 64, data: input), algorithm: .reference))]
+            for isa in KernelISA.allCases where isa.supported {
+                runs.append(("direct \(isa)", try net.forward(FeatureMap(channels: 1, height: 64, width: 64, data: input), algorithm: .direct, isa: isa)))
+            }
+            for (name, out) in runs {
+                XCTAssertEqual(out.height, 46); XCTAssertEqual(out.width, 46)
+                let err = maxAbsDiff(out.data, expected)
+                XCTAssertLessThanOrEqual(err, 1e-5, "\(which) \(name): max abs error \(err)")
+            }
         }
     }
 
@@ -120,11 +126,13 @@ final class PipelineTests: XCTestCase {
         let unet = try Network(model: try Architectures.unet(widths: [3, 4, 5], exposureRatio: 2, initializer: randomInit(seed: 4)))
         for net in [valid, unet] {
             let img = randomImage(45, 38, seed: 9)
-            let whole = try Restoration.restore(img, network: net, options: .init(threads: 1, tileSize: 4096)).pixels
-            XCTAssertTrue(whole.allSatisfy { $0.isFinite })
-            for (tile, threads) in [(8, 1), (8, 2), (13, 2), (32, 3)] {
-                let t = try Restoration.restore(img, network: net, options: .init(threads: threads, tileSize: tile)).pixels
-                XCTAssertEqual(t, whole, "\(net.name): tile \(tile), \(threads) threads")
+            for algorithm in ConvAlgorithm.allCases {
+                let whole = try Restoration.restore(img, network: net, options: .init(threads: 1, tileSize: 4096, algorithm: algorithm)).pixels
+                XCTAssertTrue(whole.allSatisfy { $0.isFinite })
+                for (tile, threads) in [(8, 1), (8, 2), (13, 2), (32, 3)] {
+                    let t = try Restoration.restore(img, network: net, options: .init(threads: threads, tileSize: tile, algorithm: algorithm)).pixels
+                    XCTAssertEqual(t, whole, "\(net.name) \(algorithm): tile \(tile), \(threads) threads")
+                }
             }
         }
         // The run-time parameter changes the U-net's output.
@@ -133,6 +141,20 @@ final class PipelineTests: XCTestCase {
         let c = try Restoration.restore(img, network: unet, options: .init(parameters: ["exposure_ratio": 8])).pixels
         XCTAssertNotEqual(a, c)
         XCTAssertThrowsError(try Restoration.restore(img, network: unet, options: .init(parameters: ["nope": 1])))
+    }
+
+    /// The fast executor (fusion, in-place concatenation, margins, transposed convs) equals the
+    /// reference on a U-net and on every op, within float32 rounding.
+    func testFastExecutorMatchesReference() throws {
+        var rng = TestRNG(21)
+        let unet = try Network(model: try Architectures.unet(widths: [6, 9, 12], exposureRatio: 3, initializer: randomInit(seed: 8)))
+        let x = FeatureMap(channels: 1, height: 24, width: 36, data: (0..<(24 * 36)).map { _ in rng.float(0, 1) })
+        let ref = try unet.forward(x, parameters: ["exposure_ratio": 5], algorithm: .reference)
+        for isa in KernelISA.allCases where isa.supported {
+            let fast = try unet.forward(x, parameters: ["exposure_ratio": 5], algorithm: .direct, isa: isa)
+            let scale = ref.data.map { abs($0) }.max()!
+            XCTAssertLessThanOrEqual(maxAbsDiff(fast.data, ref.data), 1e-5 * max(scale, 1), "\(isa)")
+        }
     }
 
     func testOutputKeepsShapeAndMasksAndTooSmallImagesFail() throws {

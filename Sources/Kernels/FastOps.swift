@@ -1,0 +1,185 @@
+import KernelsAVX2
+import KernelsAVX512
+
+/// Activation applied in a convolution's epilogue (or standalone).
+public enum Activation: Equatable, Sendable {
+    case none
+    case relu
+    case leakyRelu(Float)
+}
+
+/// Convolution weights repacked for the micro-kernels: blocks of 4 output channels, each block
+/// laid out [c][kh][kw][4] so the 4 weights of one tap are adjacent; the last block is padded
+/// with zero weights. Bias padded the same way.
+public final class PackedConv: @unchecked Sendable {
+    public let outChannels: Int
+    public let inChannels: Int
+    public let kh: Int
+    public let kw: Int
+    public let blocks: Int
+    public let weights: UnsafeMutablePointer<Float>
+    public let bias: UnsafeMutablePointer<Float>
+
+    /// - weight: OIHW cross-correlation weights; bias: `outChannels` values or nil.
+    public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, kh: Int, kw: Int) {
+        precondition(weight.count == outChannels * inChannels * kh * kw)
+        self.outChannels = outChannels
+        self.inChannels = inChannels
+        self.kh = kh
+        self.kw = kw
+        blocks = (outChannels + 3) / 4
+        let n = blocks * inChannels * kh * kw * 4
+        weights = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        weights.initialize(repeating: 0, count: n)
+        self.bias = UnsafeMutablePointer<Float>.allocate(capacity: blocks * 4)
+        self.bias.initialize(repeating: 0, count: blocks * 4)
+        for o in 0..<outChannels {
+            let (b, lane) = (o / 4, o % 4)
+            for c in 0..<inChannels { for u in 0..<kh { for v in 0..<kw {
+                weights[(((b * inChannels + c) * kh + u) * kw + v) * 4 + lane] = weight[((o * inChannels + c) * kh + u) * kw + v]
+            } } }
+            self.bias[o] = bias?[o] ?? 0
+        }
+    }
+
+    deinit {
+        weights.deallocate()
+        bias.deallocate()
+    }
+}
+
+/// The fast kernels, dispatched by ISA. All take `PlanarView`s; results are independent of which
+/// rows a call covers, so callers may split work freely.
+public enum FastOps {
+    /// Stride-1 convolution. For 'same' padding the input view must have a margin of at least
+    /// (k - 1) / 2 holding zeros. `scratch` (4 planes in the output's layout) is needed when the
+    /// output channel count is not a multiple of 4.
+    public static func conv2d(_ input: PlanarView, _ output: PlanarView, _ w: PackedConv, padding: ConvPadding,
+                              activation: Activation, isa: KernelISA = .best, scratch: PlanarView? = nil) {
+        precondition(input.channels == w.inChannels && output.channels == w.outChannels)
+        let (pt, pl) = padding == .same ? ((w.kh - 1) / 2, (w.kw - 1) / 2) : (0, 0)
+        precondition(input.layout.margin >= max(pt, pl), "conv2d: input margin too small for 'same' padding")
+        let src = UnsafePointer(input.base - pt * input.rowStride - pl)
+        let vw = isa.vectorWidth
+        let vectors = (output.width + vw - 1) / vw
+        let full = w.outChannels / 4
+        let rows = output.height
+        if full > 0 {
+            run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw,
+                output.base, output.planeStride, output.rowStride, 0, rows, vectors)
+        }
+        let rest = w.outChannels - full * 4
+        if rest > 0 {
+            guard let s = scratch else { preconditionFailure("conv2d: scratch needed for \(w.outChannels) output channels") }
+            precondition(s.planeStride == output.planeStride && s.rowStride == output.rowStride && s.channels >= 4)
+            let blockOffset = full * w.inChannels * w.kh * w.kw * 4
+            run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset, w.bias + full * 4, 1,
+                w.kh, w.kw, s.base, s.planeStride, s.rowStride, 0, rows, vectors)
+            for c in 0..<rest {
+                for y in 0..<rows { output.pointer(full * 4 + c, y, 0).update(from: s.pointer(c, y, 0), count: output.width) }
+            }
+        }
+        epilogue(output, activation: activation)
+    }
+
+    @inline(__always)
+    static func run(_ isa: KernelISA, _ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
+                    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ blocks: Int, _ kh: Int, _ kw: Int,
+                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int, _ r0: Int, _ r1: Int, _ vectors: Int) {
+        switch isa {
+        #if arch(x86_64)
+        case .avx512:
+            avx512DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+        case .avx2:
+            avx2DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+        #else
+        case .avx512, .avx2:
+            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+        #endif
+        case .portable:
+            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+        }
+    }
+
+    /// Applies the activation to the valid columns and zeroes the columns past the width that
+    /// vector kernels wrote, so margins stay zero for the next 'same' convolution.
+    public static func epilogue(_ v: PlanarView, activation: Activation) {
+        let w = v.width
+        let tail = (w + 15) / 16 * 16 - w + v.layout.margin
+        for c in 0..<v.channels {
+            for y in 0..<v.height {
+                let p = v.pointer(c, y, 0)
+                switch activation {
+                case .none: break
+                case .relu: for x in 0..<w { p[x] = max(p[x], 0) }
+                case .leakyRelu(let a): for x in 0..<w { let t = p[x]; p[x] = t < 0 ? t * a : t }
+                }
+                (p + w).update(repeating: 0, count: tail)
+            }
+        }
+    }
+
+    /// Standalone activation, out of place or in place (same view).
+    public static func activation(_ input: PlanarView, _ output: PlanarView, _ act: Activation) {
+        for c in 0..<input.channels {
+            for y in 0..<input.height {
+                let s = input.pointer(c, y, 0), d = output.pointer(c, y, 0)
+                switch act {
+                case .none: if s != d { d.update(from: s, count: input.width) }
+                case .relu: for x in 0..<input.width { d[x] = max(s[x], 0) }
+                case .leakyRelu(let a): for x in 0..<input.width { let t = s[x]; d[x] = t < 0 ? t * a : t }
+                }
+            }
+        }
+    }
+
+    /// 2x2 max-pooling, stride 2.
+    public static func maxpool2x2(_ input: PlanarView, _ output: PlanarView) {
+        for c in 0..<output.channels {
+            for y in 0..<output.height {
+                let a = input.pointer(c, 2 * y, 0), b = input.pointer(c, 2 * y + 1, 0), d = output.pointer(c, y, 0)
+                for x in 0..<output.width {
+                    d[x] = max(max(a[2 * x], a[2 * x + 1]), max(b[2 * x], b[2 * x + 1]))
+                }
+            }
+        }
+    }
+
+    /// Weights of a 2x2 stride-2 transposed convolution repacked as a 1x1 convolution to
+    /// 4 x outChannels maps (tap (u, v) of output channel o is map (2u + v) * outChannels + o).
+    public static func packTransposed(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int) -> PackedConv {
+        var w = [Float](repeating: 0, count: 4 * outChannels * inChannels)
+        var b = [Float](repeating: 0, count: 4 * outChannels)
+        for o in 0..<outChannels { for c in 0..<inChannels { for t in 0..<4 {
+            w[(t * outChannels + o) * inChannels + c] = weight[(o * inChannels + c) * 4 + t]
+        } } }
+        for o in 0..<outChannels { for t in 0..<4 { b[t * outChannels + o] = bias?[o] ?? 0 } }
+        return PackedConv(weight: w, bias: b, outChannels: 4 * outChannels, inChannels: inChannels, kh: 1, kw: 1)
+    }
+
+    /// 2x2 stride-2 transposed convolution: a 1x1 convolution into `taps` (4 x outChannels maps
+    /// at input resolution), then each tap map is scattered into its sub-grid of the output.
+    public static func convTranspose2x2(_ input: PlanarView, _ output: PlanarView, _ packed: PackedConv, taps: PlanarView,
+                                        isa: KernelISA = .best) {
+        let o = output.channels
+        precondition(packed.outChannels == 4 * o && taps.channels >= 4 * o && taps.height == input.height && taps.width == input.width)
+        conv2d(input, taps, packed, padding: .valid, activation: .none, isa: isa)
+        for oc in 0..<o {
+            for t in 0..<4 {
+                let (u, v) = (t / 2, t % 2)
+                for y in 0..<input.height {
+                    let s = taps.pointer(t * o + oc, y, 0), d = output.pointer(oc, 2 * y + u, v)
+                    for x in 0..<input.width { d[2 * x] = s[x] }
+                }
+            }
+        }
+    }
+
+    public static func fill(_ output: PlanarView, value: Float) {
+        for c in 0..<output.channels { for y in 0..<output.height { output.pointer(c, y, 0).update(repeating: value, count: output.width) } }
+    }
+
+    public static func copy(_ input: PlanarView, _ output: PlanarView) {
+        for c in 0..<input.channels { for y in 0..<input.height { output.pointer(c, y, 0).update(from: input.pointer(c, y, 0), count: input.width) } }
+    }
+}

@@ -1,0 +1,197 @@
+import Kernels
+import ModelFormat
+
+/// Which convolution implementation a network uses.
+public enum ConvAlgorithm: String, Sendable, CaseIterable {
+    /// The scalar reference ops (the test oracle).
+    case reference
+    /// Register-blocked SIMD direct convolution.
+    case direct
+}
+
+/// Weights repacked once per network for the fast kernels.
+final class PackedWeights: @unchecked Sendable {
+    var conv: [String: PackedConv] = [:]
+    init(network: Network) {
+        for n in network.graph.nodes {
+            guard let wname = n.params.first, let shape = network.analysis.tensorShapes[wname] else { continue }
+            let w = network.weights[wname]!
+            let b = n.params.count > 1 ? network.weights[n.params[1]]! : nil
+            switch n.op {
+            case .conv2d:
+                conv[n.name] = PackedConv(weight: w, bias: b, outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3])
+            case .convTranspose2d:
+                conv[n.name] = FastOps.packTransposed(weight: w, bias: b, outChannels: shape[0], inChannels: shape[1])
+            default:
+                break
+            }
+        }
+    }
+}
+
+/// A network compiled for one input size: buffers allocated, activations fused into the
+/// convolutions before them, concatenations done in place (producers write straight into
+/// their channel slice of the concatenated map), and a list of steps to run. A plan is used by
+/// one thread at a time.
+final class ExecutionPlan {
+    enum Step {
+        case conv(PlanarView, PlanarView, PackedConv, ConvPadding, Activation, PlanarView?)
+        case activation(PlanarView, PlanarView, Activation)
+        case pool(PlanarView, PlanarView)
+        case convTranspose(PlanarView, PlanarView, PackedConv, PlanarView)
+        case fill(PlanarView, Float, String?)
+        case copy(PlanarView, PlanarView)
+    }
+
+    let height: Int
+    let width: Int
+    let steps: [Step]
+    private let buffers: [PlanarBuffer]
+    let inputView: PlanarView
+    let outputView: PlanarView
+    let isa: KernelISA
+
+    init(network: Network, packed: PackedWeights, height: Int, width: Int, isa: KernelISA) throws {
+        self.height = height
+        self.width = width
+        self.isa = isa
+        let graph = network.graph
+        let analysis = network.analysis
+        let shapes = try analysis.shapes(height: height, width: width)
+        let nodes = analysis.order.map { graph.nodes[$0] }
+        var consumers: [String: [Node]] = [:]
+        for n in nodes { for v in n.inputs { consumers[v, default: []].append(n) } }
+        let outputs = Set(graph.outputs)
+
+        // Fuse conv -> activation when the activation is the conv's only consumer.
+        var fusedInto: [String: Node] = [:]  // conv node name -> activation node
+        var skipped = Set<String>()  // activation nodes absorbed by a conv
+        for n in nodes where n.op == .conv2d {
+            guard !outputs.contains(n.output), let cs = consumers[n.output], cs.count == 1,
+                  cs[0].op == .relu || cs[0].op == .leakyRelu else { continue }
+            fusedInto[n.name] = cs[0]
+            skipped.insert(cs[0].name)
+        }
+        /// The value a node's result is finally stored as (after fusion).
+        func resultValue(_ n: Node) -> String { fusedInto[n.name]?.output ?? n.output }
+
+        // Zero margins each value needs: the largest 'same' padding among its consumers.
+        var margin: [String: Int] = [:]
+        for n in nodes where n.op == .conv2d && n.padding == .same {
+            let s = analysis.tensorShapes[n.params[0]]!
+            margin[n.inputs[0]] = max(margin[n.inputs[0]] ?? 0, (max(s[2], s[3]) - 1) / 2)
+        }
+
+        // Concat slices: a concat input produced by a node (not a graph input), consumed by only
+        // this concat among concats, becomes a view into the concat's buffer.
+        var sliceOf: [String: (concat: String, offset: Int)] = [:]
+        var concatCount: [String: Int] = [:]
+        for n in nodes where n.op == .concat { for v in n.inputs { concatCount[v, default: 0] += 1 } }
+        let graphInputs = Set(graph.inputs.map(\.name))
+        for n in nodes where n.op == .concat {
+            var offset = 0
+            for v in n.inputs {
+                if !graphInputs.contains(v) && concatCount[v] == 1 && !outputs.contains(v) && sliceOf[v] == nil {
+                    sliceOf[v] = (n.output, offset)
+                }
+                offset += shapes[v]!.channels
+            }
+        }
+        // Concat buffers need the largest margin of their slices.
+        for (v, s) in sliceOf { margin[s.concat] = max(margin[s.concat] ?? 0, margin[v] ?? 0) }
+
+        var views: [String: PlanarView] = [:]
+        var buffers: [PlanarBuffer] = []
+        var steps: [Step] = []
+        func allocate(_ v: String) -> PlanarView {
+            if let view = views[v] { return view }
+            if let s = sliceOf[v] {
+                let view = allocate(s.concat).slice(channelOffset: s.offset, channels: shapes[v]!.channels)
+                views[v] = view
+                return view
+            }
+            let sh = shapes[v]!
+            let buffer = PlanarBuffer(PlanarLayout(channels: sh.channels, height: sh.height, width: sh.width, margin: margin[v] ?? 0))
+            buffers.append(buffer)
+            let view = buffer.view()
+            views[v] = view
+            return view
+        }
+        func scratch(like v: PlanarView) -> PlanarView {
+            // The scratch shares strides with the output: built from the output's layout.
+            var l = v.layout
+            l.channels = 4
+            l.allocation = l.planeStride * 4 + 2 * l.rowStride + 64
+            let sb = PlanarBuffer(l)
+            buffers.append(sb)
+            return sb.view()
+        }
+
+        let inputView = allocate(graph.inputs[0].name)
+        for n in nodes where !skipped.contains(n.name) {
+            let x = allocate(n.inputs[0])
+            switch n.op {
+            case .conv2d:
+                let out = allocate(resultValue(n))
+                let act: Activation
+                switch fusedInto[n.name]?.op {
+                case .relu?: act = .relu
+                case .leakyRelu?: act = .leakyRelu(fusedInto[n.name]!.alpha)
+                default: act = .none
+                }
+                let p = packed.conv[n.name]!
+                steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act, p.outChannels % 4 != 0 ? scratch(like: out) : nil))
+            case .relu:
+                steps.append(.activation(x, allocate(n.output), .relu))
+            case .leakyRelu:
+                steps.append(.activation(x, allocate(n.output), .leakyRelu(n.alpha)))
+            case .maxpool2d:
+                steps.append(.pool(x, allocate(n.output)))
+            case .convTranspose2d:
+                let p = packed.conv[n.name]!
+                let tapsBuffer = PlanarBuffer(PlanarLayout(channels: p.outChannels, height: x.height, width: x.width))
+                buffers.append(tapsBuffer)
+                steps.append(.convTranspose(x, allocate(n.output), p, tapsBuffer.view()))
+            case .concat:
+                let out = allocate(n.output)
+                var offset = 0
+                for v in n.inputs {
+                    let c = shapes[v]!.channels
+                    if sliceOf[v]?.concat != n.output {
+                        steps.append(.copy(allocate(v), out.slice(channelOffset: offset, channels: c)))
+                    }
+                    offset += c
+                }
+            case .constantChannel:
+                steps.append(.fill(allocate(n.output), n.constantValue, n.runtimeParameter))
+            }
+        }
+        let outputView = allocate(graph.outputs[0])
+        self.inputView = inputView
+        self.outputView = outputView
+        self.steps = steps
+        self.buffers = buffers
+    }
+
+    /// Runs the plan on one input map; returns the output map.
+    func run(_ input: FeatureMap, parameters: [String: Float]) -> FeatureMap {
+        inputView.load(input)
+        for step in steps {
+            switch step {
+            case let .conv(x, y, p, pad, act, scratch):
+                FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, scratch: scratch)
+            case let .activation(x, y, act):
+                FastOps.activation(x, y, act)
+            case let .pool(x, y):
+                FastOps.maxpool2x2(x, y)
+            case let .convTranspose(x, y, p, taps):
+                FastOps.convTranspose2x2(x, y, p, taps: taps, isa: isa)
+            case let .fill(y, value, parameter):
+                FastOps.fill(y, value: parameter.flatMap { parameters[$0] } ?? value)
+            case let .copy(x, y):
+                FastOps.copy(x, y)
+            }
+        }
+        return outputView.featureMap()
+    }
+}
