@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "ModelFormat", targets: ["ModelFormat"]),
         .library(name: "Kernels", targets: ["Kernels"]),
         .library(name: "Runtime", targets: ["Runtime"]),
+        .library(name: "Reporting", targets: ["Reporting"]),
         .executable(name: "astrocnn", targets: ["astrocnn"]),
     ],
     dependencies: [
@@ -35,10 +36,11 @@ let package = Package(
         .target(name: "KernelsAVX2", swiftSettings: avx2Flags),
         .target(name: "Kernels", dependencies: ["CPUFeatures", "KernelsAVX512", "KernelsAVX2"]),
         .target(name: "Runtime", dependencies: ["ModelFormat", "Kernels", "CFITSIO"]),
+        .target(name: "Reporting", dependencies: ["ModelFormat"]),
         .executableTarget(
             name: "astrocnn",
             dependencies: [
-                "Runtime", "ModelFormat", "Kernels",
+                "Runtime", "ModelFormat", "Kernels", "Reporting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -9,7 +9,7 @@ in named local variables so the compiler keeps them in registers):
 | target            | vector       | block (out channels x vectors) | registers used      |
 |-------------------|--------------|--------------------------------|---------------------|
 | KernelsAVX512     | SIMD16<Float>| 4 x 4, tail 4 x 1              | 16 acc + 4 in + 1 w of 32 zmm |
-| KernelsAVX2       | SIMD8<Float> | 4 x 2, tail 4 x 1              | 8 acc + 2 in + 1 w of 16 ymm  |
+| KernelsAVX2       | SIMD8<Float> | 4 x 3, tail 4 x 1              | 12 acc + 3 in + 1 w of 16 ymm |
 | Kernels (portable)| SIMD8<Float> | 4 x 2, tail 4 x 1              | NEON: 16 acc + 4 in of 32 q   |
 
 The micro-kernel computes, for 4 output channels and NX vectors of consecutive output columns of
@@ -122,11 +122,39 @@ func fmaOrMulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{
         parts.append("\n")
     parts.append(layer(prefix, vec, vw, nx))
     parts.append(public_entry)
+    parts.append(peak(prefix, vec, vw, 24 if vw == 16 else 12, fma))
     if guard:
         parts.append("\n#endif\n")
     with open(path, "w") as f:
         f.write("".join(parts))
     print("wrote", os.path.relpath(path, ROOT))
+
+
+PEAK = """
+/// Runs `iterations` rounds of {n} independent vector FMAs (enough to cover FMA latency x pipes)
+/// and returns a value derived from the result so the work cannot be optimised away.
+/// FLOPs performed: iterations * {n} * {vw} * 2.
+@inline(never)
+public func {name}PeakFMA(_ iterations: Int, _ seed: Float) -> Float {{
+    let m = {vec}(repeating: 0.999_999)
+    let d = {vec}(repeating: seed * 1e-7)
+{decls}
+    for _ in 0..<iterations {{
+{body}
+    }}
+    let s = {sum}
+    return s.sum()
+}}
+"""
+
+def peak(name, vec, vw, n, fma):
+    decls = "\n".join(f"    var p{i} = {vec}(repeating: Float({i + 1}))" for i in range(n))
+    if fma == "always":
+        body = "\n".join(f"        p{i} = d.addingProduct(p{i}, m)" for i in range(n))
+    else:
+        body = "\n".join(f"        p{i} = fmaOrMulAdd(d, p{i}, m)" for i in range(n))
+    total = " + ".join(f"p{i}" for i in range(n))
+    return PEAK.format(name=name, vec=vec, vw=vw, n=n, decls=decls, body=body, sum=total)
 
 
 ENTRY = """
@@ -147,7 +175,7 @@ if __name__ == "__main__":
              "arch(x86_64)", "avx512", "SIMD16<Float>", 16, 4, "always",
              ENTRY.format(name="avx512DirectConv", prefix="avx512", vw=16))
     generate(os.path.join(ROOT, "Sources/KernelsAVX2/DirectConvAVX2.generated.swift"), "x86-64 AVX2+FMA",
-             "arch(x86_64)", "avx2", "SIMD8<Float>", 8, 2, "always",
+             "arch(x86_64)", "avx2", "SIMD8<Float>", 8, 3, "always",
              ENTRY.format(name="avx2DirectConv", prefix="avx2", vw=8))
     generate(os.path.join(ROOT, "Sources/Kernels/DirectConvPortable.generated.swift"), "portable (NEON on arm64)",
              None, "portable", "SIMD8<Float>", 8, 2, "portable",

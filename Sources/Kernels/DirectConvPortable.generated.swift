@@ -137,3 +137,40 @@ public func portableDirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ 
 
 /// Vector width in floats of this ISA's kernels.
 public let portableDirectConvVectorWidth = 8
+
+/// Runs `iterations` rounds of 12 independent vector FMAs (enough to cover FMA latency x pipes)
+/// and returns a value derived from the result so the work cannot be optimised away.
+/// FLOPs performed: iterations * 12 * 8 * 2.
+@inline(never)
+public func portablePeakFMA(_ iterations: Int, _ seed: Float) -> Float {
+    let m = SIMD8<Float>(repeating: 0.999_999)
+    let d = SIMD8<Float>(repeating: seed * 1e-7)
+    var p0 = SIMD8<Float>(repeating: Float(1))
+    var p1 = SIMD8<Float>(repeating: Float(2))
+    var p2 = SIMD8<Float>(repeating: Float(3))
+    var p3 = SIMD8<Float>(repeating: Float(4))
+    var p4 = SIMD8<Float>(repeating: Float(5))
+    var p5 = SIMD8<Float>(repeating: Float(6))
+    var p6 = SIMD8<Float>(repeating: Float(7))
+    var p7 = SIMD8<Float>(repeating: Float(8))
+    var p8 = SIMD8<Float>(repeating: Float(9))
+    var p9 = SIMD8<Float>(repeating: Float(10))
+    var p10 = SIMD8<Float>(repeating: Float(11))
+    var p11 = SIMD8<Float>(repeating: Float(12))
+    for _ in 0..<iterations {
+        p0 = fmaOrMulAdd(d, p0, m)
+        p1 = fmaOrMulAdd(d, p1, m)
+        p2 = fmaOrMulAdd(d, p2, m)
+        p3 = fmaOrMulAdd(d, p3, m)
+        p4 = fmaOrMulAdd(d, p4, m)
+        p5 = fmaOrMulAdd(d, p5, m)
+        p6 = fmaOrMulAdd(d, p6, m)
+        p7 = fmaOrMulAdd(d, p7, m)
+        p8 = fmaOrMulAdd(d, p8, m)
+        p9 = fmaOrMulAdd(d, p9, m)
+        p10 = fmaOrMulAdd(d, p10, m)
+        p11 = fmaOrMulAdd(d, p11, m)
+    }
+    let s = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9 + p10 + p11
+    return s.sum()
+}

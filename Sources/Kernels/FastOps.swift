@@ -183,3 +183,29 @@ public enum FastOps {
         for c in 0..<input.channels { for y in 0..<input.height { output.pointer(c, y, 0).update(from: input.pointer(c, y, 0), count: input.width) } }
     }
 }
+
+/// The machine's FP32 FMA throughput for an ISA, measured by a register-only FMA loop.
+public enum PeakFLOPs {
+    /// FLOPs of `iterations` rounds of the ISA's peak loop (fma = 2 FLOPs).
+    public static func flopsPerRun(_ isa: KernelISA, _ iterations: Int) -> Double { flops(isa, iterations) }
+
+    static func flops(_ isa: KernelISA, _ iterations: Int) -> Double {
+        let vectors: Int = isa.vectorWidth == 16 ? 24 : 12
+        return Double(iterations * vectors * isa.vectorWidth * 2)
+    }
+
+    /// Runs the ISA's peak loop; returns FLOPs done (the caller times it).
+    public static func run(_ isa: KernelISA, iterations: Int) -> (flops: Double, sink: Float) {
+        let sink: Float
+        switch isa {
+        #if arch(x86_64)
+        case .avx512: sink = avx512PeakFMA(iterations, 1)
+        case .avx2: sink = avx2PeakFMA(iterations, 1)
+        #else
+        case .avx512, .avx2: sink = portablePeakFMA(iterations, 1)
+        #endif
+        case .portable: sink = portablePeakFMA(iterations, 1)
+        }
+        return (flops(isa, iterations), sink)
+    }
+}

@@ -148,4 +148,65 @@ public func avx512DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ in
 /// Vector width in floats of this ISA's kernels.
 public let avx512DirectConvVectorWidth = 16
 
+/// Runs `iterations` rounds of 24 independent vector FMAs (enough to cover FMA latency x pipes)
+/// and returns a value derived from the result so the work cannot be optimised away.
+/// FLOPs performed: iterations * 24 * 16 * 2.
+@inline(never)
+public func avx512PeakFMA(_ iterations: Int, _ seed: Float) -> Float {
+    let m = SIMD16<Float>(repeating: 0.999_999)
+    let d = SIMD16<Float>(repeating: seed * 1e-7)
+    var p0 = SIMD16<Float>(repeating: Float(1))
+    var p1 = SIMD16<Float>(repeating: Float(2))
+    var p2 = SIMD16<Float>(repeating: Float(3))
+    var p3 = SIMD16<Float>(repeating: Float(4))
+    var p4 = SIMD16<Float>(repeating: Float(5))
+    var p5 = SIMD16<Float>(repeating: Float(6))
+    var p6 = SIMD16<Float>(repeating: Float(7))
+    var p7 = SIMD16<Float>(repeating: Float(8))
+    var p8 = SIMD16<Float>(repeating: Float(9))
+    var p9 = SIMD16<Float>(repeating: Float(10))
+    var p10 = SIMD16<Float>(repeating: Float(11))
+    var p11 = SIMD16<Float>(repeating: Float(12))
+    var p12 = SIMD16<Float>(repeating: Float(13))
+    var p13 = SIMD16<Float>(repeating: Float(14))
+    var p14 = SIMD16<Float>(repeating: Float(15))
+    var p15 = SIMD16<Float>(repeating: Float(16))
+    var p16 = SIMD16<Float>(repeating: Float(17))
+    var p17 = SIMD16<Float>(repeating: Float(18))
+    var p18 = SIMD16<Float>(repeating: Float(19))
+    var p19 = SIMD16<Float>(repeating: Float(20))
+    var p20 = SIMD16<Float>(repeating: Float(21))
+    var p21 = SIMD16<Float>(repeating: Float(22))
+    var p22 = SIMD16<Float>(repeating: Float(23))
+    var p23 = SIMD16<Float>(repeating: Float(24))
+    for _ in 0..<iterations {
+        p0 = d.addingProduct(p0, m)
+        p1 = d.addingProduct(p1, m)
+        p2 = d.addingProduct(p2, m)
+        p3 = d.addingProduct(p3, m)
+        p4 = d.addingProduct(p4, m)
+        p5 = d.addingProduct(p5, m)
+        p6 = d.addingProduct(p6, m)
+        p7 = d.addingProduct(p7, m)
+        p8 = d.addingProduct(p8, m)
+        p9 = d.addingProduct(p9, m)
+        p10 = d.addingProduct(p10, m)
+        p11 = d.addingProduct(p11, m)
+        p12 = d.addingProduct(p12, m)
+        p13 = d.addingProduct(p13, m)
+        p14 = d.addingProduct(p14, m)
+        p15 = d.addingProduct(p15, m)
+        p16 = d.addingProduct(p16, m)
+        p17 = d.addingProduct(p17, m)
+        p18 = d.addingProduct(p18, m)
+        p19 = d.addingProduct(p19, m)
+        p20 = d.addingProduct(p20, m)
+        p21 = d.addingProduct(p21, m)
+        p22 = d.addingProduct(p22, m)
+        p23 = d.addingProduct(p23, m)
+    }
+    let s = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7 + p8 + p9 + p10 + p11 + p12 + p13 + p14 + p15 + p16 + p17 + p18 + p19 + p20 + p21 + p22 + p23
+    return s.sum()
+}
+
 #endif

@@ -46,6 +46,8 @@ final class ExecutionPlan {
     let height: Int
     let width: Int
     let steps: [Step]
+    /// Per step: the node(s) it runs and its FLOPs (multiply-adds x 2) for this input size.
+    let stepInfo: [(name: String, op: String, flops: Double)]
     private let buffers: [PlanarBuffer]
     let inputView: PlanarView
     let outputView: PlanarView
@@ -103,6 +105,7 @@ final class ExecutionPlan {
         var views: [String: PlanarView] = [:]
         var buffers: [PlanarBuffer] = []
         var steps: [Step] = []
+        var info: [(name: String, op: String, flops: Double)] = []
         func allocate(_ v: String) -> PlanarView {
             if let view = views[v] { return view }
             if let s = sliceOf[v] {
@@ -130,6 +133,7 @@ final class ExecutionPlan {
         let inputView = allocate(graph.inputs[0].name)
         for n in nodes where !skipped.contains(n.name) {
             let x = allocate(n.inputs[0])
+            let before = steps.count
             switch n.op {
             case .conv2d:
                 let out = allocate(resultValue(n))
@@ -165,18 +169,31 @@ final class ExecutionPlan {
             case .constantChannel:
                 steps.append(.fill(allocate(n.output), n.constantValue, n.runtimeParameter))
             }
+            let out = shapes[n.output]!
+            var flops = 0.0
+            if n.op == .conv2d || n.op == .convTranspose2d {
+                let w = analysis.tensorShapes[n.params[0]]!
+                let taps = n.op == .conv2d ? w[2] * w[3] : 1
+                flops = 2 * Double(w[0] * w[1] * taps * out.height * out.width)
+            }
+            let label = fusedInto[n.name].map { "\(n.op.rawValue)+\($0.op.rawValue)" } ?? n.op.rawValue
+            for _ in before..<steps.count { info.append((n.name, label, flops / Double(max(1, steps.count - before)))) }
         }
         let outputView = allocate(graph.outputs[0])
         self.inputView = inputView
         self.outputView = outputView
         self.steps = steps
+        self.stepInfo = info
         self.buffers = buffers
     }
 
-    /// Runs the plan on one input map; returns the output map.
-    func run(_ input: FeatureMap, parameters: [String: Float]) -> FeatureMap {
+    /// Runs the plan on one input map; returns the output map. With `timings`, the seconds of
+    /// each step are added to it.
+    func run(_ input: FeatureMap, parameters: [String: Float], timings: UnsafeMutablePointer<Double>? = nil) -> FeatureMap {
         inputView.load(input)
-        for step in steps {
+        for (i, step) in steps.enumerated() {
+            let start = timings == nil ? 0 : monotonicSeconds()
+            defer { if let t = timings { t[i] += monotonicSeconds() - start } }
             switch step {
             case let .conv(x, y, p, pad, act, scratch):
                 FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, scratch: scratch)

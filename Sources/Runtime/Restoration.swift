@@ -30,10 +30,12 @@ public enum Restoration {
         public var parameters: [String: Float]
         public var progress: (@Sendable (Int, Int) -> Void)?
         public var algorithm: ConvAlgorithm
+        public var isa: KernelISA
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
-                    algorithm: ConvAlgorithm = .direct, progress: (@Sendable (Int, Int) -> Void)? = nil) {
+                    algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
             self.algorithm = algorithm
+            self.isa = isa
             self.tileSize = tileSize
             self.parameters = parameters
             self.progress = progress
@@ -91,7 +93,7 @@ public enum Restoration {
         let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])
         let ph = h + pads[0] + pads[1], pw = w + pads[2] + pads[3]
 
-        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm)
+        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm, isa: options.isa)
         let out = try runner.run(padded: padded, height: ph, width: pw, parameters: options.parameters, progress: options.progress)
 
         var restored = [Float](repeating: 0, count: w * h)
@@ -100,7 +102,7 @@ public enum Restoration {
         }
         restored = norm.invert(restored)
         for i in 0..<restored.count where image.invalid[i] { restored[i] = .nan }
-        let tiles = ((out.height + runner.tileSize - 1) / runner.tileSize) * ((out.width + runner.tileSize - 1) / runner.tileSize)
+        let tiles = runner.tileCount(outputHeight: out.height, outputWidth: out.width)
         let report = RestoreReport(width: w, height: h, invalidPixels: image.invalidCount, normalization: norm, padding: pads,
                                    tiles: tiles, seconds: Date().timeIntervalSince(start))
         return (restored, report)

@@ -31,6 +31,24 @@ public struct TiledRunner: Sendable {
         self.threads = max(1, threads)
     }
 
+    /// The tile side used for an output of this size: small images get smaller tiles so that
+    /// every thread has work (two tiles per thread at least, tiles no smaller than 64 px or the
+    /// size multiple). Results do not depend on it.
+    public func effectiveTileSize(outputHeight oh: Int, outputWidth ow: Int) -> Int {
+        let m = network.analysis.geometry.sizeMultiple
+        var t = tileSize
+        while threads > 1 && ((oh + t - 1) / t) * ((ow + t - 1) / t) < 2 * threads && t / 2 >= max(64, m) {
+            t = (t / 2 + m - 1) / m * m
+        }
+        return t
+    }
+
+    /// Number of tiles for an output of this size.
+    public func tileCount(outputHeight oh: Int, outputWidth ow: Int) -> Int {
+        let t = effectiveTileSize(outputHeight: oh, outputWidth: ow)
+        return ((oh + t - 1) / t) * ((ow + t - 1) / t)
+    }
+
     /// The output size for a padded input of the given size.
     public func outputSize(height: Int, width: Int) throws -> (height: Int, width: Int) {
         try network.analysis.outputSize(height: height, width: width)
@@ -45,6 +63,7 @@ public struct TiledRunner: Sendable {
         let g = network.analysis.geometry
         let m = g.sizeMultiple
         let outC = network.outputChannels
+        let tileSize = effectiveTileSize(outputHeight: oh, outputWidth: ow)
         let tilesY = (oh + tileSize - 1) / tileSize, tilesX = (ow + tileSize - 1) / tileSize
         let total = tilesY * tilesX
 
