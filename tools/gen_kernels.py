@@ -68,33 +68,41 @@ def micro(name, vec, vw, nx, fma):
 
 
 def layer(prefix, vec, vw, nx):
+    block = max(nx, (256 // vw) // nx * nx)
     return f"""
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
-/// `rows`, all output channel blocks, `vectors` vectors of {vw} columns per row. Weights are packed
-/// [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a multiple of 4. Row strides
-/// must leave room for the vector overhang (see `PlanarLayout`).
+/// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of {vw} columns per row.
+/// Columns are processed in strips of {block} vectors so that the input rows a strip reads
+/// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
+/// them. Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
+/// multiple of 4. Row strides must leave room for the vector overhang (see `PlanarLayout`).
 @inline(__always)
 func {prefix}Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {{
     let blockWeights = c * kh * kw * 4
-    for y in rowStart..<rowEnd {{
-        let ip = input + y * inRow
-        for ob in 0..<outBlocks {{
-            let wb = w + ob * blockWeights
-            let bb = bias + ob * 4
-            let op = out + ob * 4 * outPlane + y * outRow
-            var xv = 0
-            while xv + {nx} <= vectors {{
-                {prefix}Micro4x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane)
-                xv += {nx}
-            }}
-            while xv < vectors {{
-                {prefix}Micro4x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane)
-                xv += 1
+    var strip = 0
+    while strip < vectors {{
+        let stripEnd = min(vectors, strip + {block})
+        for y in rowStart..<rowEnd {{
+            let ip = input + y * inRow
+            for ob in 0..<outBlocks {{
+                let wb = w + ob * blockWeights
+                let bb = bias + ob * 4
+                let op = out + ob * 4 * outPlane + y * outRow
+                var xv = strip
+                while xv + {nx} <= stripEnd {{
+                    {prefix}Micro4x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane)
+                    xv += {nx}
+                }}
+                while xv < stripEnd {{
+                    {prefix}Micro4x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane)
+                    xv += 1
+                }}
             }}
         }}
+        strip = stripEnd
     }}
 }}
 """

@@ -99,31 +99,38 @@ func portableMicro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 }
 
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
-/// `rows`, all output channel blocks, `vectors` vectors of 8 columns per row. Weights are packed
-/// [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a multiple of 4. Row strides
-/// must leave room for the vector overhang (see `PlanarLayout`).
+/// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of 8 columns per row.
+/// Columns are processed in strips of 32 vectors so that the input rows a strip reads
+/// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
+/// them. Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
+/// multiple of 4. Row strides must leave room for the vector overhang (see `PlanarLayout`).
 @inline(__always)
 func portableConv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
     let blockWeights = c * kh * kw * 4
-    for y in rowStart..<rowEnd {
-        let ip = input + y * inRow
-        for ob in 0..<outBlocks {
-            let wb = w + ob * blockWeights
-            let bb = bias + ob * 4
-            let op = out + ob * 4 * outPlane + y * outRow
-            var xv = 0
-            while xv + 2 <= vectors {
-                portableMicro4x2(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane)
-                xv += 2
-            }
-            while xv < vectors {
-                portableMicro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane)
-                xv += 1
+    var strip = 0
+    while strip < vectors {
+        let stripEnd = min(vectors, strip + 32)
+        for y in rowStart..<rowEnd {
+            let ip = input + y * inRow
+            for ob in 0..<outBlocks {
+                let wb = w + ob * blockWeights
+                let bb = bias + ob * 4
+                let op = out + ob * 4 * outPlane + y * outRow
+                var xv = strip
+                while xv + 2 <= stripEnd {
+                    portableMicro4x2(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane)
+                    xv += 2
+                }
+                while xv < stripEnd {
+                    portableMicro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane)
+                    xv += 1
+                }
             }
         }
+        strip = stripEnd
     }
 }
 

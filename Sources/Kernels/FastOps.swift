@@ -51,22 +51,24 @@ public final class PackedConv: @unchecked Sendable {
 /// The fast kernels, dispatched by ISA. All take `PlanarView`s; results are independent of which
 /// rows a call covers, so callers may split work freely.
 public enum FastOps {
-    /// Stride-1 convolution. For 'same' padding the input view must have a margin of at least
-    /// (k - 1) / 2 holding zeros. `scratch` (4 planes in the output's layout) is needed when the
-    /// output channel count is not a multiple of 4.
+    /// Stride-1 convolution of output rows `rows` (all rows by default). For 'same' padding the
+    /// input view must have a margin of at least (k - 1) / 2 holding zeros. `scratch` (4 planes in
+    /// the output's layout) is needed when the output channel count is not a multiple of 4.
+    /// Disjoint row ranges may run on different threads (with separate scratch rows: the scratch
+    /// is indexed by output row, so disjoint ranges never touch the same scratch rows).
     public static func conv2d(_ input: PlanarView, _ output: PlanarView, _ w: PackedConv, padding: ConvPadding,
-                              activation: Activation, isa: KernelISA = .best, scratch: PlanarView? = nil) {
+                              activation: Activation, isa: KernelISA = .best, scratch: PlanarView? = nil, rows: Range<Int>? = nil) {
         precondition(input.channels == w.inChannels && output.channels == w.outChannels)
         let (pt, pl) = padding == .same ? ((w.kh - 1) / 2, (w.kw - 1) / 2) : (0, 0)
         precondition(input.layout.margin >= max(pt, pl), "conv2d: input margin too small for 'same' padding")
+        let r = rows ?? 0..<output.height
         let src = UnsafePointer(input.base - pt * input.rowStride - pl)
         let vw = isa.vectorWidth
         let vectors = (output.width + vw - 1) / vw
         let full = w.outChannels / 4
-        let rows = output.height
         if full > 0 {
             run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw,
-                output.base, output.planeStride, output.rowStride, 0, rows, vectors)
+                output.base, output.planeStride, output.rowStride, r.lowerBound, r.upperBound, vectors)
         }
         let rest = w.outChannels - full * 4
         if rest > 0 {
@@ -74,12 +76,12 @@ public enum FastOps {
             precondition(s.planeStride == output.planeStride && s.rowStride == output.rowStride && s.channels >= 4)
             let blockOffset = full * w.inChannels * w.kh * w.kw * 4
             run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset, w.bias + full * 4, 1,
-                w.kh, w.kw, s.base, s.planeStride, s.rowStride, 0, rows, vectors)
+                w.kh, w.kw, s.base, s.planeStride, s.rowStride, r.lowerBound, r.upperBound, vectors)
             for c in 0..<rest {
-                for y in 0..<rows { output.pointer(full * 4 + c, y, 0).update(from: s.pointer(c, y, 0), count: output.width) }
+                for y in r { output.pointer(full * 4 + c, y, 0).update(from: s.pointer(c, y, 0), count: output.width) }
             }
         }
-        epilogue(output, activation: activation)
+        epilogue(output, activation: activation, rows: r)
     }
 
     @inline(__always)
@@ -103,11 +105,11 @@ public enum FastOps {
 
     /// Applies the activation to the valid columns and zeroes the columns past the width that
     /// vector kernels wrote, so margins stay zero for the next 'same' convolution.
-    public static func epilogue(_ v: PlanarView, activation: Activation) {
+    public static func epilogue(_ v: PlanarView, activation: Activation, rows: Range<Int>? = nil) {
         let w = v.width
         let tail = (w + 15) / 16 * 16 - w + v.layout.margin
         for c in 0..<v.channels {
-            for y in 0..<v.height {
+            for y in rows ?? 0..<v.height {
                 let p = v.pointer(c, y, 0)
                 switch activation {
                 case .none: break
@@ -120,9 +122,9 @@ public enum FastOps {
     }
 
     /// Standalone activation, out of place or in place (same view).
-    public static func activation(_ input: PlanarView, _ output: PlanarView, _ act: Activation) {
+    public static func activation(_ input: PlanarView, _ output: PlanarView, _ act: Activation, rows: Range<Int>? = nil) {
         for c in 0..<input.channels {
-            for y in 0..<input.height {
+            for y in rows ?? 0..<input.height {
                 let s = input.pointer(c, y, 0), d = output.pointer(c, y, 0)
                 switch act {
                 case .none: if s != d { d.update(from: s, count: input.width) }
@@ -134,9 +136,9 @@ public enum FastOps {
     }
 
     /// 2x2 max-pooling, stride 2.
-    public static func maxpool2x2(_ input: PlanarView, _ output: PlanarView) {
+    public static func maxpool2x2(_ input: PlanarView, _ output: PlanarView, rows: Range<Int>? = nil) {
         for c in 0..<output.channels {
-            for y in 0..<output.height {
+            for y in rows ?? 0..<output.height {
                 let a = input.pointer(c, 2 * y, 0), b = input.pointer(c, 2 * y + 1, 0), d = output.pointer(c, y, 0)
                 for x in 0..<output.width {
                     d[x] = max(max(a[2 * x], a[2 * x + 1]), max(b[2 * x], b[2 * x + 1]))
@@ -159,15 +161,17 @@ public enum FastOps {
 
     /// 2x2 stride-2 transposed convolution: a 1x1 convolution into `taps` (4 x outChannels maps
     /// at input resolution), then each tap map is scattered into its sub-grid of the output.
+    /// `rows` are input rows (each paints output rows 2y and 2y + 1).
     public static func convTranspose2x2(_ input: PlanarView, _ output: PlanarView, _ packed: PackedConv, taps: PlanarView,
-                                        isa: KernelISA = .best) {
+                                        isa: KernelISA = .best, rows: Range<Int>? = nil) {
         let o = output.channels
         precondition(packed.outChannels == 4 * o && taps.channels >= 4 * o && taps.height == input.height && taps.width == input.width)
-        conv2d(input, taps, packed, padding: .valid, activation: .none, isa: isa)
+        let r = rows ?? 0..<input.height
+        conv2d(input, taps, packed, padding: .valid, activation: .none, isa: isa, rows: r)
         for oc in 0..<o {
             for t in 0..<4 {
                 let (u, v) = (t / 2, t % 2)
-                for y in 0..<input.height {
+                for y in r {
                     let s = taps.pointer(t * o + oc, y, 0), d = output.pointer(oc, 2 * y + u, v)
                     for x in 0..<input.width { d[2 * x] = s[x] }
                 }
@@ -175,12 +179,12 @@ public enum FastOps {
         }
     }
 
-    public static func fill(_ output: PlanarView, value: Float) {
-        for c in 0..<output.channels { for y in 0..<output.height { output.pointer(c, y, 0).update(repeating: value, count: output.width) } }
+    public static func fill(_ output: PlanarView, value: Float, rows: Range<Int>? = nil) {
+        for c in 0..<output.channels { for y in rows ?? 0..<output.height { output.pointer(c, y, 0).update(repeating: value, count: output.width) } }
     }
 
-    public static func copy(_ input: PlanarView, _ output: PlanarView) {
-        for c in 0..<input.channels { for y in 0..<input.height { output.pointer(c, y, 0).update(from: input.pointer(c, y, 0), count: input.width) } }
+    public static func copy(_ input: PlanarView, _ output: PlanarView, rows: Range<Int>? = nil) {
+        for c in 0..<input.channels { for y in rows ?? 0..<input.height { output.pointer(c, y, 0).update(from: input.pointer(c, y, 0), count: input.width) } }
     }
 }
 

@@ -79,14 +79,27 @@ public final class PlanarBuffer: @unchecked Sendable {
     public let layout: PlanarLayout
     public let storage: UnsafeMutablePointer<Float>
 
+    /// Whether this buffer owns memory (false for layout-only buffers).
+    public let allocated: Bool
+
     public init(_ layout: PlanarLayout) {
         self.layout = layout
         let raw = UnsafeMutableRawPointer.allocate(byteCount: layout.allocation * 4, alignment: 64)
         storage = raw.bindMemory(to: Float.self, capacity: layout.allocation)
         storage.initialize(repeating: 0, count: layout.allocation)
+        allocated = true
     }
 
-    deinit { storage.deallocate() }
+    /// A buffer with a layout but no memory, for measuring plans; its views must not be used.
+    public init(layoutOnly layout: PlanarLayout) {
+        self.layout = layout
+        storage = PlanarBuffer.placeholder
+        allocated = false
+    }
+
+    private static let placeholder = UnsafeMutablePointer<Float>.allocate(capacity: 16)
+
+    deinit { if allocated { storage.deallocate() } }
 
     /// Pointer to element (0, 0, 0).
     public var base: UnsafeMutablePointer<Float> { storage + layout.origin }

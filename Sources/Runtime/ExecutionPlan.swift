@@ -53,7 +53,9 @@ final class ExecutionPlan {
     let outputView: PlanarView
     let isa: KernelISA
 
-    init(network: Network, packed: PackedWeights, height: Int, width: Int, isa: KernelISA) throws {
+    /// With `measureOnly`, buffers get layouts but no memory: the plan can report `bytes` but
+    /// must not run.
+    init(network: Network, packed: PackedWeights?, height: Int, width: Int, isa: KernelISA, measureOnly: Bool = false) throws {
         self.height = height
         self.width = width
         self.isa = isa
@@ -114,7 +116,8 @@ final class ExecutionPlan {
                 return view
             }
             let sh = shapes[v]!
-            let buffer = PlanarBuffer(PlanarLayout(channels: sh.channels, height: sh.height, width: sh.width, margin: margin[v] ?? 0))
+            let layout = PlanarLayout(channels: sh.channels, height: sh.height, width: sh.width, margin: margin[v] ?? 0)
+            let buffer = measureOnly ? PlanarBuffer(layoutOnly: layout) : PlanarBuffer(layout)
             buffers.append(buffer)
             let view = buffer.view()
             views[v] = view
@@ -125,11 +128,19 @@ final class ExecutionPlan {
             var l = v.layout
             l.channels = 4
             l.allocation = l.planeStride * 4 + 2 * l.rowStride + 64
-            let sb = PlanarBuffer(l)
+            let sb = measureOnly ? PlanarBuffer(layoutOnly: l) : PlanarBuffer(l)
             buffers.append(sb)
             return sb.view()
         }
 
+        /// Packed weights, or (measuring) an empty stand-in with the right shape.
+        func packedConv(_ n: Node) -> PackedConv {
+            if let p = packed?.conv[n.name] { return p }
+            let w = analysis.tensorShapes[n.params[0]]!
+            let o = n.op == .convTranspose2d ? 4 * w[0] : w[0]
+            let (kh, kw) = n.op == .convTranspose2d ? (1, 1) : (w[2], w[3])
+            return PackedConv(weight: [Float](repeating: 0, count: o * w[1] * kh * kw), bias: nil, outChannels: o, inChannels: w[1], kh: kh, kw: kw)
+        }
         let inputView = allocate(graph.inputs[0].name)
         for n in nodes where !skipped.contains(n.name) {
             let x = allocate(n.inputs[0])
@@ -143,7 +154,7 @@ final class ExecutionPlan {
                 case .leakyRelu?: act = .leakyRelu(fusedInto[n.name]!.alpha)
                 default: act = .none
                 }
-                let p = packed.conv[n.name]!
+                let p = packedConv(n)
                 steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act, p.outChannels % 4 != 0 ? scratch(like: out) : nil))
             case .relu:
                 steps.append(.activation(x, allocate(n.output), .relu))
@@ -152,8 +163,9 @@ final class ExecutionPlan {
             case .maxpool2d:
                 steps.append(.pool(x, allocate(n.output)))
             case .convTranspose2d:
-                let p = packed.conv[n.name]!
-                let tapsBuffer = PlanarBuffer(PlanarLayout(channels: p.outChannels, height: x.height, width: x.width))
+                let p = packedConv(n)
+                let tapsLayout = PlanarLayout(channels: p.outChannels, height: x.height, width: x.width)
+                let tapsBuffer = measureOnly ? PlanarBuffer(layoutOnly: tapsLayout) : PlanarBuffer(tapsLayout)
                 buffers.append(tapsBuffer)
                 steps.append(.convTranspose(x, allocate(n.output), p, tapsBuffer.view()))
             case .concat:
@@ -187,28 +199,48 @@ final class ExecutionPlan {
         self.buffers = buffers
     }
 
-    /// Runs the plan on one input map; returns the output map. With `timings`, the seconds of
-    /// each step are added to it.
-    func run(_ input: FeatureMap, parameters: [String: Float], timings: UnsafeMutablePointer<Double>? = nil) -> FeatureMap {
+    /// Runs the plan on one input map with `threads` threads splitting the rows of every layer;
+    /// returns the output map. With `timings`, the seconds of each step are added to it.
+    /// The result does not depend on the thread count: every output value is computed by the
+    /// same operations whichever thread computes it.
+    func run(_ input: FeatureMap, parameters: [String: Float], threads: Int = 1, timings: UnsafeMutablePointer<Double>? = nil) -> FeatureMap {
         inputView.load(input)
+        let isa = self.isa
         for (i, step) in steps.enumerated() {
             let start = timings == nil ? 0 : monotonicSeconds()
             defer { if let t = timings { t[i] += monotonicSeconds() - start } }
             switch step {
             case let .conv(x, y, p, pad, act, scratch):
-                FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, scratch: scratch)
+                // Work per row grows with channels x kernel taps; split finely enough to balance.
+                Self.rows(y.height, threads) { FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, scratch: scratch, rows: $0) }
             case let .activation(x, y, act):
-                FastOps.activation(x, y, act)
+                Self.rows(y.height, threads) { FastOps.activation(x, y, act, rows: $0) }
             case let .pool(x, y):
-                FastOps.maxpool2x2(x, y)
+                Self.rows(y.height, threads) { FastOps.maxpool2x2(x, y, rows: $0) }
             case let .convTranspose(x, y, p, taps):
-                FastOps.convTranspose2x2(x, y, p, taps: taps, isa: isa)
+                Self.rows(x.height, threads) { FastOps.convTranspose2x2(x, y, p, taps: taps, isa: isa, rows: $0) }
             case let .fill(y, value, parameter):
                 FastOps.fill(y, value: parameter.flatMap { parameters[$0] } ?? value)
             case let .copy(x, y):
-                FastOps.copy(x, y)
+                Self.rows(y.height, threads) { FastOps.copy(x, y, rows: $0) }
             }
         }
         return outputView.featureMap()
     }
+
+    /// Splits 0..<n into contiguous row ranges over `threads` threads (several ranges per thread
+    /// for balance), or runs it whole on one thread.
+    static func rows(_ n: Int, _ threads: Int, _ body: @escaping @Sendable (Range<Int>) -> Void) {
+        if threads <= 1 || n < 2 {
+            body(0..<n)
+            return
+        }
+        let chunks = min(n, threads * 4)
+        ParallelFor.run(chunks, threads: threads) { k, _ in
+            body((k * n / chunks)..<((k + 1) * n / chunks))
+        }
+    }
+
+    /// Bytes of feature-map memory the plan holds.
+    var bytes: Int { buffers.reduce(0) { $0 + $1.layout.allocation * 4 } }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 import ModelFormat
 
@@ -31,6 +32,16 @@ public final class Network: @unchecked Sendable {
     /// Weights repacked for the fast kernels (made on first use).
     private(set) lazy var packed: PackedWeights = PackedWeights(network: self)
     private let packLock = NSLockShim()
+    /// The last execution plan (its feature maps), reused by the next image of the same size;
+    /// `runLock` serialises runs that use it.
+    let planCache = PlanCache()
+    let runLock = NSLock()
+
+    /// Frees the feature maps kept for the next image.
+    public func releaseCaches() {
+        runLock.lock(); defer { runLock.unlock() }
+        planCache.clear()
+    }
 
     public init(model: Model, fileChecksum: UInt32? = nil) throws {
         analysis = try GraphAnalysis(graph: model.graph, tensorShapes: model.tensors.mapValues { $0.shape })
@@ -59,6 +70,17 @@ public final class Network: @unchecked Sendable {
 
     public var inputChannels: Int { graph.inputs[0].channels }
     public var outputChannels: Int { analysis.channels[graph.outputs[0]]! }
+
+    /// Feature-map bytes per input pixel of an execution plan (every map of the graph held at
+    /// once, with row padding and margins), measured on a layout-only plan; used to size tiles.
+    public var bytesPerInputPixel: Double {
+        let m = analysis.geometry.sizeMultiple
+        let shrink = (try? analysis.shrink()) ?? [0, 0]
+        let side = (max(256, analysis.geometry.receptiveField.max()! * 2) + m - 1) / m * m
+        guard let plan = try? ExecutionPlan(network: self, packed: nil, height: side + shrink[0], width: side + shrink[1],
+                                            isa: .best, measureOnly: true) else { return 4096 }
+        return Double(plan.bytes) / Double((side + shrink[0]) * (side + shrink[1]))
+    }
 
     /// Run-time scalars the graph reads (constant_channel parameters), with their defaults.
     public var runtimeParameters: [String: Float] {

@@ -49,7 +49,7 @@ public enum Restoration {
         let shrink = try network.analysis.shrink()
         let m = g.sizeMultiple
         let rf = g.receptiveField
-        func axis(_ n: Int, _ off: Int, _ sh: Int, _ haloLo: Int, _ haloHi: Int, _ rfSide: Int, _ what: String) throws -> (Int, Int, Int) {
+        func axis(_ n: Int, _ off: Int, _ sh: Int, _ rfSide: Int, _ what: String) throws -> (Int, Int, Int) {
             if sh > 0 && n < rfSide {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), smaller than the model's receptive field of \(rfSide); it cannot be restored")
             }
@@ -57,24 +57,18 @@ public enum Restoration {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what); the model needs at least \(m)")
             }
             // 'same' networks get extra reflected context so their zero padding stays outside the image.
-            // Small images get less context: reflection needs pads smaller than the image.
-            var eLo = sh == 0 ? min(haloLo, n - 1) : 0
-            var eHi = sh == 0 ? min(haloHi, n - 1) : 0
-            func pads() -> (Int, Int) {
-                let top = off + eLo
-                let padded = (n + top + (sh - off) + eHi + m - 1) / m * m
-                return (top, padded - n - top)
-            }
-            var (top, bottom) = pads()
-            while bottom >= n && eHi > 0 { eHi -= 1; (top, bottom) = pads() }
-            while (top >= n || bottom >= n) && eLo > 0 { eLo -= 1; (top, bottom) = pads() }
+            // 'Same' networks pad with zeros themselves, as in training; only the size multiple
+            // is reflected on. 'Valid' networks get their receptive-field halo reflected.
+            let top = off
+            let padded = (n + top + (sh - off) + m - 1) / m * m
+            let bottom = padded - n - top
             if top >= n || bottom >= n {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), too small for the model's padding of \(max(top, bottom))")
             }
-            return (top, bottom, eLo)
+            return (top, bottom, 0)
         }
-        let (t, b, cy) = try axis(height, g.outputOffset[0], shrink[0], g.halo[0], g.halo[1], rf[0], "high")
-        let (l, r, cx) = try axis(width, g.outputOffset[1], shrink[1], g.halo[2], g.halo[3], rf[1], "wide")
+        let (t, b, cy) = try axis(height, g.outputOffset[0], shrink[0], rf[0], "high")
+        let (l, r, cx) = try axis(width, g.outputOffset[1], shrink[1], rf[1], "wide")
         return ([t, b, l, r], [cy, cx])
     }
 

@@ -1,8 +1,10 @@
+import Foundation
 import Kernels
 import ModelFormat
 
 /// Runs a network over a padded single-channel image tile by tile, each tile with the halo its
-/// receptive field needs, tiles spread over threads.
+/// receptive field needs. Tiles run one after another; inside each, every layer splits its rows
+/// over the threads. Tiles exist to bound memory and keep maps in cache.
 ///
 /// Coordinates: the network input is the padded image P. Output index i is aligned with P index
 /// i + outputOffset, and a network run on a window of P starting at row r produces output rows
@@ -14,33 +16,49 @@ import ModelFormat
 /// the same per-layer algorithm.
 public struct TiledRunner: Sendable {
     public let network: Network
-    /// Output tile side (rows and columns of output per tile).
-    public let tileSize: Int
+    /// Requested output tile side; nil chooses one (see `effectiveTileSize`).
+    public let requestedTile: Int?
     public let threads: Int
     public let algorithm: ConvAlgorithm
     public let isa: KernelISA
+    /// Feature-map memory a tile may use, in bytes ('same' networks choose their tile from it).
+    public let memoryBudget: Int
 
     public init(network: Network, tileSize: Int? = nil, threads: Int = ParallelFor.availableCores,
-                algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best) {
+                algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best, memoryBudget: Int? = nil) {
         self.network = network
         self.algorithm = algorithm
         self.isa = isa
-        let m = network.analysis.geometry.sizeMultiple
-        let t = tileSize ?? Int(network.metadata["default_tile"]?.intValue ?? 256)
-        self.tileSize = max(m, (max(t, 1) + m - 1) / m * m)
+        self.requestedTile = tileSize ?? network.metadata["default_tile"]?.intValue.map(Int.init)
         self.threads = max(1, threads)
+        self.memoryBudget = memoryBudget ?? TiledRunner.defaultMemoryBudget
     }
 
-    /// The tile side used for an output of this size: small images get smaller tiles so that
-    /// every thread has work (two tiles per thread at least, tiles no smaller than 64 px or the
-    /// size multiple). Results do not depend on it.
+    /// A quarter of physical memory, at most 4 GiB.
+    public static var defaultMemoryBudget: Int {
+        min(4 << 30, Int(ProcessInfo.processInfo.physicalMemory / 4))
+    }
+
+    /// The output tile side for an output of this size. Networks that shrink their input
+    /// ('valid' convolutions: no halo overhead beyond the shrink) use 256, which keeps a layer's
+    /// working set in L2. 'Same' networks need a wide halo on every tile, so they use the whole
+    /// image when its maps fit the memory budget, else the largest tile that does.
     public func effectiveTileSize(outputHeight oh: Int, outputWidth ow: Int) -> Int {
-        let m = network.analysis.geometry.sizeMultiple
-        var t = tileSize
-        while threads > 1 && ((oh + t - 1) / t) * ((ow + t - 1) / t) < 2 * threads && t / 2 >= max(64, m) {
-            t = (t / 2 + m - 1) / m * m
-        }
-        return t
+        let g = network.analysis.geometry
+        let m = g.sizeMultiple
+        func roundUp(_ v: Int) -> Int { max(m, (v + m - 1) / m * m) }
+        if let t = requestedTile { return roundUp(max(t, 1)) }
+        let shrink = (try? network.analysis.shrink()) ?? [0, 0]
+        if shrink[0] > 0 || shrink[1] > 0 { return roundUp(256) }
+        let perPixel = network.bytesPerInputPixel
+        let side = max(oh, ow)
+        let whole = Double((oh + g.halo[0] + g.halo[1]) * (ow + g.halo[2] + g.halo[3])) * perPixel
+        if whole <= Double(memoryBudget) { return roundUp(side) }
+        let window = Int((Double(memoryBudget) / perPixel).squareRoot())
+        let t = max(m, (window - max(g.halo[0] + g.halo[1], g.halo[2] + g.halo[3])) / m * m)
+        // Equal tiles: as few as the budget allows, each as small as that count permits.
+        let count = (side + t - 1) / t
+        return roundUp((side + count - 1) / count)
     }
 
     /// Number of tiles for an output of this size.
@@ -67,90 +85,65 @@ public struct TiledRunner: Sendable {
         let tilesY = (oh + tileSize - 1) / tileSize, tilesX = (ow + tileSize - 1) / tileSize
         let total = tilesY * tilesX
 
-        struct Window { var r0: Int; var r1: Int; var c0: Int; var c1: Int; var a: Int; var t: Int; var b: Int; var u: Int }
-        @Sendable func window(_ ty: Int, _ tx: Int) -> Window {
-            let a = ty * tileSize, t = min(tileSize, oh - a)
-            let b = tx * tileSize, u = min(tileSize, ow - b)
-            func span(_ start: Int, _ len: Int, _ off: Int, _ lo: Int, _ hi: Int, _ limit: Int) -> (Int, Int) {
-                var s = start + off - lo
-                var e = start + len + off + hi
-                s = max(0, (s >= 0 ? s / m : (s - m + 1) / m) * m)
-                e = min(limit, (e + m - 1) / m * m)
-                return (s, e)
-            }
+        func span(_ start: Int, _ len: Int, _ off: Int, _ lo: Int, _ hi: Int, _ limit: Int) -> (Int, Int) {
+            var s = start + off - lo
+            var e = start + len + off + hi
+            s = max(0, (s >= 0 ? s / m : (s - m + 1) / m) * m)
+            e = min(limit, (e + m - 1) / m * m)
+            return (s, e)
+        }
+        var out = FeatureMap(channels: outC, height: oh, width: ow)
+        network.runLock.lock()
+        defer { network.runLock.unlock() }
+        let cache = network.planCache
+        let packed = algorithm == .reference ? nil : network.packedWeights()
+        for k in 0..<total {
+            let a = (k / tilesX) * tileSize, t = min(tileSize, oh - a)
+            let b = (k % tilesX) * tileSize, u = min(tileSize, ow - b)
             let (r0, r1) = span(a, t, g.outputOffset[0], g.halo[0], g.halo[1], height)
             let (c0, c1) = span(b, u, g.outputOffset[1], g.halo[2], g.halo[3], width)
-            return Window(r0: r0, r1: r1, c0: c0, c1: c1, a: a, t: t, b: b, u: u)
-        }
-        // Validate every window shape before starting threads (errors cannot cross threads).
-        for ty in 0..<tilesY {
-            for tx in 0..<tilesX {
-                let w = window(ty, tx)
-                _ = try network.analysis.shapes(height: w.r1 - w.r0, width: w.c1 - w.c0)
-            }
-        }
-
-        let outPtr = UnsafeMutablePointer<Float>.allocate(capacity: outC * oh * ow)
-        defer { outPtr.deallocate() }
-        nonisolated(unsafe) let out = outPtr
-        let src = padded
-        let net = network
-        let done = Counter()
-        let failure = ErrorBox()
-        let caches = (0..<threads).map { _ in PlanCache() }
-        let algorithm = self.algorithm, isa = self.isa
-        let packed = algorithm == .reference ? nil : net.packedWeights()
-        ParallelFor.run(total, threads: threads) { k, worker in
-            let w = window(k / tilesX, k % tilesX)
-            let wh = w.r1 - w.r0, ww = w.c1 - w.c0
+            let wh = r1 - r0, ww = c1 - c0
             var tile = FeatureMap(channels: 1, height: wh, width: ww)
-            for y in 0..<wh {
-                for x in 0..<ww { tile.data[y * ww + x] = src[(w.r0 + y) * width + w.c0 + x] }
-            }
-            do {
-                let y: FeatureMap
-                if let packed = packed {
-                    let plan = try caches[worker].plan(net, packed, wh, ww, isa)
-                    y = plan.run(tile, parameters: parameters)
-                } else {
-                    y = try net.forward(tile, parameters: parameters, algorithm: .reference)
-                }
-                // Network output row k of this window is global output row r0 + k.
-                for c in 0..<outC {
-                    for yy in 0..<w.t {
-                        let sy = w.a - w.r0 + yy
-                        for xx in 0..<w.u {
-                            let sx = w.b - w.c0 + xx
-                            out[(c * oh + w.a + yy) * ow + w.b + xx] = y.data[(c * y.height + sy) * y.width + sx]
-                        }
+            padded.withUnsafeBufferPointer { src in
+                tile.data.withUnsafeMutableBufferPointer { dst in
+                    for y in 0..<wh {
+                        (dst.baseAddress! + y * ww).update(from: src.baseAddress! + (r0 + y) * width + c0, count: ww)
                     }
                 }
-            } catch {
-                failure.set(error)
             }
-            let d = done.take() + 1
-            progress?(d, total)
+            let y: FeatureMap
+            if let packed = packed {
+                let plan = try cache.plan(network, packed, wh, ww, isa)
+                y = plan.run(tile, parameters: parameters, threads: threads)
+            } else {
+                y = try network.forward(tile, parameters: parameters, algorithm: .reference)
+            }
+            // Network output row k of this window is global output row r0 + k.
+            for c in 0..<outC {
+                for yy in 0..<t {
+                    let sy = a - r0 + yy
+                    for xx in 0..<u {
+                        out.data[(c * oh + a + yy) * ow + b + xx] = y.data[(c * y.height + sy) * y.width + b - c0 + xx]
+                    }
+                }
+            }
+            progress?(k + 1, total)
         }
-        if let e = failure.error { throw e }
-        return FeatureMap(channels: outC, height: oh, width: ow, data: Array(UnsafeBufferPointer(start: outPtr, count: outC * oh * ow)))
+        return out
     }
 }
 
-/// Execution plans of one worker, by input size (edge tiles differ from interior ones).
+/// The execution plan of the last tile size; a new size frees the old plan before the new one
+/// is made, so only one set of feature maps exists at a time.
 final class PlanCache: @unchecked Sendable {
-    private var plans: [Int: ExecutionPlan] = [:]
+    private var last: ExecutionPlan?
     func plan(_ net: Network, _ packed: PackedWeights, _ h: Int, _ w: Int, _ isa: KernelISA) throws -> ExecutionPlan {
-        let key = h << 32 | w
-        if let p = plans[key] { return p }
+        if let p = last, p.height == h, p.width == w { return p }
+        last = nil
         let p = try ExecutionPlan(network: net, packed: packed, height: h, width: w, isa: isa)
-        plans[key] = p
+        last = p
         return p
     }
-}
 
-final class ErrorBox: @unchecked Sendable {
-    private var stored: Error?
-    private let lock = NSLockShim()
-    func set(_ e: Error) { lock.locked { if stored == nil { stored = e } } }
-    var error: Error? { lock.locked { stored } }
+    func clear() { last = nil }
 }

@@ -21,7 +21,7 @@ struct AstroCNNCommand: ParsableCommand {
         commandName: "astrocnn",
         abstract: "Restore astronomical images with CNNs on the CPU.",
         version: AstroCNN.version,
-        subcommands: [Restore.self, Inspect.self, Bench.self]
+        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self]
     )
 }
 
@@ -131,6 +131,9 @@ struct Inspect: ParsableCommand {
         print("parameters \(params)")
         print("receptive  \(g.receptiveField[0])x\(g.receptiveField[1]) px, output offset (\(g.outputOffset[0]), \(g.outputOffset[1])), halo t/b/l/r \(g.halo.map(String.init).joined(separator: "/")), size multiple \(g.sizeMultiple)")
         print(String(format: "FLOPs      %.1f k per output pixel (%.2f GFLOP per megapixel)", a.flopsPerOutputPixel / 1e3, a.flopsPerOutputPixel / 1e3))
+        if let net = try? Network(model: try reader.model()) {
+            print(String(format: "memory     %.0f MB of feature maps per megapixel run at once (tiles are sized from this)", net.bytesPerInputPixel))
+        }
         print("")
         print("graph: input " + reader.graph.inputs.map { "\($0.name) [\($0.channels) ch]" }.joined(separator: ", ")
               + " -> output " + reader.graph.outputs.joined(separator: ", "))

@@ -37,17 +37,7 @@ struct Bench: ParsableCommand {
 
     func loadNetwork() throws -> Network {
         if let m = model { return try Network(path: m) }
-        var rng = SystemRandomNumberGenerator()
-        let initializer: ModelBuilder.Initializer = { _, shape, fanIn, _ in
-            let s = Float((2 / Double(fanIn)).squareRoot())
-            return (0..<shape.reduce(1, *)).map { _ in Float.random(in: -s..<s, using: &rng) }
-        }
-        switch builtin ?? "flamary3" {
-        case "flamary3": return try Network(model: try Architectures.flamary3(name: "flamary3-random", initializer: initializer))
-        case "flamary1": return try Network(model: try Architectures.flamary1(name: "flamary1-random", initializer: initializer))
-        case "unet": return try Network(model: try Architectures.unet(name: "astro-unet-random", initializer: initializer))
-        case let other: throw ValidationError("unknown --builtin '\(other)' (flamary3, flamary1, unet)")
-        }
+        return try Network(model: try builtinModel(builtin ?? "flamary3", seed: 1))
     }
 
     func run() throws {
