@@ -88,6 +88,9 @@ struct Restore: ParsableCommand {
     @Flag(help: "No progress line.")
     var quiet = false
 
+    @Option(name: .customLong("conv"), help: "Convolution algorithm: direct (SIMD kernels, default) or reference (scalar oracle, slow).")
+    var conv: String = "direct"
+
     func run() throws {
         if let t = threads, t < 1 { throw failure("--threads must be at least 1") }
         if let t = tile, t < 1 { throw failure("--tile must be at least 1") }
@@ -100,7 +103,9 @@ struct Restore: ParsableCommand {
         do {
             let network = try Network(path: model)
             let progress = quiet ? nil : ProgressLine("restore")
-            var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters)
+            guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be direct or reference") }
+            var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters,
+                                              algorithm: algorithm)
             if let p = progress { options.progress = { p.update($0, $1) } }
             let command = CommandLine.arguments.joined(separator: " ")
             let r = try Restoration.restoreFile(input: input, hdu: hdu, output: output, network: network, options: options,
@@ -131,6 +136,7 @@ struct Inspect: ParsableCommand {
         print("parameters \(params)")
         print("receptive  \(g.receptiveField[0])x\(g.receptiveField[1]) px, output offset (\(g.outputOffset[0]), \(g.outputOffset[1])), halo t/b/l/r \(g.halo.map(String.init).joined(separator: "/")), size multiple \(g.sizeMultiple)")
         print(String(format: "FLOPs      %.1f k per output pixel (%.2f GFLOP per megapixel)", a.flopsPerOutputPixel / 1e3, a.flopsPerOutputPixel / 1e3))
+        print("kernels    \(KernelISA.best.rawValue) on this CPU; every convolution runs the direct SIMD kernel (--conv reference: scalar oracle)")
         if let net = try? Network(model: try reader.model()) {
             print(String(format: "memory     %.0f MB of feature maps per megapixel run at once (tiles are sized from this)", net.bytesPerInputPixel))
         }

@@ -29,6 +29,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Repeats per measurement (the median is reported).")
     var repeats: Int = 3
 
+    @Flag(help: "Skip the per-layer profile.")
+    var skipLayers = false
+
     @Option(help: "Write one CSV row per (size, threads, conv) here.")
     var csv: String?
 
@@ -64,7 +67,7 @@ struct Bench: ParsableCommand {
         print(String(format: "model      %@: %.1f kFLOP per output pixel", network.name, flopsPerPixel / 1e3))
 
         // Per-layer profile on one tile, one thread.
-        do {
+        if !skipLayers { do {
             let layers = try Benchmark.layerProfile(network: network, side: layerTile, isa: isa, repeats: max(repeats, 3))
             print("\nper layer, one \(layerTile)x\(layerTile)-output tile, 1 thread, \(isa.rawValue):")
             print("  layer                      op                         ms      GFLOP/s  % of peak")
@@ -77,7 +80,7 @@ struct Bench: ParsableCommand {
             print(String(format: "  %@ %@ %8.3f  %8.1f  %6.1f%%", pad("total", 26), pad("", 24), total * 1e3, totalFlops / total / 1e9, 100 * totalFlops / total / 1e9 / peak1))
         } catch {
             throw failure(String(describing: error))
-        }
+        } }
 
         // Throughput against image size.
         print("\nwhole images (padding, tiling, network; no file I/O), median of \(repeats):")
