@@ -66,6 +66,26 @@ final class PublishedWeightsTests: XCTestCase {
     }
 }
 
+/// The converter on synthetic Keras 2 (TensorFlow layout) and Keras 1 (Theano) files, checked
+/// in Python against the expected kernels, then read and run by the Swift runtime.
+final class ConverterConventionTests: XCTestCase {
+    func testKeras2AndKeras1Conventions() throws {
+        let (pyStatus, _, _) = try runProcess("/usr/bin/env", ["python3", "-c", "import numpy, h5py"])
+        if pyStatus != 0 { throw XCTSkip("python3 with numpy and h5py is not installed (the .ci/run script installs them)") }
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (status, out, err) = try runProcess("/usr/bin/env", ["python3", repositoryRoot + "/tools/test_keras2acnn.py", dir])
+        XCTAssertEqual(status, 0, out + err)
+        let net = try Network(path: dir + "/k2.acnn")
+        XCTAssertEqual(net.analysis.geometry.receptiveField, [7, 7])
+        var rng = TestRNG(4)
+        let x = FeatureMap(channels: 1, height: 20, width: 23, data: (0..<(20 * 23)).map { _ in rng.float() })
+        let a = try net.forward(x, algorithm: .reference), b = try net.forward(x, algorithm: .direct)
+        XCTAssertEqual(a.height, 16); XCTAssertEqual(a.width, 19)
+        XCTAssertLessThanOrEqual(maxAbsDiff(a.data, b.data), 1e-5)
+    }
+}
+
 final class PipelineTests: XCTestCase {
     func testNormalizationInverts() {
         let px: [Float] = [-2, 0, 1, 5, .nan, 10]
