@@ -45,7 +45,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ModelFormatTests", dependencies: ["ModelFormat"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelFormat"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"]),
     ],
     swiftLanguageModes: [.v5]

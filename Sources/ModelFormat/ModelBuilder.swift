@@ -159,3 +159,21 @@ public enum Architectures {
         return try b.build(output: x)
     }
 }
+
+/// SplitMix64: a small, fast, seeded generator giving the same sequence on every platform
+/// (for reproducible weight initialisation, tests and data simulation).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// A uniform Float in [lo, hi).
+    public mutating func float(_ lo: Float = -1, _ hi: Float = 1) -> Float { Float.random(in: lo..<hi, using: &self) }
+    /// `n` uniform Floats in [-1, 1).
+    public mutating func floats(_ n: Int) -> [Float] { (0..<n).map { _ in float() } }
+}

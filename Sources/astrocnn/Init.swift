@@ -3,22 +3,9 @@ import Foundation
 import ModelFormat
 import Runtime
 
-/// SplitMix64: a small seeded generator, the same sequence on every platform.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// He-uniform initial weights from a seed (biases stay zero).
 func heUniform(seed: UInt64) -> ModelBuilder.Initializer {
-    var rng = SeededGenerator(seed: seed)
+    var rng = SplitMix64(seed: seed)
     return { _, shape, fanIn, _ in
         let s = Float((6 / Double(fanIn)).squareRoot())
         return (0..<shape.reduce(1, *)).map { _ in Float.random(in: -s..<s, using: &rng) }

@@ -2,22 +2,11 @@ import Foundation
 import ModelFormat
 import XCTest
 
-/// Deterministic generator for test data (SplitMix64).
-struct TestRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func float(_ lo: Float = -1, _ hi: Float = 1) -> Float { Float.random(in: lo..<hi, using: &self) }
-}
+/// Seeded test data.
+typealias TestRNG = SplitMix64
 
 func randomInit(seed: UInt64) -> ModelBuilder.Initializer {
-    var rng = TestRNG(seed)
+    var rng = TestRNG(seed: seed)
     return { _, shape, fanIn, _ in
         let s = Float(1 / Double(fanIn).squareRoot())
         return (0..<shape.reduce(1, *)).map { _ in rng.float(-s, s) }
@@ -54,7 +43,7 @@ final class CRCTests: XCTestCase {
     }
 
     func testSliceBy8MatchesBytewise() {
-        var rng = TestRNG(1)
+        var rng = TestRNG(seed: 1)
         for n in [1, 7, 8, 9, 63, 64, 65, 1000] {
             let data = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
             var c: UInt32 = 0xFFFF_FFFF
@@ -92,7 +81,7 @@ final class HalfFloatTests: XCTestCase {
         XCTAssertEqual(HalfFloat.toFloat(HalfFloat.fromFloat(1 + 0x1p-11 + 0x1p-20)), 1 + 0x1p-10)
         // Smallest subnormal.
         XCTAssertEqual(HalfFloat.toFloat(HalfFloat.fromFloat(0x1p-24)), 0x1p-24)
-        var rng = TestRNG(3)
+        var rng = TestRNG(seed: 3)
         for _ in 0..<10000 {
             let f = rng.float(-1000, 1000)
             let r = HalfFloat.toFloat(HalfFloat.fromFloat(f))
@@ -227,7 +216,7 @@ final class ValidationTests: XCTestCase {
             cut += cut < headerLength + 64 ? 1 : 7
         }
         // Random flips anywhere.
-        var rng = TestRNG(99)
+        var rng = TestRNG(seed: 99)
         for _ in 0..<4000 {
             var v = good
             let flips = Int.random(in: 1...3, using: &rng)
@@ -251,7 +240,7 @@ final class ValidationTests: XCTestCase {
     func testStructuralCorruptionWithValidCRC() throws {
         let good = try ModelWriter.encode(try everyOpModel())
         let headerLength = Int(good[20]) | Int(good[21]) << 8 | Int(good[22]) << 16 | Int(good[23]) << 24
-        var rng = TestRNG(5)
+        var rng = TestRNG(seed: 5)
         var threw = 0
         for _ in 0..<3000 {
             var v = good

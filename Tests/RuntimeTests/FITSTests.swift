@@ -87,7 +87,7 @@ final class FITSTests: XCTestCase {
 
     func testEveryBitpixRoundTrip() throws {
         let w = 23, h = 17
-        var rng = TestRNG(11)
+        var rng = TestRNG(seed: 11)
         for (bitpix, scale, zero) in [(Int32(8), nil, nil), (16, nil, nil), (16, 1.0, 32768.0), (16, 0.5, 100.0), (32, nil, nil),
                                       (32, 2.0, -5.0), (64, nil, nil), (-32, nil, nil), (-64, nil, nil), (-32, 2.0, 1.0)] as [(Int32, Double?, Double?)] {
             let s = scale ?? 1, z = zero ?? 0

@@ -78,7 +78,7 @@ final class ConverterConventionTests: XCTestCase {
         XCTAssertEqual(status, 0, out + err)
         let net = try Network(path: dir + "/k2.acnn")
         XCTAssertEqual(net.analysis.geometry.receptiveField, [7, 7])
-        var rng = TestRNG(4)
+        var rng = TestRNG(seed: 4)
         let x = FeatureMap(channels: 1, height: 20, width: 23, data: (0..<(20 * 23)).map { _ in rng.float() })
         let a = try net.forward(x, algorithm: .reference), b = try net.forward(x, algorithm: .direct)
         XCTAssertEqual(a.height, 16); XCTAssertEqual(a.width, 19)
@@ -131,7 +131,7 @@ final class PipelineTests: XCTestCase {
     }
 
     func randomImage(_ w: Int, _ h: Int, seed: UInt64) -> FITSImage {
-        var rng = TestRNG(seed)
+        var rng = TestRNG(seed: seed)
         return FITSImage(width: w, height: h, pixels: (0..<(w * h)).map { _ in rng.float(0, 100) })
     }
 
@@ -166,7 +166,7 @@ final class PipelineTests: XCTestCase {
     /// The fast executor (fusion, in-place concatenation, margins, transposed convs) equals the
     /// reference on a U-net and on every op, within float32 rounding.
     func testFastExecutorMatchesReference() throws {
-        var rng = TestRNG(21)
+        var rng = TestRNG(seed: 21)
         let unet = try Network(model: try Architectures.unet(widths: [6, 9, 12], exposureRatio: 3, initializer: randomInit(seed: 8)))
         let x = FeatureMap(channels: 1, height: 24, width: 36, data: (0..<(24 * 36)).map { _ in rng.float(0, 1) })
         let ref = try unet.forward(x, parameters: ["exposure_ratio": 5], algorithm: .reference)

@@ -4,22 +4,11 @@ import ModelFormat
 import Runtime
 import XCTest
 
-/// Deterministic generator for test data (SplitMix64).
-struct TestRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func float(_ lo: Float = -1, _ hi: Float = 1) -> Float { Float.random(in: lo..<hi, using: &self) }
-}
+/// Seeded test data.
+typealias TestRNG = SplitMix64
 
 func randomInit(seed: UInt64) -> ModelBuilder.Initializer {
-    var rng = TestRNG(seed)
+    var rng = TestRNG(seed: seed)
     return { _, shape, fanIn, _ in
         let s = Float((2 / Double(fanIn)).squareRoot())
         return (0..<shape.reduce(1, *)).map { _ in rng.float(-s, s) }
