@@ -42,34 +42,31 @@ public enum Restoration {
         }
     }
 
-    /// Padding around an image of the given size so that every pixel gets an output:
-    /// returns (top, bottom, left, right) and the output crop origin (row, column).
-    public static func padding(for network: Network, height: Int, width: Int) throws -> (pads: [Int], crop: [Int]) {
+    /// Reflection padding (top, bottom, left, right) around an image of the given size so that
+    /// every pixel gets an output aligned with it: 'valid' networks get their receptive-field
+    /// halo; 'same' networks pad with zeros themselves (as in training) and only get rows and
+    /// columns up to their size multiple. Output pixel (i, j) is then image pixel (i, j).
+    public static func padding(for network: Network, height: Int, width: Int) throws -> [Int] {
         let g = network.analysis.geometry
         let shrink = try network.analysis.shrink()
         let m = g.sizeMultiple
-        let rf = g.receptiveField
-        func axis(_ n: Int, _ off: Int, _ sh: Int, _ rfSide: Int, _ what: String) throws -> (Int, Int, Int) {
+        func axis(_ n: Int, _ off: Int, _ sh: Int, _ rfSide: Int, _ what: String) throws -> (Int, Int) {
             if sh > 0 && n < rfSide {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), smaller than the model's receptive field of \(rfSide); it cannot be restored")
             }
             if n < m {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what); the model needs at least \(m)")
             }
-            // 'same' networks get extra reflected context so their zero padding stays outside the image.
-            // 'Same' networks pad with zeros themselves, as in training; only the size multiple
-            // is reflected on. 'Valid' networks get their receptive-field halo reflected.
             let top = off
-            let padded = (n + top + (sh - off) + m - 1) / m * m
-            let bottom = padded - n - top
+            let bottom = (n + sh + m - 1) / m * m - n - top
             if top >= n || bottom >= n {
                 throw RuntimeError.imageTooSmall("the image is \(n) pixels \(what), too small for the model's padding of \(max(top, bottom))")
             }
-            return (top, bottom, 0)
+            return (top, bottom)
         }
-        let (t, b, cy) = try axis(height, g.outputOffset[0], shrink[0], rf[0], "high")
-        let (l, r, cx) = try axis(width, g.outputOffset[1], shrink[1], rf[1], "wide")
-        return ([t, b, l, r], [cy, cx])
+        let (t, b) = try axis(height, g.outputOffset[0], shrink[0], g.receptiveField[0], "high")
+        let (l, r) = try axis(width, g.outputOffset[1], shrink[1], g.receptiveField[1], "wide")
+        return [t, b, l, r]
     }
 
     /// Restores one image held in memory; returns pixels in the input's units (NaN where invalid).
@@ -79,7 +76,7 @@ public enum Restoration {
             throw RuntimeError.unsupportedModel("restoring a FITS image needs a 1-channel to 1-channel model; this one maps \(network.inputChannels) to \(network.outputChannels)")
         }
         let w = image.width, h = image.height
-        let (pads, crop) = try padding(for: network, height: h, width: w)
+        let pads = try padding(for: network, height: h, width: w)
 
         let norm = Normalization.fit(network.normalization, pixels: image.pixels, invalid: image.invalid)
         var networkUnits = norm.apply(image.pixels, invalid: image.invalid)
@@ -92,7 +89,7 @@ public enum Restoration {
 
         var restored = [Float](repeating: 0, count: w * h)
         for y in 0..<h {
-            for x in 0..<w { restored[y * w + x] = out.data[(crop[0] + y) * out.width + crop[1] + x] }
+            for x in 0..<w { restored[y * w + x] = out.data[y * out.width + x] }
         }
         restored = norm.invert(restored)
         for i in 0..<restored.count where image.invalid[i] { restored[i] = .nan }
