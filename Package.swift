@@ -46,6 +46,7 @@ let package = Package(
         ),
         .testTarget(name: "ModelFormatTests", dependencies: ["ModelFormat"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelFormat"]),
+        .testTarget(name: "ReportingTests", dependencies: ["Reporting"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"]),
     ],
     swiftLanguageModes: [.v5]

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Kernels
 import ModelFormat
+import Reporting
 import Runtime
 
 @main
@@ -91,6 +92,9 @@ struct Restore: ParsableCommand {
     @Option(name: .customLong("conv"), help: "Convolution algorithm: direct (SIMD kernels, default) or reference (scalar oracle, slow).")
     var conv: String = "direct"
 
+    @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch.")
+    var preview: String?
+
     func run() throws {
         if let t = threads, t < 1 { throw failure("--threads must be at least 1") }
         if let t = tile, t < 1 { throw failure("--tile must be at least 1") }
@@ -112,6 +116,12 @@ struct Restore: ParsableCommand {
                                                 overwrite: overwrite, command: command)
             print(String(format: "restored %dx%d pixels (%d invalid) with '%@' in %.2f s (%d tiles, %d threads) -> %@",
                          r.width, r.height, r.invalidPixels, network.name, r.seconds, r.tiles, options.threads, output))
+            if let png = preview {
+                let before = try FITSIO.readImage(path: input, hdu: hdu), after = try FITSIO.readImage(path: output)
+                try Preview.sideBySide([("input", before.pixels), ("restored: " + network.name, after.pixels)],
+                                       width: before.width, height: before.height).write(to: png)
+                print("wrote \(png)")
+            }
         } catch {
             throw failure(describe(error))
         }
@@ -143,8 +153,10 @@ struct Inspect: ParsableCommand {
         print("")
         print("graph: input " + reader.graph.inputs.map { "\($0.name) [\($0.channels) ch]" }.joined(separator: ", ")
               + " -> output " + reader.graph.outputs.joined(separator: ", "))
-        let header = "  #  node                 op                 inputs -> output                      out ch  kernel    params    kFLOP/px"
-        print(header)
+        let nodes = a.order.map { reader.graph.nodes[$0] }
+        let nameWidth = max(4, nodes.map(\.name.count).max() ?? 4) + 1
+        let ioWidth = max(16, nodes.map { ($0.inputs.joined(separator: ",") + " -> " + $0.output).count }.max() ?? 16) + 1
+        print("  #  " + pad("node", nameWidth) + pad("op", 19) + pad("inputs -> output", ioWidth) + "out ch  kernel      params    kFLOP/px")
         for (step, i) in a.order.enumerated() {
             let n = reader.graph.nodes[i]
             var kernel = "", pcount = 0
@@ -154,8 +166,8 @@ struct Inspect: ParsableCommand {
             if n.op == .leakyRelu { extra = " alpha=\(n.alpha)" }
             if n.op == .constantChannel { extra = " value=\(n.constantValue)" + (n.runtimeParameter.map { " param=\($0)" } ?? "") }
             let io = (n.inputs.joined(separator: ",") + " -> " + n.output)
-            print(String(format: "%3d  %@ %@ %@ %6d  %@ %8d  %10.2f%@", step, pad(n.name, 20), pad(n.op.rawValue, 18), pad(io, 37),
-                         a.channels[n.output] ?? 0, pad(kernel, 9), pcount, a.nodeFlopsPerOutputPixel[i] / 1e3, extra))
+            print(String(format: "%3d  %@%@%@%6d  %@ %8d  %10.2f%@", step, pad(n.name, nameWidth), pad(n.op.rawValue, 19), pad(io, ioWidth),
+                         a.channels[n.output] ?? 0, pad(kernel, 11), pcount, a.nodeFlopsPerOutputPixel[i] / 1e3, extra))
         }
         print("")
         print("tensors:")
