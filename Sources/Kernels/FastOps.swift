@@ -191,9 +191,7 @@ public enum FastOps {
 /// The machine's FP32 FMA throughput for an ISA, measured by a register-only FMA loop.
 public enum PeakFLOPs {
     /// FLOPs of `iterations` rounds of the ISA's peak loop (fma = 2 FLOPs).
-    public static func flopsPerRun(_ isa: KernelISA, _ iterations: Int) -> Double { flops(isa, iterations) }
-
-    static func flops(_ isa: KernelISA, _ iterations: Int) -> Double {
+    public static func flops(_ isa: KernelISA, _ iterations: Int) -> Double {
         let vectors: Int = isa.vectorWidth == 16 ? 24 : 12
         return Double(iterations * vectors * isa.vectorWidth * 2)
     }

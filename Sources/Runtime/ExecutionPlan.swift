@@ -125,9 +125,7 @@ final class ExecutionPlan {
         }
         func scratch(like v: PlanarView) -> PlanarView {
             // The scratch shares strides with the output: built from the output's layout.
-            var l = v.layout
-            l.channels = 4
-            l.allocation = l.planeStride * 4 + 2 * l.rowStride + 64
+            let l = v.layout.withChannels(4)
             let sb = measureOnly ? PlanarBuffer(layoutOnly: l) : PlanarBuffer(l)
             buffers.append(sb)
             return sb.view()
@@ -236,7 +234,7 @@ final class ExecutionPlan {
             return
         }
         let chunks = min(n, threads * 4)
-        ParallelFor.run(chunks, threads: threads) { k, _ in
+        ParallelFor.run(chunks, threads: threads) { k in
             body((k * n / chunks)..<((k + 1) * n / chunks))
         }
     }

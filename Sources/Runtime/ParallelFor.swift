@@ -1,22 +1,21 @@
 import Foundation
 
-/// Runs `body(i, worker)` for i in 0..<count on `threads` worker threads (worker in
-/// 0..<threads) that take indices in order from a shared counter. Results must not depend on
-/// which worker runs which index.
+/// Runs `body(i)` for i in 0..<count on `threads` worker threads that take indices in order
+/// from a shared counter. Results must not depend on which thread runs which index.
 public enum ParallelFor {
-    public static func run(_ count: Int, threads: Int, _ body: @escaping @Sendable (Int, Int) -> Void) {
+    public static func run(_ count: Int, threads: Int, _ body: @escaping @Sendable (Int) -> Void) {
         if count == 0 { return }
         let workers = max(1, min(threads, count))
         if workers == 1 {
-            for i in 0..<count { body(i, 0) }
+            for i in 0..<count { body(i) }
             return
         }
         let next = Counter()
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
             while true {
                 let i = next.take()
                 if i >= count { break }
-                body(i, worker)
+                body(i)
             }
         }
     }
