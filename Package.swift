@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "Kernels", targets: ["Kernels"]),
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "Reporting", targets: ["Reporting"]),
+        .library(name: "Trainer", targets: ["Trainer"]),
         .executable(name: "astrocnn", targets: ["astrocnn"]),
     ],
     dependencies: [
@@ -37,15 +38,17 @@ let package = Package(
         .target(name: "Kernels", dependencies: ["CPUFeatures", "KernelsAVX512", "KernelsAVX2"]),
         .target(name: "Runtime", dependencies: ["ModelFormat", "Kernels", "CFITSIO"]),
         .target(name: "Reporting", dependencies: ["ModelFormat"]),
+        .target(name: "Trainer", dependencies: ["ModelFormat", "Kernels", "Runtime"]),
         .executableTarget(
             name: "astrocnn",
             dependencies: [
-                "Runtime", "ModelFormat", "Kernels", "Reporting",
+                "Runtime", "ModelFormat", "Kernels", "Reporting", "Trainer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "ModelFormatTests", dependencies: ["ModelFormat"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelFormat"]),
+        .testTarget(name: "TrainerTests", dependencies: ["Trainer", "Runtime", "ModelFormat", "Kernels"]),
         .testTarget(name: "ReportingTests", dependencies: ["Reporting"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"]),
     ],

@@ -108,6 +108,45 @@ func {prefix}Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 """
 
 
+WGRAD_SHAPES = [(12, 1), (6, 2), (3, 4)]
+
+
+def wgrad(prefix, vec, vw, mr, nr, fma):
+    """Weight-gradient micro-kernel: out[i][j*vw..] += sum over (y, x) of a_i(y, x) * b[(y, x)][j*vw..]
+    for mr taps a_i(y, x) = aBase[offsets[i] + y * aRow + x] (broadcast) and nr vectors of output
+    channels of b (the output gradient transposed to pixel-major, `ldb` floats per pixel)."""
+    L = []
+    acc = lambda i, j: f"g{i}_{j}"
+    L.append(f"@inline(never)")
+    L.append(f"public func {prefix}WeightGrad{mr}x{nr}(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int, _ aRow: Int,")
+    L.append(f"    _ b: UnsafePointer<Float>, _ ldb: Int, _ out: UnsafeMutablePointer<Float>, _ ldo: Int) {{")
+    for i in range(mr):
+        L.append(f"    let r{i} = aBase + offsets[{i}]")
+        for j in range(nr):
+            L.append(f"    var {acc(i, j)} = UnsafeRawPointer(out + {i} * ldo + {j * vw}).loadUnaligned(as: {vec}.self)")
+    L.append("    var bp = b")
+    L.append("    for y in 0..<height {")
+    L.append("        let ro = y * aRow")
+    L.append("        for x in 0..<width {")
+    for j in range(nr):
+        L.append(f"            let b{j} = UnsafeRawPointer(bp + {j * vw}).loadUnaligned(as: {vec}.self)")
+    for i in range(mr):
+        L.append(f"            let s{i} = {vec}(repeating: r{i}[ro + x])")
+        for j in range(nr):
+            if fma == "always":
+                L.append(f"            {acc(i, j)} = {acc(i, j)}.addingProduct(s{i}, b{j})")
+            else:
+                L.append(f"            {acc(i, j)} = fmaOrMulAdd({acc(i, j)}, s{i}, b{j})")
+    L.append("            bp += ldb")
+    L.append("        }")
+    L.append("    }")
+    for i in range(mr):
+        for j in range(nr):
+            L.append(f"    UnsafeMutableRawPointer(out + {i} * ldo + {j * vw}).storeBytes(of: {acc(i, j)}, as: {vec}.self)")
+    L.append("}")
+    return "\n".join(L) + "\n"
+
+
 def generate(path, isa, guard, prefix, vec, vw, nx, fma, public_entry):
     parts = [HEADER.format(isa=isa, vec=vec, nx=nx)]
     if guard:
@@ -131,6 +170,9 @@ func fmaOrMulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{
     parts.append(layer(prefix, vec, vw, nx))
     parts.append(public_entry)
     parts.append(peak(prefix, vec, vw, 24 if vw == 16 else 12, fma))
+    parts.append("\n")
+    for mr, nr in WGRAD_SHAPES:
+        parts.append(wgrad(prefix, vec, vw, mr, nr, fma))
     if guard:
         parts.append("\n#endif\n")
     with open(path, "w") as f:

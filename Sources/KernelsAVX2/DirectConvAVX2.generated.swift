@@ -183,4 +183,195 @@ public func avx2PeakFMA(_ iterations: Int, _ seed: Float) -> Float {
     return s.sum()
 }
 
+@inline(never)
+public func avx2WeightGrad12x1(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int, _ aRow: Int,
+    _ b: UnsafePointer<Float>, _ ldb: Int, _ out: UnsafeMutablePointer<Float>, _ ldo: Int) {
+    let r0 = aBase + offsets[0]
+    var g0_0 = UnsafeRawPointer(out + 0 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r1 = aBase + offsets[1]
+    var g1_0 = UnsafeRawPointer(out + 1 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r2 = aBase + offsets[2]
+    var g2_0 = UnsafeRawPointer(out + 2 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r3 = aBase + offsets[3]
+    var g3_0 = UnsafeRawPointer(out + 3 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r4 = aBase + offsets[4]
+    var g4_0 = UnsafeRawPointer(out + 4 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r5 = aBase + offsets[5]
+    var g5_0 = UnsafeRawPointer(out + 5 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r6 = aBase + offsets[6]
+    var g6_0 = UnsafeRawPointer(out + 6 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r7 = aBase + offsets[7]
+    var g7_0 = UnsafeRawPointer(out + 7 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r8 = aBase + offsets[8]
+    var g8_0 = UnsafeRawPointer(out + 8 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r9 = aBase + offsets[9]
+    var g9_0 = UnsafeRawPointer(out + 9 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r10 = aBase + offsets[10]
+    var g10_0 = UnsafeRawPointer(out + 10 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    let r11 = aBase + offsets[11]
+    var g11_0 = UnsafeRawPointer(out + 11 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var bp = b
+    for y in 0..<height {
+        let ro = y * aRow
+        for x in 0..<width {
+            let b0 = UnsafeRawPointer(bp + 0).loadUnaligned(as: SIMD8<Float>.self)
+            let s0 = SIMD8<Float>(repeating: r0[ro + x])
+            g0_0 = g0_0.addingProduct(s0, b0)
+            let s1 = SIMD8<Float>(repeating: r1[ro + x])
+            g1_0 = g1_0.addingProduct(s1, b0)
+            let s2 = SIMD8<Float>(repeating: r2[ro + x])
+            g2_0 = g2_0.addingProduct(s2, b0)
+            let s3 = SIMD8<Float>(repeating: r3[ro + x])
+            g3_0 = g3_0.addingProduct(s3, b0)
+            let s4 = SIMD8<Float>(repeating: r4[ro + x])
+            g4_0 = g4_0.addingProduct(s4, b0)
+            let s5 = SIMD8<Float>(repeating: r5[ro + x])
+            g5_0 = g5_0.addingProduct(s5, b0)
+            let s6 = SIMD8<Float>(repeating: r6[ro + x])
+            g6_0 = g6_0.addingProduct(s6, b0)
+            let s7 = SIMD8<Float>(repeating: r7[ro + x])
+            g7_0 = g7_0.addingProduct(s7, b0)
+            let s8 = SIMD8<Float>(repeating: r8[ro + x])
+            g8_0 = g8_0.addingProduct(s8, b0)
+            let s9 = SIMD8<Float>(repeating: r9[ro + x])
+            g9_0 = g9_0.addingProduct(s9, b0)
+            let s10 = SIMD8<Float>(repeating: r10[ro + x])
+            g10_0 = g10_0.addingProduct(s10, b0)
+            let s11 = SIMD8<Float>(repeating: r11[ro + x])
+            g11_0 = g11_0.addingProduct(s11, b0)
+            bp += ldb
+        }
+    }
+    UnsafeMutableRawPointer(out + 0 * ldo + 0).storeBytes(of: g0_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 0).storeBytes(of: g1_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 0).storeBytes(of: g2_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * ldo + 0).storeBytes(of: g3_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * ldo + 0).storeBytes(of: g4_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * ldo + 0).storeBytes(of: g5_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * ldo + 0).storeBytes(of: g6_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * ldo + 0).storeBytes(of: g7_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 8 * ldo + 0).storeBytes(of: g8_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 9 * ldo + 0).storeBytes(of: g9_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 10 * ldo + 0).storeBytes(of: g10_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 11 * ldo + 0).storeBytes(of: g11_0, as: SIMD8<Float>.self)
+}
+@inline(never)
+public func avx2WeightGrad6x2(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int, _ aRow: Int,
+    _ b: UnsafePointer<Float>, _ ldb: Int, _ out: UnsafeMutablePointer<Float>, _ ldo: Int) {
+    let r0 = aBase + offsets[0]
+    var g0_0 = UnsafeRawPointer(out + 0 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g0_1 = UnsafeRawPointer(out + 0 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    let r1 = aBase + offsets[1]
+    var g1_0 = UnsafeRawPointer(out + 1 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g1_1 = UnsafeRawPointer(out + 1 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    let r2 = aBase + offsets[2]
+    var g2_0 = UnsafeRawPointer(out + 2 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g2_1 = UnsafeRawPointer(out + 2 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    let r3 = aBase + offsets[3]
+    var g3_0 = UnsafeRawPointer(out + 3 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g3_1 = UnsafeRawPointer(out + 3 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    let r4 = aBase + offsets[4]
+    var g4_0 = UnsafeRawPointer(out + 4 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g4_1 = UnsafeRawPointer(out + 4 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    let r5 = aBase + offsets[5]
+    var g5_0 = UnsafeRawPointer(out + 5 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g5_1 = UnsafeRawPointer(out + 5 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    var bp = b
+    for y in 0..<height {
+        let ro = y * aRow
+        for x in 0..<width {
+            let b0 = UnsafeRawPointer(bp + 0).loadUnaligned(as: SIMD8<Float>.self)
+            let b1 = UnsafeRawPointer(bp + 8).loadUnaligned(as: SIMD8<Float>.self)
+            let s0 = SIMD8<Float>(repeating: r0[ro + x])
+            g0_0 = g0_0.addingProduct(s0, b0)
+            g0_1 = g0_1.addingProduct(s0, b1)
+            let s1 = SIMD8<Float>(repeating: r1[ro + x])
+            g1_0 = g1_0.addingProduct(s1, b0)
+            g1_1 = g1_1.addingProduct(s1, b1)
+            let s2 = SIMD8<Float>(repeating: r2[ro + x])
+            g2_0 = g2_0.addingProduct(s2, b0)
+            g2_1 = g2_1.addingProduct(s2, b1)
+            let s3 = SIMD8<Float>(repeating: r3[ro + x])
+            g3_0 = g3_0.addingProduct(s3, b0)
+            g3_1 = g3_1.addingProduct(s3, b1)
+            let s4 = SIMD8<Float>(repeating: r4[ro + x])
+            g4_0 = g4_0.addingProduct(s4, b0)
+            g4_1 = g4_1.addingProduct(s4, b1)
+            let s5 = SIMD8<Float>(repeating: r5[ro + x])
+            g5_0 = g5_0.addingProduct(s5, b0)
+            g5_1 = g5_1.addingProduct(s5, b1)
+            bp += ldb
+        }
+    }
+    UnsafeMutableRawPointer(out + 0 * ldo + 0).storeBytes(of: g0_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * ldo + 8).storeBytes(of: g0_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 0).storeBytes(of: g1_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 8).storeBytes(of: g1_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 0).storeBytes(of: g2_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 8).storeBytes(of: g2_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * ldo + 0).storeBytes(of: g3_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * ldo + 8).storeBytes(of: g3_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * ldo + 0).storeBytes(of: g4_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * ldo + 8).storeBytes(of: g4_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * ldo + 0).storeBytes(of: g5_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * ldo + 8).storeBytes(of: g5_1, as: SIMD8<Float>.self)
+}
+@inline(never)
+public func avx2WeightGrad3x4(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int, _ aRow: Int,
+    _ b: UnsafePointer<Float>, _ ldb: Int, _ out: UnsafeMutablePointer<Float>, _ ldo: Int) {
+    let r0 = aBase + offsets[0]
+    var g0_0 = UnsafeRawPointer(out + 0 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g0_1 = UnsafeRawPointer(out + 0 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    var g0_2 = UnsafeRawPointer(out + 0 * ldo + 16).loadUnaligned(as: SIMD8<Float>.self)
+    var g0_3 = UnsafeRawPointer(out + 0 * ldo + 24).loadUnaligned(as: SIMD8<Float>.self)
+    let r1 = aBase + offsets[1]
+    var g1_0 = UnsafeRawPointer(out + 1 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g1_1 = UnsafeRawPointer(out + 1 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    var g1_2 = UnsafeRawPointer(out + 1 * ldo + 16).loadUnaligned(as: SIMD8<Float>.self)
+    var g1_3 = UnsafeRawPointer(out + 1 * ldo + 24).loadUnaligned(as: SIMD8<Float>.self)
+    let r2 = aBase + offsets[2]
+    var g2_0 = UnsafeRawPointer(out + 2 * ldo + 0).loadUnaligned(as: SIMD8<Float>.self)
+    var g2_1 = UnsafeRawPointer(out + 2 * ldo + 8).loadUnaligned(as: SIMD8<Float>.self)
+    var g2_2 = UnsafeRawPointer(out + 2 * ldo + 16).loadUnaligned(as: SIMD8<Float>.self)
+    var g2_3 = UnsafeRawPointer(out + 2 * ldo + 24).loadUnaligned(as: SIMD8<Float>.self)
+    var bp = b
+    for y in 0..<height {
+        let ro = y * aRow
+        for x in 0..<width {
+            let b0 = UnsafeRawPointer(bp + 0).loadUnaligned(as: SIMD8<Float>.self)
+            let b1 = UnsafeRawPointer(bp + 8).loadUnaligned(as: SIMD8<Float>.self)
+            let b2 = UnsafeRawPointer(bp + 16).loadUnaligned(as: SIMD8<Float>.self)
+            let b3 = UnsafeRawPointer(bp + 24).loadUnaligned(as: SIMD8<Float>.self)
+            let s0 = SIMD8<Float>(repeating: r0[ro + x])
+            g0_0 = g0_0.addingProduct(s0, b0)
+            g0_1 = g0_1.addingProduct(s0, b1)
+            g0_2 = g0_2.addingProduct(s0, b2)
+            g0_3 = g0_3.addingProduct(s0, b3)
+            let s1 = SIMD8<Float>(repeating: r1[ro + x])
+            g1_0 = g1_0.addingProduct(s1, b0)
+            g1_1 = g1_1.addingProduct(s1, b1)
+            g1_2 = g1_2.addingProduct(s1, b2)
+            g1_3 = g1_3.addingProduct(s1, b3)
+            let s2 = SIMD8<Float>(repeating: r2[ro + x])
+            g2_0 = g2_0.addingProduct(s2, b0)
+            g2_1 = g2_1.addingProduct(s2, b1)
+            g2_2 = g2_2.addingProduct(s2, b2)
+            g2_3 = g2_3.addingProduct(s2, b3)
+            bp += ldb
+        }
+    }
+    UnsafeMutableRawPointer(out + 0 * ldo + 0).storeBytes(of: g0_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * ldo + 8).storeBytes(of: g0_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * ldo + 16).storeBytes(of: g0_2, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * ldo + 24).storeBytes(of: g0_3, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 0).storeBytes(of: g1_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 8).storeBytes(of: g1_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 16).storeBytes(of: g1_2, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * ldo + 24).storeBytes(of: g1_3, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 0).storeBytes(of: g2_0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 8).storeBytes(of: g2_1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 16).storeBytes(of: g2_2, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * ldo + 24).storeBytes(of: g2_3, as: SIMD8<Float>.self)
+}
+
 #endif

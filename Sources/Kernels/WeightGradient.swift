@@ -1,0 +1,76 @@
+import KernelsAVX2
+import KernelsAVX512
+
+/// Gradient of a stride-1 'valid' convolution with respect to its weights, accumulated over the
+/// output pixels of one image:
+///
+///     dW[o, c, u, v] += sum over (y, x) of dY[o, y, x] * X[c, y + u, x + v]
+///
+/// computed as dW^T (taps x output channels) with the generated micro-kernels: 12, 6 or 3 taps
+/// (broadcast input values) times 1, 2 or 4 vectors of output channels (the output gradient
+/// stored pixel-major, `dYT[(y * width + x) * ldb + o]`). Each tap's sum runs over (y, x) in
+/// row-major order with one FMA per term, so results do not depend on how callers split images.
+public enum WeightGradient {
+    /// Rows the accumulator needs for `taps` = c * kh * kw taps (a multiple of 12).
+    public static func paddedTaps(_ taps: Int) -> Int { (taps + 11) / 12 * 12 }
+
+    /// Columns (floats per tap row and per pixel of dYT) for `outChannels`, a multiple of the
+    /// ISA's vector width.
+    public static func paddedChannels(_ outChannels: Int, isa: KernelISA = .best) -> Int {
+        (outChannels + isa.vectorWidth - 1) / isa.vectorWidth * isa.vectorWidth
+    }
+
+    /// Adds this image's contribution to `acc` ([paddedTaps(c*kh*kw)][ldb], tap order (c, u, v)).
+    /// - input: the layer input X (its valid region must cover outHeight + kh - 1 rows and
+    ///   outWidth + kw - 1 columns); dYT: outHeight * outWidth pixels of `ldb` floats.
+    public static func accumulate(input: PlanarView, kh: Int, kw: Int, outHeight: Int, outWidth: Int,
+                                  dYT: UnsafePointer<Float>, ldb: Int, acc: UnsafeMutablePointer<Float>,
+                                  isa: KernelISA = .best) {
+        let vw = isa.vectorWidth
+        precondition(ldb % vw == 0)
+        let taps = input.channels * kh * kw
+        let padded = paddedTaps(taps)
+        var offsets = [Int](repeating: 0, count: padded)
+        for t in 0..<padded {
+            let k = min(t, taps - 1)
+            let (c, r) = (k / (kh * kw), k % (kh * kw))
+            offsets[t] = c * input.planeStride + (r / kw) * input.rowStride + r % kw
+        }
+        let base = UnsafePointer(input.base)
+        let vectors = ldb / vw
+        offsets.withUnsafeBufferPointer { off in
+            var j = 0
+            while j < vectors {
+                let nr: Int
+                if isa == .avx512 && vectors - j >= 4 { nr = 4 } else if vectors - j >= 2 { nr = 2 } else { nr = 1 }
+                let mr = 12 / nr
+                var t = 0
+                while t < padded {
+                    micro(isa, mr, nr, base, off.baseAddress! + t, outHeight, outWidth, input.rowStride,
+                          dYT + j * vw, ldb, acc + t * ldb + j * vw, ldb)
+                    t += mr
+                }
+                j += nr
+            }
+        }
+    }
+
+    @inline(__always)
+    static func micro(_ isa: KernelISA, _ mr: Int, _ nr: Int, _ a: UnsafePointer<Float>, _ off: UnsafePointer<Int>,
+                      _ h: Int, _ w: Int, _ aRow: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+                      _ out: UnsafeMutablePointer<Float>, _ ldo: Int) {
+        switch (isa, nr) {
+        #if arch(x86_64)
+        case (.avx512, 4): avx512WeightGrad3x4(a, off, h, w, aRow, b, ldb, out, ldo)
+        case (.avx512, 2): avx512WeightGrad6x2(a, off, h, w, aRow, b, ldb, out, ldo)
+        case (.avx512, _): avx512WeightGrad12x1(a, off, h, w, aRow, b, ldb, out, ldo)
+        case (.avx2, 4): avx2WeightGrad3x4(a, off, h, w, aRow, b, ldb, out, ldo)
+        case (.avx2, 2): avx2WeightGrad6x2(a, off, h, w, aRow, b, ldb, out, ldo)
+        case (.avx2, _): avx2WeightGrad12x1(a, off, h, w, aRow, b, ldb, out, ldo)
+        #endif
+        case (_, 4): portableWeightGrad3x4(a, off, h, w, aRow, b, ldb, out, ldo)
+        case (_, 2): portableWeightGrad6x2(a, off, h, w, aRow, b, ldb, out, ldo)
+        default: portableWeightGrad12x1(a, off, h, w, aRow, b, ldb, out, ldo)
+        }
+    }
+}

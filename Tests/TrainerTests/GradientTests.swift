@@ -1,0 +1,166 @@
+import Kernels
+import ModelFormat
+import Trainer
+import XCTest
+
+/// Backward passes against central finite differences in Float64 (relative error, cs231n style),
+/// and the fast convolution-chain trainer against the reference gradients.
+final class GradientTests: XCTestCase {
+    func randomTensor(_ c: Int, _ h: Int, _ w: Int, _ rng: inout SplitMix64) -> Tensor<Double> {
+        Tensor(channels: c, height: h, width: w, data: (0..<(c * h * w)).map { _ in Double(rng.float()) })
+    }
+
+    func relError(_ a: Double, _ b: Double) -> Double { abs(a - b) / max(1e-8, abs(a) + abs(b)) }
+
+    /// Checks dL/dp and dL/dx of L = sum(r * f(x, p)) for random r.
+    func checkModel(_ model: Model, input: Tensor<Double>, runtime: [String: Double] = [:], file: StaticString = #filePath, line: UInt = #line) throws {
+        var g = try GraphGradient<Double>(model: model)
+        g.runtimeParameters = runtime
+        var rng = SplitMix64(seed: 99)
+        let p = g.layout.flatten(model).map(Double.init)
+        let out0 = g.forward(input, p)[model.graph.outputs[0]]!
+        let r = out0.data.map { _ in Double(rng.float()) }
+        func loss(_ p: [Double]) -> Double {
+            let o = g.forward(input, p)[model.graph.outputs[0]]!
+            return zip(o.data, r).reduce(0) { $0 + $1.0 * $1.1 }
+        }
+        var grad = [Double](repeating: 0, count: p.count)
+        let values = g.forward(input, p)
+        g.backward(values, outputGradient: Tensor(channels: out0.channels, height: out0.height, width: out0.width, data: r), p, into: &grad)
+        let h = 1e-5
+        var worst = 0.0
+        var worstAt = (0, 0.0, 0.0)
+        // Every parameter for small models, a sample of 300 otherwise.
+        let idx = p.count <= 300 ? Array(0..<p.count) : (0..<300).map { _ in Int(rng.next() % UInt64(p.count)) }
+        for i in idx {
+            var a = p, b = p
+            a[i] += h; b[i] -= h
+            let fd = (loss(a) - loss(b)) / (2 * h)
+            let e = relError(fd, grad[i])
+            if e > worst { worst = e; worstAt = (i, fd, grad[i]) }
+        }
+        XCTAssertLessThan(worst, 1e-6, "worst relative error \(worst) at \(worstAt)", file: file, line: line)
+    }
+
+    func tinyModel(_ body: (inout ModelBuilder, String) -> String, seed: UInt64 = 1) throws -> Model {
+        var b = ModelBuilder(name: "t", initializer: Initialization.glorot.initializer(seed: seed))
+        let y = body(&b, b.input.name)
+        var m = try b.build(output: y)
+        // Non-zero biases so their gradients are exercised with realistic values.
+        var rng = SplitMix64(seed: seed + 7)
+        for (k, t) in m.tensors where k.hasSuffix(".bias") { m.tensors[k]!.values = t.values.map { _ in rng.float() * 0.1 } }
+        return m
+    }
+
+    func testConvValidAndSame() throws {
+        var rng = SplitMix64(seed: 1)
+        for (k, pad) in [(3, Padding.same), (4, .same), (5, .valid), (1, .valid), (2, .same)] {
+            let m = try tinyModel { b, x in b.conv(x, out: 3, kernel: k, padding: pad) }
+            try checkModel(m, input: randomTensor(1, 7, 6, &rng))
+        }
+    }
+
+    func testMultiChannelConvWithReluLeakyPoolUpConcat() throws {
+        var rng = SplitMix64(seed: 2)
+        // A miniature U-net: every op of .acnn v1 in one graph.
+        let m = try Architectures.unet(name: "u", widths: [3, 4], alpha: 0.02, initializer: Initialization.he.initializer(seed: 3))
+        try checkModel(m, input: randomTensor(1, 8, 8, &rng), runtime: ["exposure_ratio": 2.5])
+    }
+
+    func testFlamaryChainWholeNetwork() throws {
+        var rng = SplitMix64(seed: 3)
+        let m = try tinyModel { b, x in
+            var y = b.conv(x, out: 4, kernel: 3); y = b.relu(y)
+            y = b.conv(y, out: 3, kernel: 2); y = b.relu(y)
+            return b.conv(y, out: 1, kernel: 3)
+        }
+        try checkModel(m, input: randomTensor(1, 9, 9, &rng))
+    }
+
+    func testMaxpoolAndLeakyReluGradientsDirect() throws {
+        var rng = SplitMix64(seed: 4)
+        let x = randomTensor(2, 6, 4, &rng)
+        let dy = randomTensor(2, 3, 2, &rng)
+        let dx = ReferenceGrad.maxpool2x2Backward(x, dy)
+        // Each window passes its gradient to exactly one element, its maximum.
+        for c in 0..<2 { for i in 0..<3 { for j in 0..<2 {
+            let vals = [(0, 0), (0, 1), (1, 0), (1, 1)].map { x.data[x.index(c, 2 * i + $0.0, 2 * j + $0.1)] }
+            let arg = vals.firstIndex(of: vals.max()!)!
+            for (k, (u, v)) in [(0, 0), (0, 1), (1, 0), (1, 1)].enumerated() {
+                XCTAssertEqual(dx.data[x.index(c, 2 * i + u, 2 * j + v)], k == arg ? dy.data[dy.index(c, i, j)] : 0)
+            }
+        } } }
+        let lr = ReferenceGrad.leakyReluBackward(x, alpha: 0.1, dx)
+        for i in 0..<x.data.count { XCTAssertEqual(lr.data[i], x.data[i] < 0 ? 0.1 * dx.data[i] : dx.data[i]) }
+    }
+
+    /// The fast trainer's loss and gradient equal the reference graph gradient (Float), for
+    /// several shapes and thread counts, and are bitwise identical across thread counts.
+    func testFastChainMatchesReference() throws {
+        for (seed, size, spec) in [(UInt64(5), 20, [(8, 5, true), (5, 3, true), (1, 3, true)]),
+                                   (6, 19, [(1, 7, false)]),
+                                   (7, 17, [(6, 4, true), (3, 2, false), (2, 3, true)])] {
+            let m = try tinyModel({ b, x in
+                var y = x
+                for (o, k, relu) in spec { y = b.conv(y, out: o, kernel: k); if relu { y = b.relu(y) } }
+                return y
+            }, seed: seed)
+            let t = try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size))
+            let p = t.layout.flatten(m)
+            t.setParameters(p)
+            var rng = SplitMix64(seed: seed)
+            let batch = 5
+            let inputs = (0..<(batch * size * size)).map { _ in rng.float(0, 1) }
+            let outN = t.outputChannels * t.outputSize * t.outputSize
+            let targets = (0..<(batch * outN)).map { _ in rng.float(0, 1) }
+            let fast1 = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 1)
+            let fast2 = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 2)
+            XCTAssertEqual(fast1.gradient, fast2.gradient, "thread count changed the gradient")
+            XCTAssertEqual(fast1.loss, fast2.loss)
+            // Reference in Double.
+            let g = try GraphGradient<Double>(model: m)
+            let pd = p.map(Double.init)
+            var ref = [Double](repeating: 0, count: p.count)
+            var refLoss = 0.0
+            for n in 0..<batch {
+                let x = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[n * size * size..<(n + 1) * size * size].map(Double.init))
+                let v = g.forward(x, pd)
+                let y = v[m.graph.outputs[0]]!
+                var dy = y
+                for i in 0..<outN {
+                    let d = y.data[i] - Double(targets[n * outN + i])
+                    refLoss += d * d
+                    dy.data[i] = 2 * d / Double(batch * outN)
+                }
+                g.backward(v, outputGradient: dy, pd, into: &ref)
+            }
+            refLoss /= Double(batch * outN)
+            XCTAssertEqual(fast1.loss, refLoss, accuracy: 1e-5 * max(1, refLoss))
+            let scale = ref.map(abs).max()!
+            for i in 0..<p.count {
+                XCTAssertEqual(Double(fast1.gradient[i]), ref[i], accuracy: 2e-5 * scale, "parameter \(i) of \(t.layout.names)")
+            }
+            let pred = t.predict(inputs, count: batch, threads: 2)
+            let x0 = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[0..<size * size].map(Double.init))
+            let y0 = g.forward(x0, pd)[m.graph.outputs[0]]!
+            for i in 0..<outN { XCTAssertEqual(Double(pred[i]), y0.data[i], accuracy: 1e-4) }
+        }
+    }
+
+    func testOptimizers() {
+        // Minimise (p - 3)^2: every optimizer converges; Nesterov matches the Keras formula by hand.
+        for kind in [Optimizer.Kind.sgd(momentum: 0.9, nesterov: true), .sgd(momentum: 0.5, nesterov: false),
+                     .adam(beta1: 0.9, beta2: 0.999, epsilon: 1e-7)] {
+            var o = Optimizer(kind, learningRate: kind == .adam(beta1: 0.9, beta2: 0.999, epsilon: 1e-7) ? 0.1 : 0.05, parameterCount: 1)
+            var p: [Float] = [0]
+            for _ in 0..<500 { o.update(&p, [2 * (p[0] - 3)]) }
+            XCTAssertEqual(p[0], 3, accuracy: 1e-2, "\(kind)")
+        }
+        var o = Optimizer(.sgd(momentum: 0.9, nesterov: true), learningRate: 0.1, parameterCount: 1)
+        var p: [Float] = [1]
+        o.update(&p, [2])   // v = -0.2; p = 1 + 0.9 * -0.2 - 0.2 = 0.62
+        XCTAssertEqual(p[0], 0.62, accuracy: 1e-6)
+        o.update(&p, [1])   // v = 0.9 * -0.2 - 0.1 = -0.28; p = 0.62 - 0.252 - 0.1 = 0.268
+        XCTAssertEqual(p[0], 0.268, accuracy: 1e-6)
+    }
+}
