@@ -129,7 +129,7 @@ public struct GaussianStream {
 
 /// Flamary 2017's degradation: truth = max(image, 0) / max(image); observed = truth blurred by the
 /// Airy PSF ('same' FFT convolution) plus white Gaussian noise of standard deviation sigma.
-public struct Degradation: Sendable {
+public struct Degradation: Equatable, Sendable {
     public var psfSize: Int
     public var rings: Double
     public var sigma: Double

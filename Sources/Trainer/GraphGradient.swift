@@ -161,8 +161,10 @@ public struct ParameterLayout: Equatable, Sendable {
     public let offsets: [Int]
     public let count: Int
 
+    /// The tensors the graph's nodes use (other tensors, e.g. optimizer state in a checkpoint,
+    /// are not parameters).
     public init(model: Model) {
-        names = model.tensors.keys.sorted()
+        names = Set(model.graph.nodes.flatMap { $0.params }).sorted()
         shapes = names.map { model.tensors[$0]!.shape }
         var o = 0
         var offs: [Int] = []

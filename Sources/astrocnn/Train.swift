@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import ModelFormat
+import Reporting
+import Runtime
+import Trainer
+
+/// Set by SIGINT; the training loop checks it after every batch and writes a checkpoint.
+nonisolated(unsafe) var interruptRequested: sig_atomic_t = 0
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a restoration network on FITS images (Flamary 2017 recipe, on the CPU).",
+        discussion: """
+        Degrades each image as Flamary 2017 (clip negatives, divide by the max, Airy PSF blur, Gaussian \
+        noise), draws 32x32 input / 14x14 target patches, and trains with manual backprop. A checkpoint \
+        (an .acnn file with optimizer state and data position) is written atomically after every epoch \
+        and on Ctrl-C; --resume continues to the same bits as an uninterrupted run.
+        """)
+
+    @Option(help: "Recipe: flamary3 (the 3-layer CNN) or flamary1 (the linear 19x19 CNN).")
+    var recipe: String = "flamary3"
+
+    @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
+    var images: [String] = []
+
+    @Option(help: "Leave this image (file name) out of training: the leave-one-image-out protocol.")
+    var leaveOut: String?
+
+    @Option(name: [.short, .long], help: "Output model (.acnn).")
+    var output: String
+
+    @Option(help: "Checkpoint file (default: OUTPUT with .ckpt.acnn).")
+    var checkpoint: String?
+
+    @Option(help: "Resume from this checkpoint (same images; its settings are used).")
+    var resume: String?
+
+    @Option(help: "Batch size.") var batch: Int = 50
+    @Option(help: "Learning rate.") var lr: Double = 0.01
+    @Option(help: "Optimizer: sgd or adam.") var optimizer: String = "sgd"
+    @Option(help: "SGD momentum.") var momentum: Double = 0.9
+    @Flag(help: "Plain momentum instead of Nesterov.") var noNesterov = false
+    @Option(help: "Maximum epochs.") var epochs: Int = 30
+    @Option(help: "Training samples per epoch.") var samples: Int = 100_000
+    @Option(help: "Validation samples.") var validationSamples: Int = 50_000
+    @Option(help: "Epochs without validation improvement before stopping (0: stop at the first rise).") var patience: Int = 0
+    @Option(help: "Random seed (weights, patches, noise).") var seed: UInt64 = 1
+    @Option(help: "Loss: mse or l1.") var loss: String = "mse"
+    @Option(help: "Initialisation: glorot or he.") var initialization: String = "glorot"
+    @Flag(help: "The paper's data exactly: no flips/rotations and one fixed noise draw per image.") var noAugment = false
+    @Option(help: "Noise standard deviation (images normalised to max 1).") var sigma: Double = 0.01
+    @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Flag(help: "Replace existing output files.") var overwrite = false
+    @Flag(help: "No progress line.") var quiet = false
+
+    func run() throws {
+        do {
+            try train()
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            throw failure(describe(error))
+        }
+    }
+
+    func train() throws {
+        guard !images.isEmpty else { throw ValidationError("give training images with --images DIR|FILES") }
+        var paths = try SourceImage.expand(images)
+        if let out = leaveOut {
+            let before = paths.count
+            paths.removeAll { URL(fileURLWithPath: $0).lastPathComponent == out || $0 == out }
+            if paths.count == before { throw ValidationError("--leave-out \(out): no such image among \(images)") }
+        }
+        guard !paths.isEmpty else { throw ValidationError("no FITS images found in \(images)") }
+        let sources = try paths.map { try SourceImage.load(path: $0) }
+        let nThreads = max(1, threads ?? ParallelFor.availableCores)
+        let ckptPath = checkpoint ?? (output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output) + ".ckpt.acnn"
+        let base = output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output
+        let logPath = base + ".log.csv", plotPath = base + ".loss.png"
+        if !overwrite && resume == nil {
+            for p in [output, ckptPath] where FileManager.default.fileExists(atPath: p) {
+                throw ValidationError("\(p) exists (use --overwrite, or --resume \(ckptPath))")
+            }
+        }
+        let session: TrainingSession
+        if let r = resume {
+            let m = try ModelReader(path: r).model()
+            session = try TrainingSession(checkpoint: m, images: sources, threads: nThreads)
+            if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
+        } else {
+            var c = TrainingConfig(recipe: recipe)
+            c.batchSize = batch; c.learningRate = lr; c.optimizer = optimizer; c.momentum = momentum
+            c.nesterov = !noNesterov; c.epochs = epochs; c.trainSamples = samples; c.validationSamples = validationSamples
+            c.patience = patience; c.seed = seed; c.augment = !noAugment
+            c.degradation.sigma = sigma
+            guard let l = Loss(rawValue: loss) else { throw ValidationError("--loss must be mse or l1") }
+            guard let i = Initialization(rawValue: initialization) else { throw ValidationError("--initialization must be glorot or he") }
+            guard batch > 0, samples > 0, validationSamples > 0, epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
+            c.loss = l; c.initialization = i
+            session = try TrainingSession(config: c, images: sources, threads: nThreads)
+        }
+        let c = session.config
+        if !quiet {
+            print("training \(c.recipe) on \(sources.map { $0.name }.joined(separator: ", ")): \(c.trainSamples) samples/epoch, batch \(c.batchSize), "
+                  + "\(c.optimizer) lr \(c.learningRate), augment \(c.augment), \(nThreads) threads")
+        }
+        signal(SIGINT) { _ in interruptRequested = 1 }
+        let interactive = isatty(2) != 0
+        var lastPrint = 0.0
+        try session.run(progress: { p in
+            guard !quiet else { return }
+            let now = monotonicSeconds()
+            if !p.validating && p.batch < p.batches && now - lastPrint < (interactive ? 0.5 : 10) { return }
+            lastPrint = now
+            let val = p.lastValidationLoss.map { String(format: "%.3e", $0) } ?? "-"
+            let line = p.validating
+                ? String(format: "epoch %d/%d: validating...", p.epoch, p.epochs)
+                : String(format: "epoch %d/%d  batch %d/%d  %.0f samples/s  loss %.3e  val %@  ETA %.0f s",
+                         p.epoch, p.epochs, p.batch, p.batches, p.samplesPerSecond, p.trainLoss, val, p.etaSeconds)
+            FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + line + (interactive ? "" : "\n")).utf8))
+        }, interrupt: { interruptRequested != 0 }, checkpoint: { m in
+            try ModelWriter.write(m, to: ckptPath, overwrite: true)
+            try writeLog(session.history, logPath, plotPath, title: "\(c.recipe): training on \(sources.map { $0.name }.joined(separator: ", "))")
+            if !quiet, let h = session.history.last, session.batch == 0 {
+                FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + String(format: "epoch %d: train %.4e  validation %.4e  (%.0f s)\n", h.epoch, h.trainLoss, h.validationLoss, h.seconds)).utf8))
+            }
+        })
+        if interruptRequested != 0 {
+            FileHandle.standardError.write(Data("\ninterrupted: checkpoint \(ckptPath) (epoch \(session.epoch + 1), batch \(session.batch)); continue with --resume \(ckptPath)\n".utf8))
+            throw ExitCode(130)
+        }
+        let model = session.finalModel()
+        try ModelWriter.write(model, to: output, overwrite: true)
+        if !quiet {
+            print(String(format: "wrote %@: best epoch %d of %d, validation MSE %.4e; log %@, plot %@, checkpoint %@",
+                         output, session.bestEpoch, session.history.count, session.bestValidation, logPath, plotPath, ckptPath))
+        }
+    }
+}
+
+/// CSV (epoch,train_loss,validation_loss,seconds) and a PNG loss curve, both written atomically.
+func writeLog(_ history: [EpochRecord], _ csv: String, _ png: String, title: String) throws {
+    var text = "epoch,train_loss,validation_loss,seconds\n"
+    for h in history { text += "\(h.epoch),\(h.trainLoss),\(h.validationLoss),\(h.seconds)\n" }
+    try AtomicFile.write(Array(text.utf8), to: csv, overwrite: true)
+    guard !history.isEmpty else { return }
+    let plot = LinePlot(title: title, xLabel: "epoch", yLabel: "loss (MSE)", series: [
+        .init(name: "train", points: history.map { (Double($0.epoch), $0.trainLoss) }),
+        .init(name: "validation", points: history.map { (Double($0.epoch), $0.validationLoss) }),
+    ], yFromZero: false)
+    try plot.render().write(to: png)
+}
