@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "Runtime", targets: ["Runtime"]),
         .library(name: "Reporting", targets: ["Reporting"]),
         .library(name: "Trainer", targets: ["Trainer"]),
+        .library(name: "Evaluation", targets: ["Evaluation"]),
         .executable(name: "astrocnn", targets: ["astrocnn"]),
     ],
     dependencies: [
@@ -39,15 +40,17 @@ let package = Package(
         .target(name: "Runtime", dependencies: ["ModelFormat", "Kernels", "CFITSIO"]),
         .target(name: "Reporting", dependencies: ["ModelFormat"]),
         .target(name: "Trainer", dependencies: ["ModelFormat", "Kernels", "Runtime"]),
+        .target(name: "Evaluation", dependencies: ["Trainer", "Runtime", "ModelFormat"]),
         .executableTarget(
             name: "astrocnn",
             dependencies: [
-                "Runtime", "ModelFormat", "Kernels", "Reporting", "Trainer",
+                "Runtime", "ModelFormat", "Kernels", "Reporting", "Trainer", "Evaluation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "ModelFormatTests", dependencies: ["ModelFormat"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelFormat"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Trainer"]),
         .testTarget(name: "TrainerTests", dependencies: ["Trainer", "Runtime", "ModelFormat", "Kernels"]),
         .testTarget(name: "ReportingTests", dependencies: ["Reporting"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"]),

@@ -31,6 +31,9 @@ public enum Restoration {
         public var progress: (@Sendable (Int, Int) -> Void)?
         public var algorithm: ConvAlgorithm
         public var isa: KernelISA
+        /// Overrides the model's normalisation rule (e.g. `.none` for images already in the
+        /// units the network was trained on, as in evaluation on simulated degradations).
+        public var normalization: Normalization.Kind?
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
                     algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
@@ -78,7 +81,7 @@ public enum Restoration {
         let w = image.width, h = image.height
         let pads = try padding(for: network, height: h, width: w)
 
-        let norm = Normalization.fit(network.normalization, pixels: image.pixels, invalid: image.invalid)
+        let norm = Normalization.fit(options.normalization ?? network.normalization, pixels: image.pixels, invalid: image.invalid)
         var networkUnits = norm.apply(image.pixels, invalid: image.invalid)
         MaskFill.fill(&networkUnits, invalid: image.invalid, width: w, height: h)
         let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])

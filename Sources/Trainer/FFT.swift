@@ -77,6 +77,8 @@ public final class FFTPlan: @unchecked Sendable {
         switch p {
         case 2: butterfly2(oRe, oIm, fstride, m, c, s, sign)
         case 4: butterfly4(oRe, oIm, fstride, m, c, s, sign)
+        case 3: butterfly3(oRe, oIm, fstride, m, c, s, sign)
+        case 5: butterfly5(oRe, oIm, fstride, m, c, s, sign)
         default: butterflyGeneric(oRe, oIm, fstride, m, p, c, s, sign)
         }
     }
@@ -112,6 +114,59 @@ public final class FFTPlan: @unchecked Sendable {
             re[k + 2 * m] = t0r - t2r; im[k + 2 * m] = t0i - t2i
             re[k + m] = t1r + ur; im[k + m] = t1i + ui
             re[k + 3 * m] = t1r - ur; im[k + 3 * m] = t1i - ui
+        }
+    }
+
+    @inline(__always)
+    private func butterfly3(_ re: UnsafeMutablePointer<Double>, _ im: UnsafeMutablePointer<Double>, _ fs: Int, _ m: Int,
+                            _ c: UnsafePointer<Double>, _ s: UnsafePointer<Double>, _ sign: Double) {
+        let h = sign * 0.866_025_403_784_438_6  // sin(2 pi / 3)
+        for k in 0..<m {
+            let w1r = c[k * fs], w1i = sign * s[k * fs], w2r = c[2 * k * fs], w2i = sign * s[2 * k * fs]
+            let a0r = re[k], a0i = im[k]
+            let a1r = re[k + m] * w1r - im[k + m] * w1i, a1i = re[k + m] * w1i + im[k + m] * w1r
+            let a2r = re[k + 2 * m] * w2r - im[k + 2 * m] * w2i, a2i = re[k + 2 * m] * w2i + im[k + 2 * m] * w2r
+            let t1r = a1r + a2r, t1i = a1i + a2i
+            let t2r = a0r - 0.5 * t1r, t2i = a0i - 0.5 * t1i
+            // -i * sign * sin(2 pi / 3) * (a1 - a2)
+            let t3r = h * (a1i - a2i), t3i = -h * (a1r - a2r)
+            re[k] = a0r + t1r; im[k] = a0i + t1i
+            re[k + m] = t2r + t3r; im[k + m] = t2i + t3i
+            re[k + 2 * m] = t2r - t3r; im[k + 2 * m] = t2i - t3i
+        }
+    }
+
+    @inline(__always)
+    private func butterfly5(_ re: UnsafeMutablePointer<Double>, _ im: UnsafeMutablePointer<Double>, _ fs: Int, _ m: Int,
+                            _ c: UnsafePointer<Double>, _ s: UnsafePointer<Double>, _ sign: Double) {
+        let c1 = 0.309_016_994_374_947_45, c2 = -0.809_016_994_374_947_5
+        let s1 = sign * 0.951_056_516_295_153_5, s2 = sign * 0.587_785_252_292_473_1
+        for k in 0..<m {
+            let a0r = re[k], a0i = im[k]
+            var xr = (0.0, 0.0, 0.0, 0.0), xi = (0.0, 0.0, 0.0, 0.0)
+            for q in 1...4 {
+                let t = q * k * fs
+                let wr = c[t], wi = sign * s[t]
+                let vr = re[k + q * m] * wr - im[k + q * m] * wi, vi = re[k + q * m] * wi + im[k + q * m] * wr
+                switch q {
+                case 1: xr.0 = vr; xi.0 = vi
+                case 2: xr.1 = vr; xi.1 = vi
+                case 3: xr.2 = vr; xi.2 = vi
+                default: xr.3 = vr; xi.3 = vi
+                }
+            }
+            let b1r = xr.0 + xr.3, b1i = xi.0 + xi.3, d1r = xr.0 - xr.3, d1i = xi.0 - xi.3
+            let b2r = xr.1 + xr.2, b2i = xi.1 + xi.2, d2r = xr.1 - xr.2, d2i = xi.1 - xi.2
+            let r1r = a0r + c1 * b1r + c2 * b2r, r1i = a0i + c1 * b1i + c2 * b2i
+            let r2r = a0r + c2 * b1r + c1 * b2r, r2i = a0i + c2 * b1i + c1 * b2i
+            // v1 = s1 d1 + s2 d2, v2 = s2 d1 - s1 d2 (signs folded into s1, s2); -i v = (v.im, -v.re)
+            let v1r = s1 * d1r + s2 * d2r, v1i = s1 * d1i + s2 * d2i
+            let v2r = s2 * d1r - s1 * d2r, v2i = s2 * d1i - s1 * d2i
+            re[k] = a0r + b1r + b2r; im[k] = a0i + b1i + b2i
+            re[k + m] = r1r + v1i; im[k + m] = r1i - v1r
+            re[k + 4 * m] = r1r - v1i; im[k + 4 * m] = r1i + v1r
+            re[k + 2 * m] = r2r + v2i; im[k + 2 * m] = r2i - v2r
+            re[k + 3 * m] = r2r - v2i; im[k + 3 * m] = r2i + v2r
         }
     }
 

@@ -1,0 +1,102 @@
+import Foundation
+import ModelFormat
+import Runtime
+import Trainer
+
+/// One restoration method of the comparison.
+public enum Method: Sendable, Equatable {
+    case none
+    case wiener(lambdas: [Double])
+    case richardsonLucy(maxIterations: Int)
+    case proxTV(mus: [Double], iterations: Int)
+    /// A CNN from an `.acnn` file, run by the runtime on the degraded image in the units it was
+    /// trained on (truth normalised to max 1).
+    case network(name: String, path: String)
+
+    public var name: String {
+        switch self {
+        case .none: return "none"
+        case .wiener: return "wiener"
+        case .richardsonLucy: return "rl"
+        case .proxTV: return "tv"
+        case .network(let n, _): return n
+        }
+    }
+}
+
+/// A method's result on one image.
+public struct MethodResult: Sendable {
+    public var image: String
+    public var method: String
+    public var psnr: Double
+    public var ssim: Double
+    public var kl: Double
+    public var seconds: Double
+    public var parameters: String
+    public var restored: Image2D
+
+    public init(image: String, method: String, psnr: Double, ssim: Double, kl: Double, seconds: Double, parameters: String, restored: Image2D) {
+        (self.image, self.method, self.psnr, self.ssim, self.kl) = (image, method, psnr, ssim, kl)
+        (self.seconds, self.parameters, self.restored) = (seconds, parameters, restored)
+    }
+}
+
+/// Flamary 2017's protocol: degrade each image (the trainer's `Degradation`, one seed per
+/// image), run every method, score against the truth with the paper's PSNR (max 1, 32-pixel
+/// crop), SSIM (data range 1, same crop) and the histogram KL divergence.
+public struct Evaluator {
+    public var degradation = Degradation()
+    public var seed: UInt64 = 1
+    public var threads = ParallelFor.availableCores
+    public var crop = 32
+
+    public init() {}
+
+    public func degrade(_ image: SourceImage, index: Int) -> (truth: Image2D, observed: Image2D) {
+        degradation.degrade(image.raw, seed: seed &+ UInt64(index), threads: threads)
+    }
+
+    public func run(_ method: Method, observed: Image2D, truth: Image2D?) throws -> (Image2D, String) {
+        let psf = degradation.psf
+        switch method {
+        case .none:
+            return (observed, "")
+        case .wiener(let lambdas):
+            if let t = truth, lambdas.count > 1 {
+                let r = Deconvolution.wienerBest(observed, truth: t, psf: psf, lambdas: lambdas, threads: threads)
+                return (r.image, "lambda=\(r.lambda)")
+            }
+            return (Deconvolution.wiener(observed, psf: psf, lambda: lambdas[0], threads: threads), "lambda=\(lambdas[0])")
+        case .richardsonLucy(let n):
+            if let t = truth {
+                let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)
+                return (r.image, "iterations=\(r.iterations)")
+            }
+            return (Deconvolution.richardsonLucy(observed, psf: psf, iterations: n, threads: threads), "iterations=\(n)")
+        case .proxTV(let mus, let iters):
+            var best: (Image2D, Double, Double)?
+            for mu in (truth == nil ? [mus[0]] : mus) {
+                let x = Deconvolution.proxTV(observed, psf: psf, mu: mu, iterations: iters, threads: threads)
+                let p = truth.map { Metrics.paperPSNR($0, x) } ?? 0
+                if best == nil || p > best!.2 { best = (x, mu, p) }
+            }
+            return (best!.0, "mu=\(best!.1),iterations=\(iters)")
+        case .network(_, let path):
+            let net = try Network(path: path)
+            let fits = FITSImage(width: observed.width, height: observed.height, pixels: observed.pixels.map { Float($0) })
+            var opts = Restoration.Options(threads: threads)
+            opts.normalization = Normalization.Kind.none
+            let (px, _) = try Restoration.restore(fits, network: net, options: opts)
+            return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
+                    "model=\((path as NSString).lastPathComponent)")
+        }
+    }
+
+    /// Scores `estimate` against `truth` (paper conventions).
+    public func score(_ truth: Image2D, _ estimate: Image2D) -> (psnr: Double, ssim: Double, kl: Double) {
+        let inner = { (img: Image2D) in img.crop(y: crop, x: crop, height: img.height - 2 * crop, width: img.width - 2 * crop) }
+        return (Metrics.psnr(truth, estimate, dataRange: 1, crop: crop),
+                Metrics.ssim(inner(truth), inner(estimate), dataRange: 1),
+                Metrics.klDivergence(inner(truth), inner(estimate)))
+    }
+}

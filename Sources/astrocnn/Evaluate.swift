@@ -1,0 +1,182 @@
+import ArgumentParser
+import Evaluation
+import Foundation
+import ModelFormat
+import Reporting
+import Runtime
+import Trainer
+
+struct Evaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compare restoration methods on FITS images in the layout of Flamary 2017's Table I.",
+        discussion: """
+        Degrades each image with the paper's recipe (the trainer's code: clip, divide by the max, Airy PSF \
+        64x64 rings 5, Gaussian noise sigma 0.01, seeded), runs every method, and prints PSNR (paper \
+        convention: max 1, 32-pixel crop) and SSIM tables with the average time per method. Methods: none, \
+        wiener (lambda by least MSE over a sweep), rl (Richardson-Lucy, best iteration by PSNR up to \
+        --rl-iterations), tv (Condat primal-dual, mu sweep, fixed iterations), and CNNs by name (flamary1, \
+        flamary3 from models/, or NAME=PATH.acnn via --models).
+        """)
+
+    @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
+    var images: [String] = []
+
+    @Option(help: "Comma-separated methods.")
+    var methods: String = "none,wiener,rl,tv,flamary1,flamary3"
+
+    @Option(name: .long, parsing: .upToNextOption, help: "CNN models as NAME=PATH (default flamary1, flamary3 from models/).")
+    var models: [String] = []
+
+    @Option(help: "Degradation: paper (simulate and score against the truth) or none (images are already degraded; no truth).")
+    var degrade: String = "paper"
+
+    @Option(help: "Noise seed (image k uses seed + k).") var seed: UInt64 = 1
+    @Option(help: "Noise standard deviation.") var sigma: Double = 0.01
+    @Option(help: "Wiener lambdas to sweep (comma-separated).") var wienerLambdas: String = "1e-4,2e-4,5e-4,1e-3,2e-3,5e-3,1e-2,2e-2,5e-2,0.1"
+    @Option(help: "Richardson-Lucy maximum iterations.") var rlIterations: Int = 50
+    @Option(help: "Prox-TV mu values to sweep (comma-separated).") var tvMus: String = "1e-3,3e-3,1e-2"
+    @Option(help: "Prox-TV iterations.") var tvIterations: Int = 100
+    @Option(help: "CSV output (image,method,psnr,ssim,seconds,parameters).") var csv: String?
+    @Option(help: "PNG panel like the paper's Fig. 3 (truth, degraded, each method, same zoom and stretch).") var panel: String?
+    @Option(help: "Side of the zoomed region in the panel.") var zoom: Int = 192
+    @Option(help: "Threads (default: all cores).") var threads: Int?
+
+    func run() throws {
+        do { try evaluate() } catch let e as ExitCode { throw e } catch { throw failure(describe(error)) }
+    }
+
+    func parseList(_ s: String, _ what: String) throws -> [Double] {
+        let v = s.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        if v.isEmpty { throw ValidationError("\(what): give comma-separated numbers") }
+        return v
+    }
+
+    func evaluate() throws {
+        guard !images.isEmpty else { throw ValidationError("give images with --images FILES|DIR") }
+        guard degrade == "paper" || degrade == "none" else { throw ValidationError("--degrade must be paper or none") }
+        let paths = try SourceImage.expand(images)
+        guard !paths.isEmpty else { throw ValidationError("no FITS images in \(images)") }
+        var modelPaths = ["flamary1": "models/flamary1.acnn", "flamary3": "models/flamary3.acnn"]
+        for m in models {
+            let parts = m.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw ValidationError("--models takes NAME=PATH, got \(m)") }
+            modelPaths[parts[0]] = parts[1]
+        }
+        var list: [Method] = []
+        for name in methods.split(separator: ",").map({ String($0).trimmingCharacters(in: .whitespaces) }) {
+            switch name {
+            case "none": list.append(.none)
+            case "wiener": list.append(.wiener(lambdas: try parseList(wienerLambdas, "--wiener-lambdas")))
+            case "rl": list.append(.richardsonLucy(maxIterations: rlIterations))
+            case "tv": list.append(.proxTV(mus: try parseList(tvMus, "--tv-mus"), iterations: tvIterations))
+            default:
+                guard let p = modelPaths[name] else { throw ValidationError("unknown method \(name): give --models \(name)=PATH.acnn") }
+                guard FileManager.default.fileExists(atPath: p) else { throw ValidationError("model for \(name) not found: \(p)") }
+                list.append(.network(name: name, path: p))
+            }
+        }
+        var ev = Evaluator()
+        ev.degradation.sigma = sigma
+        ev.seed = seed
+        ev.threads = max(1, threads ?? ParallelFor.availableCores)
+        var results: [MethodResult] = []
+        var panels: [(title: String, pixels: [Float])] = []
+        var panelSize = (0, 0)
+        for (k, path) in paths.enumerated() {
+            let src = try SourceImage.load(path: path)
+            let truth: Image2D?, observed: Image2D
+            if degrade == "paper" {
+                let d = ev.degrade(src, index: k)
+                (truth, observed) = (d.truth, d.observed)
+            } else {
+                (truth, observed) = (nil, Degradation.normalise(src.raw))
+            }
+            FileHandle.standardError.write(Data("\(src.name): \(observed.width)x\(observed.height)\n".utf8))
+            // The zoom region: centred on the brightest smoothed area of the truth (or observation).
+            let ref = truth ?? observed
+            let z = min(zoom, ref.height, ref.width)
+            let (zy, zx) = brightestWindow(ref, side: z)
+            if k == 0 {
+                panelSize = (z, z)
+                if let t = truth { panels.append(("truth", crop(t, zy, zx, z))) }
+                panels.append(("degraded", crop(observed, zy, zx, z)))
+            }
+            for m in list {
+                let t0 = monotonicSeconds()
+                let (img, params) = try ev.run(m, observed: observed, truth: truth)
+                let secs = monotonicSeconds() - t0
+                var r = MethodResult(image: src.name, method: m.name, psnr: .nan, ssim: .nan, kl: .nan, seconds: secs,
+                                     parameters: params, restored: img)
+                if let t = truth {
+                    let s = ev.score(t, img)
+                    (r.psnr, r.ssim, r.kl) = (s.psnr, s.ssim, s.kl)
+                }
+                results.append(r)
+                FileHandle.standardError.write(Data(String(format: "  %-10@ PSNR %7.3f dB  SSIM %.4f  %.2f s  %@\n",
+                                                           m.name as NSString, r.psnr, r.ssim, secs, params).utf8))
+                if k == 0 && m != .none { panels.append((m.name, crop(img, zy, zx, z))) }
+            }
+        }
+        printTables(results, methods: list.map { $0.name }, truth: degrade == "paper")
+        if let c = csv {
+            var text = "image,method,psnr,ssim,seconds,parameters\n"
+            for r in results { text += "\(r.image),\(r.method),\(r.psnr),\(r.ssim),\(r.seconds),\"\(r.parameters)\"\n" }
+            try AtomicFile.write(Array(text.utf8), to: c, overwrite: true)
+            print("wrote \(c)")
+        }
+        if let p = panel {
+            try Preview.sideBySide(panels, width: panelSize.0, height: panelSize.1, maxSide: 400).write(to: p)
+            print("wrote \(p)")
+        }
+    }
+
+    func crop(_ img: Image2D, _ y: Int, _ x: Int, _ s: Int) -> [Float] {
+        img.crop(y: y, x: x, height: s, width: s).pixels.map { Float($0) }
+    }
+
+    /// Top-left corner of the side x side window with the largest sum (on a coarse grid).
+    func brightestWindow(_ img: Image2D, side: Int) -> (Int, Int) {
+        let step = max(1, side / 4)
+        var best = (0, 0, -Double.infinity)
+        for y in stride(from: 32, through: max(32, img.height - side - 32), by: step) where y + side <= img.height {
+            for x in stride(from: 32, through: max(32, img.width - side - 32), by: step) where x + side <= img.width {
+                var s = 0.0
+                for i in stride(from: 0, to: side, by: 4) { for j in stride(from: 0, to: side, by: 4) { s += img[y + i, x + j] } }
+                if s > best.2 { best = (y, x, s) }
+            }
+        }
+        return best.2.isFinite ? (best.0, best.1) : (0, 0)
+    }
+
+    func printTables(_ results: [MethodResult], methods: [String], truth: Bool) {
+        let imgs = results.map { $0.image }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        let w = max(14, (imgs.map { $0.count }.max() ?? 0) + 2)
+        func table(_ title: String, _ value: (MethodResult) -> Double, _ fmt: String) {
+            print("\n" + title)
+            print("image".padding(toLength: w, withPad: " ", startingAt: 0) + methods.map { $0.leftPad(10) }.joined())
+            for i in imgs {
+                var line = i.padding(toLength: w, withPad: " ", startingAt: 0)
+                for m in methods {
+                    let r = results.first { $0.image == i && $0.method == m }
+                    line += String(format: fmt, r.map(value) ?? .nan).leftPad(10)
+                }
+                print(line)
+            }
+            var avg = "average".padding(toLength: w, withPad: " ", startingAt: 0)
+            for m in methods {
+                let v = results.filter { $0.method == m }.map(value)
+                avg += String(format: fmt, v.reduce(0, +) / Double(max(1, v.count))).leftPad(10)
+            }
+            print(avg)
+        }
+        if truth {
+            table("PSNR (dB; max 1, 32-pixel crop)", { $0.psnr }, "%.2f")
+            table("SSIM (Gaussian sigma 1.5, data range 1)", { $0.ssim }, "%.4f")
+        }
+        table("time (s)", { $0.seconds }, "%.2f")
+    }
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? " " + self : String(repeating: " ", count: n - count) + self }
+}
