@@ -109,13 +109,13 @@ public enum Deconvolution {
         return x
     }
 
-    /// Richardson-Lucy keeping the iterate with the best PSNR (paper convention) against the
-    /// truth, up to `maxIterations`.
-    public static func richardsonLucyBest(_ observed: Image2D, truth: Image2D, psf: Image2D, maxIterations: Int, threads: Int = 1)
-        -> (image: Image2D, iterations: Int) {
+    /// Richardson-Lucy keeping the iterate with the best PSNR against the truth (pixels at least
+    /// `crop` from the border: the paper's 32 by default), up to `maxIterations`.
+    public static func richardsonLucyBest(_ observed: Image2D, truth: Image2D, psf: Image2D, maxIterations: Int, crop: Int = 32,
+                                          threads: Int = 1) -> (image: Image2D, iterations: Int) {
         var best = (img: observed, it: 0, psnr: -Double.infinity)
         _ = richardsonLucy(observed, psf: psf, iterations: maxIterations, threads: threads) { it, x in
-            let p = Metrics.paperPSNR(truth, x)
+            let p = Metrics.psnr(truth, x, dataRange: 1, crop: crop)
             if p > best.psnr { best = (x, it, p) }
             return true
         }
