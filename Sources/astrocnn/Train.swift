@@ -24,6 +24,12 @@ struct Train: ParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
     var images: [String] = []
 
+    @Option(help: "Add this many skies simulated in code (stars, galaxies, clouds; see SyntheticSky) to the training images.")
+    var synthetic: Int = 0
+
+    @Option(help: "Side of the simulated skies.")
+    var syntheticSize: Int = 1024
+
     @Option(help: "Leave this image (file name) out of training: the leave-one-image-out protocol.")
     var leaveOut: String?
 
@@ -65,15 +71,17 @@ struct Train: ParsableCommand {
     }
 
     func train() throws {
-        guard !images.isEmpty else { throw ValidationError("give training images with --images DIR|FILES") }
+        guard !images.isEmpty || synthetic > 0 else { throw ValidationError("give training images with --images DIR|FILES (or --synthetic N)") }
         var paths = try SourceImage.expand(images)
         if let out = leaveOut {
             let before = paths.count
             paths.removeAll { URL(fileURLWithPath: $0).lastPathComponent == out || $0 == out }
             if paths.count == before { throw ValidationError("--leave-out \(out): no such image among \(images)") }
         }
-        guard !paths.isEmpty else { throw ValidationError("no FITS images found in \(images)") }
+        guard !paths.isEmpty || synthetic > 0 else { throw ValidationError("no FITS images found in \(images)") }
+        guard synthetic >= 0, syntheticSize >= 64 else { throw ValidationError("--synthetic must be >= 0 and --synthetic-size >= 64") }
         let sources = try paths.map { try SourceImage.load(path: $0) }
+            + (0..<synthetic).map { SyntheticSky.varied(size: syntheticSize, seed: UInt64($0 + 1)).sourceImage() }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
         let ckptPath = checkpoint ?? (output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output) + ".ckpt.acnn"
         let base = output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output

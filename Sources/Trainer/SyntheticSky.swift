@@ -1,0 +1,101 @@
+import Foundation
+import ModelFormat
+
+/// A synthetic sky for demos and tests, made in code from a seed:
+/// - stars: Moffat profiles (beta 3.5, FWHM around 2.5 px: seeing-limited stars as in the truth
+///   images of Flamary 2017) with fluxes from a truncated power-law luminosity function,
+///   N(>F) proportional to F^-gamma (gamma = 1: many faint stars, few bright ones), fluxes 0.05
+///   to 10 (peaks about 0.005 to 1);
+/// - galaxies: Sersic profiles I0 exp(-b_n (r / r_e)^(1/n)) (index 0.5 to 4, effective radius 3
+///   to 25 px, central brightness 0.05 to 0.5, axis ratio 0.3 to 1, random position angle), b_n
+///   from the Ciotti-Bertin expansion;
+/// - sky: a constant level with a gentle linear gradient.
+public struct SyntheticSky: Sendable {
+    public var size: Int
+    public var stars: Int
+    public var galaxies: Int
+    public var seed: UInt64
+    /// Diffuse emission: this many large Gaussian clouds (nebulae, galactic cirrus).
+    public var clouds: Int
+    public var background: Double
+
+    public init(size: Int = 512, stars: Int = 300, galaxies: Int = 12, clouds: Int = 0, background: Double = 0.02, seed: UInt64 = 1) {
+        (self.size, self.stars, self.galaxies, self.clouds, self.background, self.seed) = (size, stars, galaxies, clouds, background, seed)
+    }
+
+    /// A sky whose content varies with the seed (for training data): 100 to 2,000 stars, 0 to
+    /// 30 galaxies, 0 to 12 clouds, background 0 to 0.1.
+    public static func varied(size: Int, seed: UInt64) -> SyntheticSky {
+        var rng = SplitMix64(seed: seed ^ 0xC0FF_EE00_5EED)
+        let u = { (r: inout SplitMix64) in Double(r.next() >> 11) * 0x1p-53 }
+        let area = Double(size * size) / (512.0 * 512.0)
+        return SyntheticSky(size: size, stars: Int(area * (100 + 1900 * u(&rng) * u(&rng))), galaxies: Int(area * 30 * u(&rng)),
+                            clouds: Int(12 * u(&rng)), background: 0.1 * u(&rng), seed: seed)
+    }
+
+    /// The rendered sky as a training image (named by its seed, checksummed by its pixels).
+    public func sourceImage() -> SourceImage {
+        let img = render()
+        let crc = img.pixels.withUnsafeBytes { CRC32C.checksum($0) }
+        return SourceImage(name: "synthetic-\(size)-seed\(seed)", checksum: crc, raw: img)
+    }
+
+    public func render() -> Image2D {
+        var rng = SplitMix64(seed: seed)
+        func uniform(_ a: Double, _ b: Double) -> Double { a + (b - a) * Double(rng.next() >> 11) * 0x1p-53 }
+        let n = size
+        var img = Image2D(height: n, width: n)
+        let gx = uniform(-1, 1) * 0.01, gy = uniform(-1, 1) * 0.01
+        for y in 0..<n { for x in 0..<n {
+            img[y, x] = background + gx * Double(x) / Double(n) + gy * Double(y) / Double(n)
+        } }
+        // Diffuse clouds: large anisotropic Gaussians.
+        for _ in 0..<clouds {
+            let cx = uniform(0, Double(n)), cy = uniform(0, Double(n)), s1 = uniform(15, 150), s2 = uniform(15, 150)
+            let amp = uniform(0.02, 0.4), theta = uniform(0, Double.pi)
+            let (ct, st) = (cos(theta), sin(theta))
+            let reach = Int(4 * max(s1, s2))
+            for y in max(0, Int(cy) - reach)..<min(n, Int(cy) + reach) {
+                for x in max(0, Int(cx) - reach)..<min(n, Int(cx) + reach) {
+                    let dx = Double(x) - cx, dy = Double(y) - cy
+                    let u = (dx * ct + dy * st) / s1, v = (-dx * st + dy * ct) / s2
+                    img[y, x] += amp * exp(-0.5 * (u * u + v * v))
+                }
+            }
+        }
+        // Galaxies.
+        for _ in 0..<galaxies {
+            let cx = uniform(0, Double(n)), cy = uniform(0, Double(n))
+            let sersic = uniform(0.5, 4), re = uniform(3, 25), q = uniform(0.3, 1), theta = uniform(0, Double.pi)
+            let i0 = uniform(0.05, 0.5)
+            let bn = 2 * sersic - 1.0 / 3 + 4 / (405 * sersic) + 46 / (25515 * sersic * sersic)
+            let reach = Int(min(Double(n), re * 8))
+            let (ct, st) = (cos(theta), sin(theta))
+            for y in max(0, Int(cy) - reach)..<min(n, Int(cy) + reach) {
+                for x in max(0, Int(cx) - reach)..<min(n, Int(cx) + reach) {
+                    let dx = Double(x) - cx, dy = Double(y) - cy
+                    let u = dx * ct + dy * st, v = (-dx * st + dy * ct) / q
+                    let r = (u * u + v * v).squareRoot()
+                    img[y, x] += i0 * exp(-bn * pow(r / re, 1 / sersic))
+                }
+            }
+        }
+        // Stars: F = Fmin * U^(-1/gamma), truncated at Fmax (peaks from 0.005 to about 1).
+        let beta = 3.5
+        for _ in 0..<stars {
+            let cx = uniform(0, Double(n)), cy = uniform(0, Double(n))
+            let flux = 0.05 * pow(uniform(0.05 / 10, 1), -1.0)
+            let fwhm = uniform(2.2, 2.8)
+            let alpha = fwhm / (2 * (pow(2, 1 / beta) - 1).squareRoot())
+            let norm = flux * (beta - 1) / (Double.pi * alpha * alpha)
+            let reach = Int(alpha * 12) + 2
+            for y in max(0, Int(cy) - reach)..<min(n, Int(cy) + reach + 1) {
+                for x in max(0, Int(cx) - reach)..<min(n, Int(cx) + reach + 1) {
+                    let r2 = (Double(x) - cx) * (Double(x) - cx) + (Double(y) - cy) * (Double(y) - cy)
+                    img[y, x] += norm * pow(1 + r2 / (alpha * alpha), -beta)
+                }
+            }
+        }
+        return img
+    }
+}
