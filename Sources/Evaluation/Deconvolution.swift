@@ -36,27 +36,62 @@ public enum Deconvolution {
 
     /// |L|^2 of the discrete Laplacian [0 -1 0; -1 4 -1; 0 -1 0] (scikit-image's default
     /// regulariser) at frequency (u, v) of an h x w grid.
-    @inline(__always)
-    static func laplacian2(_ u: Int, _ v: Int, _ h: Int, _ w: Int) -> Double {
-        let l = 4 - 2 * cos(2 * Double.pi * Double(u) / Double(h)) - 2 * cos(2 * Double.pi * Double(v) / Double(w))
-        return l * l
+    static func laplacian2(_ h: Int, _ w: Int) -> [Double] {
+        let cu = (0..<h).map { 2 - 2 * cos(2 * Double.pi * Double($0) / Double(h)) }
+        let cv = (0..<w).map { 2 - 2 * cos(2 * Double.pi * Double($0) / Double(w)) }
+        var out = [Double](repeating: 0, count: h * w)
+        for u in 0..<h { for v in 0..<w { let l = cu[u] + cv[v]; out[u * w + v] = l * l } }
+        return out
     }
 
-    /// Wiener-Tikhonov deconvolution with a Laplacian regulariser on the periodic grid of the
-    /// image: X = conj(H) Y / (|H|^2 + lambda |L|^2).
-    public static func wiener(_ observed: Image2D, psf: Image2D, lambda: Double, origin: PSFOrigin = .same, threads: Int = 1) -> Image2D {
-        let (h, w) = (observed.height, observed.width)
-        let hs = transfer(psf, h, w, origin, threads: threads)
-        let y = spectrum(observed, threads: threads)
-        return wienerApply(y, hs, lambda, h, w, threads)
+    /// How Wiener treats the image borders.
+    public enum Boundary: Sendable {
+        /// The image is one period (scikit-image's `wiener`): borders wrap and ring.
+        case periodic
+        /// The image is mirror-padded by the PSF size (and up to a fast FFT length) first, so the
+        /// periodic filter sees no jump at the borders; the result is cropped back.
+        case reflect
     }
 
-    static func wienerApply(_ y: ComplexImage, _ hs: ComplexImage, _ lambda: Double, _ h: Int, _ w: Int, _ threads: Int) -> Image2D {
+    /// Mirror padding (d c b a | a b c d | d c b a) to ph x pw with the image at (top, left).
+    static func mirrorPad(_ img: Image2D, _ ph: Int, _ pw: Int, _ top: Int, _ left: Int) -> Image2D {
+        func m(_ i: Int, _ n: Int) -> Int {
+            let period = 2 * n
+            let j = ((i % period) + period) % period
+            return j < n ? j : period - 1 - j
+        }
+        var out = Image2D(height: ph, width: pw)
+        for y in 0..<ph { for x in 0..<pw {
+            let v = img[m(y - top, img.height), m(x - left, img.width)]
+            out.pixels[y * pw + x] = v.isNaN ? 0 : v
+        } }
+        return out
+    }
+
+    static func padGeometry(_ img: Image2D, _ psf: Image2D, _ b: Boundary) -> (ph: Int, pw: Int, top: Int, left: Int) {
+        guard b == .reflect else { return (img.height, img.width, 0, 0) }
+        let ph = FFTPlan.fastSize(atLeast: img.height + 2 * psf.height), pw = FFTPlan.fastSize(atLeast: img.width + 2 * psf.width)
+        return (ph, pw, (ph - img.height) / 2, (pw - img.width) / 2)
+    }
+
+    /// Wiener-Tikhonov deconvolution with a Laplacian regulariser:
+    /// X = conj(H) Y / (|H|^2 + lambda |L|^2) on the FFT grid.
+    public static func wiener(_ observed: Image2D, psf: Image2D, lambda: Double, origin: PSFOrigin = .same,
+                              boundary: Boundary = .periodic, threads: Int = 1) -> Image2D {
+        let g = padGeometry(observed, psf, boundary)
+        let hs = transfer(psf, g.ph, g.pw, origin, threads: threads)
+        let y = spectrum(mirrorPad(observed, g.ph, g.pw, g.top, g.left), threads: threads)
+        let x = wienerApply(y, hs, lambda, laplacian2(g.ph, g.pw), g.ph, g.pw, threads)
+        return boundary == .periodic ? x : x.crop(y: g.top, x: g.left, height: observed.height, width: observed.width)
+    }
+
+    static func wienerApply(_ y: ComplexImage, _ hs: ComplexImage, _ lambda: Double, _ lap: [Double], _ h: Int, _ w: Int,
+                            _ threads: Int) -> Image2D {
         var f = ComplexImage(height: h, width: w)
         for u in 0..<h { for v in 0..<w {
             let i = u * w + v
             let (a, b) = (hs.re[i], hs.im[i])
-            let d = a * a + b * b + lambda * laplacian2(u, v, h, w)
+            let d = a * a + b * b + lambda * lap[i]
             // conj(H) * Y / d
             f.re[i] = (a * y.re[i] + b * y.im[i]) / d
             f.im[i] = (a * y.im[i] - b * y.re[i]) / d
@@ -66,17 +101,20 @@ public enum Deconvolution {
         return Image2D(height: h, width: w, pixels: f.re.map { $0 * s })
     }
 
-    /// Wiener with lambda chosen from `lambdas` by the smallest mean squared error against the
-    /// truth, evaluated in the Fourier domain (Parseval: one inverse transform in all).
+    /// Wiener (mirror-padded borders) with lambda chosen from `lambdas` by the smallest squared
+    /// error against the truth padded the same way, evaluated in the Fourier domain (Parseval:
+    /// one inverse transform in all). The mirrored margins weigh the image's border region a
+    /// little more than its centre; wrap-around ringing, which would otherwise dominate the
+    /// error and push lambda up, is gone.
     public static func wienerBest(_ observed: Image2D, truth: Image2D, psf: Image2D, lambdas: [Double], threads: Int = 1)
         -> (image: Image2D, lambda: Double) {
-        let (h, w) = (observed.height, observed.width)
+        let g = padGeometry(observed, psf, .reflect)
+        let (h, w) = (g.ph, g.pw)
         let hs = transfer(psf, h, w, .same, threads: threads)
-        let y = spectrum(observed, threads: threads)
-        let t = spectrum(truth, threads: threads)
+        let y = spectrum(mirrorPad(observed, h, w, g.top, g.left), threads: threads)
+        let t = spectrum(mirrorPad(truth, h, w, g.top, g.left), threads: threads)
         var best = (lambda: lambdas[0], err: Double.infinity)
-        var lap = [Double](repeating: 0, count: h * w)
-        for u in 0..<h { for v in 0..<w { lap[u * w + v] = laplacian2(u, v, h, w) } }
+        let lap = laplacian2(h, w)
         for l in lambdas {
             var err = 0.0
             for i in 0..<(h * w) {
@@ -87,7 +125,8 @@ public enum Deconvolution {
             }
             if err < best.err { best = (l, err) }
         }
-        return (wienerApply(y, hs, best.lambda, h, w, threads), best.lambda)
+        let x = wienerApply(y, hs, best.lambda, lap, h, w, threads)
+        return (x.crop(y: g.top, x: g.left, height: observed.height, width: observed.width), best.lambda)
     }
 
     // MARK: Richardson-Lucy

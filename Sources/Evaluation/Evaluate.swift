@@ -66,7 +66,7 @@ public struct Evaluator {
                 let r = Deconvolution.wienerBest(observed, truth: t, psf: psf, lambdas: lambdas, threads: threads)
                 return (r.image, "lambda=\(r.lambda)")
             }
-            return (Deconvolution.wiener(observed, psf: psf, lambda: lambdas[0], threads: threads), "lambda=\(lambdas[0])")
+            return (Deconvolution.wiener(observed, psf: psf, lambda: lambdas[0], boundary: .reflect, threads: threads), "lambda=\(lambdas[0])")
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)
