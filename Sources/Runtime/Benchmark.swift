@@ -35,11 +35,12 @@ public enum Benchmark {
     }
 
     /// Times every step of the network on one tile-sized input (one thread), best of `repeats`.
-    public static func layerProfile(network: Network, side: Int, isa: KernelISA = .best, repeats: Int = 5) throws -> [LayerTiming] {
+    public static func layerProfile(network: Network, side: Int, isa: KernelISA = .best, algorithm: ConvAlgorithm = .auto,
+                                    repeats: Int = 5) throws -> [LayerTiming] {
         let m = network.analysis.geometry.sizeMultiple
         let shrink = try network.analysis.shrink()
         let h = (side + shrink[0] + m - 1) / m * m, w = (side + shrink[1] + m - 1) / m * m
-        let plan = try ExecutionPlan(network: network, packed: network.packedWeights(), height: h, width: w, isa: isa)
+        let plan = try ExecutionPlan(network: network, packed: network.packedWeights(), height: h, width: w, isa: isa, algorithm: algorithm)
         var rng = SystemRandomNumberGenerator()
         let input = FeatureMap(channels: network.inputChannels, height: h, width: w,
                                data: (0..<(network.inputChannels * h * w)).map { _ in Float.random(in: 0..<1, using: &rng) })
@@ -56,7 +57,7 @@ public enum Benchmark {
 
     /// Median seconds to run the network over a side x side image (tiling, threads and the
     /// network; not file I/O), with the same padding `restore` applies.
-    public static func imageSeconds(network: Network, side: Int, threads: Int, algorithm: ConvAlgorithm = .direct,
+    public static func imageSeconds(network: Network, side: Int, threads: Int, algorithm: ConvAlgorithm = .auto,
                                     isa: KernelISA = .best, tileSize: Int? = nil, repeats: Int = 3) throws -> Double {
         var rng = SystemRandomNumberGenerator()
         let image = FITSImage(width: side, height: side, pixels: (0..<(side * side)).map { _ in Float.random(in: 0..<1000, using: &rng) })

@@ -3,16 +3,51 @@ import ModelFormat
 
 /// Which convolution implementation a network uses.
 public enum ConvAlgorithm: String, Sendable, CaseIterable {
+    /// Per layer by `ConvAlgorithm.choose`: Winograd F(4x4, 3x3) for 3x3 'same' layers with at
+    /// least 16 input channels (and output channels a multiple of 4), direct otherwise.
+    case auto
     /// The scalar reference ops (the test oracle).
     case reference
-    /// Register-blocked SIMD direct convolution.
+    /// Register-blocked SIMD direct convolution everywhere.
     case direct
+    /// Winograd F(4x4, 3x3) wherever it applies (3x3 'same', output channels a multiple of 4),
+    /// direct elsewhere.
+    case winograd
+
+    /// The kernel a convolution of this shape runs under this setting: "direct", "winograd
+    /// F(4x4,3x3)" or "reference".
+    public func choose(outChannels o: Int, inChannels c: Int, kh: Int, kw: Int, padding: Padding) -> String {
+        let ok = WinogradConv.supports(outChannels: o, inChannels: c, kh: kh, kw: kw, padding: padding == .same ? .same : .valid)
+        switch self {
+        case .reference: return "reference"
+        case .direct: return "direct"
+        case .winograd: return ok ? "winograd F(4x4,3x3)" : "direct"
+        case .auto: return ok && c >= 16 ? "winograd F(4x4,3x3)" : "direct"
+        }
+    }
 }
 
 /// Weights repacked once per network for the fast kernels.
 final class PackedWeights: @unchecked Sendable {
     var conv: [String: PackedConv] = [:]
+    private var winograd: [String: WinogradConv] = [:]
+    private let lock = NSLockShim()
+    private unowned let network: Network
+
+    /// Winograd-transformed weights of a 3x3 convolution, made on first use (thread-safe).
+    func winogradConv(_ n: Node) -> WinogradConv {
+        lock.locked {
+            if let w = winograd[n.name] { return w }
+            let shape = network.analysis.tensorShapes[n.params[0]]!
+            let w = WinogradConv(weight: network.weights[n.params[0]]!, bias: n.params.count > 1 ? network.weights[n.params[1]]! : nil,
+                                 outChannels: shape[0], inChannels: shape[1])
+            winograd[n.name] = w
+            return w
+        }
+    }
+
     init(network: Network) {
+        self.network = network
         for n in network.graph.nodes {
             guard let wname = n.params.first, let shape = network.analysis.tensorShapes[wname] else { continue }
             let w = network.weights[wname]!
@@ -36,6 +71,7 @@ final class PackedWeights: @unchecked Sendable {
 final class ExecutionPlan {
     enum Step {
         case conv(PlanarView, PlanarView, PackedConv, ConvPadding, Activation, PlanarView?)
+        case winograd(PlanarView, PlanarView, WinogradConv, Activation)
         case activation(PlanarView, PlanarView, Activation)
         case pool(PlanarView, PlanarView)
         case convTranspose(PlanarView, PlanarView, PackedConv, PlanarView)
@@ -55,7 +91,8 @@ final class ExecutionPlan {
 
     /// With `measureOnly`, buffers get layouts but no memory: the plan can report `bytes` but
     /// must not run.
-    init(network: Network, packed: PackedWeights?, height: Int, width: Int, isa: KernelISA, measureOnly: Bool = false) throws {
+    init(network: Network, packed: PackedWeights?, height: Int, width: Int, isa: KernelISA, algorithm: ConvAlgorithm = .auto,
+         measureOnly: Bool = false) throws {
         self.height = height
         self.width = width
         self.isa = isa
@@ -152,8 +189,14 @@ final class ExecutionPlan {
                 case .leakyRelu?: act = .leakyRelu(fusedInto[n.name]!.alpha)
                 default: act = .none
                 }
-                let p = packedConv(n)
-                steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act, p.outChannels % 4 != 0 ? scratch(like: out) : nil))
+                let shape = analysis.tensorShapes[n.params[0]]!
+                if let packed = packed, algorithm.choose(outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3],
+                                                         padding: n.padding).hasPrefix("winograd") {
+                    steps.append(.winograd(x, out, packed.winogradConv(n), act))
+                } else {
+                    let p = packedConv(n)
+                    steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act, p.outChannels % 4 != 0 ? scratch(like: out) : nil))
+                }
             case .relu:
                 steps.append(.activation(x, allocate(n.output), .relu))
             case .leakyRelu:
@@ -211,6 +254,12 @@ final class ExecutionPlan {
             case let .conv(x, y, p, pad, act, scratch):
                 // Work per row grows with channels x kernel taps; split finely enough to balance.
                 Self.rows(y.height, threads) { FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, scratch: scratch, rows: $0) }
+            case let .winograd(x, y, w, act):
+                // One contiguous range of tile rows per thread: Winograd batches tile rows into GEMMs.
+                let tr = (y.height + 3) / 4, parts = max(1, min(threads, tr))
+                ParallelFor.run(parts, threads: threads) { k in
+                    w.run(x, y, activation: act, isa: isa, tileRows: (k * tr / parts)..<((k + 1) * tr / parts))
+                }
             case let .activation(x, y, act):
                 Self.rows(y.height, threads) { FastOps.activation(x, y, act, rows: $0) }
             case let .pool(x, y):

@@ -92,11 +92,12 @@ public final class Network: @unchecked Sendable {
     }
 
     /// Runs the whole graph on one input map.
-    public func forward(_ input: FeatureMap, parameters: [String: Float] = [:], algorithm: ConvAlgorithm = .direct,
+    public func forward(_ input: FeatureMap, parameters: [String: Float] = [:], algorithm: ConvAlgorithm = .auto,
                         isa: KernelISA = .best) throws -> FeatureMap {
         try checkInput(input, parameters)
         if algorithm == .reference { return referenceForward(input, parameters: parameters) }
-        let plan = try ExecutionPlan(network: self, packed: packedWeights(), height: input.height, width: input.width, isa: isa)
+        let plan = try ExecutionPlan(network: self, packed: packedWeights(), height: input.height, width: input.width, isa: isa,
+                                     algorithm: algorithm)
         return plan.run(input, parameters: parameters)
     }
 

@@ -35,7 +35,7 @@ public enum Restoration {
         /// units the network was trained on, as in evaluation on simulated degradations).
         public var normalization: Normalization.Kind?
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
-                    algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
+                    algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
             self.algorithm = algorithm
             self.isa = isa

@@ -25,7 +25,7 @@ public struct TiledRunner: Sendable {
     public let memoryBudget: Int
 
     public init(network: Network, tileSize: Int? = nil, threads: Int = ParallelFor.availableCores,
-                algorithm: ConvAlgorithm = .direct, isa: KernelISA = .best, memoryBudget: Int? = nil) {
+                algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, memoryBudget: Int? = nil) {
         self.network = network
         self.algorithm = algorithm
         self.isa = isa
@@ -113,7 +113,7 @@ public struct TiledRunner: Sendable {
             }
             let y: FeatureMap
             if let packed = packed {
-                let plan = try cache.plan(network, packed, wh, ww, isa)
+                let plan = try cache.plan(network, packed, wh, ww, isa, algorithm)
                 y = plan.run(tile, parameters: parameters, threads: threads)
             } else {
                 y = try network.forward(tile, parameters: parameters, algorithm: .reference)
@@ -137,10 +137,12 @@ public struct TiledRunner: Sendable {
 /// is made, so only one set of feature maps exists at a time.
 final class PlanCache: @unchecked Sendable {
     private var last: ExecutionPlan?
-    func plan(_ net: Network, _ packed: PackedWeights, _ h: Int, _ w: Int, _ isa: KernelISA) throws -> ExecutionPlan {
-        if let p = last, p.height == h, p.width == w { return p }
+    private var lastAlgorithm: ConvAlgorithm?
+    func plan(_ net: Network, _ packed: PackedWeights, _ h: Int, _ w: Int, _ isa: KernelISA, _ algorithm: ConvAlgorithm) throws -> ExecutionPlan {
+        if let p = last, p.height == h, p.width == w, lastAlgorithm == algorithm { return p }
+        lastAlgorithm = algorithm
         last = nil
-        let p = try ExecutionPlan(network: net, packed: packed, height: h, width: w, isa: isa)
+        let p = try ExecutionPlan(network: net, packed: packed, height: h, width: w, isa: isa, algorithm: algorithm)
         last = p
         return p
     }

@@ -89,8 +89,8 @@ struct Restore: ParsableCommand {
     @Flag(help: "No progress line.")
     var quiet = false
 
-    @Option(name: .customLong("conv"), help: "Convolution algorithm: direct (SIMD kernels, default) or reference (scalar oracle, slow).")
-    var conv: String = "direct"
+    @Option(name: .customLong("conv"), help: "Convolution algorithm: auto (per layer: Winograd F(4x4,3x3) for 3x3 layers with >= 16 input channels, direct otherwise; default), direct, winograd (wherever it applies), or reference (scalar oracle, slow).")
+    var conv: String = "auto"
 
     @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch.")
     var preview: String?
@@ -107,7 +107,7 @@ struct Restore: ParsableCommand {
         do {
             let network = try Network(path: model)
             let progress = quiet ? nil : ProgressLine("restore")
-            guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be direct or reference") }
+            guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd or reference") }
             var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters,
                                               algorithm: algorithm)
             if let p = progress { options.progress = { p.update($0, $1) } }
@@ -135,7 +135,11 @@ struct Inspect: ParsableCommand {
     @Argument(help: "Model file (.acnn).")
     var model: String
 
+    @Option(name: .customLong("conv"), help: "Show the kernel choice for this --conv setting (auto, direct, winograd, reference).")
+    var conv: String = "auto"
+
     func run() throws {
+        guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd or reference") }
         let reader: ModelReader
         do { reader = try ModelReader(path: model) } catch { throw failure("\(model): \(describe(error))") }
         let a = reader.analysis
@@ -146,7 +150,7 @@ struct Inspect: ParsableCommand {
         print("parameters \(params)")
         print("receptive  \(g.receptiveField[0])x\(g.receptiveField[1]) px, output offset (\(g.outputOffset[0]), \(g.outputOffset[1])), halo t/b/l/r \(g.halo.map(String.init).joined(separator: "/")), size multiple \(g.sizeMultiple)")
         print(String(format: "FLOPs      %.1f k per output pixel (%.2f GFLOP per megapixel)", a.flopsPerOutputPixel / 1e3, a.flopsPerOutputPixel / 1e3))
-        print("kernels    \(KernelISA.best.rawValue) on this CPU; every convolution runs the direct SIMD kernel (--conv reference: scalar oracle)")
+        print("kernels    \(KernelISA.best.rawValue) on this CPU; per-layer algorithm (--conv \(conv)) in the 'algorithm' column")
         if let net = try? Network(model: try reader.model()) {
             print(String(format: "memory     %.0f MB of feature maps per megapixel run at once (tiles are sized from this)", net.bytesPerInputPixel))
         }
@@ -156,7 +160,7 @@ struct Inspect: ParsableCommand {
         let nodes = a.order.map { reader.graph.nodes[$0] }
         let nameWidth = max(4, nodes.map(\.name.count).max() ?? 4) + 1
         let ioWidth = max(16, nodes.map { ($0.inputs.joined(separator: ",") + " -> " + $0.output).count }.max() ?? 16) + 1
-        print("  #  " + pad("node", nameWidth) + pad("op", 19) + pad("inputs -> output", ioWidth) + "out ch  kernel      params    kFLOP/px")
+        print("  #  " + pad("node", nameWidth) + pad("op", 19) + pad("inputs -> output", ioWidth) + "out ch  kernel      params    kFLOP/px  algorithm")
         for (step, i) in a.order.enumerated() {
             let n = reader.graph.nodes[i]
             var kernel = "", pcount = 0
@@ -165,6 +169,9 @@ struct Inspect: ParsableCommand {
             var extra = ""
             if n.op == .leakyRelu { extra = " alpha=\(n.alpha)" }
             if n.op == .constantChannel { extra = " value=\(n.constantValue)" + (n.runtimeParameter.map { " param=\($0)" } ?? "") }
+            if n.op == .conv2d, let w = a.tensorShapes[n.params[0]] {
+                extra = "  " + algorithm.choose(outChannels: w[0], inChannels: w[1], kh: w[2], kw: w[3], padding: n.padding)
+            }
             let io = (n.inputs.joined(separator: ",") + " -> " + n.output)
             print(String(format: "%3d  %@%@%@%6d  %@ %8d  %10.2f%@", step, pad(n.name, nameWidth), pad(n.op.rawValue, 19), pad(io, ioWidth),
                          a.channels[n.output] ?? 0, pad(kernel, 11), pcount, a.nodeFlopsPerOutputPixel[i] / 1e3, extra))

@@ -20,8 +20,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Comma-separated thread counts (default: 1 and all cores).")
     var threads: String?
 
-    @Option(name: .customLong("conv"), help: "Convolution algorithm(s): direct, reference, or a comma-separated list.")
-    var conv: String = "direct"
+    @Option(name: .customLong("conv"), help: "Convolution algorithm(s): auto, direct, winograd, reference, or a comma-separated list.")
+    var conv: String = "auto"
 
     @Option(help: "Output tile side for the layer profile.")
     var layerTile: Int = 256
@@ -67,9 +67,9 @@ struct Bench: ParsableCommand {
         print(String(format: "model      %@: %.1f kFLOP per output pixel", network.name, flopsPerPixel / 1e3))
 
         // Per-layer profile on one tile, one thread.
-        if !skipLayers { do {
-            let layers = try Benchmark.layerProfile(network: network, side: layerTile, isa: isa, repeats: max(repeats, 3))
-            print("\nper layer, one \(layerTile)x\(layerTile)-output tile, 1 thread, \(isa.rawValue):")
+        if !skipLayers { for alg in algs where alg != .reference { do {
+            let layers = try Benchmark.layerProfile(network: network, side: layerTile, isa: isa, algorithm: alg, repeats: max(repeats, 3))
+            print("\nper layer, one \(layerTile)x\(layerTile)-output tile, 1 thread, \(isa.rawValue), --conv \(alg.rawValue) (GFLOP/s counts direct-convolution FLOPs):")
             print("  layer                      op                         ms      GFLOP/s  % of peak")
             var total = 0.0, totalFlops = 0.0
             for l in layers {
@@ -80,7 +80,7 @@ struct Bench: ParsableCommand {
             print(String(format: "  %@ %@ %8.3f  %8.1f  %6.1f%%", pad("total", 26), pad("", 24), total * 1e3, totalFlops / total / 1e9, 100 * totalFlops / total / 1e9 / peak1))
         } catch {
             throw failure(String(describing: error))
-        } }
+        } } }
 
         // Throughput against image size.
         print("\nwhole images (padding, tiling, network; no file I/O), median of \(repeats):")
