@@ -84,6 +84,14 @@ public enum Metrics {
         return n > 0 ? s / Double(n) : .nan
     }
 
+    /// RMS of (PSF * restored - observed) over the pixels at least `crop` from the border: the
+    /// data-fit residual, which needs no truth.
+    public static func dataResidual(observed: Image2D, restored: Image2D, psf: Image2D, crop: Int = 0) -> Double {
+        let reblurred = LinearConvolution(kernel: psf, height: restored.height, width: restored.width)
+            .apply(restored.map { $0.isNaN ? 0 : $0 })
+        return mse(observed, reblurred, crop: crop).squareRoot()
+    }
+
     /// Kullback-Leibler divergence KL(P || Q) in nats between the pixel histograms of `p` (the
     /// reference) and `q`: `bins` equal bins spanning the reference's [min, max] (values of q
     /// outside are counted in the end bins), each histogram normalised to sum 1 after adding

@@ -110,10 +110,16 @@ struct Evaluate: ParsableCommand {
                 if let t = truth {
                     let s = ev.score(t, img)
                     (r.psnr, r.ssim, r.kl) = (s.psnr, s.ssim, s.kl)
+                } else {
+                    // Without a truth: how well the restoration explains the data, the RMS of
+                    // (PSF * restored - observed) in units of the noise sigma (about 1 when the
+                    // restoration fits the data to the noise; the degraded image itself gives the
+                    // blur residual).
+                    r.kl = Metrics.dataResidual(observed: observed, restored: img, psf: ev.degradation.psf, crop: 32) / ev.degradation.sigma
                 }
                 results.append(r)
-                FileHandle.standardError.write(Data(String(format: "  %-10@ PSNR %7.3f dB  SSIM %.4f  %.2f s  %@\n",
-                                                           m.name as NSString, r.psnr, r.ssim, secs, params).utf8))
+                FileHandle.standardError.write(Data(String(format: "  %@ PSNR %7.3f dB  SSIM %.4f  %.2f s  %@\n",
+                                                           m.name.padding(toLength: 10, withPad: " ", startingAt: 0), r.psnr, r.ssim, secs, params).utf8))
                 if k == 0 && m != .none { panels.append((m.name, crop(img, zy, zx, z))) }
             }
         }
@@ -172,6 +178,9 @@ struct Evaluate: ParsableCommand {
         if truth {
             table("PSNR (dB; max 1, 32-pixel crop)", { $0.psnr }, "%.2f")
             table("SSIM (Gaussian sigma 1.5, data range 1)", { $0.ssim }, "%.4f")
+        }
+        if !truth {
+            table("data residual RMS(PSF * restored - observed) / sigma (no truth: --degrade none)", { $0.kl }, "%.2f")
         }
         table("time (s)", { $0.seconds }, "%.2f")
     }

@@ -42,6 +42,9 @@ struct Train: ParsableCommand {
     @Option(help: "Resume from this checkpoint (same images; its settings are used).")
     var resume: String?
 
+    @Flag(help: "With --resume: stop here and write the model of the best epoch so far (no more training).")
+    var finish = false
+
     @Option(help: "Batch size.") var batch: Int = 50
     @Option(help: "Learning rate.") var lr: Double = 0.01
     @Option(help: "Optimizer: sgd or adam.") var optimizer: String = "sgd"
@@ -112,6 +115,13 @@ struct Train: ParsableCommand {
         if !quiet {
             print("training \(c.recipe) on \(sources.map { $0.name }.joined(separator: ", ")): \(c.trainSamples) samples/epoch, batch \(c.batchSize), "
                   + "\(c.optimizer) lr \(c.learningRate), augment \(c.augment), \(nThreads) threads")
+        }
+        if finish {
+            guard resume != nil, session.bestEpoch > 0 else { throw ValidationError("--finish needs --resume with a checkpoint after at least one epoch") }
+            try ModelWriter.write(session.finalModel(), to: output, overwrite: overwrite)
+            print(String(format: "wrote %@ from the checkpoint: best epoch %d of %d, validation MSE %.4e", output, session.bestEpoch,
+                         session.history.count, session.bestValidation))
+            return
         }
         signal(SIGINT) { _ in interruptRequested = 1 }
         let interactive = isatty(2) != 0
