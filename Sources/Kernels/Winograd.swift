@@ -1,9 +1,10 @@
 import Foundation
 
-/// Winograd convolution F(4x4, 3x3) (Lavin & Gray 2016) for stride-1 'same' 3x3 layers: each
-/// 4x4 output tile comes from a 6x6 input tile as Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A, with the
-/// interpolation points 0, ±1, ±2 and infinity. Per 6x6 tile, 36 multiplications per (input,
-/// output) channel pair replace the direct method's 144: 4x fewer.
+/// Winograd convolution F(m x m, 3x3) (Lavin & Gray 2016) for stride-1 'same' 3x3 layers, with
+/// m = 4 (6x6 input tiles, points 0, ±1, ±2, infinity: 36 multiplications per (input, output)
+/// channel pair and 4x4 outputs instead of 144, 4x fewer) or m = 2 (4x4 input tiles, points 0,
+/// ±1, infinity: 16 instead of 36, 2.25x fewer, with smaller rounding error). Each m x m output
+/// tile is Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A.
 ///
 /// The element-wise stage is 36 independent GEMMs, (out x in) weights times (in x tiles)
 /// transformed inputs, run on the direct-convolution micro-kernels as 1x1 convolutions over a row
@@ -13,7 +14,9 @@ import Foundation
 public final class WinogradConv: @unchecked Sendable {
     public let outChannels: Int
     public let inChannels: Int
-    /// The 36 transformed weight matrices, packed as 1x1 convolutions.
+    /// Output tile side m (2 or 4); input tiles are m + 2.
+    public let tileSize: Int
+    /// The (m + 2)^2 transformed weight matrices, packed as 1x1 convolutions.
     let packed: [PackedConv]
     let bias: [Float]
     private var pool: [UnsafeMutablePointer<Float>] = []
@@ -23,6 +26,8 @@ public final class WinogradConv: @unchecked Sendable {
     /// G (6 x 3) of F(4, 3).
     static let g: [[Double]] = [[1.0 / 4, 0, 0], [-1.0 / 6, -1.0 / 6, -1.0 / 6], [-1.0 / 6, 1.0 / 6, -1.0 / 6],
                                 [1.0 / 24, 1.0 / 12, 1.0 / 6], [1.0 / 24, -1.0 / 12, 1.0 / 6], [0, 0, 1]]
+    /// G (4 x 3) of F(2, 3).
+    static let g2: [[Double]] = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
 
     /// Whether a convolution of this shape may use this kernel.
     public static func supports(outChannels: Int, inChannels: Int, kh: Int, kw: Int, padding: ConvPadding) -> Bool {
@@ -30,23 +35,25 @@ public final class WinogradConv: @unchecked Sendable {
     }
 
     /// - weight: OIHW 3x3 cross-correlation weights.
-    public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int) {
-        precondition(weight.count == outChannels * inChannels * 9 && outChannels % 4 == 0)
+    public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, tileSize: Int = 4) {
+        precondition(weight.count == outChannels * inChannels * 9 && outChannels % 4 == 0 && (tileSize == 2 || tileSize == 4))
+        self.tileSize = tileSize
+        let nn = tileSize + 2
         self.outChannels = outChannels
         self.inChannels = inChannels
         self.bias = bias ?? [Float](repeating: 0, count: outChannels)
         // U[xi][nu][o][c] = (G w G^T)[xi][nu], in Float64.
-        var u = [[Float]](repeating: [Float](repeating: 0, count: outChannels * inChannels), count: 36)
-        let g = WinogradConv.g.flatMap { $0 }
-        var t = [Double](repeating: 0, count: 18)  // G w (6 x 3)
+        var u = [[Float]](repeating: [Float](repeating: 0, count: outChannels * inChannels), count: nn * nn)
+        let g = (tileSize == 4 ? WinogradConv.g : WinogradConv.g2).flatMap { $0 }
+        var t = [Double](repeating: 0, count: 3 * nn)  // G w (n x 3)
         weight.withUnsafeBufferPointer { wp in
             for oc in 0..<(outChannels * inChannels) {
                 let w = wp.baseAddress! + oc * 9
-                for i in 0..<6 { for j in 0..<3 {
+                for i in 0..<nn { for j in 0..<3 {
                     t[i * 3 + j] = g[i * 3] * Double(w[j]) + g[i * 3 + 1] * Double(w[3 + j]) + g[i * 3 + 2] * Double(w[6 + j])
                 } }
-                for i in 0..<6 { for j in 0..<6 {
-                    u[i * 6 + j][oc] = Float(t[i * 3] * g[j * 3] + t[i * 3 + 1] * g[j * 3 + 1] + t[i * 3 + 2] * g[j * 3 + 2])
+                for i in 0..<nn { for j in 0..<nn {
+                    u[i * nn + j][oc] = Float(t[i * 3] * g[j * 3] + t[i * 3 + 1] * g[j * 3 + 1] + t[i * 3 + 2] * g[j * 3 + 2])
                 } }
             }
         }
@@ -81,7 +88,8 @@ public final class WinogradConv: @unchecked Sendable {
     public func run(_ input: PlanarView, _ output: PlanarView, activation: Activation, isa: KernelISA = .best, tileRows: Range<Int>) {
         let (h, w, c, o) = (output.height, output.width, inChannels, outChannels)
         precondition(input.channels == c && output.channels == o && input.height == h && input.width == w)
-        let tiles = (w + 3) / 4
+        let mt = tileSize, nn = mt + 2, nk = nn * nn
+        let tiles = (w + mt - 1) / mt
         let vw = isa.vectorWidth
         let tpad = (tiles + 7) / 8 * 8
         // Several tile rows form one GEMM (at least ~192 tiles) so that each transformed weight
@@ -90,7 +98,7 @@ public final class WinogradConv: @unchecked Sendable {
         let cols = group * tpad
         let tplane = (cols + vw - 1) / vw * vw + vw   // room for the micro-kernel's vector overhang
         let phaseLen = tpad + 8
-        let vSize = 36 * c * tplane, mSize = 36 * o * tplane, stageSize = 6 * 4 * phaseLen, outStage = 16 * phaseLen
+        let vSize = nk * c * tplane, mSize = nk * o * tplane, stageSize = nn * mt * phaseLen, outStage = mt * mt * phaseLen
         let n = vSize + mSize + stageSize + outStage + 36 * 8 * 3 + o + 16
         let buf = scratch(n)
         defer { release(buf, n) }
@@ -105,29 +113,30 @@ public final class WinogradConv: @unchecked Sendable {
             // Input transform: V[k][c][g * tpad + t] = (B^T d B)[k] for the 6x6 patch at
             // (4 (first + g) - 1, 4t - 1).
             for g in 0..<rowsHere {
-                let y0 = 4 * (first + g) - 1
+                let y0 = mt * (first + g) - 1
                 for ch in 0..<c {
                     stage.update(repeating: 0, count: stageSize)
-                    for i in 0..<6 {
+                    for i in 0..<nn {
                         let y = y0 + i
                         if y < 0 || y >= h { continue }
                         let row = input.pointer(ch, y, 0)
-                        for x in 0..<w {
-                            let k = (x + 1) >> 2, q = (x + 1) & 3
-                            stage[(i * 4 + q) * phaseLen + k] = row[x]
+                        if mt == 4 {
+                            for x in 0..<w { stage[(i * 4 + ((x + 1) & 3)) * phaseLen + ((x + 1) >> 2)] = row[x] }
+                        } else {
+                            for x in 0..<w { stage[(i * 2 + ((x + 1) & 1)) * phaseLen + ((x + 1) >> 1)] = row[x] }
                         }
                     }
                     var t0 = 0
                     while t0 < tpad {
-                        for i in 0..<6 {
-                            for j in 0..<6 {
-                                let q = j & 3, off = j >> 2
-                                d[i * 6 + j] = UnsafeRawPointer(stage + (i * 4 + q) * phaseLen + t0 + off).loadUnaligned(as: SIMD8<Float>.self)
+                        for i in 0..<nn {
+                            for j in 0..<nn {
+                                let q = j % mt, off = j / mt
+                                d[i * nn + j] = UnsafeRawPointer(stage + (i * mt + q) * phaseLen + t0 + off).loadUnaligned(as: SIMD8<Float>.self)
                             }
                         }
-                        WinogradConv.inputTransform(d, tmp, r)
+                        if mt == 4 { WinogradConv.inputTransform(d, tmp, r) } else { WinogradConv.inputTransform2(d, tmp, r) }
                         let col = g * tpad + t0
-                        for k in 0..<36 {
+                        for k in 0..<nk {
                             UnsafeMutableRawPointer(v + (k * c + ch) * tplane + col).storeBytes(of: r[k], as: SIMD8<Float>.self)
                         }
                         t0 += 8
@@ -136,7 +145,7 @@ public final class WinogradConv: @unchecked Sendable {
             }
             // 36 GEMMs: M[k] (o x cols) = U[k] (o x c) V[k] (c x cols).
             let used = rowsHere * tpad
-            for k in 0..<36 {
+            for k in 0..<nk {
                 FastOps.run(isa, UnsafePointer(v + k * c * tplane), tplane, 0, c, packed[k].weights, zeroBias, o / 4, 1, 1,
                             m + k * o * tplane, tplane, 0, 0, 1, (used + vw - 1) / vw)
             }
@@ -148,11 +157,11 @@ public final class WinogradConv: @unchecked Sendable {
                     var t0 = 0
                     while t0 < tpad {
                         let col = g * tpad + t0
-                        for k in 0..<36 {
+                        for k in 0..<nk {
                             d[k] = UnsafeRawPointer(m + (k * o + oc) * tplane + col).loadUnaligned(as: SIMD8<Float>.self)
                         }
-                        WinogradConv.outputTransform(d, tmp, r)
-                        for k in 0..<16 {
+                        if mt == 4 { WinogradConv.outputTransform(d, tmp, r) } else { WinogradConv.outputTransform2(d, tmp, r) }
+                        for k in 0..<(mt * mt) {
                             var val = r[k] + b
                             switch activation {
                             case .none: break
@@ -163,11 +172,15 @@ public final class WinogradConv: @unchecked Sendable {
                         }
                         t0 += 8
                     }
-                    for i in 0..<4 {
-                        let yy = 4 * tr + i
+                    for i in 0..<mt {
+                        let yy = mt * tr + i
                         if yy >= h { break }
                         let row = output.pointer(oc, yy, 0)
-                        for x in 0..<w { row[x] = ostage[(i * 4 + (x & 3)) * phaseLen + (x >> 2)] }
+                        if mt == 4 {
+                            for x in 0..<w { row[x] = ostage[(i * 4 + (x & 3)) * phaseLen + (x >> 2)] }
+                        } else {
+                            for x in 0..<w { row[x] = ostage[(i * 2 + (x & 1)) * phaseLen + (x >> 1)] }
+                        }
                     }
                 }
             }
@@ -212,5 +225,37 @@ public final class WinogradConv: @unchecked Sendable {
         }
         for j in 0..<6 { at(m + j, 6, t + j, 6) }      // t (4 x 6) = A^T m
         for i in 0..<4 { at(t + 6 * i, 1, r + 4 * i, 1) }  // r (4 x 4) = t A
+    }
+
+    /// B^T d B of F(2, 3) for 8 tiles (d row-major 4x4).
+    @inline(__always)
+    static func inputTransform2(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>,
+                                _ r: UnsafeMutablePointer<SIMD8<Float>>) {
+        // B^T rows: [1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]
+        @inline(__always)
+        func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+            let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
+            y[0] = x0 - x2
+            y[ys] = x1 + x2
+            y[2 * ys] = x2 - x1
+            y[3 * ys] = x1 - x3
+        }
+        for j in 0..<4 { bt(d + j, 4, t + j, 4) }
+        for i in 0..<4 { bt(t + 4 * i, 1, r + 4 * i, 1) }
+    }
+
+    /// A^T m A of F(2, 3) for 8 tiles (m row-major 4x4 -> r row-major 2x2).
+    @inline(__always)
+    static func outputTransform2(_ m: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>,
+                                 _ r: UnsafeMutablePointer<SIMD8<Float>>) {
+        // A^T rows: [1,1,1,0], [0,1,-1,-1]
+        @inline(__always)
+        func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+            let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
+            y[0] = x0 + x1 + x2
+            y[ys] = x1 - x2 - x3
+        }
+        for j in 0..<4 { at(m + j, 4, t + j, 4) }   // t (2 x 4)
+        for i in 0..<2 { at(t + 4 * i, 1, r + 2 * i, 1) }
     }
 }

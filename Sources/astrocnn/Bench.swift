@@ -20,7 +20,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Comma-separated thread counts (default: 1 and all cores).")
     var threads: String?
 
-    @Option(name: .customLong("conv"), help: "Convolution algorithm(s): auto, direct, winograd, reference, or a comma-separated list.")
+    @Option(name: .customLong("conv"), help: "Convolution algorithm(s): auto, direct, winograd, winograd2, reference, or a comma-separated list.")
     var conv: String = "auto"
 
     @Option(help: "Output tile side for the layer profile.")

@@ -153,7 +153,7 @@ final class PipelineTests: XCTestCase {
                 // outside a graph tile's valid region change the rounding (not the exact result)
                 // of outputs inside it: with Winograd layers, tiled equals whole within rounding,
                 // and the thread count never matters (bit for bit).
-                let winograd = net === unet && (algorithm == .winograd || algorithm == .auto)
+                let winograd = net === unet && (algorithm == .winograd || algorithm == .winograd2 || algorithm == .auto)
                     && net.graph.nodes.contains { n in
                         n.op == .conv2d && algorithm.choose(outChannels: net.analysis.tensorShapes[n.params[0]]![0],
                                                             inChannels: net.analysis.tensorShapes[n.params[0]]![1], kh: 3, kw: 3,
