@@ -31,9 +31,12 @@ struct Demo: ParsableCommand {
     static func defaultModel() -> String? {
         var candidates = ["models/flamary3.acnn"]
         if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            // .build/<config>/astrocnn -> repository root.
-            let root = URL(fileURLWithPath: exe).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            candidates.append(root.appendingPathComponent("models/flamary3.acnn").path)
+            // The repository the executable was built in: .build/<triple>/<config>/astrocnn.
+            var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+            for _ in 0..<5 {
+                candidates.append(dir.appendingPathComponent("models/flamary3.acnn").path)
+                dir = dir.deletingLastPathComponent()
+            }
         }
         return candidates.first { FileManager.default.fileExists(atPath: $0) }
     }
@@ -57,7 +60,7 @@ struct Demo: ParsableCommand {
         let (restoredPixels, report) = try Restoration.restore(fits, network: network, options: opts)
         let restored = Image2D(height: size, width: size, pixels: restoredPixels.map(Double.init))
         let tCNN = monotonicSeconds()
-        let lambdas = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1]
+        let lambdas = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1, 3, 10]
         let wiener = Deconvolution.wienerBest(observed, truth: truth, psf: degradation.psf, lambdas: lambdas, threads: nThreads)
         let tWiener = monotonicSeconds()
 

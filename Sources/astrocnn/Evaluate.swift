@@ -118,8 +118,14 @@ struct Evaluate: ParsableCommand {
                     r.kl = Metrics.dataResidual(observed: observed, restored: img, psf: ev.degradation.psf, crop: 32) / ev.degradation.sigma
                 }
                 results.append(r)
-                FileHandle.standardError.write(Data(String(format: "  %@ PSNR %7.3f dB  SSIM %.4f  %.2f s  %@\n",
-                                                           m.name.padding(toLength: 10, withPad: " ", startingAt: 0), r.psnr, r.ssim, secs, params).utf8))
+                var bias = Double.nan
+                if let t = truth {
+                    let inner = t.crop(y: 32, x: 32, height: t.height - 64, width: t.width - 64)
+                    let est = img.crop(y: 32, x: 32, height: t.height - 64, width: t.width - 64)
+                    bias = zip(est.pixels, inner.pixels).reduce(0) { $0 + ($1.0 - $1.1) } / Double(inner.count)
+                }
+                FileHandle.standardError.write(Data(String(format: "  %@ PSNR %7.3f dB  SSIM %.4f  mean error %+.5f  %.2f s  %@\n",
+                                                           m.name.padding(toLength: 10, withPad: " ", startingAt: 0), r.psnr, r.ssim, bias, secs, params).utf8))
                 if k == 0 && m != .none { panels.append((m.name, crop(img, zy, zx, z))) }
             }
         }
