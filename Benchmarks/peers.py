@@ -17,7 +17,11 @@ astrocnn is timed by its own `bench` command (median of repeats, plan reused, as
 of same-size frames); peers by the median of `repeats` runs after one warm-up.
 Before timing, each engine's output is checked against `astrocnn restore` on a small image.
 
-Install the peers with: pip install onnx onnxruntime openvino ncnn
+PyTorch runs eager under no_grad in NCHW and channels_last (both reported). The script re-runs
+itself with glibc malloc told to keep freed memory (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_),
+PyTorch's best configuration on large images, unless --default-malloc is given.
+
+Install the peers with: pip install onnx onnxruntime openvino ncnn torch
 """
 import argparse
 import csv
@@ -146,6 +150,57 @@ class OpenVINOEngine:
         r = self.compiled[key]
         r.infer({0: x})
         return r.get_output_tensor(0).data.copy()
+
+
+class TorchEngine:
+    """PyTorch eager on the CPU, the graph rebuilt from the .acnn nodes, under torch.no_grad with
+    `threads` intra-op threads; NCHW or channels_last (both are tried; the faster is reported)."""
+    name = "pytorch"
+
+    def __init__(self, graph, tensors, threads, channels_last=False):
+        import torch
+        import torch.nn.functional as F
+        torch.set_num_threads(threads)
+        self.torch, self.F, self.graph, self.cl = torch, F, graph, channels_last
+        self.t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+        if channels_last:
+            self.t = {k: (v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v) for k, v in self.t.items()}
+        malloc = "glibc malloc keeps freed memory" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default malloc"
+        self.config = (f"torch {torch.__version__}, eager, no_grad, {threads} threads, "
+                       f"{'channels_last' if channels_last else 'NCHW'}, {malloc}")
+        if channels_last:
+            self.name = "pytorch-cl"
+
+    def run(self, x):
+        torch, F = self.torch, self.F
+        with torch.no_grad():
+            v = {self.graph["inputs"][0][0]: torch.from_numpy(x)}
+            if self.cl:
+                v = {k: a.contiguous(memory_format=torch.channels_last) for k, a in v.items()}
+            for n in self.graph["nodes"]:
+                op, xs, a = n["op"], [v[i] for i in n["inputs"]], n["attrs"]
+                if op == "conv2d":
+                    w = self.t[n["params"][0]]
+                    b = self.t[n["params"][1]] if len(n["params"]) > 1 else None
+                    y = F.conv2d(xs[0], w, b, padding="same" if a.get("padding") == "same" else 0)
+                elif op == "relu":
+                    y = F.relu(xs[0])
+                elif op == "leaky_relu":
+                    y = F.leaky_relu(xs[0], float(a["alpha"]))
+                elif op == "maxpool2d":
+                    y = F.max_pool2d(xs[0], 2)
+                elif op == "conv_transpose2d":
+                    w = self.t[n["params"][0]].permute(1, 0, 2, 3).contiguous()  # [O,C,2,2] -> [C,O,2,2]
+                    b = self.t[n["params"][1]] if len(n["params"]) > 1 else None
+                    y = F.conv_transpose2d(xs[0], w, b, stride=2)
+                elif op == "concat":
+                    y = torch.cat(xs, 1)
+                elif op == "constant_channel":
+                    y = torch.full_like(xs[0][:, :1], float(a["value"]))
+                else:
+                    raise ValueError(op)
+                v[n["output"]] = y
+            return v[self.graph["outputs"][0]].contiguous().numpy()
 
 
 class NcnnEngine:
@@ -316,9 +371,14 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--astrocnn", default=os.path.join(ROOT, ".build/release/astrocnn"))
-    ap.add_argument("--engines", default="onnxruntime,openvino,ncnn")
+    ap.add_argument("--engines", default="onnxruntime,openvino,ncnn,pytorch")
     ap.add_argument("--csv")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="do not re-run with glibc malloc keeping freed memory (PyTorch loses 2-4x to page faults without)")
     args = ap.parse_args()
+    if not args.default_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="10000000000", MALLOC_TRIM_THRESHOLD_="10000000000")
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
     sizes = [int(s) for s in args.sizes.split(",")]
     metadata, graph, tensors = read_acnn(args.model)
     rf, off, mult = geometry(metadata)
@@ -337,6 +397,9 @@ def main():
                 engines.append(OpenVINOEngine(onnx_path, args.threads))
             elif name == "ncnn":
                 engines.append(NcnnEngine(graph, tensors, args.threads, work))
+            elif name == "pytorch":
+                engines.append(TorchEngine(graph, tensors, args.threads))
+                engines.append(TorchEngine(graph, tensors, args.threads, channels_last=True))
         except ImportError as e:
             print(f"skipping {name}: {e}")
 
