@@ -101,32 +101,34 @@ public enum Deconvolution {
         return Image2D(height: h, width: w, pixels: f.re.map { $0 * s })
     }
 
-    /// Wiener (mirror-padded borders) with lambda chosen from `lambdas` by the smallest squared
-    /// error against the truth padded the same way, evaluated in the Fourier domain (Parseval:
-    /// one inverse transform in all). The mirrored margins weigh the image's border region a
-    /// little more than its centre; wrap-around ringing, which would otherwise dominate the
-    /// error and push lambda up, is gone.
-    public static func wienerBest(_ observed: Image2D, truth: Image2D, psf: Image2D, lambdas: [Double], threads: Int = 1)
-        -> (image: Image2D, lambda: Double) {
+    /// Wiener (mirror-padded borders) with lambda chosen against the truth: the PSNR (pixels at
+    /// least `crop` from the border) of every lambda of `lambdas`, then two refinements between
+    /// the best and its neighbours on a log scale. The spectra are computed once; each lambda
+    /// costs one inverse FFT.
+    public static func wienerBest(_ observed: Image2D, truth: Image2D, psf: Image2D, lambdas: [Double], crop: Int = 32,
+                                  threads: Int = 1) -> (image: Image2D, lambda: Double) {
         let g = padGeometry(observed, psf, .reflect)
         let (h, w) = (g.ph, g.pw)
         let hs = transfer(psf, h, w, .same, threads: threads)
         let y = spectrum(mirrorPad(observed, h, w, g.top, g.left), threads: threads)
-        let t = spectrum(mirrorPad(truth, h, w, g.top, g.left), threads: threads)
-        var best = (lambda: lambdas[0], err: Double.infinity)
         let lap = laplacian2(h, w)
-        for l in lambdas {
-            var err = 0.0
-            for i in 0..<(h * w) {
-                let (a, b) = (hs.re[i], hs.im[i])
-                let d = a * a + b * b + l * lap[i]
-                let er = (a * y.re[i] + b * y.im[i]) / d - t.re[i], ei = (a * y.im[i] - b * y.re[i]) / d - t.im[i]
-                err += er * er + ei * ei
-            }
-            if err < best.err { best = (l, err) }
+        let c = min(crop, (observed.height - 1) / 2, (observed.width - 1) / 2)
+        var tried: [(lambda: Double, psnr: Double, image: Image2D)] = []
+        func attempt(_ l: Double) {
+            let x = wienerApply(y, hs, l, lap, h, w, threads).crop(y: g.top, x: g.left, height: observed.height, width: observed.width)
+            tried.append((l, Metrics.psnr(truth, x, dataRange: 1, crop: c), x))
         }
-        let x = wienerApply(y, hs, best.lambda, lap, h, w, threads)
-        return (x.crop(y: g.top, x: g.left, height: observed.height, width: observed.width), best.lambda)
+        let sorted = lambdas.sorted()
+        for l in sorted { attempt(l) }
+        for _ in 0..<2 where sorted.count > 1 {
+            let best = tried.max { $0.psnr < $1.psnr }!
+            let below = tried.filter { $0.lambda < best.lambda }.map { $0.lambda }.max()
+            let above = tried.filter { $0.lambda > best.lambda }.map { $0.lambda }.min()
+            if let b = below { attempt((b * best.lambda).squareRoot()) }
+            if let a = above { attempt((a * best.lambda).squareRoot()) }
+        }
+        let best = tried.max { $0.psnr < $1.psnr }!
+        return (best.image, best.lambda)
     }
 
     // MARK: Richardson-Lucy

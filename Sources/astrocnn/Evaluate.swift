@@ -32,7 +32,7 @@ struct Evaluate: ParsableCommand {
 
     @Option(help: "Noise seed (image k uses seed + k).") var seed: UInt64 = 1
     @Option(help: "Noise standard deviation.") var sigma: Double = 0.01
-    @Option(help: "Wiener lambdas to sweep (comma-separated).") var wienerLambdas: String = "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,0.1,0.2,0.5,1,2,5,10"
+    @Option(help: "Wiener lambdas to sweep (comma-separated; the best is refined twice between its neighbours).") var wienerLambdas: String = "1e-4,1e-3,1e-2,0.1,1,10"
     @Option(help: "Richardson-Lucy maximum iterations.") var rlIterations: Int = 50
     @Option(help: "Prox-TV mu values to sweep (comma-separated).") var tvMus: String = "1e-3,3e-3,1e-2"
     @Option(help: "Prox-TV iterations.") var tvIterations: Int = 100
