@@ -103,8 +103,8 @@ public enum Deconvolution {
 
     /// Wiener (mirror-padded borders) with lambda chosen against the truth: the PSNR (pixels at
     /// least `crop` from the border) of every lambda of `lambdas`, then two refinements between
-    /// the best and its neighbours on a log scale. The spectra are computed once; each lambda
-    /// costs one inverse FFT.
+    /// the best and its neighbours on a log scale. The spectra are computed once; each pair of
+    /// lambdas costs one inverse FFT.
     public static func wienerBest(_ observed: Image2D, truth: Image2D, psf: Image2D, lambdas: [Double], crop: Int = 32,
                                   threads: Int = 1) -> (image: Image2D, lambda: Double) {
         let g = padGeometry(observed, psf, .reflect)
@@ -114,18 +114,43 @@ public enum Deconvolution {
         let lap = laplacian2(h, w)
         let c = min(crop, (observed.height - 1) / 2, (observed.width - 1) / 2)
         var tried: [(lambda: Double, psnr: Double, image: Image2D)] = []
-        func attempt(_ l: Double) {
-            let x = wienerApply(y, hs, l, lap, h, w, threads).crop(y: g.top, x: g.left, height: observed.height, width: observed.width)
-            tried.append((l, Metrics.psnr(truth, x, dataRange: 1, crop: c), x))
+        // Two lambdas per inverse transform: both restorations are real, so the spectrum
+        // X(a) + i X(b) transforms back to x(a) + i x(b).
+        func attempt(_ ls: [Double]) {
+            var i = 0
+            while i < ls.count {
+                let a = ls[i], b = i + 1 < ls.count ? ls[i + 1] : nil
+                var f = ComplexImage(height: h, width: w)
+                for k in 0..<(h * w) {
+                    let (hr, hi) = (hs.re[k], hs.im[k])
+                    let p = hr * hr + hi * hi
+                    let nr = hr * y.re[k] + hi * y.im[k], ni = hr * y.im[k] - hi * y.re[k]   // conj(H) Y
+                    let da = 1 / (p + a * lap[k])
+                    f.re[k] = nr * da; f.im[k] = ni * da
+                    if let b = b {
+                        let db = 1 / (p + b * lap[k])
+                        f.re[k] -= ni * db; f.im[k] += nr * db
+                    }
+                }
+                f.transform(inverse: true, threads: threads)
+                let scale = 1 / Double(h * w)
+                for (l, part) in [(a, f.re)] + (b.map { [($0, f.im)] } ?? []) {
+                    var x = Image2D(height: observed.height, width: observed.width)
+                    for r in 0..<observed.height {
+                        for q in 0..<observed.width { x.pixels[r * observed.width + q] = part[(r + g.top) * w + q + g.left] * scale }
+                    }
+                    tried.append((l, Metrics.psnr(truth, x, dataRange: 1, crop: c), x))
+                }
+                i += 2
+            }
         }
         let sorted = lambdas.sorted()
-        for l in sorted { attempt(l) }
+        attempt(sorted)
         for _ in 0..<2 where sorted.count > 1 {
             let best = tried.max { $0.psnr < $1.psnr }!
             let below = tried.filter { $0.lambda < best.lambda }.map { $0.lambda }.max()
             let above = tried.filter { $0.lambda > best.lambda }.map { $0.lambda }.min()
-            if let b = below { attempt((b * best.lambda).squareRoot()) }
-            if let a = above { attempt((a * best.lambda).squareRoot()) }
+            attempt([below.map { ($0 * best.lambda).squareRoot() }, above.map { ($0 * best.lambda).squareRoot() }].compactMap { $0 })
         }
         let best = tried.max { $0.psnr < $1.psnr }!
         return (best.image, best.lambda)
