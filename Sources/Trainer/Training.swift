@@ -116,7 +116,7 @@ public struct TrainingProgress: Sendable {
 /// epoch e is a pure function of (seed, e), so the state is the parameters, the optimizer
 /// state, and the position (epoch, batch) with the epoch's running loss.
 public final class TrainingSession {
-    public let config: TrainingConfig
+    public private(set) var config: TrainingConfig
     public let sampler: PatchSampler
     public let trainer: ConvChainTrainer
     public private(set) var model: Model
@@ -201,6 +201,14 @@ public final class TrainingSession {
 
     static func imageList(_ images: [SourceImage]) -> String {
         images.map { "\($0.name) (crc32c \(checksumString($0.checksum)), \($0.raw.width)x\($0.raw.height))" }.joined(separator: "; ")
+    }
+
+    /// Changes the schedule of a resumed run: a larger epoch budget and/or a new learning rate
+    /// (a decay step). The run then differs from one that had these settings from the start,
+    /// and its metadata records the new values.
+    public func extend(epochs: Int?, learningRate: Double?) {
+        if let e = epochs { config.epochs = e; stopped = false; stale = 0 }
+        if let l = learningRate { config.learningRate = l; optimizer.learningRate = l }
     }
 
     /// Trains until done, `interrupt()` returns true (checked after every batch), or the epoch

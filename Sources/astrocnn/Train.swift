@@ -45,6 +45,12 @@ struct Train: ParsableCommand {
     @Flag(help: "With --resume: stop here and write the model of the best epoch so far (no more training).")
     var finish = false
 
+    @Option(help: "With --resume: raise the epoch budget to this many epochs in all (the run then goes past its original plan).")
+    var extendEpochs: Int?
+
+    @Option(help: "With --resume: continue with this learning rate (a decay step; recorded in the metadata).")
+    var resumeLr: Double?
+
     @Option(help: "Batch size.") var batch: Int = 50
     @Option(help: "Learning rate.") var lr: Double = 0.01
     @Option(help: "Optimizer: sgd or adam.") var optimizer: String = "sgd"
@@ -98,6 +104,7 @@ struct Train: ParsableCommand {
         if let r = resume {
             let m = try ModelReader(path: r).model()
             session = try TrainingSession(checkpoint: m, images: sources, threads: nThreads)
+            session.extend(epochs: extendEpochs, learningRate: resumeLr)
             if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
         } else {
             var c = TrainingConfig(recipe: recipe)
