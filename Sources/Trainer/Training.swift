@@ -223,7 +223,6 @@ public final class TrainingSession {
             let plan = sampler.plan(count: config.trainSamples, validation: false, seed: config.seed, stream: UInt64(epoch + 1))
             var t0 = Runtime.monotonicSeconds()
             var doneSinceStart = 0
-            let startBatch = batch
             while batch < batchesPerEpoch {
                 let lo = batch * bs, hi = min(config.trainSamples, lo + bs)
                 inputs.withUnsafeMutableBufferPointer { ib in
@@ -241,14 +240,13 @@ public final class TrainingSession {
                 let rate = Double(doneSinceStart) / max(1e-9, now - t0)
                 let remaining = Double((batchesPerEpoch - batch) * bs + config.validationSamples / 3) / rate
                 progress(TrainingProgress(epoch: epoch + 1, epochs: config.epochs, batch: batch, batches: batchesPerEpoch,
-                                          samplesPerSecond: rate, trainLoss: epochLossSum / Double(lo + hi - lo),
+                                          samplesPerSecond: rate, trainLoss: epochLossSum / Double(hi),
                                           lastValidationLoss: history.last?.validationLoss, etaSeconds: remaining, validating: false))
                 if interrupt() {
                     epochSeconds += now - t0
                     try checkpoint(self.checkpoint())
                     return
                 }
-                _ = startBatch
             }
             progress(TrainingProgress(epoch: epoch + 1, epochs: config.epochs, batch: batch, batches: batchesPerEpoch,
                                       samplesPerSecond: 0, trainLoss: epochLossSum / Double(config.trainSamples),

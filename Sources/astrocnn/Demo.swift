@@ -73,7 +73,6 @@ struct Demo: ParsableCommand {
                      network.name.padding(toLength: 16, withPad: " ", startingAt: 0), pCNN, report.seconds, pCNN - pDeg))
 
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-        let common = ["ACNNDEMO= T / synthetic sky from astrocnn demo", "ACNNSEED= \(seed) / sky and noise seed"]
         func write(_ name: String, _ img: Image2D, _ history: [String]) throws {
             let path = (output as NSString).appendingPathComponent(name)
             try FITSIO.writeImage(path: path, width: size, height: size, pixels: img.pixels.map { Float($0) },
@@ -82,7 +81,6 @@ struct Demo: ParsableCommand {
                                       ("ACNNSEED", .int(Int64(seed)), "sky and noise seed"),
                                   ], history: history), overwrite: true)
         }
-        _ = common
         try write("truth.fits", truth, ["astrocnn demo: synthetic sky (stars, Sersic galaxies, sky gradient), normalised to max 1"])
         try write("degraded.fits", observed, ["astrocnn demo: truth blurred by \(degradation.description)"])
         try write("restored.fits", restored, ["astrocnn demo: degraded restored by \(network.name) (\((modelPath as NSString).lastPathComponent))"])
