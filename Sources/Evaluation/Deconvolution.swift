@@ -55,11 +55,7 @@ public enum Deconvolution {
 
     /// Mirror padding (d c b a | a b c d | d c b a) to ph x pw with the image at (top, left).
     static func mirrorPad(_ img: Image2D, _ ph: Int, _ pw: Int, _ top: Int, _ left: Int) -> Image2D {
-        func m(_ i: Int, _ n: Int) -> Int {
-            let period = 2 * n
-            let j = ((i % period) + period) % period
-            return j < n ? j : period - 1 - j
-        }
+        let m = Image2D.reflectIndex
         var out = Image2D(height: ph, width: pw)
         for y in 0..<ph { for x in 0..<pw {
             let v = img[m(y - top, img.height), m(x - left, img.width)]

@@ -46,13 +46,7 @@ public enum Metrics {
         let (h, w) = (a.height, a.width)
         let x = a.pixels.map { $0.isNaN ? 0 : $0 }, y = b.pixels.map { $0.isNaN ? 0 : $0 }
         func filter(_ v: [Double]) -> [Double] {
-            func mirror(_ i: Int, _ n: Int) -> Int {
-                // scipy.ndimage 'reflect': d c b a | a b c d | d c b a
-                var i = i
-                let period = 2 * n
-                i = ((i % period) + period) % period
-                return i < n ? i : period - 1 - i
-            }
+            let mirror = Image2D.reflectIndex
             var tmp = [Double](repeating: 0, count: v.count), out = tmp
             for yy in 0..<h { for xx in 0..<w {
                 var s = 0.0

@@ -20,22 +20,27 @@ public enum WeightGradient {
         (outChannels + isa.vectorWidth - 1) / isa.vectorWidth * isa.vectorWidth
     }
 
+    /// Offsets of the taps (c, u, v) from the input's element (0, 0, 0), padded to
+    /// `paddedTaps` with the last tap (the padding rows of the accumulator are ignored).
+    public static func tapOffsets(_ layout: PlanarLayout, kh: Int, kw: Int) -> [Int] {
+        let taps = layout.channels * kh * kw
+        return (0..<paddedTaps(taps)).map { t in
+            let k = min(t, taps - 1)
+            let (c, r) = (k / (kh * kw), k % (kh * kw))
+            return c * layout.planeStride + (r / kw) * layout.rowStride + r % kw
+        }
+    }
+
     /// Adds this image's contribution to `acc` ([paddedTaps(c*kh*kw)][ldb], tap order (c, u, v)).
     /// - input: the layer input X (its valid region must cover outHeight + kh - 1 rows and
-    ///   outWidth + kw - 1 columns); dYT: outHeight * outWidth pixels of `ldb` floats.
-    public static func accumulate(input: PlanarView, kh: Int, kw: Int, outHeight: Int, outWidth: Int,
+    ///   outWidth + kw - 1 columns); dYT: outHeight * outWidth pixels of `ldb` floats;
+    ///   offsets: `tapOffsets(input.layout, kh:, kw:)` (computed once per layout).
+    public static func accumulate(input: PlanarView, offsets: [Int], outHeight: Int, outWidth: Int,
                                   dYT: UnsafePointer<Float>, ldb: Int, acc: UnsafeMutablePointer<Float>,
                                   isa: KernelISA = .best) {
         let vw = isa.vectorWidth
-        precondition(ldb % vw == 0)
-        let taps = input.channels * kh * kw
-        let padded = paddedTaps(taps)
-        var offsets = [Int](repeating: 0, count: padded)
-        for t in 0..<padded {
-            let k = min(t, taps - 1)
-            let (c, r) = (k / (kh * kw), k % (kh * kw))
-            offsets[t] = c * input.planeStride + (r / kw) * input.rowStride + r % kw
-        }
+        precondition(ldb % vw == 0 && offsets.count % 12 == 0)
+        let padded = offsets.count
         let base = UnsafePointer(input.base)
         let vectors = ldb / vw
         offsets.withUnsafeBufferPointer { off in

@@ -62,19 +62,21 @@ public final class WinogradConv: @unchecked Sendable {
 
     deinit { for p in pool { p.deallocate() } }
 
-    private func scratch(_ n: Int) -> UnsafeMutablePointer<Float> {
+    /// A zero-initialised scratch buffer of at least `n` floats from the pool (one per running
+    /// thread); the pool keeps buffers of the largest size asked for so far.
+    private func scratch(_ n: Int) -> (UnsafeMutablePointer<Float>, Int) {
         lock.lock(); defer { lock.unlock() }
         if n > poolSize { for p in pool { p.deallocate() }; pool = []; poolSize = n }
-        if let p = pool.popLast() { return p }
+        if let p = pool.popLast() { return (p, poolSize) }
         let raw = UnsafeMutableRawPointer.allocate(byteCount: poolSize * 4, alignment: 64)
         let p = raw.bindMemory(to: Float.self, capacity: poolSize)
         p.initialize(repeating: 0, count: poolSize)
-        return p
+        return (p, poolSize)
     }
 
-    private func release(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
+    private func release(_ p: UnsafeMutablePointer<Float>, capacity: Int) {
         lock.lock(); defer { lock.unlock() }
-        if n == poolSize { pool.append(p) } else { p.deallocate() }
+        if capacity == poolSize { pool.append(p) } else { p.deallocate() }
     }
 
     /// Computes output tile rows `tileRows` (output rows 4 * r ..< 4 * r + 4, clipped to the
@@ -100,8 +102,8 @@ public final class WinogradConv: @unchecked Sendable {
         let phaseLen = tpad + 8
         let vSize = nk * c * tplane, mSize = nk * o * tplane, stageSize = nn * mt * phaseLen, outStage = mt * mt * phaseLen
         let n = vSize + mSize + stageSize + outStage + 36 * 8 * 3 + o + 16
-        let buf = scratch(n)
-        defer { release(buf, n) }
+        let (buf, capacity) = scratch(n)
+        defer { release(buf, capacity: capacity) }
         let v = buf, m = buf + vSize, stage = m + mSize, ostage = stage + stageSize
         let vecs = UnsafeMutableRawPointer(ostage + outStage).bindMemory(to: SIMD8<Float>.self, capacity: 36 * 3)
         let zeroBias = ostage + outStage + 36 * 8 * 3

@@ -126,6 +126,8 @@ public final class ConvChainTrainer: @unchecked Sendable {
         let gradScratch: [PlanarBuffer]
         let dYT: [UnsafeMutablePointer<Float>]
         let ldb: [Int]
+        /// Per layer, the weight-gradient kernel's tap offsets into that layer's input.
+        let tapOffsets: [[Int]]
 
         init(_ t: ConvChainTrainer) {
             input = PlanarBuffer(PlanarLayout(channels: t.layers[0].inChannels, height: t.inputSize, width: t.inputSize))
@@ -138,6 +140,8 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 i == 0 ? PlanarBuffer(layoutOnly: PlanarLayout(channels: 4, height: 1, width: 1)) : PlanarBuffer(g[i - 1].layout.withChannels(4))
             }
             ldb = t.layers.map { WeightGradient.paddedChannels($0.outChannels, isa: t.isa) }
+            let inputs = [input.layout] + acts.dropLast().map { $0.layout }
+            tapOffsets = zip(inputs, t.layers).map { WeightGradient.tapOffsets($0, kh: $1.kernel, kw: $1.kernel) }
             dYT = zip(t.layers, ldb).map { (l, ldb) in
                 let n = l.outSize * l.outSize * ldb
                 let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
@@ -208,6 +212,10 @@ public final class ConvChainTrainer: @unchecked Sendable {
             WeightGradient.paddedTaps(l.inChannels * l.kernel * l.kernel) * WeightGradient.paddedChannels(l.outChannels, isa: isa)
         }
         let perChunk = accSizes.reduce(0, +) + layers.reduce(0) { $0 + $1.outChannels }
+        // Each layer's block in a chunk's accumulator: dW^T (accSizes[i]) then the bias sums.
+        var accOffsets: [Int] = []
+        var running = 0
+        for (i, l) in layers.enumerated() { accOffsets.append(running); running += accSizes[i] + l.outChannels }
         var acc = [Float](repeating: 0, count: chunks * perChunk)
         var losses = [Double](repeating: 0, count: chunks)
         let inStride = layers[0].inChannels * inputSize * inputSize
@@ -224,7 +232,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
                             let a = ap + chunk * perChunk
                             var l = 0.0
                             for n in chunk * ConvChainTrainer.chunkSize..<min(count, (chunk + 1) * ConvChainTrainer.chunkSize) {
-                                l += self.sampleGradient(ip + n * inStride, tp + n * outStride, loss, total, ws, a, accSizes)
+                                l += self.sampleGradient(ip + n * inStride, tp + n * outStride, loss, total, ws, a, accSizes, accOffsets)
                             }
                             lp[chunk] = l
                         }
@@ -254,7 +262,8 @@ public final class ConvChainTrainer: @unchecked Sendable {
 
     /// Forward and backward of one sample; adds its weight and bias gradients to `acc`.
     private func sampleGradient(_ x: UnsafePointer<Float>, _ target: UnsafePointer<Float>, _ loss: Loss, _ total: Int,
-                                _ ws: Workspace, _ acc: UnsafeMutablePointer<Float>, _ accSizes: [Int]) -> Double {
+                                _ ws: Workspace, _ acc: UnsafeMutablePointer<Float>, _ accSizes: [Int],
+                                _ accOffsets: [Int]) -> Double {
         forward(x, ws)
         let last = layers.count - 1
         // dL/dy of the output, masked by its ReLU.
@@ -265,16 +274,13 @@ public final class ConvChainTrainer: @unchecked Sendable {
             l += loss.accumulate(yv.pointer(c, y, 0), target + (c * ow + y) * ow, ow, total: total, grad: gv.pointer(c, y, 0))
         } }
         if layers[last].relu { mask(gv, by: yv) }
-        var accOff = [Int]()
-        var o = 0
-        for (i, l) in layers.enumerated() { accOff.append(o); o += accSizes[i] + l.outChannels }
         for i in stride(from: last, through: 0, by: -1) {
             let l = layers[i]
             let g = ws.grads[i].view()
             let ldb = ws.ldb[i]
             // Transpose dY to pixel-major for the weight-gradient kernel; bias gradient on the way.
             let dyt = ws.dYT[i]
-            let bias = acc + accOff[i] + accSizes[i]
+            let bias = acc + accOffsets[i] + accSizes[i]
             for c in 0..<l.outChannels {
                 var s: Float = 0
                 for y in 0..<l.outSize {
@@ -284,8 +290,8 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 bias[c] += s
             }
             let xin = i == 0 ? ws.input.view() : ws.acts[i - 1].view()
-            WeightGradient.accumulate(input: xin, kh: l.kernel, kw: l.kernel, outHeight: l.outSize, outWidth: l.outSize,
-                                      dYT: dyt, ldb: ldb, acc: acc + accOff[i], isa: isa)
+            WeightGradient.accumulate(input: xin, offsets: ws.tapOffsets[i], outHeight: l.outSize, outWidth: l.outSize,
+                                      dYT: dyt, ldb: ldb, acc: acc + accOffsets[i], isa: isa)
             if i > 0 {
                 // dX = full convolution of dY with the flipped, transposed kernel.
                 let k = l.kernel

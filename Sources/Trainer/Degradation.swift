@@ -120,14 +120,14 @@ public final class LinearConvolution: @unchecked Sendable {
         // extent before (lo < 0, wrapped to the end of the grid) and after.
         let (before, after) = adjoint ? (kernelHeight - 1 - oy, oy) : (oy, kernelHeight - 1 - oy)
         var out = Image2D(height: height, width: width)
-        for i in 0..<height {
-            for (start, len, part) in [(0, top, f.re), (top, bottom, f.im)] {
-                let r = i - start
-                guard r >= -before && r < len + after else { continue }
-                let row = ((r % ph) + ph) % ph
+        func add(_ part: [Double], start: Int, len: Int) {
+            for i in max(0, start - before)..<min(height, start + len + after) {
+                let row = (((i - start) % ph) + ph) % ph
                 for x in 0..<width { out.pixels[i * width + x] += part[row * pw + x] * scale }
             }
         }
+        add(f.re, start: 0, len: top)
+        add(f.im, start: top, len: bottom)
         // Columns: the kernel's column origin is handled by the spectrum (wrapped at 0).
         return out
     }

@@ -20,6 +20,15 @@ public struct Image2D: Equatable, Sendable {
     }
 
     public var count: Int { pixels.count }
+
+    /// Index i folded into 0..<n by half-sample symmetric reflection (d c b a | a b c d | d c b a),
+    /// scipy.ndimage's 'reflect' mode; any i, any n >= 1.
+    @inline(__always)
+    public static func reflectIndex(_ i: Int, _ n: Int) -> Int {
+        let period = 2 * n
+        let j = ((i % period) + period) % period
+        return j < n ? j : period - 1 - j
+    }
     public var maximum: Double { pixels.max() ?? 0 }
 
     /// The sub-image of `h` x `w` pixels at (y, x).

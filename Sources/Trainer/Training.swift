@@ -316,8 +316,7 @@ public final class TrainingSession {
         m.metadata["checkpoint.epoch_loss_sum"] = .float(epochLossSum)
         m.metadata["checkpoint.epoch_seconds"] = .float(epochSeconds)
         m.metadata["checkpoint.optimizer_step"] = .int(Int64(optimizer.step))
-        m.metadata["checkpoint.best_validation"] = .float(bestValidation.isFinite ? bestValidation : -1)
-        if !bestValidation.isFinite { m.metadata["checkpoint.best_validation"] = nil }
+        if bestValidation.isFinite { m.metadata["checkpoint.best_validation"] = .float(bestValidation) }
         m.metadata["checkpoint.best_epoch"] = .int(Int64(bestEpoch))
         m.metadata["checkpoint.stale"] = .int(Int64(stale))
         m.metadata["checkpoint.stopped"] = .bool(stopped)

@@ -42,7 +42,7 @@ struct Demo: ParsableCommand {
     }
 
     func demo() throws {
-        guard size >= 64 else { throw ValidationError("--size must be at least 64") }
+        guard size >= 128 else { throw ValidationError("--size must be at least 128 (the PSNR excludes a 32-pixel border)") }
         guard let modelPath = model ?? Demo.defaultModel() else {
             throw ValidationError("no model: models/flamary3.acnn not found (run from the repository, or give --model)")
         }

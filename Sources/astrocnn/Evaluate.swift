@@ -84,6 +84,11 @@ struct Evaluate: ParsableCommand {
         var panelSize = (0, 0)
         for (k, path) in paths.enumerated() {
             let src = try SourceImage.load(path: path)
+            // The paper's metrics drop a 32-pixel border; SSIM needs its 11-pixel window inside.
+            let minSide = 2 * ev.crop + 11
+            guard src.raw.height >= minSide && src.raw.width >= minSide else {
+                throw ValidationError("\(src.name) is \(src.raw.width)x\(src.raw.height): evaluation needs at least \(minSide)x\(minSide) pixels (a \(ev.crop)-pixel border is excluded from the metrics)")
+            }
             let truth: Image2D?, observed: Image2D
             if degrade == "paper" {
                 let d = ev.degrade(src, index: k)

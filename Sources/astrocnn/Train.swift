@@ -92,8 +92,8 @@ struct Train: ParsableCommand {
         let sources = try paths.map { try SourceImage.load(path: $0) }
             + (0..<synthetic).map { SyntheticSky.varied(size: syntheticSize, seed: UInt64($0 + 1)).sourceImage() }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
-        let ckptPath = checkpoint ?? (output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output) + ".ckpt.acnn"
         let base = output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output
+        let ckptPath = checkpoint ?? base + ".ckpt.acnn"
         let logPath = base + ".log.csv", plotPath = base + ".loss.png"
         if !overwrite && resume == nil {
             for p in [output, ckptPath] where FileManager.default.fileExists(atPath: p) {

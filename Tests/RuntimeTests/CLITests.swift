@@ -59,6 +59,23 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(s3, 0); XCTAssertTrue(e3.contains("cannot read model"), e3)
     }
 
+    /// train, evaluate and demo refuse images too small for their patches or metrics with a
+    /// clear message and a non-zero exit (no trap), and missing inputs likewise.
+    func testTrainEvaluateDemoBadInput() throws {
+        let exe = try astrocnnExecutable()
+        let tiny = dir + "/tiny.fits"
+        try FITSIO.writeImage(path: tiny, width: 40, height: 40, pixels: (0..<1600).map { Float($0 % 17) }, headerCards: [])
+        let (s1, _, e1) = try runProcess(exe, ["train", "--images", tiny, "-o", dir + "/t.acnn"])
+        XCTAssertNotEqual(s1, 0); XCTAssertTrue(e1.contains("too small"), e1)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/t.acnn"))
+        let (s2, _, e2) = try runProcess(exe, ["evaluate", "--images", tiny, "--methods", "none"])
+        XCTAssertNotEqual(s2, 0); XCTAssertTrue(e2.contains("at least 75x75"), e2)
+        let (s3, _, e3) = try runProcess(exe, ["train", "--images", dir + "/missing.fits", "-o", dir + "/t.acnn"])
+        XCTAssertNotEqual(s3, 0); XCTAssertTrue(e3.contains("no such file"), e3)
+        let (s4, _, e4) = try runProcess(exe, ["demo", "--size", "64", "--output", dir + "/demo"])
+        XCTAssertNotEqual(s4, 0); XCTAssertTrue(e4.contains("at least 128"), e4)
+    }
+
     /// A write that hits a file-size limit (as on a full disk) fails with an error and leaves
     /// neither the output nor a temporary file.
     func testFullDiskLeavesNoFile() throws {
