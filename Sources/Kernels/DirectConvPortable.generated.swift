@@ -133,6 +133,90 @@ func portableConv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
         strip = stripEnd
     }
 }
+@inline(__always)
+func portableGemm4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
+    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    var a00 = SIMD8<Float>(), a01 = SIMD8<Float>()
+    var a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
+    var a20 = SIMD8<Float>(), a21 = SIMD8<Float>()
+    var a30 = SIMD8<Float>(), a31 = SIMD8<Float>()
+    var wp = w
+    var p = inp
+    for _ in 0..<c {
+        let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD8<Float>.self)
+        let x1 = UnsafeRawPointer(p + 8).loadUnaligned(as: SIMD8<Float>.self)
+        let w0 = SIMD8<Float>(repeating: wp[0])
+        a00 = fmaOrMulAdd(a00, x0, w0)
+        a01 = fmaOrMulAdd(a01, x1, w0)
+        let w1 = SIMD8<Float>(repeating: wp[1])
+        a10 = fmaOrMulAdd(a10, x0, w1)
+        a11 = fmaOrMulAdd(a11, x1, w1)
+        let w2 = SIMD8<Float>(repeating: wp[2])
+        a20 = fmaOrMulAdd(a20, x0, w2)
+        a21 = fmaOrMulAdd(a21, x1, w2)
+        let w3 = SIMD8<Float>(repeating: wp[3])
+        a30 = fmaOrMulAdd(a30, x0, w3)
+        a31 = fmaOrMulAdd(a31, x1, w3)
+        wp += 4
+        p += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 8).storeBytes(of: a01, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 8).storeBytes(of: a11, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 8).storeBytes(of: a21, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 8).storeBytes(of: a31, as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+func portableGemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
+    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    var a00 = SIMD8<Float>()
+    var a10 = SIMD8<Float>()
+    var a20 = SIMD8<Float>()
+    var a30 = SIMD8<Float>()
+    var wp = w
+    var p = inp
+    for _ in 0..<c {
+        let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD8<Float>.self)
+        let w0 = SIMD8<Float>(repeating: wp[0])
+        a00 = fmaOrMulAdd(a00, x0, w0)
+        let w1 = SIMD8<Float>(repeating: wp[1])
+        a10 = fmaOrMulAdd(a10, x0, w1)
+        let w2 = SIMD8<Float>(repeating: wp[2])
+        a20 = fmaOrMulAdd(a20, x0, w2)
+        let w3 = SIMD8<Float>(repeating: wp[3])
+        a30 = fmaOrMulAdd(a30, x0, w3)
+        wp += 4
+        p += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD8<Float>.self)
+}
+
+
+/// C (4 blocks x 4 rows, `vectors` vectors of 8 columns; rows outPlane apart) = W V, where
+/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv`: the
+/// element-wise stage of Winograd convolution, one GEMM per transformed position.
+public func portableGemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
+                         _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+    for ob in 0..<blocks {
+        let wb = w + ob * c * 4, op = out + ob * 4 * outPlane
+        var xv = 0
+        while xv + 2 <= vectors {
+            portableGemm4x2(v + xv * 8, inPlane, c, wb, op + xv * 8, outPlane)
+            xv += 2
+        }
+        while xv < vectors {
+            portableGemm4x1(v + xv * 8, inPlane, c, wb, op + xv * 8, outPlane)
+            xv += 1
+        }
+    }
+}
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func portableDirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,

@@ -103,6 +103,22 @@ public enum FastOps {
         }
     }
 
+    /// C = W V (see `avx2Gemm`): `blocks` blocks of 4 rows of W (a 1x1 `PackedConv`'s weights)
+    /// times V (c rows, inPlane apart), `vectors` vectors of columns, into rows outPlane apart.
+    @inline(__always)
+    static func gemm(_ isa: KernelISA, _ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
+                     _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+        switch isa {
+        #if arch(x86_64)
+        case .avx512: avx512Gemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        case .avx2: avx2Gemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        #else
+        case .avx512, .avx2: portableGemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        #endif
+        case .portable: portableGemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        }
+    }
+
     /// Applies the activation to the valid columns and zeroes the columns past the width that
     /// vector kernels wrote, so margins stay zero for the next 'same' convolution.
     public static func epilogue(_ v: PlanarView, activation: Activation, rows: Range<Int>? = nil) {

@@ -1,59 +1,143 @@
 import Foundation
+import KernelsAVX2
+import KernelsAVX512
 
-/// Winograd convolution F(m x m, 3x3) (Lavin & Gray 2016) for stride-1 'same' 3x3 layers, with
-/// m = 4 (6x6 input tiles, points 0, ±1, ±2, infinity: 36 multiplications per (input, output)
-/// channel pair and 4x4 outputs instead of 144, 4x fewer) or m = 2 (4x4 input tiles, points 0,
-/// ±1, infinity: 16 instead of 36, 2.25x fewer, with smaller rounding error). Each m x m output
-/// tile is Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A.
+/// A Winograd minimal-filtering algorithm F(m x m, r x r) (Lavin & Gray 2016): each m x m output
+/// tile of an r x r convolution is Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A on an n x n input patch,
+/// n = m + r - 1, with n^2 multiplications per (input, output) channel pair instead of m^2 r^2.
+public enum WinogradVariant: String, Sendable, CaseIterable {
+    /// F(2x2, 3x3): 4x4 tiles, 2.25x fewer multiplications, the smallest rounding error.
+    case f2x3
+    /// F(4x4, 3x3): 6x6 tiles, 4x fewer.
+    case f4x3
+    /// F(6x6, 3x3): 8x8 tiles, 5.06x fewer.
+    case f6x3
+    /// F(3x3, 6x6): 8x8 tiles, 5.06x fewer, for 6x6 kernels (the 3-CNN's second layer); the
+    /// large-kernel counterpart of F(6x6, 3x3), on the same interpolation points.
+    case f3x6
+
+    /// Output tile side.
+    public var m: Int { switch self { case .f2x3: 2; case .f4x3: 4; case .f6x3: 6; case .f3x6: 3 } }
+    /// Kernel side.
+    public var r: Int { self == .f3x6 ? 6 : 3 }
+    /// Input tile side, m + r - 1.
+    public var n: Int { m + r - 1 }
+    /// "F(4x4,3x3)" etc.
+    public var label: String { "F(\(m)x\(m),\(r)x\(r))" }
+    /// Multiplications of direct convolution per Winograd multiplication.
+    public var reduction: Double { Double(m * m * r * r) / Double(n * n) }
+
+    /// The finite interpolation points in the row order of B^T (infinity is the last row).
+    public var points: [Double] {
+        switch n {
+        case 4: return [0, 1, -1]
+        case 6: return [0, 1, -1, 2, -2]
+        default: return [0, 1, -1, 2, -2, 0.5, -0.5]
+        }
+    }
+
+    /// B^T (n x n), exactly as the generated input transforms compute it.
+    public var bt: [[Double]] {
+        switch n {
+        case 4: return [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+        case 6: return [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+        default: return [[1, 0, -5.25, 0, 5.25, 0, -1, 0], [0, 1, 1, -4.25, -4.25, 1, 1, 0],
+                         [0, -1, 1, 4.25, -4.25, -1, 1, 0], [0, 0.5, 0.25, -2.5, -1.25, 2, 1, 0],
+                         [0, -0.5, 0.25, 2.5, -1.25, -2, 1, 0], [0, 2, 4, -2.5, -5, 0.5, 1, 0],
+                         [0, -2, 4, 2.5, -5, -0.5, 1, 0], [0, -1, 0, 5.25, 0, -5.25, 0, 1]]
+        }
+    }
+
+    /// A^T (m x n), exactly as the generated output transforms compute it.
+    public var at: [[Double]] {
+        if self == .f2x3 { return [[1, 1, 1, 0], [0, 1, -1, -1]] }
+        return (0..<m).map { i in points.map { Self.power($0, i) } + [i == m - 1 ? 1 : 0] }
+    }
+
+    static func power(_ p: Double, _ i: Int) -> Double { i == 0 ? 1 : (0..<i).reduce(1) { a, _ in a * p } }
+
+    /// G (n x r), derived from the points, B^T and A^T so that the algorithm is exact. With
+    /// V_k the n x k evaluation matrix (rows [1, p, ..., p^(k-1)], infinity row [0, ..., 0, 1]),
+    /// correlation is y = V_m^T [ (V_r g) ⊙ (V_n^-T d) ]; if B^T = D V_n^-T and A^T = V_m^T E
+    /// for diagonal D, E, then G = (E D)^-1 V_r.
+    public var g: [[Double]] {
+        func evaluation(_ k: Int) -> [[Double]] {
+            (0..<n).map { i in (0..<k).map { j in i < n - 1 ? Self.power(points[i], j) : (j == k - 1 ? 1 : 0) } }
+        }
+        let vn = evaluation(n), vm = evaluation(m), vr = evaluation(r)
+        // D = B^T V_n^T (diagonal).
+        var d = [Double](repeating: 0, count: n)
+        for i in 0..<n {
+            for j in 0..<n {
+                let s = (0..<n).reduce(0.0) { $0 + bt[i][$1] * vn[j][$1] }
+                if i == j { d[i] = s } else { precondition(abs(s) < 1e-9, "B^T is not a scaled inverse Vandermonde") }
+            }
+        }
+        // E from A^T = V_m^T E, column by column.
+        var e = [Double](repeating: 0, count: n)
+        for j in 0..<n {
+            let i = (0..<m).first { vm[j][$0] != 0 }!
+            e[j] = at[i][j] / vm[j][i]
+            for i2 in 0..<m { precondition(abs(at[i2][j] - e[j] * vm[j][i2]) < 1e-9, "A^T is not a scaled Vandermonde") }
+        }
+        return (0..<n).map { i in vr[i].map { $0 / (e[i] * d[i]) } }
+    }
+}
+
+/// Winograd convolution (stride 1, 'same' or 'valid' padding) with any `WinogradVariant`.
 ///
-/// The element-wise stage is 36 independent GEMMs, (out x in) weights times (in x tiles)
-/// transformed inputs, run on the direct-convolution micro-kernels as 1x1 convolutions over a row
-/// of tiles. Input and output transforms work on 8 tiles at a time in SIMD8. Results differ from
-/// direct convolution by rounding only (bounds in docs/PERFORMANCE.md); they do not depend on how
-/// callers split the tile rows.
+/// The element-wise stage is n^2 independent GEMMs, (out x in) transformed weights times
+/// (in x tiles) transformed inputs, run on the direct-convolution micro-kernels as 1x1
+/// convolutions over rows of tiles. The input and output transforms work on 8 tiles at a time in
+/// SIMD8, compiled per ISA (tools/winograd_transforms.swift.in). Results differ from direct
+/// convolution by rounding only (bounds in docs/PERFORMANCE.md) and do not depend on how callers
+/// split the tile rows.
 public final class WinogradConv: @unchecked Sendable {
     public let outChannels: Int
     public let inChannels: Int
-    /// Output tile side m (2 or 4); input tiles are m + 2.
-    public let tileSize: Int
-    /// The (m + 2)^2 transformed weight matrices, packed as 1x1 convolutions.
+    public let variant: WinogradVariant
+    public let padding: ConvPadding
+    /// Output tile side m.
+    public var tileSize: Int { variant.m }
+    /// The n^2 transformed weight matrices, packed as 1x1 convolutions.
     let packed: [PackedConv]
     let bias: [Float]
     private var pool: [UnsafeMutablePointer<Float>] = []
     private var poolSize = 0
     private let lock = NSLock()
 
-    /// G (6 x 3) of F(4, 3).
-    static let g: [[Double]] = [[1.0 / 4, 0, 0], [-1.0 / 6, -1.0 / 6, -1.0 / 6], [-1.0 / 6, 1.0 / 6, -1.0 / 6],
-                                [1.0 / 24, 1.0 / 12, 1.0 / 6], [1.0 / 24, -1.0 / 12, 1.0 / 6], [0, 0, 1]]
-    /// G (4 x 3) of F(2, 3).
-    static let g2: [[Double]] = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]
-
-    /// Whether a convolution of this shape may use this kernel.
-    public static func supports(outChannels: Int, inChannels: Int, kh: Int, kw: Int, padding: ConvPadding) -> Bool {
-        kh == 3 && kw == 3 && padding == .same && outChannels % 4 == 0
+    /// Whether a convolution of this shape may use this variant.
+    public static func supports(_ variant: WinogradVariant, outChannels: Int, inChannels: Int, kh: Int, kw: Int, padding: ConvPadding) -> Bool {
+        kh == variant.r && kw == variant.r && outChannels % 4 == 0
     }
 
-    /// - weight: OIHW 3x3 cross-correlation weights.
-    public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, tileSize: Int = 4) {
-        precondition(weight.count == outChannels * inChannels * 9 && outChannels % 4 == 0 && (tileSize == 2 || tileSize == 4))
-        self.tileSize = tileSize
-        let nn = tileSize + 2
+    /// - weight: OIHW r x r cross-correlation weights.
+    public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, variant: WinogradVariant,
+                padding: ConvPadding = .same) {
+        let (n, r) = (variant.n, variant.r)
+        precondition(weight.count == outChannels * inChannels * r * r && outChannels % 4 == 0)
+        self.variant = variant
+        self.padding = padding
         self.outChannels = outChannels
         self.inChannels = inChannels
         self.bias = bias ?? [Float](repeating: 0, count: outChannels)
         // U[xi][nu][o][c] = (G w G^T)[xi][nu], in Float64.
-        var u = [[Float]](repeating: [Float](repeating: 0, count: outChannels * inChannels), count: nn * nn)
-        let g = (tileSize == 4 ? WinogradConv.g : WinogradConv.g2).flatMap { $0 }
-        var t = [Double](repeating: 0, count: 3 * nn)  // G w (n x 3)
+        var u = [[Float]](repeating: [Float](repeating: 0, count: outChannels * inChannels), count: n * n)
+        let g = variant.g.flatMap { $0 }
+        var t = [Double](repeating: 0, count: n * r)  // G w (n x r)
         weight.withUnsafeBufferPointer { wp in
             for oc in 0..<(outChannels * inChannels) {
-                let w = wp.baseAddress! + oc * 9
-                for i in 0..<nn { for j in 0..<3 {
-                    t[i * 3 + j] = g[i * 3] * Double(w[j]) + g[i * 3 + 1] * Double(w[3 + j]) + g[i * 3 + 2] * Double(w[6 + j])
+                let w = wp.baseAddress! + oc * r * r
+                for i in 0..<n { for j in 0..<r {
+                    var s = 0.0
+                    for k in 0..<r { s += g[i * r + k] * Double(w[k * r + j]) }
+                    t[i * r + j] = s
                 } }
-                for i in 0..<nn { for j in 0..<nn {
-                    u[i * nn + j][oc] = Float(t[i * 3] * g[j * 3] + t[i * 3 + 1] * g[j * 3 + 1] + t[i * 3 + 2] * g[j * 3 + 2])
+                for i in 0..<n { for j in 0..<n {
+                    var s = 0.0
+                    for k in 0..<r { s += t[i * r + k] * g[j * r + k] }
+                    u[i * n + j][oc] = Float(s)
                 } }
             }
         }
@@ -79,185 +163,132 @@ public final class WinogradConv: @unchecked Sendable {
         if capacity == poolSize { pool.append(p) } else { p.deallocate() }
     }
 
-    /// Computes output tile rows `tileRows` (output rows 4 * r ..< 4 * r + 4, clipped to the
-    /// height). The input view's width and height are the output's; rows and columns outside
-    /// the image read as zero (the 'same' padding), whatever the margins hold.
+    /// Tiles per column block for an ISA: one row of the GEMM micro-kernel's register block
+    /// (4 x 3 vectors of 8 on AVX2, 4 x 4 of 16 on AVX-512), so each block is one micro-kernel
+    /// call per 4 output channels and its transformed inputs stay in L2.
+    static func blockTiles(_ isa: KernelISA) -> Int { isa == .avx512 ? 64 : 24 }
+
+    /// Computes output tile rows `tileRows` (output rows m * t ..< m * t + m, clipped to the
+    /// height). For 'same' padding the input has the output's size, for 'valid' r - 1 more in each
+    /// direction; rows and columns outside the input read as zero, whatever the margins hold.
     ///
-    /// Each input row of a tile row is first split into 4 phase rows, P_q[k] = x[4k + q - 1]
-    /// (zero outside the image), so that element (i, j) of the patches of 8 consecutive tiles is
-    /// one contiguous vector load: P_j[t..t+8] for j < 4, P_(j-4)[t+1..t+9] otherwise. Outputs are
-    /// written the same way in reverse.
+    /// Each tile row is processed in column blocks of `blockTiles` tiles. For each channel, the
+    /// block's n input rows are split into m phase rows, P_q[k] = x[m (t0 + k) + q - pad] (zero
+    /// outside the image), so that element (i, j) of the patches of 8 consecutive tiles is one
+    /// contiguous vector load: P_(j mod m)[t + j / m ..< + 8]; the transformed patches go to
+    /// V[c][k][tile]; n^2 GEMMs M[k] = U[k] V[k] follow, then the output transform, whose
+    /// phases are interleaved back into the output rows.
     public func run(_ input: PlanarView, _ output: PlanarView, activation: Activation, isa: KernelISA = .best, tileRows: Range<Int>) {
         let (h, w, c, o) = (output.height, output.width, inChannels, outChannels)
-        precondition(input.channels == c && output.channels == o && input.height == h && input.width == w)
-        let mt = tileSize, nn = mt + 2, nk = nn * nn
-        let tiles = (w + mt - 1) / mt
+        let (m, n, r) = (variant.m, variant.n, variant.r)
+        let pad = padding == .same ? (r - 1) / 2 : 0
+        let (inH, inW) = (input.height, input.width)
+        precondition(input.channels == c && output.channels == o)
+        precondition(padding == .same ? (inH == h && inW == w) : (inH == h + r - 1 && inW == w + r - 1))
+        let nk = n * n
+        let tiles = (w + m - 1) / m
         let vw = isa.vectorWidth
-        let tpad = (tiles + 7) / 8 * 8
-        // Several tile rows form one GEMM (at least ~192 tiles) so that each transformed weight
-        // matrix, read once per group, serves enough columns.
-        let group = max(1, min(tileRows.count, (192 + tpad - 1) / tpad))
-        let cols = group * tpad
-        let tplane = (cols + vw - 1) / vw * vw + vw   // room for the micro-kernel's vector overhang
-        let phaseLen = tpad + 8
-        let vSize = nk * c * tplane, mSize = nk * o * tplane, stageSize = nn * mt * phaseLen, outStage = mt * mt * phaseLen
-        let n = vSize + mSize + stageSize + outStage + 36 * 8 * 3 + o + 16
-        let (buf, capacity) = scratch(n)
+        let tb = Self.blockTiles(isa)
+        let phaseLen = tb + 8
+        let vSize = c * nk * tb, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
+        let (buf, capacity) = scratch(vSize + mSize + stageSize + outStage + o + 16)
         defer { release(buf, capacity: capacity) }
-        let v = buf, m = buf + vSize, stage = m + mSize, ostage = stage + stageSize
-        let vecs = UnsafeMutableRawPointer(ostage + outStage).bindMemory(to: SIMD8<Float>.self, capacity: 36 * 3)
-        let zeroBias = ostage + outStage + 36 * 8 * 3
+        let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
+        let zeroBias = ostage + outStage
         zeroBias.update(repeating: 0, count: o)
-        let d = vecs, r = vecs + 36, tmp = vecs + 72
-        var first = tileRows.lowerBound
-        while first < tileRows.upperBound {
-            let rowsHere = min(group, tileRows.upperBound - first)
-            // Input transform: V[k][c][g * tpad + t] = (B^T d B)[k] for the 6x6 patch at
-            // (4 (first + g) - 1, 4t - 1).
-            for g in 0..<rowsHere {
-                let y0 = mt * (first + g) - 1
+        let (act, alpha): (Int, Float)
+        switch activation {
+        case .none: (act, alpha) = (0, 0)
+        case .relu: (act, alpha) = (1, 0)
+        case .leakyRelu(let a): (act, alpha) = (2, a)
+        }
+        let (split, merge) = Self.phaseShuffles(isa, m)
+        for tr in tileRows {
+            let y0 = m * tr - pad
+            var t0 = 0
+            while t0 < tiles {
+                let x0 = m * t0 - pad
+                let xEnd = min(inW, x0 + m * tb + n - m)   // input columns this block reads end here
+                // Every channel writes the same stage positions, so those never written (outside
+                // the image) stay zero: clear once per block.
+                stage.update(repeating: 0, count: stageSize)
                 for ch in 0..<c {
-                    stage.update(repeating: 0, count: stageSize)
-                    for i in 0..<nn {
+                    for i in 0..<n {
                         let y = y0 + i
-                        if y < 0 || y >= h { continue }
-                        let row = input.pointer(ch, y, 0)
-                        if mt == 4 {
-                            for x in 0..<w { stage[(i * 4 + ((x + 1) & 3)) * phaseLen + ((x + 1) >> 2)] = row[x] }
-                        } else {
-                            for x in 0..<w { stage[(i * 2 + ((x + 1) & 1)) * phaseLen + ((x + 1) >> 1)] = row[x] }
-                        }
+                        if y < 0 || y >= inH { continue }
+                        split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen, phaseLen)
                     }
-                    var t0 = 0
-                    while t0 < tpad {
-                        for i in 0..<nn {
-                            for j in 0..<nn {
-                                let q = j % mt, off = j / mt
-                                d[i * nn + j] = UnsafeRawPointer(stage + (i * mt + q) * phaseLen + t0 + off).loadUnaligned(as: SIMD8<Float>.self)
-                            }
-                        }
-                        if mt == 4 { WinogradConv.inputTransform(d, tmp, r) } else { WinogradConv.inputTransform2(d, tmp, r) }
-                        let col = g * tpad + t0
-                        for k in 0..<nk {
-                            UnsafeMutableRawPointer(v + (k * c + ch) * tplane + col).storeBytes(of: r[k], as: SIMD8<Float>.self)
-                        }
-                        t0 += 8
-                    }
+                    Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * nk * tb, tb)
                 }
-            }
-            // 36 GEMMs: M[k] (o x cols) = U[k] (o x c) V[k] (c x cols).
-            let used = rowsHere * tpad
-            for k in 0..<nk {
-                FastOps.run(isa, UnsafePointer(v + k * c * tplane), tplane, 0, c, packed[k].weights, zeroBias, o / 4, 1, 1,
-                            m + k * o * tplane, tplane, 0, 0, 1, (used + vw - 1) / vw)
-            }
-            // Output transform, bias, activation; interleave the 4 phases into the rows.
-            for g in 0..<rowsHere {
-                let tr = first + g
+                // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows nk * tb apart.
+                for k in 0..<nk {
+                    FastOps.gemm(isa, UnsafePointer(v + k * tb), nk * tb, c, packed[k].weights, o / 4, mm + k * o * tb, tb, tb / vw)
+                }
+                // Output transform, bias, activation; interleave the m phases into the rows.
                 for oc in 0..<o {
-                    let b = SIMD8<Float>(repeating: bias[oc])
-                    var t0 = 0
-                    while t0 < tpad {
-                        let col = g * tpad + t0
-                        for k in 0..<nk {
-                            d[k] = UnsafeRawPointer(m + (k * o + oc) * tplane + col).loadUnaligned(as: SIMD8<Float>.self)
-                        }
-                        if mt == 4 { WinogradConv.outputTransform(d, tmp, r) } else { WinogradConv.outputTransform2(d, tmp, r) }
-                        for k in 0..<(mt * mt) {
-                            var val = r[k] + b
-                            switch activation {
-                            case .none: break
-                            case .relu: val = val.replacing(with: 0, where: val .< 0)
-                            case .leakyRelu(let a): val = val.replacing(with: val * a, where: val .< 0)
-                            }
-                            UnsafeMutableRawPointer(ostage + k * phaseLen + t0).storeBytes(of: val, as: SIMD8<Float>.self)
-                        }
-                        t0 += 8
-                    }
-                    for i in 0..<mt {
-                        let yy = mt * tr + i
+                    Self.outputTransform(isa, n, m, mm + oc * tb, o * tb, tb, bias[oc], act, alpha, ostage, phaseLen)
+                    for i in 0..<m {
+                        let yy = m * tr + i
                         if yy >= h { break }
-                        let row = output.pointer(oc, yy, 0)
-                        if mt == 4 {
-                            for x in 0..<w { row[x] = ostage[(i * 4 + (x & 3)) * phaseLen + (x >> 2)] }
-                        } else {
-                            for x in 0..<w { row[x] = ostage[(i * 2 + (x & 1)) * phaseLen + (x >> 1)] }
-                        }
+                        merge(ostage + i * m * phaseLen, phaseLen, output.pointer(oc, yy, 0), m * t0, min(w, m * (t0 + tb)))
                     }
                 }
+                t0 += tb
             }
-            first += rowsHere
         }
     }
 
-    /// B^T d B for 8 tiles at once (d row-major 6x6; t scratch of 36; result in r).
-    @inline(__always)
-    static func inputTransform(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>,
-                               _ r: UnsafeMutablePointer<SIMD8<Float>>) {
-        // B^T rows: [4,0,-5,0,1,0], [0,-4,-4,1,1,0], [0,4,-4,-1,1,0], [0,-2,-1,2,1,0], [0,2,-1,-2,1,0], [0,4,0,-5,0,1]
-        @inline(__always)
-        func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-            let (x0, x1, x2, x3, x4, x5) = (x[0], x[s], x[2 * s], x[3 * s], x[4 * s], x[5 * s])
-            let four = SIMD8<Float>(repeating: 4), five = SIMD8<Float>(repeating: 5), two = SIMD8<Float>(repeating: 2)
-            let a = x4 - four * x2, b = x3 - four * x1, e = x4 - x2, f = two * (x3 - x1)
-            y[0] = four * x0 - five * x2 + x4
-            y[ys] = a + b
-            y[2 * ys] = a - b
-            y[3 * ys] = e + f
-            y[4 * ys] = e - f
-            y[5 * ys] = four * x1 - five * x3 + x5
+    typealias SplitPhases = (UnsafePointer<Float>, Int, Int, UnsafeMutablePointer<Float>, Int) -> Void
+    typealias MergePhases = (UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>, Int, Int) -> Void
+
+    /// The ISA's row <-> phase-rows shuffles for tile side m (generated, 8 positions per step):
+    /// split(row, x0, xEnd, dst, phaseLen) sends image column x0 + m k + q (for columns
+    /// max(x0, 0) ..< xEnd) to dst[q * phaseLen + k]; merge(src, phaseLen, row, x0, xEnd) is the
+    /// inverse for output columns x0 ..< xEnd.
+    static func phaseShuffles(_ isa: KernelISA, _ m: Int) -> (split: SplitPhases, merge: MergePhases) {
+        switch (isa, m) {
+        #if arch(x86_64)
+        case (.avx512, 2): return (avx512SplitPhases2, avx512MergePhases2)
+        case (.avx512, 3): return (avx512SplitPhases3, avx512MergePhases3)
+        case (.avx512, 4): return (avx512SplitPhases4, avx512MergePhases4)
+        case (.avx512, _): return (avx512SplitPhases6, avx512MergePhases6)
+        case (.avx2, 2): return (avx2SplitPhases2, avx2MergePhases2)
+        case (.avx2, 3): return (avx2SplitPhases3, avx2MergePhases3)
+        case (.avx2, 4): return (avx2SplitPhases4, avx2MergePhases4)
+        case (.avx2, _): return (avx2SplitPhases6, avx2MergePhases6)
+        #endif
+        case (_, 2): return (portableSplitPhases2, portableMergePhases2)
+        case (_, 3): return (portableSplitPhases3, portableMergePhases3)
+        case (_, 4): return (portableSplitPhases4, portableMergePhases4)
+        default: return (portableSplitPhases6, portableMergePhases6)
         }
-        for j in 0..<6 { bt(d + j, 6, t + j, 6) }      // columns: t = B^T d
-        for i in 0..<6 { bt(t + 6 * i, 1, r + 6 * i, 1) }  // rows: r = t B
     }
 
-    /// A^T m A for 8 tiles at once (m row-major 6x6 -> r row-major 4x4; t scratch).
     @inline(__always)
-    static func outputTransform(_ m: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>,
-                                _ r: UnsafeMutablePointer<SIMD8<Float>>) {
-        // A^T rows: [1,1,1,1,1,0], [0,1,-1,2,-2,0], [0,1,1,4,4,0], [0,1,-1,8,-8,1]
-        @inline(__always)
-        func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-            let (x0, x1, x2, x3, x4, x5) = (x[0], x[s], x[2 * s], x[3 * s], x[4 * s], x[5 * s])
-            let s12 = x1 + x2, d12 = x1 - x2, s34 = x3 + x4, d34 = x3 - x4
-            y[0] = x0 + s12 + s34
-            y[ys] = d12 + 2 * d34
-            y[2 * ys] = s12 + 4 * s34
-            y[3 * ys] = d12 + 8 * d34 + x5
+    static func inputTransform(_ isa: KernelISA, _ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseLen: Int, _ rows: Int,
+                               _ tpad: Int, _ v: UnsafeMutablePointer<Float>, _ kStride: Int) {
+        switch isa {
+        #if arch(x86_64)
+        case .avx512: avx512WinogradInput(n, m, stage, phaseLen, rows, tpad, v, kStride)
+        case .avx2: avx2WinogradInput(n, m, stage, phaseLen, rows, tpad, v, kStride)
+        #else
+        case .avx512, .avx2: portableWinogradInput(n, m, stage, phaseLen, rows, tpad, v, kStride)
+        #endif
+        case .portable: portableWinogradInput(n, m, stage, phaseLen, rows, tpad, v, kStride)
         }
-        for j in 0..<6 { at(m + j, 6, t + j, 6) }      // t (4 x 6) = A^T m
-        for i in 0..<4 { at(t + 6 * i, 1, r + 4 * i, 1) }  // r (4 x 4) = t A
     }
 
-    /// B^T d B of F(2, 3) for 8 tiles (d row-major 4x4).
     @inline(__always)
-    static func inputTransform2(_ d: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>,
-                                _ r: UnsafeMutablePointer<SIMD8<Float>>) {
-        // B^T rows: [1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]
-        @inline(__always)
-        func bt(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-            let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
-            y[0] = x0 - x2
-            y[ys] = x1 + x2
-            y[2 * ys] = x2 - x1
-            y[3 * ys] = x1 - x3
+    static func outputTransform(_ isa: KernelISA, _ n: Int, _ m: Int, _ src: UnsafePointer<Float>, _ kStride: Int, _ tpad: Int,
+                                _ bias: Float, _ act: Int, _ alpha: Float, _ dst: UnsafeMutablePointer<Float>, _ phaseLen: Int) {
+        switch isa {
+        #if arch(x86_64)
+        case .avx512: avx512WinogradOutput(n, m, src, kStride, tpad, bias, act, alpha, dst, phaseLen)
+        case .avx2: avx2WinogradOutput(n, m, src, kStride, tpad, bias, act, alpha, dst, phaseLen)
+        #else
+        case .avx512, .avx2: portableWinogradOutput(n, m, src, kStride, tpad, bias, act, alpha, dst, phaseLen)
+        #endif
+        case .portable: portableWinogradOutput(n, m, src, kStride, tpad, bias, act, alpha, dst, phaseLen)
         }
-        for j in 0..<4 { bt(d + j, 4, t + j, 4) }
-        for i in 0..<4 { bt(t + 4 * i, 1, r + 4 * i, 1) }
-    }
-
-    /// A^T m A of F(2, 3) for 8 tiles (m row-major 4x4 -> r row-major 2x2).
-    @inline(__always)
-    static func outputTransform2(_ m: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>,
-                                 _ r: UnsafeMutablePointer<SIMD8<Float>>) {
-        // A^T rows: [1,1,1,0], [0,1,-1,-1]
-        @inline(__always)
-        func at(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-            let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
-            y[0] = x0 + x1 + x2
-            y[ys] = x1 - x2 - x3
-        }
-        for j in 0..<4 { at(m + j, 4, t + j, 4) }   // t (2 x 4)
-        for i in 0..<2 { at(t + 4 * i, 1, r + 2 * i, 1) }
     }
 }

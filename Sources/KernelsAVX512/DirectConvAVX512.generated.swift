@@ -143,6 +143,108 @@ func avx512Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
         strip = stripEnd
     }
 }
+@inline(__always)
+func avx512Gemm4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
+    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>(), a03 = SIMD16<Float>()
+    var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>(), a13 = SIMD16<Float>()
+    var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>(), a23 = SIMD16<Float>()
+    var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>(), a33 = SIMD16<Float>()
+    var wp = w
+    var p = inp
+    for _ in 0..<c {
+        let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self)
+        let x1 = UnsafeRawPointer(p + 16).loadUnaligned(as: SIMD16<Float>.self)
+        let x2 = UnsafeRawPointer(p + 32).loadUnaligned(as: SIMD16<Float>.self)
+        let x3 = UnsafeRawPointer(p + 48).loadUnaligned(as: SIMD16<Float>.self)
+        let w0 = SIMD16<Float>(repeating: wp[0])
+        a00 = a00.addingProduct(x0, w0)
+        a01 = a01.addingProduct(x1, w0)
+        a02 = a02.addingProduct(x2, w0)
+        a03 = a03.addingProduct(x3, w0)
+        let w1 = SIMD16<Float>(repeating: wp[1])
+        a10 = a10.addingProduct(x0, w1)
+        a11 = a11.addingProduct(x1, w1)
+        a12 = a12.addingProduct(x2, w1)
+        a13 = a13.addingProduct(x3, w1)
+        let w2 = SIMD16<Float>(repeating: wp[2])
+        a20 = a20.addingProduct(x0, w2)
+        a21 = a21.addingProduct(x1, w2)
+        a22 = a22.addingProduct(x2, w2)
+        a23 = a23.addingProduct(x3, w2)
+        let w3 = SIMD16<Float>(repeating: wp[3])
+        a30 = a30.addingProduct(x0, w3)
+        a31 = a31.addingProduct(x1, w3)
+        a32 = a32.addingProduct(x2, w3)
+        a33 = a33.addingProduct(x3, w3)
+        wp += 4
+        p += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 16).storeBytes(of: a01, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 32).storeBytes(of: a02, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 48).storeBytes(of: a03, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 16).storeBytes(of: a11, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 32).storeBytes(of: a12, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 48).storeBytes(of: a13, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 16).storeBytes(of: a21, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 32).storeBytes(of: a22, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 48).storeBytes(of: a23, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 16).storeBytes(of: a31, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 32).storeBytes(of: a32, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 48).storeBytes(of: a33, as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func avx512Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
+    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    var a00 = SIMD16<Float>()
+    var a10 = SIMD16<Float>()
+    var a20 = SIMD16<Float>()
+    var a30 = SIMD16<Float>()
+    var wp = w
+    var p = inp
+    for _ in 0..<c {
+        let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self)
+        let w0 = SIMD16<Float>(repeating: wp[0])
+        a00 = a00.addingProduct(x0, w0)
+        let w1 = SIMD16<Float>(repeating: wp[1])
+        a10 = a10.addingProduct(x0, w1)
+        let w2 = SIMD16<Float>(repeating: wp[2])
+        a20 = a20.addingProduct(x0, w2)
+        let w3 = SIMD16<Float>(repeating: wp[3])
+        a30 = a30.addingProduct(x0, w3)
+        wp += 4
+        p += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
+}
+
+
+/// C (4 blocks x 4 rows, `vectors` vectors of 16 columns; rows outPlane apart) = W V, where
+/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv`: the
+/// element-wise stage of Winograd convolution, one GEMM per transformed position.
+public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
+                         _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+    for ob in 0..<blocks {
+        let wb = w + ob * c * 4, op = out + ob * 4 * outPlane
+        var xv = 0
+        while xv + 4 <= vectors {
+            avx512Gemm4x4(v + xv * 16, inPlane, c, wb, op + xv * 16, outPlane)
+            xv += 4
+        }
+        while xv < vectors {
+            avx512Gemm4x1(v + xv * 16, inPlane, c, wb, op + xv * 16, outPlane)
+            xv += 1
+        }
+    }
+}
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func avx512DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,

@@ -3,30 +3,43 @@ import ModelFormat
 
 /// Which convolution implementation a network uses.
 public enum ConvAlgorithm: String, Sendable, CaseIterable {
-    /// Per layer by `ConvAlgorithm.choose`: Winograd F(4x4, 3x3) for 3x3 'same' layers with at
-    /// least 16 input channels (and output channels a multiple of 4), direct otherwise.
+    /// Per layer by `ConvAlgorithm.winogradVariant`: Winograd where it pays (at least 16 input
+    /// channels; F(4x4,3x3) for 3x3 kernels, F(3x3,6x6) for 6x6), direct otherwise.
     case auto
     /// The scalar reference ops (the test oracle).
     case reference
     /// Register-blocked SIMD direct convolution everywhere.
     case direct
-    /// Winograd F(4x4, 3x3) wherever it applies (3x3 'same', output channels a multiple of 4),
-    /// direct elsewhere.
+    /// Winograd wherever a variant applies (output channels a multiple of 4): F(4x4,3x3) for
+    /// 3x3 kernels, F(3x3,6x6) for 6x6; direct elsewhere.
     case winograd
-    /// Winograd F(2x2, 3x3) wherever it applies (2.25x fewer multiplications, smaller error).
+    /// As `winograd` with F(2x2,3x3) for 3x3 kernels (2.25x fewer multiplications, smaller error).
     case winograd2
+    /// As `winograd` with F(6x6,3x3) for 3x3 kernels (5.06x fewer multiplications, larger error).
+    case winograd6
 
-    /// The kernel a convolution of this shape runs under this setting: "direct", "winograd
-    /// F(4x4,3x3)" or "reference".
-    public func choose(outChannels o: Int, inChannels c: Int, kh: Int, kw: Int, padding: Padding) -> String {
-        let ok = WinogradConv.supports(outChannels: o, inChannels: c, kh: kh, kw: kw, padding: padding == .same ? .same : .valid)
-        switch self {
-        case .reference: return "reference"
-        case .direct: return "direct"
-        case .winograd: return ok ? "winograd F(4x4,3x3)" : "direct"
-        case .winograd2: return ok ? "winograd F(2x2,3x3)" : "direct"
-        case .auto: return ok && c >= 16 ? "winograd F(4x4,3x3)" : "direct"
+    /// The Winograd variant a convolution of this shape runs under this setting, or nil for
+    /// direct (or reference) convolution.
+    public func winogradVariant(outChannels o: Int, inChannels c: Int, kh: Int, kw: Int, padding: Padding) -> WinogradVariant? {
+        let pad: ConvPadding = padding == .same ? .same : .valid
+        func ok(_ v: WinogradVariant) -> WinogradVariant? {
+            WinogradConv.supports(v, outChannels: o, inChannels: c, kh: kh, kw: kw, padding: pad) ? v : nil
         }
+        let large = ok(.f3x6)
+        switch self {
+        case .reference, .direct: return nil
+        case .winograd: return ok(.f4x3) ?? large
+        case .winograd2: return ok(.f2x3) ?? large
+        case .winograd6: return ok(.f6x3) ?? large
+        case .auto: return c >= 16 ? ok(.f4x3) ?? large : nil
+        }
+    }
+
+    /// The kernel a convolution of this shape runs under this setting: "direct", "reference" or
+    /// "winograd F(4x4,3x3)" etc.
+    public func choose(outChannels o: Int, inChannels c: Int, kh: Int, kw: Int, padding: Padding) -> String {
+        if self == .reference { return "reference" }
+        return winogradVariant(outChannels: o, inChannels: c, kh: kh, kw: kw, padding: padding).map { "winograd \($0.label)" } ?? "direct"
     }
 }
 
@@ -37,14 +50,15 @@ final class PackedWeights: @unchecked Sendable {
     private let lock = NSLockShim()
     private unowned let network: Network
 
-    /// Winograd-transformed weights of a 3x3 convolution, made on first use (thread-safe).
-    func winogradConv(_ n: Node, tileSize: Int) -> WinogradConv {
+    /// Winograd-transformed weights of a convolution, made on first use (thread-safe).
+    func winogradConv(_ n: Node, variant: WinogradVariant) -> WinogradConv {
         lock.locked {
-            let key = "\(n.name)#\(tileSize)"
+            let key = "\(n.name)#\(variant.rawValue)"
             if let w = winograd[key] { return w }
             let shape = network.analysis.tensorShapes[n.params[0]]!
             let w = WinogradConv(weight: network.weights[n.params[0]]!, bias: n.params.count > 1 ? network.weights[n.params[1]]! : nil,
-                                 outChannels: shape[0], inChannels: shape[1], tileSize: tileSize)
+                                 outChannels: shape[0], inChannels: shape[1], variant: variant,
+                                 padding: n.padding == .same ? .same : .valid)
             winograd[key] = w
             return w
         }
@@ -194,9 +208,9 @@ final class ExecutionPlan {
                 default: act = .none
                 }
                 let shape = analysis.tensorShapes[n.params[0]]!
-                let kind = algorithm.choose(outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3], padding: n.padding)
-                if let packed = packed, kind.hasPrefix("winograd") {
-                    steps.append(.winograd(x, out, packed.winogradConv(n, tileSize: kind.contains("F(2x2") ? 2 : 4), act))
+                let variant = algorithm.winogradVariant(outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3], padding: n.padding)
+                if let packed = packed, let variant = variant {
+                    steps.append(.winograd(x, out, packed.winogradConv(n, variant: variant), act))
                 } else {
                     let p = packedConv(n)
                     steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act, p.outChannels % 4 != 0 ? scratch(like: out) : nil))

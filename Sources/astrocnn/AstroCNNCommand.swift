@@ -89,7 +89,7 @@ struct Restore: ParsableCommand {
     @Flag(help: "No progress line.")
     var quiet = false
 
-    @Option(name: .customLong("conv"), help: "Convolution algorithm: auto (per layer: Winograd F(4x4,3x3) for 3x3 layers with >= 16 input channels, direct otherwise; default), direct, winograd (F(4x4,3x3) wherever it applies), winograd2 (F(2x2,3x3) wherever it applies), or reference (scalar oracle, slow).")
+    @Option(name: .customLong("conv"), help: "Convolution algorithm: auto (per layer: Winograd for layers with >= 16 input channels, F(4x4,3x3) for 3x3 kernels and F(3x3,6x6) for 6x6, direct otherwise; default), direct, winograd (Winograd wherever it applies), winograd2 / winograd6 (as winograd with F(2x2,3x3) / F(6x6,3x3) for 3x3 kernels), or reference (scalar oracle, slow).")
     var conv: String = "auto"
 
     @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch.")
@@ -107,7 +107,7 @@ struct Restore: ParsableCommand {
         do {
             let network = try Network(path: model)
             let progress = quiet ? nil : ProgressLine("restore")
-            guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2 or reference") }
+            guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }
             var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters,
                                               algorithm: algorithm)
             if let p = progress { options.progress = { p.update($0, $1) } }
@@ -135,11 +135,11 @@ struct Inspect: ParsableCommand {
     @Argument(help: "Model file (.acnn).")
     var model: String
 
-    @Option(name: .customLong("conv"), help: "Show the kernel choice for this --conv setting (auto, direct, winograd, winograd2, reference).")
+    @Option(name: .customLong("conv"), help: "Show the kernel choice for this --conv setting (auto, direct, winograd, winograd2, winograd6, reference).")
     var conv: String = "auto"
 
     func run() throws {
-        guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2 or reference") }
+        guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }
         let reader: ModelReader
         do { reader = try ModelReader(path: model) } catch { throw failure("\(model): \(describe(error))") }
         let a = reader.analysis

@@ -20,11 +20,14 @@ struct Bench: ParsableCommand {
     @Option(help: "Comma-separated thread counts (default: 1 and all cores).")
     var threads: String?
 
-    @Option(name: .customLong("conv"), help: "Convolution algorithm(s): auto, direct, winograd, winograd2, reference, or a comma-separated list.")
+    @Option(name: .customLong("conv"), help: "Convolution algorithm(s): auto, direct, winograd, winograd2, winograd6, reference, or a comma-separated list.")
     var conv: String = "auto"
 
     @Option(help: "Output tile side for the layer profile.")
     var layerTile: Int = 256
+
+    @Option(help: "Output tile side for whole images (default: the runner's choice, as restore uses).")
+    var tile: Int?
 
     @Option(help: "Repeats per measurement (the median is reported).")
     var repeats: Int = 3
@@ -49,6 +52,7 @@ struct Bench: ParsableCommand {
         let threadCounts = (threads ?? (cores > 1 ? "1,\(cores)" : "1")).split(separator: ",").compactMap { Int($0) }
         let algorithms = conv.split(separator: ",").map(String.init)
         if sides.isEmpty || sides.contains(where: { $0 < 1 }) { throw failure("--sizes needs positive integers") }
+        if let t = tile, t < 1 { throw failure("--tile needs a positive integer") }
         if threadCounts.isEmpty || threadCounts.contains(where: { $0 < 1 }) { throw failure("--threads needs positive integers") }
         var algs: [ConvAlgorithm] = []
         for a in algorithms {
@@ -91,7 +95,7 @@ struct Bench: ParsableCommand {
             for t in threadCounts {
                 for side in sides {
                     let secs: Double
-                    do { secs = try Benchmark.imageSeconds(network: network, side: side, threads: t, algorithm: alg, isa: isa, repeats: repeats) } catch {
+                    do { secs = try Benchmark.imageSeconds(network: network, side: side, threads: t, algorithm: alg, isa: isa, tileSize: tile, repeats: repeats) } catch {
                         throw failure(String(describing: error))
                     }
                     let px = Double(side * side)

@@ -5,17 +5,21 @@ import Runtime
 import XCTest
 
 final class PublishedWeightsTests: XCTestCase {
-    /// The published Flamary 2017 weights reproduce the shared float64 test vectors.
+    /// The published Flamary 2017 weights reproduce the shared float64 test vectors, through the
+    /// reference executor, direct convolution and the default Winograd path.
     func testFlamaryTestVectorsWithReferenceExecutor() throws {
         let data = try requireSharedData()
         let input = try readFloats(data + "/flamary2017-models/testvectors/input_64x64.f32")
         for which in ["M51a", "Hoag", "M31", "M81", "M101", "M104"] {
             let net = try Network(model: try publishedFlamaryModel(which, data: data))
             let expected = try readFloats(data + "/flamary2017-models/testvectors/output_\(which)_46x46.f32")
-            // The reference executor, and the fast direct kernels on every ISA this CPU has.
+            // The reference executor, and the fast kernels on every ISA this CPU has: direct, and
+            // the default (auto: Winograd F(3x3,6x6) for the 64 -> 16 6x6 layer).
             var runs: [(String, FeatureMap)] = [("reference", try net.forward(FeatureMap(channels: 1, height: 64, width: 64, data: input), algorithm: .reference))]
             for isa in KernelISA.allCases where isa.supported {
-                runs.append(("direct \(isa)", try net.forward(FeatureMap(channels: 1, height: 64, width: 64, data: input), algorithm: .direct, isa: isa)))
+                for algorithm in [ConvAlgorithm.direct, .auto] {
+                    runs.append(("\(algorithm) \(isa)", try net.forward(FeatureMap(channels: 1, height: 64, width: 64, data: input), algorithm: algorithm, isa: isa)))
+                }
             }
             for (name, out) in runs {
                 XCTAssertEqual(out.height, 46); XCTAssertEqual(out.width, 46)
@@ -153,12 +157,10 @@ final class PipelineTests: XCTestCase {
                 // outside a graph tile's valid region change the rounding (not the exact result)
                 // of outputs inside it: with Winograd layers, tiled equals whole within rounding,
                 // and the thread count never matters (bit for bit).
-                let winograd = net === unet && (algorithm == .winograd || algorithm == .winograd2 || algorithm == .auto)
-                    && net.graph.nodes.contains { n in
-                        n.op == .conv2d && algorithm.choose(outChannels: net.analysis.tensorShapes[n.params[0]]![0],
-                                                            inChannels: net.analysis.tensorShapes[n.params[0]]![1], kh: 3, kw: 3,
-                                                            padding: n.padding).hasPrefix("winograd")
-                    }
+                let winograd = net.graph.nodes.contains { n in
+                    guard n.op == .conv2d, let s = net.analysis.tensorShapes[n.params[0]] else { return false }
+                    return algorithm.winogradVariant(outChannels: s[0], inChannels: s[1], kh: s[2], kw: s[3], padding: n.padding) != nil
+                }
                 for (tile, threads) in [(8, 1), (8, 2), (13, 2), (32, 3)] {
                     let t = try Restoration.restore(img, network: net, options: .init(threads: threads, tileSize: tile, algorithm: algorithm)).pixels
                     if winograd {
