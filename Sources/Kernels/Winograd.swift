@@ -203,37 +203,53 @@ public final class WinogradConv: @unchecked Sendable {
         case .leakyRelu(let a): (act, alpha) = (2, a)
         }
         let (split, merge) = Self.phaseShuffles(isa, m)
-        for tr in tileRows {
-            let y0 = m * tr - pad
-            var t0 = 0
-            while t0 < tiles {
-                let x0 = m * t0 - pad
-                let xEnd = min(inW, x0 + m * tb + n - m)   // input columns this block reads end here
-                // Every channel writes the same stage positions, so those never written (outside
-                // the image) stay zero: clear once per block.
-                stage.update(repeating: 0, count: stageSize)
-                for ch in 0..<c {
+        // A block holds tb tiles in raster order over the tile rows: segments (tile row, first
+        // tile, count) at stage positions p0 ..< p0 + count, each followed by `gap` positions its
+        // last tiles' patches read (narrow maps put several tile rows in one block; a segment that
+        // ends the block may spill its gap past tb, into the stage's slack).
+        let gap = (n - 1) / m
+        var segments: [(tr: Int, t0: Int, count: Int, p0: Int)] = []
+        segments.reserveCapacity(tb)
+        var next = (tr: tileRows.lowerBound, t0: 0)
+        while next.tr < tileRows.upperBound {
+            segments.removeAll(keepingCapacity: true)
+            var p0 = 0
+            while p0 < tb && next.tr < tileRows.upperBound {
+                let count = min(tiles - next.t0, tb - p0)
+                segments.append((next.tr, next.t0, count, p0))
+                p0 += count + gap
+                next.t0 += count
+                if next.t0 == tiles { next = (next.tr + 1, 0) }
+            }
+            // Every channel writes the same stage positions, so those never written (outside
+            // the image) stay zero: clear once per block.
+            stage.update(repeating: 0, count: stageSize)
+            for ch in 0..<c {
+                for seg in segments {
+                    let x0 = m * seg.t0 - pad, y0 = m * seg.tr - pad
+                    let xEnd = min(inW, x0 + m * seg.count + n - m)   // input columns this segment reads end here
                     for i in 0..<n {
                         let y = y0 + i
                         if y < 0 || y >= inH { continue }
-                        split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen, phaseLen)
+                        split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen + seg.p0, phaseLen)
                     }
-                    Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * nk * tb, tb)
                 }
-                // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows nk * tb apart.
-                for k in 0..<nk {
-                    FastOps.gemm(isa, UnsafePointer(v + k * tb), nk * tb, c, packed[k].weights, o / 4, mm + k * o * tb, tb, tb / vw)
-                }
-                // Output transform, bias, activation; interleave the m phases into the rows.
-                for oc in 0..<o {
-                    Self.outputTransform(isa, n, m, mm + oc * tb, o * tb, tb, bias[oc], act, alpha, ostage, phaseLen)
+                Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * nk * tb, tb)
+            }
+            // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows nk * tb apart.
+            for k in 0..<nk {
+                FastOps.gemm(isa, UnsafePointer(v + k * tb), nk * tb, c, packed[k].weights, o / 4, mm + k * o * tb, tb, tb / vw)
+            }
+            // Output transform, bias, activation; interleave the m phases into the rows.
+            for oc in 0..<o {
+                Self.outputTransform(isa, n, m, mm + oc * tb, o * tb, tb, bias[oc], act, alpha, ostage, phaseLen)
+                for seg in segments {
                     for i in 0..<m {
-                        let yy = m * tr + i
+                        let yy = m * seg.tr + i
                         if yy >= h { break }
-                        merge(ostage + i * m * phaseLen, phaseLen, output.pointer(oc, yy, 0), m * t0, min(w, m * (t0 + tb)))
+                        merge(ostage + i * m * phaseLen + seg.p0, phaseLen, output.pointer(oc, yy, 0), m * seg.t0, min(w, m * (seg.t0 + seg.count)))
                     }
                 }
-                t0 += tb
             }
         }
     }
