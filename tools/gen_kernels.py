@@ -68,14 +68,15 @@ def micro(name, vec, vw, nx, fma):
 
 
 def gemm_micro(name, vec, vw, nx, fma):
-    """4 output channels x nx vectors of C = W V for a 1x1 (GEMM) layer: zero-initialised
-    accumulators, one loop over input channels (no kernel-tap loops)."""
+    """4 output channels x nx vectors of C = W V + b for a 1x1 (GEMM) layer: accumulators start
+    at the bias, one loop over input channels (no kernel-tap loops)."""
     a = lambda o, x: f"a{o}{x}"
     lines = ["@inline(__always)",
              f"func {name}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,",
-             f"    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {{"]
+             f"    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {{"]
     for o in range(4):
-        lines.append("    var " + ", ".join(f"{a(o, x)} = {vec}()" for x in range(nx)))
+        lines.append(f"    let b{o} = {vec}(repeating: bias[{o}])")
+        lines.append("    var " + ", ".join(f"{a(o, x)} = b{o}" for x in range(nx)))
     lines.append("    var wp = w")
     lines.append("    var p = inp")
     lines.append("    for _ in 0..<c {")
@@ -103,20 +104,21 @@ def gemm(prefix, vec, vw, nx, fma):
     if nx != 1:
         parts.append(gemm_micro(f"{prefix}Gemm4x1", vec, vw, 1, fma))
     parts.append(f"""
-/// C (4 blocks x 4 rows, `vectors` vectors of {vw} columns; rows outPlane apart) = W V, where
-/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv`: the
-/// element-wise stage of Winograd convolution, one GEMM per transformed position.
-public func {prefix}Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
-                         _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {{
+/// C (blocks x 4 rows, `vectors` vectors of {vw} columns; rows outPlane apart) = W V + b, where
+/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
+/// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
+/// transformed position) and the transposed convolution's taps.
+public func {prefix}Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
+                         _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {{
     for ob in 0..<blocks {{
-        let wb = w + ob * c * 4, op = out + ob * 4 * outPlane
+        let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + {nx} <= vectors {{
-            {prefix}Gemm4x{nx}(v + xv * {vw}, inPlane, c, wb, op + xv * {vw}, outPlane)
+            {prefix}Gemm4x{nx}(v + xv * {vw}, inPlane, c, wb, bb, op + xv * {vw}, outPlane)
             xv += {nx}
         }}
         while xv < vectors {{
-            {prefix}Gemm4x1(v + xv * {vw}, inPlane, c, wb, op + xv * {vw}, outPlane)
+            {prefix}Gemm4x1(v + xv * {vw}, inPlane, c, wb, bb, op + xv * {vw}, outPlane)
             xv += 1
         }}
     }}

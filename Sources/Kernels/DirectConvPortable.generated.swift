@@ -135,11 +135,15 @@ func portableConv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 }
 @inline(__always)
 func portableGemm4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
-    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
-    var a00 = SIMD8<Float>(), a01 = SIMD8<Float>()
-    var a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
-    var a20 = SIMD8<Float>(), a21 = SIMD8<Float>()
-    var a30 = SIMD8<Float>(), a31 = SIMD8<Float>()
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD8<Float>(repeating: bias[0])
+    var a00 = b0, a01 = b0
+    let b1 = SIMD8<Float>(repeating: bias[1])
+    var a10 = b1, a11 = b1
+    let b2 = SIMD8<Float>(repeating: bias[2])
+    var a20 = b2, a21 = b2
+    let b3 = SIMD8<Float>(repeating: bias[3])
+    var a30 = b3, a31 = b3
     var wp = w
     var p = inp
     for _ in 0..<c {
@@ -172,11 +176,15 @@ func portableGemm4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w:
 
 @inline(__always)
 func portableGemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
-    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
-    var a00 = SIMD8<Float>()
-    var a10 = SIMD8<Float>()
-    var a20 = SIMD8<Float>()
-    var a30 = SIMD8<Float>()
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD8<Float>(repeating: bias[0])
+    var a00 = b0
+    let b1 = SIMD8<Float>(repeating: bias[1])
+    var a10 = b1
+    let b2 = SIMD8<Float>(repeating: bias[2])
+    var a20 = b2
+    let b3 = SIMD8<Float>(repeating: bias[3])
+    var a30 = b3
     var wp = w
     var p = inp
     for _ in 0..<c {
@@ -199,20 +207,21 @@ func portableGemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w:
 }
 
 
-/// C (4 blocks x 4 rows, `vectors` vectors of 8 columns; rows outPlane apart) = W V, where
-/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv`: the
-/// element-wise stage of Winograd convolution, one GEMM per transformed position.
-public func portableGemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
-                         _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+/// C (blocks x 4 rows, `vectors` vectors of 8 columns; rows outPlane apart) = W V + b, where
+/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
+/// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
+/// transformed position) and the transposed convolution's taps.
+public func portableGemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
+                         _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
     for ob in 0..<blocks {
-        let wb = w + ob * c * 4, op = out + ob * 4 * outPlane
+        let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + 2 <= vectors {
-            portableGemm4x2(v + xv * 8, inPlane, c, wb, op + xv * 8, outPlane)
+            portableGemm4x2(v + xv * 8, inPlane, c, wb, bb, op + xv * 8, outPlane)
             xv += 2
         }
         while xv < vectors {
-            portableGemm4x1(v + xv * 8, inPlane, c, wb, op + xv * 8, outPlane)
+            portableGemm4x1(v + xv * 8, inPlane, c, wb, bb, op + xv * 8, outPlane)
             xv += 1
         }
     }

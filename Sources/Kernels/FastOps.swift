@@ -1,3 +1,4 @@
+import Foundation
 import KernelsAVX2
 import KernelsAVX512
 
@@ -19,6 +20,8 @@ public final class PackedConv: @unchecked Sendable {
     public let blocks: Int
     public let weights: UnsafeMutablePointer<Float>
     public let bias: UnsafeMutablePointer<Float>
+    /// Scratch buffers for kernels that repack their input (the transposed convolution).
+    public let scratch = ScratchPool()
 
     /// - weight: OIHW cross-correlation weights; bias: `outChannels` values or nil.
     public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, kh: Int, kw: Int) {
@@ -45,6 +48,34 @@ public final class PackedConv: @unchecked Sendable {
     deinit {
         weights.deallocate()
         bias.deallocate()
+    }
+}
+
+/// Zero-initialised, 64-byte-aligned scratch buffers reused across calls, one per running
+/// thread: `borrow` hands out a buffer of at least the size asked (the pool keeps buffers of the
+/// largest size asked for so far), `giveBack` returns it.
+public final class ScratchPool: @unchecked Sendable {
+    private var free: [UnsafeMutablePointer<Float>] = []
+    private var size = 0
+    private let lock = NSLock()
+
+    public init() {}
+
+    deinit { for p in free { p.deallocate() } }
+
+    public func borrow(_ n: Int) -> (UnsafeMutablePointer<Float>, Int) {
+        lock.lock(); defer { lock.unlock() }
+        if n > size { for p in free { p.deallocate() }; free = []; size = n }
+        if let p = free.popLast() { return (p, size) }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: size * 4, alignment: 64)
+        let p = raw.bindMemory(to: Float.self, capacity: size)
+        p.initialize(repeating: 0, count: size)
+        return (p, size)
+    }
+
+    public func giveBack(_ p: UnsafeMutablePointer<Float>, capacity: Int) {
+        lock.lock(); defer { lock.unlock() }
+        if capacity == size { free.append(p) } else { p.deallocate() }
     }
 }
 
@@ -103,19 +134,20 @@ public enum FastOps {
         }
     }
 
-    /// C = W V (see `avx2Gemm`): `blocks` blocks of 4 rows of W (a 1x1 `PackedConv`'s weights)
-    /// times V (c rows, inPlane apart), `vectors` vectors of columns, into rows outPlane apart.
+    /// C = W V + b (see `avx2Gemm`): `blocks` blocks of 4 rows of W (a 1x1 `PackedConv`'s
+    /// weights) times V (c rows, inPlane apart), `vectors` vectors of columns, into rows outPlane
+    /// apart.
     @inline(__always)
-    static func gemm(_ isa: KernelISA, _ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
-                     _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+    static func gemm(_ isa: KernelISA, _ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
+                     _ bias: UnsafePointer<Float>, _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
         switch isa {
         #if arch(x86_64)
-        case .avx512: avx512Gemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
-        case .avx2: avx2Gemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        case .avx512: avx512Gemm(v, inPlane, c, w, bias, blocks, out, outPlane, vectors)
+        case .avx2: avx2Gemm(v, inPlane, c, w, bias, blocks, out, outPlane, vectors)
         #else
-        case .avx512, .avx2: portableGemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        case .avx512, .avx2: portableGemm(v, inPlane, c, w, bias, blocks, out, outPlane, vectors)
         #endif
-        case .portable: portableGemm(v, inPlane, c, w, blocks, out, outPlane, vectors)
+        case .portable: portableGemm(v, inPlane, c, w, bias, blocks, out, outPlane, vectors)
         }
     }
 
@@ -175,21 +207,45 @@ public enum FastOps {
         return PackedConv(weight: w, bias: b, outChannels: 4 * outChannels, inChannels: inChannels, kh: 1, kw: 1)
     }
 
-    /// 2x2 stride-2 transposed convolution: a 1x1 convolution into `taps` (4 x outChannels maps
-    /// at input resolution), then each tap map is scattered into its sub-grid of the output.
-    /// `rows` are input rows (each paints output rows 2y and 2y + 1).
-    public static func convTranspose2x2(_ input: PlanarView, _ output: PlanarView, _ packed: PackedConv, taps: PlanarView,
+    /// 2x2 stride-2 transposed convolution: a GEMM computes the 4 x outChannels tap values of a
+    /// chunk of input pixels (taken in raster order across rows, so narrow maps still give the
+    /// micro-kernel long rows and each weight is read once per chunk), then each pair of taps
+    /// (u, 0), (u, 1) is interleaved into output row 2y + u. `rows` are input rows.
+    public static func convTranspose2x2(_ input: PlanarView, _ output: PlanarView, _ packed: PackedConv,
                                         isa: KernelISA = .best, rows: Range<Int>? = nil) {
-        let o = output.channels
-        precondition(packed.outChannels == 4 * o && taps.channels >= 4 * o && taps.height == input.height && taps.width == input.width)
+        let o = output.channels, c = input.channels, w = input.width
+        precondition(packed.outChannels == 4 * o && packed.inChannels == c && output.height == 2 * input.height && output.width == 2 * input.width)
         let r = rows ?? 0..<input.height
-        conv2d(input, taps, packed, padding: .valid, activation: .none, isa: isa, rows: r)
-        for oc in 0..<o {
-            for t in 0..<4 {
-                let (u, v) = (t / 2, t % 2)
-                for y in r {
-                    let s = taps.pointer(t * o + oc, y, 0), d = output.pointer(oc, 2 * y + u, v)
-                    for x in 0..<input.width { d[2 * x] = s[x] }
+        let vw = isa.vectorWidth
+        let chunk = 12 * vw   // pixels per GEMM: 4 micro-kernel calls of 3 vectors per 4 taps
+        let (buf, capacity) = packed.scratch.borrow(c * chunk + 4 * o * chunk + vw)
+        defer { packed.scratch.giveBack(buf, capacity: capacity) }
+        let compact = buf, taps = buf + c * chunk
+        let (_, merge) = WinogradConv.phaseShuffles(isa, 2)
+        var next = (y: r.lowerBound, x: 0)
+        var segments: [(y: Int, x: Int, count: Int, p0: Int)] = []
+        while next.y < r.upperBound {
+            // Gather the chunk's pixels: [c][chunk].
+            segments.removeAll(keepingCapacity: true)
+            var p0 = 0
+            while p0 < chunk && next.y < r.upperBound {
+                let count = min(w - next.x, chunk - p0)
+                segments.append((next.y, next.x, count, p0))
+                p0 += count
+                next.x += count
+                if next.x == w { next = (next.y + 1, 0) }
+            }
+            for ch in 0..<c {
+                for s in segments { (compact + ch * chunk + s.p0).update(from: input.pointer(ch, s.y, s.x), count: s.count) }
+            }
+            gemm(isa, compact, chunk, c, packed.weights, packed.bias, packed.blocks, taps, chunk, (p0 + vw - 1) / vw)
+            // Tap t = 2u + v of output channel oc is GEMM row t * o + oc.
+            for oc in 0..<o {
+                for u in 0..<2 {
+                    let src = taps + (2 * u * o + oc) * chunk
+                    for s in segments {
+                        merge(src + s.p0, o * chunk, output.pointer(oc, 2 * s.y + u, 0), 2 * s.x, 2 * (s.x + s.count))
+                    }
                 }
             }
         }

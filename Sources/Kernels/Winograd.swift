@@ -103,9 +103,7 @@ public final class WinogradConv: @unchecked Sendable {
     /// The n^2 transformed weight matrices, packed as 1x1 convolutions.
     let packed: [PackedConv]
     let bias: [Float]
-    private var pool: [UnsafeMutablePointer<Float>] = []
-    private var poolSize = 0
-    private let lock = NSLock()
+    private let pool = ScratchPool()
 
     /// Whether a convolution of this shape may use this variant.
     public static func supports(_ variant: WinogradVariant, outChannels: Int, inChannels: Int, kh: Int, kw: Int, padding: ConvPadding) -> Bool {
@@ -144,25 +142,6 @@ public final class WinogradConv: @unchecked Sendable {
         packed = u.map { PackedConv(weight: $0, bias: nil, outChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1) }
     }
 
-    deinit { for p in pool { p.deallocate() } }
-
-    /// A zero-initialised scratch buffer of at least `n` floats from the pool (one per running
-    /// thread); the pool keeps buffers of the largest size asked for so far.
-    private func scratch(_ n: Int) -> (UnsafeMutablePointer<Float>, Int) {
-        lock.lock(); defer { lock.unlock() }
-        if n > poolSize { for p in pool { p.deallocate() }; pool = []; poolSize = n }
-        if let p = pool.popLast() { return (p, poolSize) }
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: poolSize * 4, alignment: 64)
-        let p = raw.bindMemory(to: Float.self, capacity: poolSize)
-        p.initialize(repeating: 0, count: poolSize)
-        return (p, poolSize)
-    }
-
-    private func release(_ p: UnsafeMutablePointer<Float>, capacity: Int) {
-        lock.lock(); defer { lock.unlock() }
-        if capacity == poolSize { pool.append(p) } else { p.deallocate() }
-    }
-
     /// Tiles per column block for an ISA: one row of the GEMM micro-kernel's register block
     /// (4 x 3 vectors of 8 on AVX2, 4 x 4 of 16 on AVX-512), so each block is one micro-kernel
     /// call per 4 output channels and its transformed inputs stay in L2.
@@ -191,8 +170,8 @@ public final class WinogradConv: @unchecked Sendable {
         let tb = Self.blockTiles(isa)
         let phaseLen = tb + 8
         let vSize = c * nk * tb, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
-        let (buf, capacity) = scratch(vSize + mSize + stageSize + outStage + o + 16)
-        defer { release(buf, capacity: capacity) }
+        let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage + o + 16)
+        defer { pool.giveBack(buf, capacity: capacity) }
         let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
         let zeroBias = ostage + outStage
         zeroBias.update(repeating: 0, count: o)
@@ -238,7 +217,7 @@ public final class WinogradConv: @unchecked Sendable {
             }
             // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows nk * tb apart.
             for k in 0..<nk {
-                FastOps.gemm(isa, UnsafePointer(v + k * tb), nk * tb, c, packed[k].weights, o / 4, mm + k * o * tb, tb, tb / vw)
+                FastOps.gemm(isa, UnsafePointer(v + k * tb), nk * tb, c, packed[k].weights, zeroBias, o / 4, mm + k * o * tb, tb, tb / vw)
             }
             // Output transform, bias, activation; interleave the m phases into the rows.
             for oc in 0..<o {

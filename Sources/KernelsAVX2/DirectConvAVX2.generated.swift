@@ -136,11 +136,15 @@ func avx2Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 }
 @inline(__always)
 func avx2Gemm4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
-    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
-    var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>()
-    var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>()
-    var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a22 = SIMD8<Float>()
-    var a30 = SIMD8<Float>(), a31 = SIMD8<Float>(), a32 = SIMD8<Float>()
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD8<Float>(repeating: bias[0])
+    var a00 = b0, a01 = b0, a02 = b0
+    let b1 = SIMD8<Float>(repeating: bias[1])
+    var a10 = b1, a11 = b1, a12 = b1
+    let b2 = SIMD8<Float>(repeating: bias[2])
+    var a20 = b2, a21 = b2, a22 = b2
+    let b3 = SIMD8<Float>(repeating: bias[3])
+    var a30 = b3, a31 = b3, a32 = b3
     var wp = w
     var p = inp
     for _ in 0..<c {
@@ -182,11 +186,15 @@ func avx2Gemm4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: Uns
 
 @inline(__always)
 func avx2Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
-    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
-    var a00 = SIMD8<Float>()
-    var a10 = SIMD8<Float>()
-    var a20 = SIMD8<Float>()
-    var a30 = SIMD8<Float>()
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD8<Float>(repeating: bias[0])
+    var a00 = b0
+    let b1 = SIMD8<Float>(repeating: bias[1])
+    var a10 = b1
+    let b2 = SIMD8<Float>(repeating: bias[2])
+    var a20 = b2
+    let b3 = SIMD8<Float>(repeating: bias[3])
+    var a30 = b3
     var wp = w
     var p = inp
     for _ in 0..<c {
@@ -209,20 +217,21 @@ func avx2Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: Uns
 }
 
 
-/// C (4 blocks x 4 rows, `vectors` vectors of 8 columns; rows outPlane apart) = W V, where
-/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv`: the
-/// element-wise stage of Winograd convolution, one GEMM per transformed position.
-public func avx2Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
-                         _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+/// C (blocks x 4 rows, `vectors` vectors of 8 columns; rows outPlane apart) = W V + b, where
+/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
+/// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
+/// transformed position) and the transposed convolution's taps.
+public func avx2Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
+                         _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
     for ob in 0..<blocks {
-        let wb = w + ob * c * 4, op = out + ob * 4 * outPlane
+        let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + 3 <= vectors {
-            avx2Gemm4x3(v + xv * 8, inPlane, c, wb, op + xv * 8, outPlane)
+            avx2Gemm4x3(v + xv * 8, inPlane, c, wb, bb, op + xv * 8, outPlane)
             xv += 3
         }
         while xv < vectors {
-            avx2Gemm4x1(v + xv * 8, inPlane, c, wb, op + xv * 8, outPlane)
+            avx2Gemm4x1(v + xv * 8, inPlane, c, wb, bb, op + xv * 8, outPlane)
             xv += 1
         }
     }

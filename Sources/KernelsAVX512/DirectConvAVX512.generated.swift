@@ -145,11 +145,15 @@ func avx512Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 }
 @inline(__always)
 func avx512Gemm4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
-    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
-    var a00 = SIMD16<Float>(), a01 = SIMD16<Float>(), a02 = SIMD16<Float>(), a03 = SIMD16<Float>()
-    var a10 = SIMD16<Float>(), a11 = SIMD16<Float>(), a12 = SIMD16<Float>(), a13 = SIMD16<Float>()
-    var a20 = SIMD16<Float>(), a21 = SIMD16<Float>(), a22 = SIMD16<Float>(), a23 = SIMD16<Float>()
-    var a30 = SIMD16<Float>(), a31 = SIMD16<Float>(), a32 = SIMD16<Float>(), a33 = SIMD16<Float>()
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD16<Float>(repeating: bias[0])
+    var a00 = b0, a01 = b0, a02 = b0, a03 = b0
+    let b1 = SIMD16<Float>(repeating: bias[1])
+    var a10 = b1, a11 = b1, a12 = b1, a13 = b1
+    let b2 = SIMD16<Float>(repeating: bias[2])
+    var a20 = b2, a21 = b2, a22 = b2, a23 = b2
+    let b3 = SIMD16<Float>(repeating: bias[3])
+    var a30 = b3, a31 = b3, a32 = b3, a33 = b3
     var wp = w
     var p = inp
     for _ in 0..<c {
@@ -200,11 +204,15 @@ func avx512Gemm4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: U
 
 @inline(__always)
 func avx512Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,
-    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
-    var a00 = SIMD16<Float>()
-    var a10 = SIMD16<Float>()
-    var a20 = SIMD16<Float>()
-    var a30 = SIMD16<Float>()
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD16<Float>(repeating: bias[0])
+    var a00 = b0
+    let b1 = SIMD16<Float>(repeating: bias[1])
+    var a10 = b1
+    let b2 = SIMD16<Float>(repeating: bias[2])
+    var a20 = b2
+    let b3 = SIMD16<Float>(repeating: bias[3])
+    var a30 = b3
     var wp = w
     var p = inp
     for _ in 0..<c {
@@ -227,20 +235,21 @@ func avx512Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: U
 }
 
 
-/// C (4 blocks x 4 rows, `vectors` vectors of 16 columns; rows outPlane apart) = W V, where
-/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv`: the
-/// element-wise stage of Winograd convolution, one GEMM per transformed position.
-public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ blocks: Int,
-                         _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
+/// C (blocks x 4 rows, `vectors` vectors of 16 columns; rows outPlane apart) = W V + b, where
+/// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
+/// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
+/// transformed position) and the transposed convolution's taps.
+public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
+                         _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
     for ob in 0..<blocks {
-        let wb = w + ob * c * 4, op = out + ob * 4 * outPlane
+        let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + 4 <= vectors {
-            avx512Gemm4x4(v + xv * 16, inPlane, c, wb, op + xv * 16, outPlane)
+            avx512Gemm4x4(v + xv * 16, inPlane, c, wb, bb, op + xv * 16, outPlane)
             xv += 4
         }
         while xv < vectors {
-            avx512Gemm4x1(v + xv * 16, inPlane, c, wb, op + xv * 16, outPlane)
+            avx512Gemm4x1(v + xv * 16, inPlane, c, wb, bb, op + xv * 16, outPlane)
             xv += 1
         }
     }

@@ -92,7 +92,7 @@ final class ExecutionPlan {
         case winograd(PlanarView, PlanarView, WinogradConv, Activation)
         case activation(PlanarView, PlanarView, Activation)
         case pool(PlanarView, PlanarView)
-        case convTranspose(PlanarView, PlanarView, PackedConv, PlanarView)
+        case convTranspose(PlanarView, PlanarView, PackedConv)
         case fill(PlanarView, Float, String?)
         case copy(PlanarView, PlanarView)
     }
@@ -222,11 +222,7 @@ final class ExecutionPlan {
             case .maxpool2d:
                 steps.append(.pool(x, allocate(n.output)))
             case .convTranspose2d:
-                let p = packedConv(n)
-                let tapsLayout = PlanarLayout(channels: p.outChannels, height: x.height, width: x.width)
-                let tapsBuffer = measureOnly ? PlanarBuffer(layoutOnly: tapsLayout) : PlanarBuffer(tapsLayout)
-                buffers.append(tapsBuffer)
-                steps.append(.convTranspose(x, allocate(n.output), p, tapsBuffer.view()))
+                steps.append(.convTranspose(x, allocate(n.output), packedConv(n)))
             case .concat:
                 let out = allocate(n.output)
                 var offset = 0
@@ -282,8 +278,8 @@ final class ExecutionPlan {
                 Self.rows(y.height, threads) { FastOps.activation(x, y, act, rows: $0) }
             case let .pool(x, y):
                 Self.rows(y.height, threads) { FastOps.maxpool2x2(x, y, rows: $0) }
-            case let .convTranspose(x, y, p, taps):
-                Self.rows(x.height, threads) { FastOps.convTranspose2x2(x, y, p, taps: taps, isa: isa, rows: $0) }
+            case let .convTranspose(x, y, p):
+                Self.rows(x.height, threads) { FastOps.convTranspose2x2(x, y, p, isa: isa, rows: $0) }
             case let .fill(y, value, parameter):
                 FastOps.fill(y, value: parameter.flatMap { parameters[$0] } ?? value)
             case let .copy(x, y):
