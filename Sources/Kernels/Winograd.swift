@@ -169,7 +169,11 @@ public final class WinogradConv: @unchecked Sendable {
         let vw = isa.vectorWidth
         let tb = Self.blockTiles(isa)
         let phaseLen = tb + 8
-        let vSize = c * nk * tb, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
+        // V[c][k][tile]: channel rows padded by 16 floats so that the GEMM's loads of one column
+        // block down the channels (stride cStride) fall in different L1 sets (nk * tb floats alone
+        // is a multiple of 2 KiB and would map every row to the same few sets).
+        let cStride = nk * tb + 16
+        let vSize = c * cStride, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
         let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage + o + 16)
         defer { pool.giveBack(buf, capacity: capacity) }
         let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
@@ -213,11 +217,11 @@ public final class WinogradConv: @unchecked Sendable {
                         split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen + seg.p0, phaseLen)
                     }
                 }
-                Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * nk * tb, tb)
+                Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * cStride, tb)
             }
-            // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows nk * tb apart.
+            // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows cStride apart.
             for k in 0..<nk {
-                FastOps.gemm(isa, UnsafePointer(v + k * tb), nk * tb, c, packed[k].weights, zeroBias, o / 4, mm + k * o * tb, tb, tb / vw)
+                FastOps.gemm(isa, UnsafePointer(v + k * tb), cStride, c, packed[k].weights, zeroBias, o / 4, mm + k * o * tb, tb, tb / vw)
             }
             // Output transform, bias, activation; interleave the m phases into the rows.
             for oc in 0..<o {

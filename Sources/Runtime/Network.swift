@@ -34,13 +34,21 @@ public final class Network: @unchecked Sendable {
     private let packLock = NSLockShim()
     /// The last execution plan (its feature maps), reused by the next image of the same size;
     /// `runLock` serialises runs that use it.
-    let planCache = PlanCache()
+    /// Plan caches, one per thread that runs whole tiles (the first serves single-threaded runs
+    /// and layer-parallel runs); guarded by `runLock`.
+    private var caches: [PlanCache] = [PlanCache()]
     let runLock = NSLock()
+
+    /// The first `count` plan caches (made on demand). Call with `runLock` held.
+    func planCaches(_ count: Int) -> [PlanCache] {
+        while caches.count < count { caches.append(PlanCache()) }
+        return Array(caches.prefix(count))
+    }
 
     /// Frees the feature maps kept for the next image.
     public func releaseCaches() {
         runLock.lock(); defer { runLock.unlock() }
-        planCache.clear()
+        caches = [PlanCache()]
     }
 
     public init(model: Model, fileChecksum: UInt32? = nil) throws {

@@ -95,46 +95,87 @@ public struct TiledRunner: Sendable {
         var out = FeatureMap(channels: outC, height: oh, width: ow)
         network.runLock.lock()
         defer { network.runLock.unlock() }
-        let cache = network.planCache
         let packed = algorithm == .reference ? nil : network.packedWeights()
-        for k in 0..<total {
-            let a = (k / tilesX) * tileSize, t = min(tileSize, oh - a)
-            let b = (k % tilesX) * tileSize, u = min(tileSize, ow - b)
-            let (r0, r1) = span(a, t, g.outputOffset[0], g.halo[0], g.halo[1], height)
-            let (c0, c1) = span(b, u, g.outputOffset[1], g.halo[2], g.halo[3], width)
-            let wh = r1 - r0, ww = c1 - c0
-            var tile = FeatureMap(channels: 1, height: wh, width: ww)
-            padded.withUnsafeBufferPointer { src in
-                tile.data.withUnsafeMutableBufferPointer { dst in
-                    for y in 0..<wh {
-                        (dst.baseAddress! + y * ww).update(from: src.baseAddress! + (r0 + y) * width + c0, count: ww)
+        // With enough tiles, each thread runs whole tiles on its own plan (its maps stay in its
+        // core's cache, no barrier per layer); otherwise tiles run in turn, each layer split over
+        // the threads. A tile's result is the same either way (plans give the same bits for any
+        // thread count).
+        let window = Double((tileSize + g.halo[0] + g.halo[1]) * (tileSize + g.halo[2] + g.halo[3]))
+        let tileParallel = threads > 1 && packed != nil && total >= 2 * threads
+            && window * network.bytesPerInputPixel * Double(threads) <= Double(memoryBudget)
+        let workers = tileParallel ? threads : 1
+        let caches = network.planCaches(workers)
+        let free = PlanCacheStack(caches)
+        let done = Counter(), failure = FirstError()
+        let (network, isa, algorithm, threads) = (self.network, self.isa, self.algorithm, self.threads)
+        try out.data.withUnsafeMutableBufferPointer { outBuffer in
+            nonisolated(unsafe) let dstBase = outBuffer.baseAddress!
+            nonisolated(unsafe) let source = padded
+            ParallelFor.run(total, threads: workers) { k in
+                if failure.error != nil { return }
+                let a = (k / tilesX) * tileSize, t = min(tileSize, oh - a)
+                let b = (k % tilesX) * tileSize, u = min(tileSize, ow - b)
+                let (r0, r1) = span(a, t, g.outputOffset[0], g.halo[0], g.halo[1], height)
+                let (c0, c1) = span(b, u, g.outputOffset[1], g.halo[2], g.halo[3], width)
+                let wh = r1 - r0, ww = c1 - c0
+                var tile = FeatureMap(channels: 1, height: wh, width: ww)
+                source.withUnsafeBufferPointer { src in
+                    tile.data.withUnsafeMutableBufferPointer { dst in
+                        for y in 0..<wh {
+                            (dst.baseAddress! + y * ww).update(from: src.baseAddress! + (r0 + y) * width + c0, count: ww)
+                        }
                     }
                 }
-            }
-            let y: FeatureMap
-            if let packed = packed {
-                let plan = try cache.plan(network, packed, wh, ww, isa, algorithm)
-                y = plan.run(tile, parameters: parameters, threads: threads)
-            } else {
-                y = try network.forward(tile, parameters: parameters, algorithm: .reference)
-            }
-            // Network output row k of this window is global output row r0 + k.
-            for c in 0..<outC {
-                for yy in 0..<t {
-                    let sy = a - r0 + yy
-                    for xx in 0..<u {
-                        out.data[(c * oh + a + yy) * ow + b + xx] = y.data[(c * y.height + sy) * y.width + b - c0 + xx]
+                let y: FeatureMap
+                do {
+                    if let packed = packed {
+                        let cache = free.pop()
+                        defer { free.push(cache) }
+                        let plan = try cache.plan(network, packed, wh, ww, isa, algorithm)
+                        y = plan.run(tile, parameters: parameters, threads: tileParallel ? 1 : threads)
+                    } else {
+                        y = try network.forward(tile, parameters: parameters, algorithm: .reference)
+                    }
+                } catch {
+                    failure.set(error)
+                    return
+                }
+                // Network output row k of this window is global output row r0 + k.
+                y.data.withUnsafeBufferPointer { ys in
+                    for c in 0..<outC {
+                        for yy in 0..<t {
+                            let sy = a - r0 + yy
+                            (dstBase + (c * oh + a + yy) * ow + b).update(from: ys.baseAddress! + (c * y.height + sy) * y.width + b - c0, count: u)
+                        }
                     }
                 }
+                progress?(done.take() + 1, total)
             }
-            progress?(k + 1, total)
+            if let e = failure.error { throw e }
         }
         return out
     }
 }
 
+/// Plan caches handed to the threads that run tiles, one at a time each.
+final class PlanCacheStack: @unchecked Sendable {
+    private var caches: [PlanCache]
+    private let lock = NSLock()
+    init(_ caches: [PlanCache]) { self.caches = caches }
+    func pop() -> PlanCache { lock.lock(); defer { lock.unlock() }; return caches.removeLast() }
+    func push(_ c: PlanCache) { lock.lock(); defer { lock.unlock() }; caches.append(c) }
+}
+
+/// The first error thrown by any worker.
+final class FirstError: @unchecked Sendable {
+    private var stored: Error?
+    private let lock = NSLock()
+    var error: Error? { lock.lock(); defer { lock.unlock() }; return stored }
+    func set(_ e: Error) { lock.lock(); defer { lock.unlock() }; if stored == nil { stored = e } }
+}
+
 /// The execution plan of the last tile size; a new size frees the old plan before the new one
-/// is made, so only one set of feature maps exists at a time.
+/// is made, so only one set of feature maps exists at a time per cache.
 final class PlanCache: @unchecked Sendable {
     private var last: ExecutionPlan?
     private var lastAlgorithm: ConvAlgorithm?
