@@ -36,12 +36,14 @@ public final class PackedConv: @unchecked Sendable {
         weights.initialize(repeating: 0, count: n)
         self.bias = UnsafeMutablePointer<Float>.allocate(capacity: blocks * 4)
         self.bias.initialize(repeating: 0, count: blocks * 4)
-        for o in 0..<outChannels {
-            let (b, lane) = (o / 4, o % 4)
-            for c in 0..<inChannels { for u in 0..<kh { for v in 0..<kw {
-                weights[(((b * inChannels + c) * kh + u) * kw + v) * 4 + lane] = weight[((o * inChannels + c) * kh + u) * kw + v]
-            } } }
-            self.bias[o] = bias?[o] ?? 0
+        let taps = inChannels * kh * kw
+        weight.withUnsafeBufferPointer { src in
+            for o in 0..<outChannels {
+                // Output channel o's taps, in (c, u, v) order, go to lane o % 4 of block o / 4.
+                let s = src.baseAddress! + o * taps, d = weights + (o / 4) * taps * 4 + o % 4
+                for t in 0..<taps { d[4 * t] = s[t] }
+                self.bias[o] = bias?[o] ?? 0
+            }
         }
     }
 

@@ -121,25 +121,34 @@ public final class WinogradConv: @unchecked Sendable {
         self.inChannels = inChannels
         self.bias = bias ?? [Float](repeating: 0, count: outChannels)
         // U[xi][nu][o][c] = (G w G^T)[xi][nu], in Float64.
-        var u = [[Float]](repeating: [Float](repeating: 0, count: outChannels * inChannels), count: n * n)
+        let pairs = outChannels * inChannels
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: n * n * pairs)
+        defer { u.deallocate() }
         let g = variant.g.flatMap { $0 }
         var t = [Double](repeating: 0, count: n * r)  // G w (n x r)
         weight.withUnsafeBufferPointer { wp in
-            for oc in 0..<(outChannels * inChannels) {
-                let w = wp.baseAddress! + oc * r * r
-                for i in 0..<n { for j in 0..<r {
-                    var s = 0.0
-                    for k in 0..<r { s += g[i * r + k] * Double(w[k * r + j]) }
-                    t[i * r + j] = s
-                } }
-                for i in 0..<n { for j in 0..<n {
-                    var s = 0.0
-                    for k in 0..<r { s += t[i * r + k] * g[j * r + k] }
-                    u[i * n + j][oc] = Float(s)
-                } }
+            g.withUnsafeBufferPointer { g in
+                t.withUnsafeMutableBufferPointer { t in
+                    for oc in 0..<pairs {
+                        let w = wp.baseAddress! + oc * r * r
+                        for i in 0..<n { for j in 0..<r {
+                            var s = 0.0
+                            for k in 0..<r { s += g[i * r + k] * Double(w[k * r + j]) }
+                            t[i * r + j] = s
+                        } }
+                        for i in 0..<n { for j in 0..<n {
+                            var s = 0.0
+                            for k in 0..<r { s += t[i * r + k] * g[j * r + k] }
+                            u[(i * n + j) * pairs + oc] = Float(s)
+                        } }
+                    }
+                }
             }
         }
-        packed = u.map { PackedConv(weight: $0, bias: nil, outChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1) }
+        packed = (0..<(n * n)).map { k in
+            PackedConv(weight: Array(UnsafeBufferPointer(start: u + k * pairs, count: pairs)), bias: nil,
+                       outChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1)
+        }
     }
 
     /// Tiles per column block for an ISA: one row of the GEMM micro-kernel's register block
