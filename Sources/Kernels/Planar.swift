@@ -108,6 +108,24 @@ public final class PlanarBuffer: @unchecked Sendable {
 
     private static let placeholder = UnsafeMutablePointer<Float>.allocate(capacity: 16)
 
+    /// A zero-initialised, 64-byte-aligned block of `floats` floats in which an execution plan
+    /// places its maps (views into it are made by the plan); no memory when `floats` is 0.
+    public init(arenaOf floats: Int) {
+        var l = PlanarLayout(channels: 1, height: 1, width: 1)
+        l.origin = 0
+        l.allocation = floats
+        layout = l
+        if floats > 0 {
+            let raw = UnsafeMutableRawPointer.allocate(byteCount: floats * 4, alignment: 64)
+            storage = raw.bindMemory(to: Float.self, capacity: floats)
+            storage.initialize(repeating: 0, count: floats)
+            allocated = true
+        } else {
+            storage = PlanarBuffer.placeholder
+            allocated = false
+        }
+    }
+
     deinit { if allocated { storage.deallocate() } }
 
     /// Pointer to element (0, 0, 0).
@@ -148,6 +166,21 @@ public struct PlanarView: @unchecked Sendable {
     @inline(__always)
     public func pointer(_ c: Int, _ y: Int, _ x: Int) -> UnsafeMutablePointer<Float> {
         base + c * layout.planeStride + y * layout.rowStride + x
+    }
+
+    /// Sets the margin frame to zero: `margin` rows above and below each plane (whole rows) and
+    /// `margin` columns left and right of every image row.
+    public func clearMargins() {
+        let mg = layout.margin
+        if mg == 0 { return }
+        for c in 0..<channels {
+            pointer(c, -mg, -mg).update(repeating: 0, count: mg * rowStride)
+            pointer(c, height, -mg).update(repeating: 0, count: mg * rowStride)
+            for y in 0..<height {
+                pointer(c, y, -mg).update(repeating: 0, count: mg)
+                pointer(c, y, width).update(repeating: 0, count: mg)
+            }
+        }
     }
 
     /// Copies in from a CHW `FeatureMap` of the same size.

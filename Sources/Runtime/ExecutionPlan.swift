@@ -95,6 +95,29 @@ final class ExecutionPlan {
         case convTranspose(PlanarView, PlanarView, PackedConv)
         case fill(PlanarView, Float, String?)
         case copy(PlanarView, PlanarView)
+
+        /// Every view the step reads or writes.
+        var views: [PlanarView] {
+            switch self {
+            case let .conv(x, y, _, _, _, s): return [x, y] + (s.map { [$0] } ?? [])
+            case let .winograd(x, y, _, _), let .activation(x, y, _), let .pool(x, y), let .convTranspose(x, y, _), let .copy(x, y):
+                return [x, y]
+            case let .fill(y, _, _): return [y]
+            }
+        }
+
+        /// The step with every view mapped by `f`.
+        func rebased(_ f: (PlanarView) -> PlanarView) -> Step {
+            switch self {
+            case let .conv(x, y, p, pad, act, s): return .conv(f(x), f(y), p, pad, act, s.map(f))
+            case let .winograd(x, y, w, act): return .winograd(f(x), f(y), w, act)
+            case let .activation(x, y, act): return .activation(f(x), f(y), act)
+            case let .pool(x, y): return .pool(f(x), f(y))
+            case let .convTranspose(x, y, p): return .convTranspose(f(x), f(y), p)
+            case let .fill(y, v, name): return .fill(f(y), v, name)
+            case let .copy(x, y): return .copy(f(x), f(y))
+            }
+        }
     }
 
     let height: Int
@@ -102,7 +125,13 @@ final class ExecutionPlan {
     let steps: [Step]
     /// Per step: the node(s) it runs and its FLOPs (multiply-adds x 2) for this input size.
     let stepInfo: [(name: String, op: String, flops: Double)]
-    private let buffers: [PlanarBuffer]
+    /// All feature maps, in one allocation (see init).
+    private let arena: PlanarBuffer
+    private let arenaFloats: Int
+    /// Views whose zero margins are cleared before step i (frames[i]) or before the input is
+    /// loaded.
+    private let frames: [[PlanarView]]
+    private let inputFrames: [PlanarView]
     let inputView: PlanarView
     let outputView: PlanarView
     let isa: KernelISA
@@ -172,7 +201,7 @@ final class ExecutionPlan {
             }
             let sh = shapes[v]!
             let layout = PlanarLayout(channels: sh.channels, height: sh.height, width: sh.width, margin: margin[v] ?? 0)
-            let buffer = measureOnly ? PlanarBuffer(layoutOnly: layout) : PlanarBuffer(layout)
+            let buffer = PlanarBuffer(layoutOnly: layout)
             buffers.append(buffer)
             let view = buffer.view()
             views[v] = view
@@ -181,7 +210,7 @@ final class ExecutionPlan {
         func scratch(like v: PlanarView) -> PlanarView {
             // The scratch shares strides with the output: built from the output's layout.
             let l = v.layout.withChannels(4)
-            let sb = measureOnly ? PlanarBuffer(layoutOnly: l) : PlanarBuffer(l)
+            let sb = PlanarBuffer(layoutOnly: l)
             buffers.append(sb)
             return sb.view()
         }
@@ -247,11 +276,60 @@ final class ExecutionPlan {
             for _ in before..<steps.count { info.append((n.name, label, flops / Double(max(1, steps.count - before)))) }
         }
         let outputView = allocate(graph.outputs[0])
-        self.inputView = inputView
-        self.outputView = outputView
-        self.steps = steps
+
+        // Memory: every buffer lives from the first to the last step that touches it (the input
+        // from before the first step, the output to the end); buffers whose lives do not overlap
+        // share memory in one arena (placed largest first at the lowest free offset).
+        func root(_ v: PlanarView) -> ObjectIdentifier { ObjectIdentifier(v.owner!) }
+        var first: [ObjectIdentifier: Int] = [:], last: [ObjectIdentifier: Int] = [:]
+        func touch(_ v: PlanarView, _ i: Int) {
+            let r = root(v)
+            first[r] = min(first[r] ?? i, i)
+            last[r] = max(last[r] ?? i, i)
+        }
+        touch(inputView, -1)
+        for (i, step) in steps.enumerated() { for v in step.views { touch(v, i) } }
+        touch(outputView, steps.count)
+        let order = buffers.filter { first[ObjectIdentifier($0)] != nil }
+            .sorted { ($0.layout.allocation, first[ObjectIdentifier($0)]!) > ($1.layout.allocation, first[ObjectIdentifier($1)]!) }
+        var placed: [(start: Int, end: Int, first: Int, last: Int)] = []
+        var offset: [ObjectIdentifier: Int] = [:]
+        for b in order {
+            let id = ObjectIdentifier(b)
+            let size = (b.layout.allocation + 15) / 16 * 16
+            let (f, l) = (first[id]!, last[id]!)
+            // Lowest offset clear of every placed buffer whose life overlaps this one.
+            let clash = placed.filter { $0.first <= l && f <= $0.last }.sorted { $0.start < $1.start }
+            var at = 0
+            for c in clash where c.start < at + size { if c.end > at { at = c.end } }
+            offset[id] = at
+            placed.append((at, at + size, f, l))
+        }
+        arenaFloats = placed.map(\.end).max() ?? 0
+        unsharedBytes = placed.reduce(0) { $0 + ($1.end - $1.start) } * 4
+        let arena = PlanarBuffer(arenaOf: measureOnly ? 0 : arenaFloats)
+        func rebase(_ v: PlanarView) -> PlanarView {
+            let owner = v.owner!
+            let at = arena.storage + offset[ObjectIdentifier(owner)]! + owner.layout.origin
+            return PlanarView(base: at + (v.base - owner.base), layout: v.layout, owner: arena)
+        }
+        // Buffers with zero margins get them cleared when their life starts (the arena may hold
+        // an earlier buffer's values there); everything else they hold is written before it is
+        // read.
+        var frames = [[PlanarView]](repeating: [], count: steps.count)
+        var inputFrames: [PlanarView] = []
+        for b in order where b.layout.margin > 0 {
+            let view = rebase(b.view())
+            let f = first[ObjectIdentifier(b)]!
+            if f < 0 { inputFrames.append(view) } else { frames[f].append(view) }
+        }
+        self.inputView = rebase(inputView)
+        self.outputView = rebase(outputView)
+        self.steps = steps.map { $0.rebased(rebase) }
         self.stepInfo = info
-        self.buffers = buffers
+        self.frames = frames
+        self.inputFrames = inputFrames
+        self.arena = arena
     }
 
     /// Runs the plan on one input map with `threads` threads splitting the rows of every layer;
@@ -259,11 +337,13 @@ final class ExecutionPlan {
     /// The result does not depend on the thread count: every output value is computed by the
     /// same operations whichever thread computes it.
     func run(_ input: FeatureMap, parameters: [String: Float], threads: Int = 1, timings: UnsafeMutablePointer<Double>? = nil) -> FeatureMap {
+        for v in inputFrames { v.clearMargins() }
         inputView.load(input)
         let isa = self.isa
         for (i, step) in steps.enumerated() {
             let start = timings == nil ? 0 : monotonicSeconds()
             defer { if let t = timings { t[i] += monotonicSeconds() - start } }
+            for v in frames[i] { v.clearMargins() }
             switch step {
             case let .conv(x, y, p, pad, act, scratch):
                 // Work per row grows with channels x kernel taps; split finely enough to balance.
@@ -303,5 +383,8 @@ final class ExecutionPlan {
     }
 
     /// Bytes of feature-map memory the plan holds.
-    var bytes: Int { buffers.reduce(0) { $0 + $1.layout.allocation * 4 } }
+    var bytes: Int { arenaFloats * 4 }
+
+    /// Bytes the plan's maps would take without sharing memory.
+    let unsharedBytes: Int
 }

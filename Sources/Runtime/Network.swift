@@ -81,6 +81,13 @@ public final class Network: @unchecked Sendable {
 
     /// Feature-map bytes per input pixel of an execution plan (every map of the graph held at
     /// once, with row padding and margins), measured on a layout-only plan; used to size tiles.
+    /// Feature-map bytes of an execution plan for a network input of this size: as planned
+    /// (maps whose lives do not overlap share memory) and without sharing.
+    public func featureMapBytes(height: Int, width: Int) throws -> (shared: Int, unshared: Int) {
+        let plan = try ExecutionPlan(network: self, packed: nil, height: height, width: width, isa: .best, measureOnly: true)
+        return (plan.bytes, plan.unsharedBytes)
+    }
+
     public var bytesPerInputPixel: Double {
         let m = analysis.geometry.sizeMultiple
         let shrink = (try? analysis.shrink()) ?? [0, 0]

@@ -182,6 +182,25 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try Restoration.restore(img, network: unet, options: .init(parameters: ["nope": 1])))
     }
 
+    /// Plans share memory between maps whose lives do not overlap: a plan used again (on an
+    /// image that leaves large values everywhere in its arena) gives the same bits as a fresh
+    /// plan, for every algorithm, and the arena is smaller than the sum of the maps.
+    func testReusedPlanMemoryGivesSameBits() throws {
+        let unet = try Architectures.unet(widths: [4, 6, 8], exposureRatio: 2, initializer: randomInit(seed: 12))
+        let img = randomImage(40, 56, seed: 3)
+        var loud = randomImage(40, 56, seed: 4)
+        loud.pixels = loud.pixels.map { $0 * 1e6 }
+        for algorithm in ConvAlgorithm.allCases where algorithm != .reference {
+            let fresh = try Restoration.restore(img, network: try Network(model: unet), options: .init(threads: 1, algorithm: algorithm)).pixels
+            let net = try Network(model: unet)
+            _ = try Restoration.restore(loud, network: net, options: .init(threads: 2, algorithm: algorithm))
+            let again = try Restoration.restore(img, network: net, options: .init(threads: 2, algorithm: algorithm)).pixels
+            XCTAssertEqual(again, fresh, "\(algorithm)")
+        }
+        let bytes = try Network(model: unet).featureMapBytes(height: 64, width: 64)
+        XCTAssertLessThan(bytes.shared, bytes.unshared * 3 / 4, "arena vs maps")
+    }
+
     /// The fast executor (fusion, in-place concatenation, margins, transposed convs) equals the
     /// reference on a U-net and on every op, within float32 rounding.
     func testFastExecutorMatchesReference() throws {
