@@ -127,6 +127,52 @@ public func {prefix}Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ 
     return "\n".join(parts)
 
 
+def single(prefix, vec, vw, nx, fma):
+    """One output channel (a layer's last 1-3 channels when the count is not a multiple of 4, e.g.
+    the 3-CNN's output layer): nx vectors of one row share each broadcast weight, read from the
+    packed 4-lane block with stride 4, so no lane is wasted on zero weights."""
+    def acc_update(a, x, w):
+        return f"{a}.addingProduct({x}, {w})" if fma == "always" else f"fmaOrMulAdd({a}, {x}, {w})"
+    def micro1(n):
+        lines = ["@inline(__always)",
+                 f"func {prefix}Micro1x{n}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,",
+                 f"    _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {{",
+                 f"    let b = {vec}(repeating: bias)",
+                 "    var " + ", ".join(f"a{x} = b" for x in range(n)),
+                 "    var wp = w", "    var plane = inp", "    for _ in 0..<c {", "        var row = plane",
+                 "        for _ in 0..<kh {", "            var p = row", "            for _ in 0..<kw {",
+                 f"                let wv = {vec}(repeating: wp[0])"]
+        for x in range(n):
+            lines.append(f"                a{x} = {acc_update(f'a{x}', f'UnsafeRawPointer(p + {x * vw}).loadUnaligned(as: {vec}.self)', 'wv')}")
+        lines += ["                wp += 4", "                p += 1", "            }", "            row += inRow", "        }",
+                  "        plane += inPlane", "    }"]
+        for x in range(n):
+            lines.append(f"    UnsafeMutableRawPointer(out + {x * vw}).storeBytes(of: a{x}, as: {vec}.self)")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+    return micro1(nx) + "\n" + micro1(1) + f"""
+/// One output channel of a stride-1 direct convolution ('valid' on the given input view) for
+/// output rows rowStart..<rowEnd, `vectors` vectors of {vw} columns per row. `w` points at the
+/// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
+public func {prefix}DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {{
+    for y in rowStart..<rowEnd {{
+        let ip = input + y * inRow, op = out + y * outRow
+        var xv = 0
+        while xv + {nx} <= vectors {{
+            {prefix}Micro1x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, w, bias, op + xv * {vw})
+            xv += {nx}
+        }}
+        while xv < vectors {{
+            {prefix}Micro1x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, w, bias, op + xv * {vw})
+            xv += 1
+        }}
+    }}
+}}
+"""
+
+
 def layer(prefix, vec, vw, nx):
     block = max(nx, (256 // vw) // nx * nx)
     return f"""
@@ -229,6 +275,7 @@ func fmaOrMulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{
         parts.append("\n")
     parts.append(layer(prefix, vec, vw, nx))
     parts.append(gemm(prefix, vec, vw, nx, fma))
+    parts.append(single(prefix, vec, vw, {16: 8, 8: 6}.get(vw, 4) if fma == "always" else 4, fma))
     parts.append(public_entry)
     parts.append(peak(prefix, vec, vw, 24 if vw == 16 else 12, fma))
     parts.append("\n")

@@ -226,6 +226,79 @@ public func portableGemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ 
         }
     }
 }
+@inline(__always)
+func portableMicro1x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+    _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
+    let b = SIMD8<Float>(repeating: bias)
+    var a0 = b, a1 = b, a2 = b, a3 = b
+    var wp = w
+    var plane = inp
+    for _ in 0..<c {
+        var row = plane
+        for _ in 0..<kh {
+            var p = row
+            for _ in 0..<kw {
+                let wv = SIMD8<Float>(repeating: wp[0])
+                a0 = fmaOrMulAdd(a0, UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD8<Float>.self), wv)
+                a1 = fmaOrMulAdd(a1, UnsafeRawPointer(p + 8).loadUnaligned(as: SIMD8<Float>.self), wv)
+                a2 = fmaOrMulAdd(a2, UnsafeRawPointer(p + 16).loadUnaligned(as: SIMD8<Float>.self), wv)
+                a3 = fmaOrMulAdd(a3, UnsafeRawPointer(p + 24).loadUnaligned(as: SIMD8<Float>.self), wv)
+                wp += 4
+                p += 1
+            }
+            row += inRow
+        }
+        plane += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0).storeBytes(of: a0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 8).storeBytes(of: a1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 16).storeBytes(of: a2, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(out + 24).storeBytes(of: a3, as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+func portableMicro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+    _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
+    let b = SIMD8<Float>(repeating: bias)
+    var a0 = b
+    var wp = w
+    var plane = inp
+    for _ in 0..<c {
+        var row = plane
+        for _ in 0..<kh {
+            var p = row
+            for _ in 0..<kw {
+                let wv = SIMD8<Float>(repeating: wp[0])
+                a0 = fmaOrMulAdd(a0, UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD8<Float>.self), wv)
+                wp += 4
+                p += 1
+            }
+            row += inRow
+        }
+        plane += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0).storeBytes(of: a0, as: SIMD8<Float>.self)
+}
+
+/// One output channel of a stride-1 direct convolution ('valid' on the given input view) for
+/// output rows rowStart..<rowEnd, `vectors` vectors of 8 columns per row. `w` points at the
+/// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
+public func portableDirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
+    for y in rowStart..<rowEnd {
+        let ip = input + y * inRow, op = out + y * outRow
+        var xv = 0
+        while xv + 4 <= vectors {
+            portableMicro1x4(ip + xv * 8, inPlane, inRow, c, kh, kw, w, bias, op + xv * 8)
+            xv += 4
+        }
+        while xv < vectors {
+            portableMicro1x1(ip + xv * 8, inPlane, inRow, c, kh, kw, w, bias, op + xv * 8)
+            xv += 1
+        }
+    }
+}
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func portableDirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,

@@ -85,12 +85,12 @@ public final class ScratchPool: @unchecked Sendable {
 /// rows a call covers, so callers may split work freely.
 public enum FastOps {
     /// Stride-1 convolution of output rows `rows` (all rows by default). For 'same' padding the
-    /// input view must have a margin of at least (k - 1) / 2 holding zeros. `scratch` (4 planes in
-    /// the output's layout) is needed when the output channel count is not a multiple of 4.
-    /// Disjoint row ranges may run on different threads (with separate scratch rows: the scratch
-    /// is indexed by output row, so disjoint ranges never touch the same scratch rows).
+    /// input view must have a margin of at least (k - 1) / 2 holding zeros. Output channels go in
+    /// blocks of 4 through the register-blocked kernel; the last 1-3 (when the count is not a
+    /// multiple of 4, e.g. a 1-channel output layer) through a single-channel kernel with the
+    /// same operations per pixel. Disjoint row ranges may run on different threads.
     public static func conv2d(_ input: PlanarView, _ output: PlanarView, _ w: PackedConv, padding: ConvPadding,
-                              activation: Activation, isa: KernelISA = .best, scratch: PlanarView? = nil, rows: Range<Int>? = nil) {
+                              activation: Activation, isa: KernelISA = .best, rows: Range<Int>? = nil) {
         precondition(input.channels == w.inChannels && output.channels == w.outChannels)
         let (pt, pl) = padding == .same ? ((w.kh - 1) / 2, (w.kw - 1) / 2) : (0, 0)
         precondition(input.layout.margin >= max(pt, pl), "conv2d: input margin too small for 'same' padding")
@@ -103,18 +103,28 @@ public enum FastOps {
             run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw,
                 output.base, output.planeStride, output.rowStride, r.lowerBound, r.upperBound, vectors)
         }
-        let rest = w.outChannels - full * 4
-        if rest > 0 {
-            guard let s = scratch else { preconditionFailure("conv2d: scratch needed for \(w.outChannels) output channels") }
-            precondition(s.planeStride == output.planeStride && s.rowStride == output.rowStride && s.channels >= 4)
-            let blockOffset = full * w.inChannels * w.kh * w.kw * 4
-            run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset, w.bias + full * 4, 1,
-                w.kh, w.kw, s.base, s.planeStride, s.rowStride, r.lowerBound, r.upperBound, vectors)
-            for c in 0..<rest {
-                for y in r { output.pointer(full * 4 + c, y, 0).update(from: s.pointer(c, y, 0), count: output.width) }
-            }
+        let blockOffset = full * w.inChannels * w.kh * w.kw * 4
+        for lane in 0..<(w.outChannels - full * 4) {
+            let o = full * 4 + lane
+            single(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset + lane, w.bias[o], w.kh, w.kw,
+                   output.pointer(o, 0, 0), output.rowStride, r.lowerBound, r.upperBound, vectors)
         }
         epilogue(output, activation: activation, rows: r)
+    }
+
+    @inline(__always)
+    static func single(_ isa: KernelISA, _ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
+                       _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                       _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ r0: Int, _ r1: Int, _ vectors: Int) {
+        switch isa {
+        #if arch(x86_64)
+        case .avx512: avx512DirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        case .avx2: avx2DirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        #else
+        case .avx512, .avx2: portableDirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        #endif
+        case .portable: portableDirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        }
     }
 
     @inline(__always)

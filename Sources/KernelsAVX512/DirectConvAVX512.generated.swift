@@ -254,6 +254,87 @@ public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w:
         }
     }
 }
+@inline(__always)
+func avx512Micro1x8(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+    _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
+    let b = SIMD16<Float>(repeating: bias)
+    var a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b
+    var wp = w
+    var plane = inp
+    for _ in 0..<c {
+        var row = plane
+        for _ in 0..<kh {
+            var p = row
+            for _ in 0..<kw {
+                let wv = SIMD16<Float>(repeating: wp[0])
+                a0 = a0.addingProduct(UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a1 = a1.addingProduct(UnsafeRawPointer(p + 16).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a2 = a2.addingProduct(UnsafeRawPointer(p + 32).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a3 = a3.addingProduct(UnsafeRawPointer(p + 48).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a4 = a4.addingProduct(UnsafeRawPointer(p + 64).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a5 = a5.addingProduct(UnsafeRawPointer(p + 80).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a6 = a6.addingProduct(UnsafeRawPointer(p + 96).loadUnaligned(as: SIMD16<Float>.self), wv)
+                a7 = a7.addingProduct(UnsafeRawPointer(p + 112).loadUnaligned(as: SIMD16<Float>.self), wv)
+                wp += 4
+                p += 1
+            }
+            row += inRow
+        }
+        plane += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0).storeBytes(of: a0, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 16).storeBytes(of: a1, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 32).storeBytes(of: a2, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 48).storeBytes(of: a3, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 64).storeBytes(of: a4, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 80).storeBytes(of: a5, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 96).storeBytes(of: a6, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 112).storeBytes(of: a7, as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func avx512Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+    _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
+    let b = SIMD16<Float>(repeating: bias)
+    var a0 = b
+    var wp = w
+    var plane = inp
+    for _ in 0..<c {
+        var row = plane
+        for _ in 0..<kh {
+            var p = row
+            for _ in 0..<kw {
+                let wv = SIMD16<Float>(repeating: wp[0])
+                a0 = a0.addingProduct(UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self), wv)
+                wp += 4
+                p += 1
+            }
+            row += inRow
+        }
+        plane += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0).storeBytes(of: a0, as: SIMD16<Float>.self)
+}
+
+/// One output channel of a stride-1 direct convolution ('valid' on the given input view) for
+/// output rows rowStart..<rowEnd, `vectors` vectors of 16 columns per row. `w` points at the
+/// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
+public func avx512DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
+    for y in rowStart..<rowEnd {
+        let ip = input + y * inRow, op = out + y * outRow
+        var xv = 0
+        while xv + 8 <= vectors {
+            avx512Micro1x8(ip + xv * 16, inPlane, inRow, c, kh, kw, w, bias, op + xv * 16)
+            xv += 8
+        }
+        while xv < vectors {
+            avx512Micro1x1(ip + xv * 16, inPlane, inRow, c, kh, kw, w, bias, op + xv * 16)
+            xv += 1
+        }
+    }
+}
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func avx512DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,

@@ -88,7 +88,7 @@ final class PackedWeights: @unchecked Sendable {
 /// one thread at a time.
 final class ExecutionPlan {
     enum Step {
-        case conv(PlanarView, PlanarView, PackedConv, ConvPadding, Activation, PlanarView?)
+        case conv(PlanarView, PlanarView, PackedConv, ConvPadding, Activation)
         case winograd(PlanarView, PlanarView, WinogradConv, Activation)
         case activation(PlanarView, PlanarView, Activation)
         case pool(PlanarView, PlanarView)
@@ -99,8 +99,7 @@ final class ExecutionPlan {
         /// Every view the step reads or writes.
         var views: [PlanarView] {
             switch self {
-            case let .conv(x, y, _, _, _, s): return [x, y] + (s.map { [$0] } ?? [])
-            case let .winograd(x, y, _, _), let .activation(x, y, _), let .pool(x, y), let .convTranspose(x, y, _), let .copy(x, y):
+            case let .conv(x, y, _, _, _), let .winograd(x, y, _, _), let .activation(x, y, _), let .pool(x, y), let .convTranspose(x, y, _), let .copy(x, y):
                 return [x, y]
             case let .fill(y, _, _): return [y]
             }
@@ -109,7 +108,7 @@ final class ExecutionPlan {
         /// The step with every view mapped by `f`.
         func rebased(_ f: (PlanarView) -> PlanarView) -> Step {
             switch self {
-            case let .conv(x, y, p, pad, act, s): return .conv(f(x), f(y), p, pad, act, s.map(f))
+            case let .conv(x, y, p, pad, act): return .conv(f(x), f(y), p, pad, act)
             case let .winograd(x, y, w, act): return .winograd(f(x), f(y), w, act)
             case let .activation(x, y, act): return .activation(f(x), f(y), act)
             case let .pool(x, y): return .pool(f(x), f(y))
@@ -207,14 +206,6 @@ final class ExecutionPlan {
             views[v] = view
             return view
         }
-        func scratch(like v: PlanarView) -> PlanarView {
-            // The scratch shares strides with the output: built from the output's layout.
-            let l = v.layout.withChannels(4)
-            let sb = PlanarBuffer(layoutOnly: l)
-            buffers.append(sb)
-            return sb.view()
-        }
-
         /// Packed weights, or (measuring) an empty stand-in with the right shape.
         func packedConv(_ n: Node) -> PackedConv {
             if let p = packed?.conv[n.name] { return p }
@@ -242,7 +233,7 @@ final class ExecutionPlan {
                     steps.append(.winograd(x, out, packed.winogradConv(n, variant: variant), act))
                 } else {
                     let p = packedConv(n)
-                    steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act, p.outChannels % 4 != 0 ? scratch(like: out) : nil))
+                    steps.append(.conv(x, out, p, n.padding == .same ? .same : .valid, act))
                 }
             case .relu:
                 steps.append(.activation(x, allocate(n.output), .relu))
@@ -345,9 +336,9 @@ final class ExecutionPlan {
             defer { if let t = timings { t[i] += monotonicSeconds() - start } }
             for v in frames[i] { v.clearMargins() }
             switch step {
-            case let .conv(x, y, p, pad, act, scratch):
+            case let .conv(x, y, p, pad, act):
                 // Work per row grows with channels x kernel taps; split finely enough to balance.
-                Self.rows(y.height, threads) { FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, scratch: scratch, rows: $0) }
+                Self.rows(y.height, threads) { FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, rows: $0) }
             case let .winograd(x, y, w, act):
                 // One contiguous range of tile rows per thread: Winograd batches tile rows into GEMMs.
                 let tr = (y.height + w.tileSize - 1) / w.tileSize, parts = max(1, min(threads, tr))

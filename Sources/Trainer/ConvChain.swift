@@ -117,13 +117,11 @@ public final class ConvChainTrainer: @unchecked Sendable {
     }
 
     /// Per-thread buffers: activations, gradients (with the margin the next data-gradient
-    /// convolution reads as zero padding), the transposed output gradient and scratch.
+    /// convolution reads as zero padding) and the transposed output gradient.
     final class Workspace {
         let input: PlanarBuffer
         let acts: [PlanarBuffer]
         let grads: [PlanarBuffer]
-        let scratch: [PlanarBuffer]
-        let gradScratch: [PlanarBuffer]
         let dYT: [UnsafeMutablePointer<Float>]
         let ldb: [Int]
         /// Per layer, the weight-gradient kernel's tap offsets into that layer's input.
@@ -134,11 +132,6 @@ public final class ConvChainTrainer: @unchecked Sendable {
             acts = t.layers.map { PlanarBuffer(PlanarLayout(channels: $0.outChannels, height: $0.outSize, width: $0.outSize)) }
             grads = t.layers.map { PlanarBuffer(PlanarLayout(channels: $0.outChannels, height: $0.outSize, width: $0.outSize,
                                                              margin: $0.kernel - 1)) }
-            scratch = t.layers.map { PlanarBuffer(PlanarLayout(channels: 4, height: $0.outSize, width: $0.outSize)) }
-            let g = grads
-            gradScratch = t.layers.indices.map { i in
-                i == 0 ? PlanarBuffer(layoutOnly: PlanarLayout(channels: 4, height: 1, width: 1)) : PlanarBuffer(g[i - 1].layout.withChannels(4))
-            }
             ldb = t.layers.map { WeightGradient.paddedChannels($0.outChannels, isa: t.isa) }
             let inputs = [input.layout] + acts.dropLast().map { $0.layout }
             tapOffsets = zip(inputs, t.layers).map { WeightGradient.tapOffsets($0, kh: $1.kernel, kw: $1.kernel) }
@@ -173,8 +166,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
         var x = iv
         for (i, l) in layers.enumerated() {
             let out = ws.acts[i].view()
-            FastOps.conv2d(x, out, forwardWeights[i], padding: .valid, activation: l.relu ? .relu : .none, isa: isa,
-                           scratch: ws.scratch[i].view())
+            FastOps.conv2d(x, out, forwardWeights[i], padding: .valid, activation: l.relu ? .relu : .none, isa: isa)
             x = out
         }
     }
@@ -299,8 +291,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 padded.height += 2 * (k - 1); padded.width += 2 * (k - 1); padded.margin = 0
                 let src = PlanarView(base: g.pointer(0, -(k - 1), -(k - 1)), layout: padded, owner: ws.grads[i])
                 let dst = ws.grads[i - 1].view()
-                FastOps.conv2d(src, dst, backwardWeights[i]!, padding: .valid, activation: .none, isa: isa,
-                               scratch: ws.gradScratch[i].view())
+                FastOps.conv2d(src, dst, backwardWeights[i]!, padding: .valid, activation: .none, isa: isa)
                 if layers[i - 1].relu { mask(dst, by: ws.acts[i - 1].view()) }
             }
         }
