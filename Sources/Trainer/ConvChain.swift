@@ -205,9 +205,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
         }
         let perChunk = accSizes.reduce(0, +) + layers.reduce(0) { $0 + $1.outChannels }
         // Each layer's block in a chunk's accumulator: dW^T (accSizes[i]) then the bias sums.
-        var accOffsets: [Int] = []
-        var running = 0
-        for (i, l) in layers.enumerated() { accOffsets.append(running); running += accSizes[i] + l.outChannels }
+        let accOffsets: [Int] = layers.indices.map { i in (0..<i).reduce(0) { $0 + accSizes[$1] + layers[$1].outChannels } }
         var acc = [Float](repeating: 0, count: chunks * perChunk)
         var losses = [Double](repeating: 0, count: chunks)
         let inStride = layers[0].inChannels * inputSize * inputSize
