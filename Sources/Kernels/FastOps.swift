@@ -81,6 +81,47 @@ public final class ScratchPool: @unchecked Sendable {
     }
 }
 
+/// A run of `count` consecutive items of one row (starting at column `column`) placed at
+/// `position` in a block.
+struct RasterSegment {
+    let row: Int
+    let column: Int
+    let count: Int
+    let position: Int
+}
+
+/// Cuts the items of rows `rows` (each `width` items), in raster order, into blocks of at most
+/// `capacity` positions: a block takes segments of consecutive items until it is full, several
+/// rows when rows are short. Each segment is followed by `gap` unused positions (the Winograd
+/// patches of its last tiles read them); the last segment of a block may spill its gap past
+/// `capacity`.
+struct RasterBlocks {
+    let rows: Range<Int>
+    let width: Int
+    let capacity: Int
+    let gap: Int
+    private var next: (row: Int, column: Int)
+
+    init(rows: Range<Int>, width: Int, capacity: Int, gap: Int = 0) {
+        (self.rows, self.width, self.capacity, self.gap) = (rows, width, capacity, gap)
+        next = (rows.lowerBound, 0)
+    }
+
+    /// Fills `segments` with the next block's segments; false when all items are taken.
+    mutating func nextBlock(_ segments: inout [RasterSegment]) -> Bool {
+        segments.removeAll(keepingCapacity: true)
+        var position = 0
+        while position < capacity && next.row < rows.upperBound && width > 0 {
+            let count = min(width - next.column, capacity - position)
+            segments.append(RasterSegment(row: next.row, column: next.column, count: count, position: position))
+            position += count + gap
+            next.column += count
+            if next.column == width { next = (next.row + 1, 0) }
+        }
+        return !segments.isEmpty
+    }
+}
+
 /// The fast kernels, dispatched by ISA. All take `PlanarView`s; results are independent of which
 /// rows a call covers, so callers may split work freely.
 public enum FastOps {
@@ -234,29 +275,21 @@ public enum FastOps {
         defer { packed.scratch.giveBack(buf, capacity: capacity) }
         let compact = buf, taps = buf + c * chunk
         let (_, merge) = WinogradConv.phaseShuffles(isa, 2)
-        var next = (y: r.lowerBound, x: 0)
-        var segments: [(y: Int, x: Int, count: Int, p0: Int)] = []
-        while next.y < r.upperBound {
+        var blocks = RasterBlocks(rows: r, width: w, capacity: chunk)
+        var segments: [RasterSegment] = []
+        while blocks.nextBlock(&segments) {
             // Gather the chunk's pixels: [c][chunk].
-            segments.removeAll(keepingCapacity: true)
-            var p0 = 0
-            while p0 < chunk && next.y < r.upperBound {
-                let count = min(w - next.x, chunk - p0)
-                segments.append((next.y, next.x, count, p0))
-                p0 += count
-                next.x += count
-                if next.x == w { next = (next.y + 1, 0) }
-            }
             for ch in 0..<c {
-                for s in segments { (compact + ch * chunk + s.p0).update(from: input.pointer(ch, s.y, s.x), count: s.count) }
+                for s in segments { (compact + ch * chunk + s.position).update(from: input.pointer(ch, s.row, s.column), count: s.count) }
             }
-            gemm(isa, compact, chunk, c, packed.weights, packed.bias, packed.blocks, taps, chunk, (p0 + vw - 1) / vw)
+            let used = segments.last!.position + segments.last!.count
+            gemm(isa, compact, chunk, c, packed.weights, packed.bias, packed.blocks, taps, chunk, (used + vw - 1) / vw)
             // Tap t = 2u + v of output channel oc is GEMM row t * o + oc.
             for oc in 0..<o {
                 for u in 0..<2 {
                     let src = taps + (2 * u * o + oc) * chunk
                     for s in segments {
-                        merge(src + s.p0, o * chunk, output.pointer(oc, 2 * s.y + u, 0), 2 * s.x, 2 * (s.x + s.count))
+                        merge(src + s.position, o * chunk, output.pointer(oc, 2 * s.row + u, 0), 2 * s.column, 2 * (s.column + s.count))
                     }
                 }
             }

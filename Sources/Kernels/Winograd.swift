@@ -195,35 +195,24 @@ public final class WinogradConv: @unchecked Sendable {
         case .leakyRelu(let a): (act, alpha) = (2, a)
         }
         let (split, merge) = Self.phaseShuffles(isa, m)
-        // A block holds tb tiles in raster order over the tile rows: segments (tile row, first
-        // tile, count) at stage positions p0 ..< p0 + count, each followed by `gap` positions its
-        // last tiles' patches read (narrow maps put several tile rows in one block; a segment that
-        // ends the block may spill its gap past tb, into the stage's slack).
-        let gap = (n - 1) / m
-        var segments: [(tr: Int, t0: Int, count: Int, p0: Int)] = []
+        // A block holds tb tiles in raster order over the tile rows (narrow maps put several tile
+        // rows in one block), each segment followed by the positions its last tiles' patches
+        // read; a segment that ends the block may spill those past tb, into the stage's slack.
+        var blocks = RasterBlocks(rows: tileRows, width: tiles, capacity: tb, gap: (n - 1) / m)
+        var segments: [RasterSegment] = []
         segments.reserveCapacity(tb)
-        var next = (tr: tileRows.lowerBound, t0: 0)
-        while next.tr < tileRows.upperBound {
-            segments.removeAll(keepingCapacity: true)
-            var p0 = 0
-            while p0 < tb && next.tr < tileRows.upperBound {
-                let count = min(tiles - next.t0, tb - p0)
-                segments.append((next.tr, next.t0, count, p0))
-                p0 += count + gap
-                next.t0 += count
-                if next.t0 == tiles { next = (next.tr + 1, 0) }
-            }
+        while blocks.nextBlock(&segments) {
             // Every channel writes the same stage positions, so those never written (outside
             // the image) stay zero: clear once per block.
             stage.update(repeating: 0, count: stageSize)
             for ch in 0..<c {
                 for seg in segments {
-                    let x0 = m * seg.t0 - pad, y0 = m * seg.tr - pad
+                    let x0 = m * seg.column - pad, y0 = m * seg.row - pad
                     let xEnd = min(inW, x0 + m * seg.count + n - m)   // input columns this segment reads end here
                     for i in 0..<n {
                         let y = y0 + i
                         if y < 0 || y >= inH { continue }
-                        split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen + seg.p0, phaseLen)
+                        split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen + seg.position, phaseLen)
                     }
                 }
                 Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * cStride, tb)
@@ -237,9 +226,10 @@ public final class WinogradConv: @unchecked Sendable {
                 Self.outputTransform(isa, n, m, mm + oc * tb, o * tb, tb, bias[oc], act, alpha, ostage, phaseLen)
                 for seg in segments {
                     for i in 0..<m {
-                        let yy = m * seg.tr + i
+                        let yy = m * seg.row + i
                         if yy >= h { break }
-                        merge(ostage + i * m * phaseLen + seg.p0, phaseLen, output.pointer(oc, yy, 0), m * seg.t0, min(w, m * (seg.t0 + seg.count)))
+                        merge(ostage + i * m * phaseLen + seg.position, phaseLen, output.pointer(oc, yy, 0), m * seg.column,
+                              min(w, m * (seg.column + seg.count)))
                     }
                 }
             }
