@@ -183,11 +183,9 @@ public final class WinogradConv: @unchecked Sendable {
         // is a multiple of 2 KiB and would map every row to the same few sets).
         let cStride = nk * tb + 16
         let vSize = c * cStride, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
-        let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage + o + 16)
+        let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage)
         defer { pool.giveBack(buf, capacity: capacity) }
         let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
-        let zeroBias = ostage + outStage
-        zeroBias.update(repeating: 0, count: o)
         let (act, alpha): (Int, Float)
         switch activation {
         case .none: (act, alpha) = (0, 0)
@@ -219,7 +217,7 @@ public final class WinogradConv: @unchecked Sendable {
             }
             // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows cStride apart.
             for k in 0..<nk {
-                FastOps.gemm(isa, UnsafePointer(v + k * tb), cStride, c, packed[k].weights, zeroBias, o / 4, mm + k * o * tb, tb, tb / vw)
+                FastOps.gemm(isa, UnsafePointer(v + k * tb), cStride, c, packed[k].weights, packed[k].bias, o / 4, mm + k * o * tb, tb, tb / vw)
             }
             // Output transform, bias, activation; interleave the m phases into the rows.
             for oc in 0..<o {
