@@ -72,6 +72,7 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
 public enum MaskFill {
     public static func fill(_ values: inout [Float], invalid: [Bool], width: Int, height: Int) {
         let n = width * height
+        if !invalid.contains(true) { return }   // nothing to fill (the usual case)
         var done = invalid.map { !$0 }
         var queue: [Int] = []
         queue.reserveCapacity(n / 8)

@@ -85,7 +85,7 @@ public struct TiledRunner: Sendable {
         let tilesY = (oh + tileSize - 1) / tileSize, tilesX = (ow + tileSize - 1) / tileSize
         let total = tilesY * tilesX
 
-        func span(_ start: Int, _ len: Int, _ off: Int, _ lo: Int, _ hi: Int, _ limit: Int) -> (Int, Int) {
+        @Sendable func span(_ start: Int, _ len: Int, _ off: Int, _ lo: Int, _ hi: Int, _ limit: Int) -> (Int, Int) {
             var s = start + off - lo
             var e = start + len + off + hi
             s = max(0, (s >= 0 ? s / m : (s - m + 1) / m) * m)
@@ -110,7 +110,7 @@ public struct TiledRunner: Sendable {
         let (network, isa, algorithm, threads) = (self.network, self.isa, self.algorithm, self.threads)
         try out.data.withUnsafeMutableBufferPointer { outBuffer in
             nonisolated(unsafe) let dstBase = outBuffer.baseAddress!
-            nonisolated(unsafe) let source = padded
+            let source = padded
             ParallelFor.run(total, threads: workers) { k in
                 if failure.error != nil { return }
                 let a = (k / tilesX) * tileSize, t = min(tileSize, oh - a)
