@@ -124,13 +124,51 @@ public final class WinogradConv: @unchecked Sendable {
         let pairs = outChannels * inChannels
         let u = UnsafeMutablePointer<Float>.allocate(capacity: n * n * pairs)
         defer { u.deallocate() }
-        let g = variant.g.flatMap { $0 }
-        var t = [Double](repeating: 0, count: n * r)  // G w (n x r)
+        let gTable = UnsafeMutablePointer<Double>.allocate(capacity: n * r)
+        defer { gTable.deallocate() }
+        gTable.initialize(from: variant.g.flatMap { $0 }, count: n * r)
+        nonisolated(unsafe) let g = gTable
+        // In chunks of (o, c) pairs over the cores (a U-net has about a million pairs); each
+        // pair's result is the same whichever chunk computes it.
+        let chunks = max(1, min(64, pairs / 4096))
+        nonisolated(unsafe) let out = u
         weight.withUnsafeBufferPointer { wp in
-            g.withUnsafeBufferPointer { g in
-                t.withUnsafeMutableBufferPointer { t in
-                    for oc in 0..<pairs {
-                        let w = wp.baseAddress! + oc * r * r
+            nonisolated(unsafe) let w0 = wp.baseAddress!
+            DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
+                // Pairs in sub-blocks of 256: results gathered per pair, then written out as
+                // contiguous runs of each of the n^2 matrices.
+                let sub = 256
+                let t = UnsafeMutablePointer<Double>.allocate(capacity: n * r)  // G w (n x r)
+                let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)
+                let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)
+                defer { t.deallocate(); t4.deallocate(); local.deallocate() }
+                var start = chunk * pairs / chunks
+                let end = (chunk + 1) * pairs / chunks
+                while start < end {
+                    let count = min(sub, end - start)
+                    // Four pairs at a time in SIMD4 lanes (independent chains; every lane does
+                    // the scalar loop's operations in its order), then the rest one by one.
+                    var q = 0
+                    while q + 4 <= count {
+                        let w = w0 + (start + q) * r * r, rr = r * r
+                        for i in 0..<n { for j in 0..<r {
+                            var s = SIMD4<Double>()
+                            for k in 0..<r {
+                                let x = k * r + j
+                                s += g[i * r + k] * SIMD4<Double>(Double(w[x]), Double(w[rr + x]), Double(w[2 * rr + x]), Double(w[3 * rr + x]))
+                            }
+                            t4[i * r + j] = s
+                        } }
+                        for i in 0..<n { for j in 0..<n {
+                            var s = SIMD4<Double>()
+                            for k in 0..<r { s += t4[i * r + k] * g[j * r + k] }
+                            let d = local + (i * n + j) * sub + q
+                            d[0] = Float(s[0]); d[1] = Float(s[1]); d[2] = Float(s[2]); d[3] = Float(s[3])
+                        } }
+                        q += 4
+                    }
+                    while q < count {
+                        let w = w0 + (start + q) * r * r
                         for i in 0..<n { for j in 0..<r {
                             var s = 0.0
                             for k in 0..<r { s += g[i * r + k] * Double(w[k * r + j]) }
@@ -139,9 +177,12 @@ public final class WinogradConv: @unchecked Sendable {
                         for i in 0..<n { for j in 0..<n {
                             var s = 0.0
                             for k in 0..<r { s += t[i * r + k] * g[j * r + k] }
-                            u[(i * n + j) * pairs + oc] = Float(s)
+                            local[(i * n + j) * sub + q] = Float(s)
                         } }
+                        q += 1
                     }
+                    for k in 0..<(n * n) { (out + k * pairs + start).update(from: local + k * sub, count: count) }
+                    start += count
                 }
             }
         }
