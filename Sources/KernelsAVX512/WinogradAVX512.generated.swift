@@ -11,49 +11,49 @@ func avx512MulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> SI
 
 /// One row or column of B^T d B for n = 8, points 0, 1, -1, 2, -2, 1/2, -1/2, infinity.
 @inline(__always)
-func avx512BT8(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-    let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
-    let (x4, x5, x6, x7) = (x[4 * s], x[5 * s], x[6 * s], x[7 * s])
+func avx512BT8(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
+    let (x0, x1, x2, x3) = (x(0), x(1), x(2), x(3))
+    let (x4, x5, x6, x7) = (x(4), x(5), x(6), x(7))
     let c525 = SIMD8<Float>(repeating: 5.25), m425 = SIMD8<Float>(repeating: -4.25)
     let c025 = SIMD8<Float>(repeating: 0.25), m125 = SIMD8<Float>(repeating: -1.25)
     let c05 = SIMD8<Float>(repeating: 0.5), m25 = SIMD8<Float>(repeating: -2.5)
     let c2 = SIMD8<Float>(repeating: 2), c4 = SIMD8<Float>(repeating: 4), m5 = SIMD8<Float>(repeating: -5)
-    y[0] = avx512MulAdd(x0 - x6, x4 - x2, c525)
-    y[7 * ys] = avx512MulAdd(x7 - x1, x3 - x5, c525)
+    y(0, avx512MulAdd(x0 - x6, x4 - x2, c525))
+    y(7, avx512MulAdd(x7 - x1, x3 - x5, c525))
     let a1 = avx512MulAdd(x2 + x6, x4, m425), b1 = avx512MulAdd(x1 + x5, x3, m425)
-    y[ys] = a1 + b1
-    y[2 * ys] = a1 - b1
+    y(1, a1 + b1)
+    y(2, a1 - b1)
     let a2 = avx512MulAdd(avx512MulAdd(x6, x2, c025), x4, m125), b2 = avx512MulAdd(avx512MulAdd(x1 * c05, x3, m25), x5, c2)
-    y[3 * ys] = a2 + b2
-    y[4 * ys] = a2 - b2
+    y(3, a2 + b2)
+    y(4, a2 - b2)
     let a3 = avx512MulAdd(avx512MulAdd(x6, x2, c4), x4, m5), b3 = avx512MulAdd(avx512MulAdd(x1 * c2, x3, m25), x5, c05)
-    y[5 * ys] = a3 + b3
-    y[6 * ys] = a3 - b3
+    y(5, a3 + b3)
+    y(6, a3 - b3)
 }
 
 /// One row or column of B^T d B for n = 6, points 0, 1, -1, 2, -2, infinity.
 @inline(__always)
-func avx512BT6(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-    let (x0, x1, x2, x3, x4, x5) = (x[0], x[s], x[2 * s], x[3 * s], x[4 * s], x[5 * s])
+func avx512BT6(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
+    let (x0, x1, x2, x3, x4, x5) = (x(0), x(1), x(2), x(3), x(4), x(5))
     let m4 = SIMD8<Float>(repeating: -4), c4 = SIMD8<Float>(repeating: 4), m5 = SIMD8<Float>(repeating: -5)
     let c2 = SIMD8<Float>(repeating: 2)
     let a = avx512MulAdd(x4, x2, m4), b = avx512MulAdd(x3, x1, m4), e = x4 - x2, f = (x3 - x1) * c2
-    y[0] = avx512MulAdd(avx512MulAdd(x4, x0, c4), x2, m5)
-    y[ys] = a + b
-    y[2 * ys] = a - b
-    y[3 * ys] = e + f
-    y[4 * ys] = e - f
-    y[5 * ys] = avx512MulAdd(avx512MulAdd(x5, x1, c4), x3, m5)
+    y(0, avx512MulAdd(avx512MulAdd(x4, x0, c4), x2, m5))
+    y(1, a + b)
+    y(2, a - b)
+    y(3, e + f)
+    y(4, e - f)
+    y(5, avx512MulAdd(avx512MulAdd(x5, x1, c4), x3, m5))
 }
 
 /// One row or column of B^T d B for n = 4, points 0, 1, -1, infinity.
 @inline(__always)
-func avx512BT4(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
-    let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
-    y[0] = x0 - x2
-    y[ys] = x1 + x2
-    y[2 * ys] = x2 - x1
-    y[3 * ys] = x1 - x3
+func avx512BT4(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
+    let (x0, x1, x2, x3) = (x(0), x(1), x(2), x(3))
+    y(0, x0 - x2)
+    y(1, x1 + x2)
+    y(2, x2 - x1)
+    y(3, x1 - x3)
 }
 
 /// A^T row or column for n = 8 (points as avx512BT8), producing the first `m` outputs (3 or 6;
@@ -97,34 +97,35 @@ func avx512AT4(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMut
 
 @inline(__always)
 func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseLen: Int, _ tileRows: Int, _ tpad: Int,
-                     _ v: UnsafeMutablePointer<Float>, _ kStride: Int, _ d: UnsafeMutablePointer<SIMD8<Float>>,
+                     _ v: UnsafeMutablePointer<Float>, _ kStride: Int,
                      _ t: UnsafeMutablePointer<SIMD8<Float>>) {
     for g in 0..<tileRows {
         let rows = stage + g * m * m * phaseLen
         var t0 = 0
         while t0 < tpad {
-            for i in 0..<n {
-                for j in 0..<n {
-                    d[i * n + j] = UnsafeRawPointer(rows + (i * m + j % m) * phaseLen + t0 + j / m).loadUnaligned(as: SIMD8<Float>.self)
-                }
-            }
+            // Columns: t = B^T d, loading the patch straight from the phase rows.
             for j in 0..<n {
+                let col = rows + (j % m) * phaseLen + t0 + j / m
+                let load = { (i: Int) in UnsafeRawPointer(col + i &* m &* phaseLen).loadUnaligned(as: SIMD8<Float>.self) }
+                let store = { (i: Int, y: SIMD8<Float>) in t[i &* n &+ j] = y }
                 switch n {
-                case 8: avx512BT8(d + j, n, t + j, n)
-                case 6: avx512BT6(d + j, n, t + j, n)
-                default: avx512BT4(d + j, n, t + j, n)
+                case 8: avx512BT8(load, store)
+                case 6: avx512BT6(load, store)
+                default: avx512BT4(load, store)
                 }
             }
+            // Rows: (t B)[i][k] stored straight to V.
+            let dst = UnsafeMutableRawPointer(v + g * tpad + t0)
             for i in 0..<n {
-                switch n {
-                case 8: avx512BT8(t + n * i, 1, d + n * i, 1)
-                case 6: avx512BT6(t + n * i, 1, d + n * i, 1)
-                default: avx512BT4(t + n * i, 1, d + n * i, 1)
+                let load = { (k: Int) in t[i &* n &+ k] }
+                let store = { (k: Int, y: SIMD8<Float>) in
+                    dst.storeBytes(of: y, toByteOffset: ((i &* n &+ k) &* kStride) &* 4, as: SIMD8<Float>.self)
                 }
-            }
-            let dst = v + g * tpad + t0
-            for k in 0..<(n * n) {
-                UnsafeMutableRawPointer(dst + k * kStride).storeBytes(of: d[k], as: SIMD8<Float>.self)
+                switch n {
+                case 8: avx512BT8(load, store)
+                case 6: avx512BT6(load, store)
+                default: avx512BT4(load, store)
+                }
             }
             t0 += 8
         }
@@ -138,13 +139,13 @@ func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseL
 @inline(never)
 public func avx512WinogradInput(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseLen: Int, _ tileRows: Int,
                                 _ tpad: Int, _ v: UnsafeMutablePointer<Float>, _ kStride: Int) {
-    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 128) { buf in
-        let d = buf.baseAddress!, t = d + 64
+    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 64) { buf in
+        let t = buf.baseAddress!
         switch (n, m) {
-        case (8, 3): avx512InputLoop(8, 3, stage, phaseLen, tileRows, tpad, v, kStride, d, t)
-        case (8, 6): avx512InputLoop(8, 6, stage, phaseLen, tileRows, tpad, v, kStride, d, t)
-        case (6, 4): avx512InputLoop(6, 4, stage, phaseLen, tileRows, tpad, v, kStride, d, t)
-        case (4, 2): avx512InputLoop(4, 2, stage, phaseLen, tileRows, tpad, v, kStride, d, t)
+        case (8, 3): avx512InputLoop(8, 3, stage, phaseLen, tileRows, tpad, v, kStride, t)
+        case (8, 6): avx512InputLoop(8, 6, stage, phaseLen, tileRows, tpad, v, kStride, t)
+        case (6, 4): avx512InputLoop(6, 4, stage, phaseLen, tileRows, tpad, v, kStride, t)
+        case (4, 2): avx512InputLoop(4, 2, stage, phaseLen, tileRows, tpad, v, kStride, t)
         default: preconditionFailure("Winograd input transform: unsupported n = \(n), m = \(m)")
         }
     }
