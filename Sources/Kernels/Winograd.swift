@@ -201,11 +201,11 @@ public final class WinogradConv: @unchecked Sendable {
     /// height). For 'same' padding the input has the output's size, for 'valid' r - 1 more in each
     /// direction; rows and columns outside the input read as zero, whatever the margins hold.
     ///
-    /// Each tile row is processed in column blocks of `blockTiles` tiles. For each channel, the
-    /// block's n input rows are split into m phase rows, P_q[k] = x[m (t0 + k) + q - pad] (zero
+    /// Tiles are processed in blocks of `blockTiles` tiles, in raster order across the tile rows
+    /// (see `RasterBlocks`). For each channel and segment of a block, the segment's n input rows are split into m phase rows, P_q[k] = x[m (t0 + k) + q - pad] (zero
     /// outside the image), so that element (i, j) of the patches of 8 consecutive tiles is one
     /// contiguous vector load: P_(j mod m)[t + j / m ..< + 8]; the transformed patches go to
-    /// V[c][k][tile]; n^2 GEMMs M[k] = U[k] V[k] follow, then the output transform, whose
+    /// V[k][c][tile]; n^2 GEMMs M[k] = U[k] V[k] follow, then the output transform, whose
     /// phases are interleaved back into the output rows.
     public func run(_ input: PlanarView, _ output: PlanarView, activation: Activation, isa: KernelISA = .best, tileRows: Range<Int>) {
         let (h, w, c, o) = (output.height, output.width, inChannels, outChannels)
@@ -219,11 +219,11 @@ public final class WinogradConv: @unchecked Sendable {
         let vw = isa.vectorWidth
         let tb = Self.blockTiles(isa)
         let phaseLen = tb + 8
-        // V[c][k][tile]: channel rows padded by 16 floats so that the GEMM's loads of one column
-        // block down the channels (stride cStride) fall in different L1 sets (nk * tb floats alone
-        // is a multiple of 2 KiB and would map every row to the same few sets).
-        let cStride = nk * tb + 16
-        let vSize = c * cStride, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
+        // V[k][c][tile]: each GEMM reads one contiguous c x tb matrix; the matrices are padded by
+        // 16 floats so that the input transform's n^2 stores per channel (kStride apart) fall in
+        // different L1 sets (c * tb floats alone is a multiple of 2 KiB for c = 64).
+        let kStride = c * tb + 16
+        let vSize = nk * kStride, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
         let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage)
         defer { pool.giveBack(buf, capacity: capacity) }
         let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
@@ -254,11 +254,11 @@ public final class WinogradConv: @unchecked Sendable {
                         split(input.pointer(ch, y, 0), x0, xEnd, stage + i * m * phaseLen + seg.position, phaseLen)
                     }
                 }
-                Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * cStride, tb)
+                Self.inputTransform(isa, n, m, stage, phaseLen, 1, tb, v + ch * tb, kStride)
             }
-            // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb), V[k] rows cStride apart.
+            // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb).
             for k in 0..<nk {
-                FastOps.gemm(isa, UnsafePointer(v + k * tb), cStride, c, packed[k].weights, packed[k].bias, o / 4, mm + k * o * tb, tb, tb / vw)
+                FastOps.gemm(isa, UnsafePointer(v + k * kStride), tb, c, packed[k].weights, packed[k].bias, o / 4, mm + k * o * tb, tb, tb / vw)
             }
             // Output transform, bias, activation; interleave the m phases into the rows.
             for oc in 0..<o {
