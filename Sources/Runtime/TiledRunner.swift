@@ -40,8 +40,8 @@ public struct TiledRunner: Sendable {
     }
 
     /// The output tile side for an output of this size. Networks that shrink their input
-    /// ('valid' convolutions: no halo overhead beyond the shrink) use 256, which keeps a layer's
-    /// working set in L2. 'Same' networks need a wide halo on every tile, so they use the whole
+    /// ('valid' convolutions: no halo overhead beyond the shrink) use 256 (128 for images under
+    /// four such tiles). 'Same' networks need a wide halo on every tile, so they use the whole
     /// image when its maps fit the memory budget, else the largest tile that does.
     public func effectiveTileSize(outputHeight oh: Int, outputWidth ow: Int) -> Int {
         let g = network.analysis.geometry
@@ -49,7 +49,13 @@ public struct TiledRunner: Sendable {
         func roundUp(_ v: Int) -> Int { max(m, (v + m - 1) / m * m) }
         if let t = requestedTile { return roundUp(max(t, 1)) }
         let shrink = (try? network.analysis.shrink()) ?? [0, 0]
-        if shrink[0] > 0 || shrink[1] > 0 { return roundUp(256) }
+        if shrink[0] > 0 || shrink[1] > 0 {
+            // Images under four 256-pixel tiles use 128-pixel ones so that two threads (or more)
+            // can take whole tiles; the choice depends on the image size only, never on the
+            // thread count, so results stay bit-identical for any thread count.
+            let t256 = ((oh + 255) / 256) * ((ow + 255) / 256)
+            return roundUp(t256 < 4 ? 128 : 256)
+        }
         let perPixel = network.bytesPerInputPixel
         let side = max(oh, ow)
         let whole = Double((oh + g.halo[0] + g.halo[1]) * (ow + g.halo[2] + g.halo[3])) * perPixel

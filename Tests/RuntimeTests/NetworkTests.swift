@@ -182,6 +182,20 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try Restoration.restore(img, network: unet, options: .init(parameters: ["nope": 1])))
     }
 
+    /// With the default tiles (chosen from the image size only), the 3-CNN shape with its
+    /// Winograd F(3x3,6x6) layer gives the same bits on 1, 2 and 3 threads, whether tiles run in
+    /// parallel (small images use 128-pixel tiles) or one after another.
+    func testDefaultTilesThreadIndependent() throws {
+        let net = try Network(model: try Architectures.flamary3(initializer: randomInit(seed: 5)))
+        for (w, h) in [(150, 140), (300, 90)] {
+            let img = randomImage(w, h, seed: 6)
+            let one = try Restoration.restore(img, network: net, options: .init(threads: 1)).pixels
+            for threads in [2, 3] {
+                XCTAssertEqual(try Restoration.restore(img, network: net, options: .init(threads: threads)).pixels, one, "\(w)x\(h), \(threads) threads")
+            }
+        }
+    }
+
     /// Plans share memory between maps whose lives do not overlap: a plan used again (on an
     /// image that leaves large values everywhere in its arena) gives the same bits as a fresh
     /// plan, for every algorithm, and the arena is smaller than the sum of the maps.
