@@ -72,15 +72,6 @@ public struct PlanarLayout: Equatable, Sendable {
         origin = margin * rowStride + margin
         allocation = planeStride * channels + 2 * rowStride + 64
     }
-
-    /// The same planes (strides, margin) with another channel count, e.g. a convolution's
-    /// scratch block of 4 channels that must share the output's strides.
-    public func withChannels(_ n: Int) -> PlanarLayout {
-        var l = self
-        l.channels = n
-        l.allocation = planeStride * n + 2 * rowStride + 64
-        return l
-    }
 }
 
 /// A feature map in `PlanarLayout`, owning 64-byte-aligned, zero-initialised memory.

@@ -138,24 +138,24 @@ public final class WinogradConv: @unchecked Sendable {
                 // Pairs in sub-blocks of 256: results gathered per pair, then written out as
                 // contiguous runs of each of the n^2 matrices.
                 let sub = 256
-                let t = UnsafeMutablePointer<Double>.allocate(capacity: n * r)  // G w (n x r)
-                let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)
-                let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)
-                defer { t.deallocate(); t4.deallocate(); local.deallocate() }
+                let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)  // G w (n x r)
+                let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)  // sub is a multiple of 4
+                defer { t4.deallocate(); local.deallocate() }
                 var start = chunk * pairs / chunks
                 let end = (chunk + 1) * pairs / chunks
                 while start < end {
                     let count = min(sub, end - start)
-                    // Four pairs at a time in SIMD4 lanes (independent chains; every lane does
-                    // the scalar loop's operations in its order), then the rest one by one.
+                    // Four pairs at a time in SIMD4 lanes (independent dependency chains); past
+                    // the last pair the lanes repeat it and their results are not used.
                     var q = 0
-                    while q + 4 <= count {
-                        let w = w0 + (start + q) * r * r, rr = r * r
+                    while q < count {
+                        func pair(_ l: Int) -> UnsafePointer<Float> { w0 + (start + min(q + l, count - 1)) * r * r }
+                        let w = (pair(0), pair(1), pair(2), pair(3))
                         for i in 0..<n { for j in 0..<r {
                             var s = SIMD4<Double>()
                             for k in 0..<r {
                                 let x = k * r + j
-                                s += g[i * r + k] * SIMD4<Double>(Double(w[x]), Double(w[rr + x]), Double(w[2 * rr + x]), Double(w[3 * rr + x]))
+                                s += g[i * r + k] * SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x]))
                             }
                             t4[i * r + j] = s
                         } }
@@ -166,20 +166,6 @@ public final class WinogradConv: @unchecked Sendable {
                             d[0] = Float(s[0]); d[1] = Float(s[1]); d[2] = Float(s[2]); d[3] = Float(s[3])
                         } }
                         q += 4
-                    }
-                    while q < count {
-                        let w = w0 + (start + q) * r * r
-                        for i in 0..<n { for j in 0..<r {
-                            var s = 0.0
-                            for k in 0..<r { s += g[i * r + k] * Double(w[k * r + j]) }
-                            t[i * r + j] = s
-                        } }
-                        for i in 0..<n { for j in 0..<n {
-                            var s = 0.0
-                            for k in 0..<r { s += t[i * r + k] * g[j * r + k] }
-                            local[(i * n + j) * sub + q] = Float(s)
-                        } }
-                        q += 1
                     }
                     for k in 0..<(n * n) { (out + k * pairs + start).update(from: local + k * sub, count: count) }
                     start += count

@@ -215,10 +215,10 @@ public func avx512SplitPhases2(_ row: UnsafePointer<Float>, _ x0: Int, _ xEnd: I
     let k0 = (x &- x0) / 2, groups = max(0, (xEnd &- x) / 2)
     let s = row + x, d = dst + k0
     for b in 0..<(groups / 8) {
-            let s0 = UnsafeRawPointer(s + 8 &* 2 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
-            let s1 = UnsafeRawPointer(s + 8 &* 2 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[2], s0[4], s0[6], s1[0], s1[2], s1[4], s1[6]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[3], s0[5], s0[7], s1[1], s1[3], s1[5], s1[7]), as: SIMD8<Float>.self)
+        let s0 = UnsafeRawPointer(s + 8 &* 2 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
+        let s1 = UnsafeRawPointer(s + 8 &* 2 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[2], s0[4], s0[6], s1[0], s1[2], s1[4], s1[6]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[3], s0[5], s0[7], s1[1], s1[3], s1[5], s1[7]), as: SIMD8<Float>.self)
     }
     x &+= groups / 8 * 8 * 2
     while x < xEnd { dst[((x &- x0) % 2) &* phaseLen &+ (x &- x0) / 2] = row[x]; x &+= 1 }
@@ -231,10 +231,10 @@ public func avx512MergePhases2(_ src: UnsafePointer<Float>, _ phaseLen: Int, _ r
     let groups = max(0, (xEnd &- x0) / 2)
     let d = row + x0
     for b in 0..<(groups / 8) {
-            let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 2 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p0[1], p1[1], p0[2], p1[2], p0[3], p1[3]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 2 &* b + 8).storeBytes(of: SIMD8<Float>(p0[4], p1[4], p0[5], p1[5], p0[6], p1[6], p0[7], p1[7]), as: SIMD8<Float>.self)
+        let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 2 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p0[1], p1[1], p0[2], p1[2], p0[3], p1[3]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 2 &* b + 8).storeBytes(of: SIMD8<Float>(p0[4], p1[4], p0[5], p1[5], p0[6], p1[6], p0[7], p1[7]), as: SIMD8<Float>.self)
     }
     var x = x0 &+ groups / 8 * 8 * 2
     while x < xEnd { row[x] = src[((x &- x0) % 2) &* phaseLen &+ (x &- x0) / 2]; x &+= 1 }
@@ -249,12 +249,12 @@ public func avx512SplitPhases3(_ row: UnsafePointer<Float>, _ x0: Int, _ xEnd: I
     let k0 = (x &- x0) / 3, groups = max(0, (xEnd &- x) / 3)
     let s = row + x, d = dst + k0
     for b in 0..<(groups / 8) {
-            let s0 = UnsafeRawPointer(s + 8 &* 3 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
-            let s1 = UnsafeRawPointer(s + 8 &* 3 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
-            let s2 = UnsafeRawPointer(s + 8 &* 3 &* b + 16).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[3], s0[6], s1[1], s1[4], s1[7], s2[2], s2[5]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[4], s0[7], s1[2], s1[5], s2[0], s2[3], s2[6]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 2 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[2], s0[5], s1[0], s1[3], s1[6], s2[1], s2[4], s2[7]), as: SIMD8<Float>.self)
+        let s0 = UnsafeRawPointer(s + 8 &* 3 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
+        let s1 = UnsafeRawPointer(s + 8 &* 3 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
+        let s2 = UnsafeRawPointer(s + 8 &* 3 &* b + 16).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[3], s0[6], s1[1], s1[4], s1[7], s2[2], s2[5]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[4], s0[7], s1[2], s1[5], s2[0], s2[3], s2[6]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 2 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[2], s0[5], s1[0], s1[3], s1[6], s2[1], s2[4], s2[7]), as: SIMD8<Float>.self)
     }
     x &+= groups / 8 * 8 * 3
     while x < xEnd { dst[((x &- x0) % 3) &* phaseLen &+ (x &- x0) / 3] = row[x]; x &+= 1 }
@@ -267,12 +267,12 @@ public func avx512MergePhases3(_ src: UnsafePointer<Float>, _ phaseLen: Int, _ r
     let groups = max(0, (xEnd &- x0) / 3)
     let d = row + x0
     for b in 0..<(groups / 8) {
-            let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p2 = UnsafeRawPointer(src + 2 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 3 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p2[0], p0[1], p1[1], p2[1], p0[2], p1[2]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 3 &* b + 8).storeBytes(of: SIMD8<Float>(p2[2], p0[3], p1[3], p2[3], p0[4], p1[4], p2[4], p0[5]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 3 &* b + 16).storeBytes(of: SIMD8<Float>(p1[5], p2[5], p0[6], p1[6], p2[6], p0[7], p1[7], p2[7]), as: SIMD8<Float>.self)
+        let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p2 = UnsafeRawPointer(src + 2 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 3 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p2[0], p0[1], p1[1], p2[1], p0[2], p1[2]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 3 &* b + 8).storeBytes(of: SIMD8<Float>(p2[2], p0[3], p1[3], p2[3], p0[4], p1[4], p2[4], p0[5]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 3 &* b + 16).storeBytes(of: SIMD8<Float>(p1[5], p2[5], p0[6], p1[6], p2[6], p0[7], p1[7], p2[7]), as: SIMD8<Float>.self)
     }
     var x = x0 &+ groups / 8 * 8 * 3
     while x < xEnd { row[x] = src[((x &- x0) % 3) &* phaseLen &+ (x &- x0) / 3]; x &+= 1 }
@@ -287,14 +287,14 @@ public func avx512SplitPhases4(_ row: UnsafePointer<Float>, _ x0: Int, _ xEnd: I
     let k0 = (x &- x0) / 4, groups = max(0, (xEnd &- x) / 4)
     let s = row + x, d = dst + k0
     for b in 0..<(groups / 8) {
-            let s0 = UnsafeRawPointer(s + 8 &* 4 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
-            let s1 = UnsafeRawPointer(s + 8 &* 4 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
-            let s2 = UnsafeRawPointer(s + 8 &* 4 &* b + 16).loadUnaligned(as: SIMD8<Float>.self)
-            let s3 = UnsafeRawPointer(s + 8 &* 4 &* b + 24).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[4], s1[0], s1[4], s2[0], s2[4], s3[0], s3[4]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[5], s1[1], s1[5], s2[1], s2[5], s3[1], s3[5]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 2 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[2], s0[6], s1[2], s1[6], s2[2], s2[6], s3[2], s3[6]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 3 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[3], s0[7], s1[3], s1[7], s2[3], s2[7], s3[3], s3[7]), as: SIMD8<Float>.self)
+        let s0 = UnsafeRawPointer(s + 8 &* 4 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
+        let s1 = UnsafeRawPointer(s + 8 &* 4 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
+        let s2 = UnsafeRawPointer(s + 8 &* 4 &* b + 16).loadUnaligned(as: SIMD8<Float>.self)
+        let s3 = UnsafeRawPointer(s + 8 &* 4 &* b + 24).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[4], s1[0], s1[4], s2[0], s2[4], s3[0], s3[4]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[5], s1[1], s1[5], s2[1], s2[5], s3[1], s3[5]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 2 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[2], s0[6], s1[2], s1[6], s2[2], s2[6], s3[2], s3[6]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 3 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[3], s0[7], s1[3], s1[7], s2[3], s2[7], s3[3], s3[7]), as: SIMD8<Float>.self)
     }
     x &+= groups / 8 * 8 * 4
     while x < xEnd { dst[((x &- x0) % 4) &* phaseLen &+ (x &- x0) / 4] = row[x]; x &+= 1 }
@@ -307,14 +307,14 @@ public func avx512MergePhases4(_ src: UnsafePointer<Float>, _ phaseLen: Int, _ r
     let groups = max(0, (xEnd &- x0) / 4)
     let d = row + x0
     for b in 0..<(groups / 8) {
-            let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p2 = UnsafeRawPointer(src + 2 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p3 = UnsafeRawPointer(src + 3 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 4 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p2[0], p3[0], p0[1], p1[1], p2[1], p3[1]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 4 &* b + 8).storeBytes(of: SIMD8<Float>(p0[2], p1[2], p2[2], p3[2], p0[3], p1[3], p2[3], p3[3]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 4 &* b + 16).storeBytes(of: SIMD8<Float>(p0[4], p1[4], p2[4], p3[4], p0[5], p1[5], p2[5], p3[5]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 4 &* b + 24).storeBytes(of: SIMD8<Float>(p0[6], p1[6], p2[6], p3[6], p0[7], p1[7], p2[7], p3[7]), as: SIMD8<Float>.self)
+        let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p2 = UnsafeRawPointer(src + 2 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p3 = UnsafeRawPointer(src + 3 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 4 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p2[0], p3[0], p0[1], p1[1], p2[1], p3[1]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 4 &* b + 8).storeBytes(of: SIMD8<Float>(p0[2], p1[2], p2[2], p3[2], p0[3], p1[3], p2[3], p3[3]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 4 &* b + 16).storeBytes(of: SIMD8<Float>(p0[4], p1[4], p2[4], p3[4], p0[5], p1[5], p2[5], p3[5]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 4 &* b + 24).storeBytes(of: SIMD8<Float>(p0[6], p1[6], p2[6], p3[6], p0[7], p1[7], p2[7], p3[7]), as: SIMD8<Float>.self)
     }
     var x = x0 &+ groups / 8 * 8 * 4
     while x < xEnd { row[x] = src[((x &- x0) % 4) &* phaseLen &+ (x &- x0) / 4]; x &+= 1 }
@@ -329,18 +329,18 @@ public func avx512SplitPhases6(_ row: UnsafePointer<Float>, _ x0: Int, _ xEnd: I
     let k0 = (x &- x0) / 6, groups = max(0, (xEnd &- x) / 6)
     let s = row + x, d = dst + k0
     for b in 0..<(groups / 8) {
-            let s0 = UnsafeRawPointer(s + 8 &* 6 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
-            let s1 = UnsafeRawPointer(s + 8 &* 6 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
-            let s2 = UnsafeRawPointer(s + 8 &* 6 &* b + 16).loadUnaligned(as: SIMD8<Float>.self)
-            let s3 = UnsafeRawPointer(s + 8 &* 6 &* b + 24).loadUnaligned(as: SIMD8<Float>.self)
-            let s4 = UnsafeRawPointer(s + 8 &* 6 &* b + 32).loadUnaligned(as: SIMD8<Float>.self)
-            let s5 = UnsafeRawPointer(s + 8 &* 6 &* b + 40).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[6], s1[4], s2[2], s3[0], s3[6], s4[4], s5[2]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[7], s1[5], s2[3], s3[1], s3[7], s4[5], s5[3]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 2 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[2], s1[0], s1[6], s2[4], s3[2], s4[0], s4[6], s5[4]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 3 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[3], s1[1], s1[7], s2[5], s3[3], s4[1], s4[7], s5[5]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 4 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[4], s1[2], s2[0], s2[6], s3[4], s4[2], s5[0], s5[6]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 5 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[5], s1[3], s2[1], s2[7], s3[5], s4[3], s5[1], s5[7]), as: SIMD8<Float>.self)
+        let s0 = UnsafeRawPointer(s + 8 &* 6 &* b + 0).loadUnaligned(as: SIMD8<Float>.self)
+        let s1 = UnsafeRawPointer(s + 8 &* 6 &* b + 8).loadUnaligned(as: SIMD8<Float>.self)
+        let s2 = UnsafeRawPointer(s + 8 &* 6 &* b + 16).loadUnaligned(as: SIMD8<Float>.self)
+        let s3 = UnsafeRawPointer(s + 8 &* 6 &* b + 24).loadUnaligned(as: SIMD8<Float>.self)
+        let s4 = UnsafeRawPointer(s + 8 &* 6 &* b + 32).loadUnaligned(as: SIMD8<Float>.self)
+        let s5 = UnsafeRawPointer(s + 8 &* 6 &* b + 40).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 0 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[0], s0[6], s1[4], s2[2], s3[0], s3[6], s4[4], s5[2]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 1 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[1], s0[7], s1[5], s2[3], s3[1], s3[7], s4[5], s5[3]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 2 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[2], s1[0], s1[6], s2[4], s3[2], s4[0], s4[6], s5[4]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 3 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[3], s1[1], s1[7], s2[5], s3[3], s4[1], s4[7], s5[5]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 4 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[4], s1[2], s2[0], s2[6], s3[4], s4[2], s5[0], s5[6]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 5 &* phaseLen + 8 &* b).storeBytes(of: SIMD8<Float>(s0[5], s1[3], s2[1], s2[7], s3[5], s4[3], s5[1], s5[7]), as: SIMD8<Float>.self)
     }
     x &+= groups / 8 * 8 * 6
     while x < xEnd { dst[((x &- x0) % 6) &* phaseLen &+ (x &- x0) / 6] = row[x]; x &+= 1 }
@@ -353,18 +353,18 @@ public func avx512MergePhases6(_ src: UnsafePointer<Float>, _ phaseLen: Int, _ r
     let groups = max(0, (xEnd &- x0) / 6)
     let d = row + x0
     for b in 0..<(groups / 8) {
-            let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p2 = UnsafeRawPointer(src + 2 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p3 = UnsafeRawPointer(src + 3 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p4 = UnsafeRawPointer(src + 4 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            let p5 = UnsafeRawPointer(src + 5 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 6 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p2[0], p3[0], p4[0], p5[0], p0[1], p1[1]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 6 &* b + 8).storeBytes(of: SIMD8<Float>(p2[1], p3[1], p4[1], p5[1], p0[2], p1[2], p2[2], p3[2]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 6 &* b + 16).storeBytes(of: SIMD8<Float>(p4[2], p5[2], p0[3], p1[3], p2[3], p3[3], p4[3], p5[3]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 6 &* b + 24).storeBytes(of: SIMD8<Float>(p0[4], p1[4], p2[4], p3[4], p4[4], p5[4], p0[5], p1[5]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 6 &* b + 32).storeBytes(of: SIMD8<Float>(p2[5], p3[5], p4[5], p5[5], p0[6], p1[6], p2[6], p3[6]), as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(d + 8 &* 6 &* b + 40).storeBytes(of: SIMD8<Float>(p4[6], p5[6], p0[7], p1[7], p2[7], p3[7], p4[7], p5[7]), as: SIMD8<Float>.self)
+        let p0 = UnsafeRawPointer(src + 0 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p1 = UnsafeRawPointer(src + 1 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p2 = UnsafeRawPointer(src + 2 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p3 = UnsafeRawPointer(src + 3 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p4 = UnsafeRawPointer(src + 4 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        let p5 = UnsafeRawPointer(src + 5 &* phaseLen + 8 &* b).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 6 &* b + 0).storeBytes(of: SIMD8<Float>(p0[0], p1[0], p2[0], p3[0], p4[0], p5[0], p0[1], p1[1]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 6 &* b + 8).storeBytes(of: SIMD8<Float>(p2[1], p3[1], p4[1], p5[1], p0[2], p1[2], p2[2], p3[2]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 6 &* b + 16).storeBytes(of: SIMD8<Float>(p4[2], p5[2], p0[3], p1[3], p2[3], p3[3], p4[3], p5[3]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 6 &* b + 24).storeBytes(of: SIMD8<Float>(p0[4], p1[4], p2[4], p3[4], p4[4], p5[4], p0[5], p1[5]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 6 &* b + 32).storeBytes(of: SIMD8<Float>(p2[5], p3[5], p4[5], p5[5], p0[6], p1[6], p2[6], p3[6]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(d + 8 &* 6 &* b + 40).storeBytes(of: SIMD8<Float>(p4[6], p5[6], p0[7], p1[7], p2[7], p3[7], p4[7], p5[7]), as: SIMD8<Float>.self)
     }
     var x = x0 &+ groups / 8 * 8 * 6
     while x < xEnd { row[x] = src[((x &- x0) % 6) &* phaseLen &+ (x &- x0) / 6]; x &+= 1 }

@@ -88,14 +88,20 @@ public final class Network: @unchecked Sendable {
         return (plan.bytes, plan.unsharedBytes)
     }
 
+    /// Feature-map bytes per input pixel of an execution plan (measured once on a layout-only
+    /// plan of a representative size; tile sizes are chosen from it).
     public var bytesPerInputPixel: Double {
-        let m = analysis.geometry.sizeMultiple
-        let shrink = (try? analysis.shrink()) ?? [0, 0]
-        let side = (max(256, analysis.geometry.receptiveField.max()! * 2) + m - 1) / m * m
-        guard let plan = try? ExecutionPlan(network: self, packed: nil, height: side + shrink[0], width: side + shrink[1],
-                                            isa: .best, measureOnly: true) else { return 4096 }
-        return Double(plan.bytes) / Double((side + shrink[0]) * (side + shrink[1]))
+        measuredBytesPerPixel.get {
+            let m = analysis.geometry.sizeMultiple
+            let shrink = (try? analysis.shrink()) ?? [0, 0]
+            let side = (max(256, analysis.geometry.receptiveField.max()! * 2) + m - 1) / m * m
+            guard let plan = try? ExecutionPlan(network: self, packed: nil, height: side + shrink[0], width: side + shrink[1],
+                                                isa: .best, measureOnly: true) else { return 4096 }
+            return Double(plan.bytes) / Double((side + shrink[0]) * (side + shrink[1]))
+        }
     }
+
+    private let measuredBytesPerPixel = OnceValue<Double>()
 
     /// Run-time scalars the graph reads (constant_channel parameters), with their defaults.
     public var runtimeParameters: [String: Float] {
@@ -180,4 +186,17 @@ public final class Network: @unchecked Sendable {
 extension GraphAnalysis {
     /// Shape of a node's weight tensor (validated at load).
     func weightShape(_ n: Node) -> [Int] { tensorShapes[n.params[0]]! }
+}
+
+/// A value computed on first use, once, whichever thread asks first.
+final class OnceValue<T>: @unchecked Sendable {
+    private var stored: T?
+    private let lock = NSLock()
+    func get(_ make: () -> T) -> T {
+        lock.lock(); defer { lock.unlock() }
+        if let v = stored { return v }
+        let v = make()
+        stored = v
+        return v
+    }
 }
