@@ -1,5 +1,5 @@
 import Foundation
-import Trainer
+import Imaging
 
 /// The classical deconvolution methods of Flamary 2017's Table I, on the same operator as the
 /// degradation (`LinearConvolution`: zero boundary, PSF origin at ((k - 1) / 2, (k - 1) / 2)).

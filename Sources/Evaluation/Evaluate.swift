@@ -1,7 +1,7 @@
 import Foundation
 import ModelFormat
 import Runtime
-import Trainer
+import Imaging
 
 /// One restoration method of the comparison.
 public enum Method: Sendable, Equatable {

@@ -1,5 +1,5 @@
 import Foundation
-import Trainer
+import Imaging
 
 /// Image quality metrics. Every function takes an optional validity mask (true = use the pixel);
 /// NaN pixels in either image are always left out.

@@ -1,3 +1,4 @@
+import Imaging
 import ModelFormat
 
 /// One image's feature map (CHW) in any floating-point type: Float for training, Double for the

@@ -1,3 +1,4 @@
+import Imaging
 import ModelFormat
 
 /// First-order optimizers on the flat parameter vector. The state is plain arrays so that

@@ -1,7 +1,7 @@
 import Evaluation
 import Foundation
 import ModelFormat
-import Trainer
+import Imaging
 import XCTest
 
 /// Metrics and classical methods against scikit-image (values from tools/evaluation_reference.py

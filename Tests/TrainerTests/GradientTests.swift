@@ -1,3 +1,4 @@
+import Imaging
 import Kernels
 import ModelFormat
 import Trainer

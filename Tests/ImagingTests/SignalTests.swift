@@ -1,6 +1,6 @@
 import Foundation
 import ModelFormat
-import Trainer
+import Imaging
 import XCTest
 
 final class SignalTests: XCTestCase {
