@@ -1,0 +1,314 @@
+import Foundation
+import ModelFormat
+
+/// Random streams for noise simulation. Every image row draws from its own generator, seeded by
+/// (seed, row), so a noise image is the same bits whatever the number of threads that make it.
+public enum NoiseStreams {
+    /// The generator of row `row` of a noise image drawn with `seed`.
+    @inline(__always)
+    public static func row(_ row: Int, seed: UInt64) -> SplitMix64 {
+        var mix = SplitMix64(seed: seed ^ 0x6A09_E667_F3BC_C909)
+        let a = mix.next()
+        var g = SplitMix64(seed: a ^ (UInt64(truncatingIfNeeded: row) &* 0xD1B5_4A32_D192_ED03))
+        _ = g.next()
+        return g
+    }
+
+    /// A uniform deviate in [0, 1) with 53 random bits.
+    @inline(__always)
+    public static func uniform(_ g: inout SplitMix64) -> Double { Double(g.next() >> 11) * 0x1p-53 }
+
+    /// A standard normal deviate (Box-Muller, one value per call: rows stay independent of how
+    /// many deviates other rows use).
+    @inline(__always)
+    public static func normal(_ g: inout SplitMix64) -> Double {
+        var u = 0.0
+        repeat { u = uniform(&g) } while u <= 0
+        let v = uniform(&g)
+        return (-2 * log(u)).squareRoot() * cos(2 * Double.pi * v)
+    }
+
+    /// A Poisson deviate of mean `lambda` (lambda <= 0 gives 0): inversion by sequential search
+    /// below 10, Hörmann's transformed rejection with squeeze (PTRS, 1993) above: both exact.
+    public static func poisson(_ lambda: Double, _ g: inout SplitMix64) -> Double {
+        guard lambda > 0 else { return 0 }
+        if lambda < 10 {
+            let u = uniform(&g)
+            var p = exp(-lambda), cdf = p, k = 0.0
+            while u > cdf && k < 1000 {
+                k += 1
+                p *= lambda / k
+                cdf += p
+            }
+            return k
+        }
+        let slam = lambda.squareRoot(), loglam = log(lambda)
+        let b = 0.931 + 2.53 * slam
+        let a = -0.059 + 0.02483 * b
+        let invAlpha = 1.1239 + 1.1328 / (b - 3.4)
+        let vr = 0.9277 - 3.6224 / (b - 2)
+        while true {
+            let u = uniform(&g) - 0.5
+            let v = uniform(&g)
+            let us = 0.5 - abs(u)
+            let k = ((2 * a / us + b) * u + lambda + 0.43).rounded(.down)
+            if us >= 0.07 && v <= vr { return k }
+            if k < 0 || (us < 0.013 && v > us) { continue }
+            if log(v) + log(invAlpha) - log(a / (us * us) + b) <= -lambda + k * loglam - lgamma(k + 1) { return k }
+        }
+    }
+}
+
+/// The Astro U-net paper's short-exposure model (Vojtekova et al. 2020, eq. 1-4), made general.
+///
+/// The real image is the long exposure, in ADU (or any unit: `gain` is electrons per unit). With
+/// exposure-time ratio r = t_long / t_short, each pixel's electrons in the short exposure are
+///
+///     e_short = Poisson((I + sky) * gain / r) + N(0, sqrt(dark * t_long / r)) + N(0, RON)
+///
+/// and the result is mapped back to the input's units: scaled to the long exposure's level,
+/// `e_short * r / gain - sky` (so it compares directly with the input: same flux scale, r times
+/// the photon variance), or, with `outputScale = .short`, as the short exposure itself would have
+/// recorded it, `e_short / gain - sky / r`. `sky` is a sky level that was subtracted from the image
+/// (its photons still count for the noise; ground images that keep their sky pedestal need 0);
+/// the dark current is taken as calibrated out (zero mean, its Poisson noise in the Gaussian
+/// approximation, as in the paper); `clipNegative` clips negative (I + sky) to 0 before the
+/// Poisson draw, as the paper did; without it a negative expectation is kept as it is with no
+/// photon noise (it carries no photons). Invalid (NaN) pixels stay NaN.
+public struct ExposureNoise: Equatable, Sendable {
+    public enum Scale: String, Sendable, CaseIterable { case long, short }
+
+    public var ratio: Double
+    /// Electrons per image unit.
+    public var gain: Double
+    /// Read-out noise, electrons RMS per pixel.
+    public var readNoise: Double
+    /// Dark current, electrons per pixel per second.
+    public var darkRate: Double
+    /// Exposure time of the long (input) image, seconds: only the dark noise needs it.
+    public var exposureTime: Double
+    /// Sky level subtracted from the image, image units.
+    public var sky: Double
+    public var clipNegative: Bool
+    public var outputScale: Scale
+
+    public init(ratio: Double, gain: Double, readNoise: Double = 0, darkRate: Double = 0, exposureTime: Double = 0,
+                sky: Double = 0, clipNegative: Bool = false, outputScale: Scale = .long) {
+        (self.ratio, self.gain, self.readNoise, self.darkRate) = (ratio, gain, readNoise, darkRate)
+        (self.exposureTime, self.sky, self.clipNegative, self.outputScale) = (exposureTime, sky, clipNegative, outputScale)
+    }
+
+    /// Why the parameters cannot be used, or nil.
+    public var problem: String? {
+        if !(ratio >= 1) || !ratio.isFinite { return "the exposure-time ratio must be a finite number >= 1 (got \(ratio))" }
+        if !(gain > 0) || !gain.isFinite { return "the gain must be a positive number of electrons per image unit (got \(gain))" }
+        if !(readNoise >= 0) || !readNoise.isFinite { return "the read noise must be >= 0 electrons (got \(readNoise))" }
+        if !(darkRate >= 0) || !darkRate.isFinite { return "the dark current must be >= 0 (got \(darkRate))" }
+        if !(exposureTime >= 0) || !exposureTime.isFinite { return "the exposure time must be >= 0 s (got \(exposureTime))" }
+        if darkRate > 0 && exposureTime == 0 { return "a dark current needs the exposure time (EXPTIME or --exptime)" }
+        if !sky.isFinite { return "the sky level must be finite" }
+        return nil
+    }
+
+    /// Variance in electrons of the Gaussian part (dark + read-out) of one short-exposure pixel.
+    public var gaussianVarianceElectrons: Double { darkRate * exposureTime / ratio + readNoise * readNoise }
+
+    /// The expected value and variance of an output pixel for an input value (the test oracle,
+    /// and what a noise-aware method needs).
+    public func moments(of value: Double) -> (mean: Double, variance: Double) {
+        var level = value + sky
+        if clipNegative { level = max(level, 0) }
+        let lambda = max(level, 0) * gain / ratio
+        let eMean = level * gain / ratio            // a negative expectation is kept as is
+        let eVar = lambda + gaussianVarianceElectrons
+        let scale = outputScale == .long ? ratio / gain : 1 / gain
+        let offset = outputScale == .long ? sky : sky / ratio
+        return (eMean * scale - offset, eVar * scale * scale)
+    }
+
+    /// The simulated short exposure of `image` (NaN pixels stay NaN), drawn from `seed`.
+    public func apply(_ image: Image2D, seed: UInt64, threads: Int = 1) -> Image2D {
+        let (h, w) = (image.height, image.width)
+        var out = [Double](repeating: 0, count: h * w)
+        let scale = outputScale == .long ? ratio / gain : 1 / gain
+        let offset = outputScale == .long ? sky : sky / ratio
+        let sigmaG = gaussianVarianceElectrons.squareRoot()
+        let (g, r, s, clip) = (gain, ratio, sky, clipNegative)
+        image.pixels.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                nonisolated(unsafe) let sp = src.baseAddress!, dp = dst.baseAddress!
+                Parallel.chunks(h, threads: threads) { rows in
+                    for y in rows {
+                        var rng = NoiseStreams.row(y, seed: seed)
+                        for x in 0..<w {
+                            let v = sp[y * w + x]
+                            if v.isNaN { dp[y * w + x] = .nan; continue }
+                            var level = v + s
+                            if clip { level = max(level, 0) }
+                            let mean = level * g / r
+                            var e = mean > 0 ? NoiseStreams.poisson(mean, &rng) : mean
+                            if sigmaG > 0 { e += sigmaG * NoiseStreams.normal(&rng) }
+                            dp[y * w + x] = e * scale - offset
+                        }
+                    }
+                }
+            }
+        }
+        return Image2D(height: h, width: w, pixels: out)
+    }
+
+    /// A one-line description for headers and logs.
+    public var description: String {
+        var d = "poisson(ratio=\(fmt(ratio)), gain=\(fmt(gain)) e-/unit, read noise=\(fmt(readNoise)) e-"
+        if darkRate > 0 { d += ", dark=\(fmt(darkRate * 3600)) e-/px/h over \(fmt(exposureTime)) s" }
+        if sky != 0 { d += ", sky=\(fmt(sky))" }
+        if clipNegative { d += ", negatives clipped" }
+        return d + ", \(outputScale == .long ? "scaled to the long exposure" : "short-exposure level"))"
+    }
+}
+
+/// White Gaussian noise of a fixed standard deviation, or of a multiple of the image's own sky
+/// noise (the robust estimate of `SkyStatistics`).
+public struct GaussianNoise: Equatable, Sendable {
+    public enum Level: Equatable, Sendable {
+        case absolute(Double)
+        case skyMultiple(Double)
+    }
+    public var level: Level
+    public init(_ level: Level) { self.level = level }
+
+    /// The standard deviation used on `image`.
+    public func sigma(for image: Image2D) -> Double {
+        switch level {
+        case .absolute(let s): return s
+        case .skyMultiple(let k): return k * SkyStatistics.estimate(image).sigma
+        }
+    }
+
+    /// `image` plus N(0, sigma^2) per valid pixel, drawn from `seed` (rows independent).
+    public func apply(_ image: Image2D, seed: UInt64, threads: Int = 1) -> Image2D {
+        let sigma = self.sigma(for: image)
+        let (h, w) = (image.height, image.width)
+        var out = [Double](repeating: 0, count: h * w)
+        image.pixels.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                nonisolated(unsafe) let sp = src.baseAddress!, dp = dst.baseAddress!
+                Parallel.chunks(h, threads: threads) { rows in
+                    for y in rows {
+                        var rng = NoiseStreams.row(y, seed: seed)
+                        for x in 0..<w {
+                            let v = sp[y * w + x]
+                            dp[y * w + x] = v.isNaN ? .nan : v + sigma * NoiseStreams.normal(&rng)
+                        }
+                    }
+                }
+            }
+        }
+        return Image2D(height: h, width: w, pixels: out)
+    }
+
+    public var description: String {
+        switch level {
+        case .absolute(let s): return "gaussian(sigma=\(fmt(s)))"
+        case .skyMultiple(let k): return "gaussian(sigma=\(fmt(k)) x sky noise)"
+        }
+    }
+}
+
+/// Robust sky level and noise of an image: the median and 1.4826 x the median absolute deviation
+/// of the valid pixels, iterated with 3-sigma clipping about the median (up to 10 rounds, until
+/// no pixel is removed) so stars and galaxies do not inflate the estimate.
+public struct SkyStatistics: Equatable, Sendable {
+    public var median: Double
+    public var sigma: Double
+    public var pixels: Int
+
+    public init(median: Double, sigma: Double, pixels: Int) {
+        (self.median, self.sigma, self.pixels) = (median, sigma, pixels)
+    }
+
+    public static func estimate(_ image: Image2D, mask: [Bool]? = nil, clip: Double = 3, rounds: Int = 10) -> SkyStatistics {
+        var v: [Double] = []
+        v.reserveCapacity(image.count)
+        // Large images: a regular subsample of about a million pixels is as good and far faster.
+        let stride = max(1, image.count / 1_000_000)
+        for i in Swift.stride(from: 0, to: image.count, by: stride) {
+            let p = image.pixels[i]
+            if p.isFinite && mask?[i] != true { v.append(p) }
+        }
+        guard !v.isEmpty else { return SkyStatistics(median: .nan, sigma: .nan, pixels: 0) }
+        var med = 0.0, sig = 0.0
+        for _ in 0..<max(1, rounds) {
+            med = median(&v)
+            var dev = v.map { abs($0 - med) }
+            sig = 1.4826 * median(&dev)
+            let kept = sig > 0 ? v.filter { abs($0 - med) <= clip * sig } : v
+            if kept.count == v.count || kept.isEmpty { break }
+            v = kept
+        }
+        return SkyStatistics(median: med, sigma: sig, pixels: v.count)
+    }
+
+    /// Median of `v` (reorders it): the mean of the two middle values for an even count.
+    public static func median(_ v: inout [Double]) -> Double {
+        let n = v.count
+        guard n > 0 else { return .nan }
+        v.sort()
+        return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+@inline(__always) func fmt(_ v: Double) -> String {
+    if v == v.rounded() && abs(v) < 1e9 { return String(Int(v)) }
+    return String(format: "%.6g", v)
+}
+
+/// What a FITS header says about the exposure: gain (electrons per image unit), exposure time,
+/// read noise and a recorded sky level, each with the keyword it came from.
+public struct ExposureKeywords: Equatable, Sendable {
+    public var gain: (value: Double, source: String)?
+    public var exposureTime: (value: Double, source: String)?
+    public var readNoise: (value: Double, source: String)?
+    public var sky: (value: Double, source: String)?
+
+    public static func == (a: ExposureKeywords, b: ExposureKeywords) -> Bool {
+        a.gain?.value == b.gain?.value && a.exposureTime?.value == b.exposureTime?.value
+            && a.readNoise?.value == b.readNoise?.value && a.sky?.value == b.sky?.value
+    }
+
+    /// Reads the usual keywords through `keyword` (a header look-up). Gain: GAIN, EGAIN, CCDGAIN,
+    /// GAINEFF; an image in electrons (BUNIT 'electrons', 'e-') has gain 1 and one in electrons per
+    /// second ('electrons/s', 'e-/s') has gain EXPTIME. Exposure time: EXPTIME, EXPOSURE,
+    /// TEXPTIME, EXP_TIME. Read noise: RDNOISE, READNOIS, RON, READNOISE, ENOISE. Sky: SKYLEVEL,
+    /// SKY, SKYSUB (a level that was subtracted).
+    public init(keyword: (String) -> String?) {
+        func number(_ names: [String]) -> (Double, String)? {
+            for n in names { if let s = keyword(n), let v = Double(s.trimmingCharacters(in: .whitespaces)), v.isFinite { return (v, n) } }
+            return nil
+        }
+        exposureTime = number(["EXPTIME", "EXPOSURE", "TEXPTIME", "EXP_TIME"]).flatMap { $0.0 > 0 ? $0 : nil }
+        readNoise = number(["RDNOISE", "READNOIS", "RON", "READNOISE", "ENOISE"]).flatMap { $0.0 >= 0 ? $0 : nil }
+        sky = number(["SKYLEVEL", "SKYSUB", "SKY"])
+        gain = number(["GAIN", "EGAIN", "CCDGAIN", "GAINEFF"]).flatMap { $0.0 > 0 ? $0 : nil }
+        if gain == nil, let unit = keyword("BUNIT")?.lowercased().replacingOccurrences(of: " ", with: "") {
+            if ["electrons", "electron", "e-", "e"].contains(unit) {
+                gain = (1, "BUNIT=\(unit)")
+            } else if ["electrons/s", "electron/s", "e-/s", "e/s", "electrons/sec"].contains(unit), let t = exposureTime {
+                gain = (t.value, "BUNIT=\(unit) x \(t.source)")
+            }
+        }
+    }
+
+    public init() {}
+}
+
+extension ExposureNoise {
+    /// The sky level (image units) that was subtracted from an image whose sky noise is `sigma`
+    /// and whose remaining sky level is `median`: the level whose photon noise plus the read
+    /// noise gives the measured noise, (sigma * gain)^2 = (median + sky) * gain + RON^2; 0 when the
+    /// remaining sky already explains the noise.
+    public static func impliedSky(sigma: Double, median: Double, gain: Double, readNoise: Double) -> Double {
+        let electrons = (sigma * gain) * (sigma * gain) - readNoise * readNoise
+        return max(0, electrons / gain - median)
+    }
+}
