@@ -1,5 +1,6 @@
 import Foundation
 import ModelFormat
+import Runtime
 
 /// Random streams for noise simulation. Every image row draws from its own generator, seeded by
 /// (seed, row), so a noise image is the same bits whatever the number of threads that make it.
@@ -215,9 +216,8 @@ public struct GaussianNoise: Equatable, Sendable {
     }
 }
 
-/// Robust sky level and noise of an image: the median and 1.4826 x the median absolute deviation
-/// of the valid pixels, iterated with 3-sigma clipping about the median (up to 10 rounds, until
-/// no pixel is removed) so stars and galaxies do not inflate the estimate.
+/// Robust sky level and noise of an image (`RobustSky` of the runtime, the same rule as the
+/// `sky_mad` normalisation).
 public struct SkyStatistics: Equatable, Sendable {
     public var median: Double
     public var sigma: Double
@@ -228,34 +228,12 @@ public struct SkyStatistics: Equatable, Sendable {
     }
 
     public static func estimate(_ image: Image2D, mask: [Bool]? = nil, clip: Double = 3, rounds: Int = 10) -> SkyStatistics {
-        var v: [Double] = []
-        v.reserveCapacity(image.count)
-        // Large images: a regular subsample of about a million pixels is as good and far faster.
-        let stride = max(1, image.count / 1_000_000)
-        for i in Swift.stride(from: 0, to: image.count, by: stride) {
-            let p = image.pixels[i]
-            if p.isFinite && mask?[i] != true { v.append(p) }
-        }
-        guard !v.isEmpty else { return SkyStatistics(median: .nan, sigma: .nan, pixels: 0) }
-        var med = 0.0, sig = 0.0
-        for _ in 0..<max(1, rounds) {
-            med = median(&v)
-            var dev = v.map { abs($0 - med) }
-            sig = 1.4826 * median(&dev)
-            let kept = sig > 0 ? v.filter { abs($0 - med) <= clip * sig } : v
-            if kept.count == v.count || kept.isEmpty { break }
-            v = kept
-        }
-        return SkyStatistics(median: med, sigma: sig, pixels: v.count)
+        let r = RobustSky.estimate(count: image.count, clip: clip, rounds: rounds) { i in mask?[i] == true ? nil : image.pixels[i] }
+        return SkyStatistics(median: r.median, sigma: r.sigma, pixels: r.pixels)
     }
 
     /// Median of `v` (reorders it): the mean of the two middle values for an even count.
-    public static func median(_ v: inout [Double]) -> Double {
-        let n = v.count
-        guard n > 0 else { return .nan }
-        v.sort()
-        return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+    public static func median(_ v: inout [Double]) -> Double { RobustSky.median(&v) }
 }
 
 @inline(__always) func fmt(_ v: Double) -> String {

@@ -7,6 +7,11 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         case clipMax = "clip_max"
         case minmax
         case meanstd
+        /// The sky level and noise: (pixel - sky median) / sky sigma, both robust (a 3-sigma
+        /// clipped median and 1.4826 x MAD, `RobustSky`): a rule that ties the network's units to
+        /// the image's noise rather than to its brightest pixel, so it holds across instruments
+        /// and units (ADU, e-/s, MJy/sr).
+        case skyMAD = "sky_mad"
     }
 
     public let kind: Kind
@@ -20,6 +25,7 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         case .clipMax: return "clip_max (max \(scale))"
         case .minmax: return "minmax (min \(offset), range \(scale))"
         case .meanstd: return "meanstd (mean \(offset), std \(scale))"
+        case .skyMAD: return "sky_mad (sky \(offset), sky sigma \(scale))"
         }
     }
 
@@ -44,6 +50,10 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
             for i in 0..<pixels.count where !invalid[i] { let d = Double(pixels[i]) - mean; ss += d * d }
             let sd = n > 1 ? (ss / Double(n)).squareRoot() : 0
             return Normalization(kind: kind, offset: mean, scale: sd > 0 ? sd : 1)
+        case .skyMAD:
+            let sky = RobustSky.estimate(count: pixels.count) { i in invalid[i] ? nil : Double(pixels[i]) }
+            return Normalization(kind: kind, offset: sky.median.isFinite ? sky.median : 0,
+                                 scale: sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
         }
     }
 
@@ -138,5 +148,39 @@ public enum ReflectPad {
             }
         }
         return out
+    }
+}
+
+/// Robust sky level and noise of an image: the median and 1.4826 x the median absolute deviation
+/// of the valid pixels, iterated with `clip`-sigma clipping about the median (up to `rounds`
+/// rounds, until no pixel is removed), so stars and galaxies do not inflate the estimate. Images
+/// of more than a million pixels are subsampled on a regular stride (as good, and far faster).
+public enum RobustSky {
+    public static func estimate(count: Int, clip: Double = 3, rounds: Int = 10, value: (Int) -> Double?) -> (median: Double, sigma: Double, pixels: Int) {
+        var v: [Double] = []
+        let stride = max(1, count / 1_000_000)
+        v.reserveCapacity(count / stride + 1)
+        for i in Swift.stride(from: 0, to: count, by: stride) {
+            if let p = value(i), p.isFinite { v.append(p) }
+        }
+        guard !v.isEmpty else { return (.nan, .nan, 0) }
+        var med = 0.0, sig = 0.0
+        for _ in 0..<max(1, rounds) {
+            med = median(&v)
+            var dev = v.map { abs($0 - med) }
+            sig = 1.4826 * median(&dev)
+            let kept = sig > 0 ? v.filter { abs($0 - med) <= clip * sig } : v
+            if kept.count == v.count || kept.isEmpty { break }
+            v = kept
+        }
+        return (med, sig, v.count)
+    }
+
+    /// Median of `v` (reorders it): the mean of the two middle values for an even count.
+    public static func median(_ v: inout [Double]) -> Double {
+        let n = v.count
+        guard n > 0 else { return .nan }
+        v.sort()
+        return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])
     }
 }
