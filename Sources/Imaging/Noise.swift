@@ -127,30 +127,31 @@ public struct ExposureNoise: Equatable, Sendable {
         return (eMean * scale - offset, eVar * scale * scale)
     }
 
+    /// One pixel of the short exposure of a pixel of value `v` (NaN stays NaN), drawn from `rng`.
+    @inline(__always)
+    public func sample(_ v: Double, _ rng: inout SplitMix64) -> Double {
+        if v.isNaN { return .nan }
+        var level = v + sky
+        if clipNegative { level = max(level, 0) }
+        let mean = level * gain / ratio
+        var e = mean > 0 ? NoiseStreams.poisson(mean, &rng) : mean
+        let sigmaG = gaussianVarianceElectrons.squareRoot()
+        if sigmaG > 0 { e += sigmaG * NoiseStreams.normal(&rng) }
+        return outputScale == .long ? e * ratio / gain - sky : e / gain - sky / ratio
+    }
+
     /// The simulated short exposure of `image` (NaN pixels stay NaN), drawn from `seed`.
     public func apply(_ image: Image2D, seed: UInt64, threads: Int = 1) -> Image2D {
         let (h, w) = (image.height, image.width)
         var out = [Double](repeating: 0, count: h * w)
-        let scale = outputScale == .long ? ratio / gain : 1 / gain
-        let offset = outputScale == .long ? sky : sky / ratio
-        let sigmaG = gaussianVarianceElectrons.squareRoot()
-        let (g, r, s, clip) = (gain, ratio, sky, clipNegative)
+        let model = self
         image.pixels.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
                 nonisolated(unsafe) let sp = src.baseAddress!, dp = dst.baseAddress!
                 Parallel.chunks(h, threads: threads) { rows in
                     for y in rows {
                         var rng = NoiseStreams.row(y, seed: seed)
-                        for x in 0..<w {
-                            let v = sp[y * w + x]
-                            if v.isNaN { dp[y * w + x] = .nan; continue }
-                            var level = v + s
-                            if clip { level = max(level, 0) }
-                            let mean = level * g / r
-                            var e = mean > 0 ? NoiseStreams.poisson(mean, &rng) : mean
-                            if sigmaG > 0 { e += sigmaG * NoiseStreams.normal(&rng) }
-                            dp[y * w + x] = e * scale - offset
-                        }
+                        for x in 0..<w { dp[y * w + x] = model.sample(sp[y * w + x], &rng) }
                     }
                 }
             }

@@ -1,0 +1,59 @@
+import Foundation
+import Imaging
+import ModelFormat
+import Trainer
+import XCTest
+
+final class CropSamplerTests: XCTestCase {
+    /// A sky of level 0 (sky 50 subtracted), noise-free, with bright sources in the top-left
+    /// 40 x 40 pixels only.
+    func image() -> SourceImage {
+        var img = Image2D(height: 120, width: 100)
+        for y in 0..<120 { for x in 0..<100 { img[y, x] = Double((x * 7 + y * 3) % 5) * 0.01 } }
+        for y in stride(from: 3, to: 40, by: 6) { for x in stride(from: 3, to: 40, by: 6) { img[y, x] = 400 } }
+        return SourceImage(name: "t", checksum: 0, raw: img)
+    }
+
+    func testPlanRejectsEmptyCropsAndIsAPureFunctionOfTheSeed() throws {
+        let s = try CropSampler(images: [LongExposure(image: image(), gain: 2, readNoise: 3, sky: 50)], ratios: [2, 3], cropSize: 32)
+        let a = s.plan(count: 200, seed: 5, stream: 1), b = s.plan(count: 200, seed: 5, stream: 1)
+        XCTAssertEqual(a, b)
+        XCTAssertNotEqual(a, s.plan(count: 200, seed: 5, stream: 2))
+        // Crops must touch the source region (top-left 40 x 40), since all others are empty.
+        XCTAssert(a.allSatisfy { $0.y < 40 && $0.x < 40 }, "empty crops were drawn")
+        XCTAssertEqual(Set(a.map(\.ratio)), [2, 3])
+        XCTAssertEqual(Set(a.map(\.variant)).count, 8)
+    }
+
+    func testFillGivesTheOrientedTruthAndTheNoiseModelInNetworkUnits() throws {
+        let src = image()
+        let long = LongExposure(image: src, gain: 2, readNoise: 3, sky: 50)
+        let s = try CropSampler(images: [long], ratios: [4], cropSize: 32)
+        let (offset, scale) = s.units[0][0]
+        // The short exposure's sky noise at ratio 4: (r/g) sqrt(sky g / r + RON^2) in image units.
+        let expectSigma = (4.0 / 2) * (50 * 2 / 4 + 9.0).squareRoot()
+        XCTAssertEqual(scale, expectSigma, accuracy: 0.04 * expectSigma)
+        XCTAssertEqual(offset, 0.02, accuracy: 0.3)
+        let specs = s.plan(count: 16, seed: 1, stream: 1)
+        var inputs = [Float](repeating: 0, count: 16 * 32 * 32), targets = inputs
+        inputs.withUnsafeMutableBufferPointer { ib in targets.withUnsafeMutableBufferPointer { tb in
+            s.fill(specs[...], inputs: ib.baseAddress!, targets: tb.baseAddress!)
+        } }
+        var diffs: [Double] = []
+        for (k, sp) in specs.enumerated() {
+            let crop = src.raw.crop(y: sp.y, x: sp.x, height: 32, width: 32).dihedral(sp.variant)
+            for i in 0..<(32 * 32) {
+                XCTAssertEqual(Double(targets[k * 1024 + i]), (crop.pixels[i] - offset) / scale, accuracy: 1e-5)
+                if crop.pixels[i] < 1 { diffs.append(Double(inputs[k * 1024 + i] - targets[k * 1024 + i])) }
+            }
+        }
+        // On the sky the input minus the target is the short exposure's noise: unit variance.
+        let m = diffs.reduce(0, +) / Double(diffs.count)
+        let sd = (diffs.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(diffs.count)).squareRoot()
+        XCTAssertEqual(sd, 1, accuracy: 0.05)
+        XCTAssertEqual(m, 0, accuracy: 0.05)
+        XCTAssertThrowsError(try CropSampler(images: [long], ratios: [2], cropSize: 200))
+        XCTAssertThrowsError(try CropSampler(images: [long], ratios: [0.5], cropSize: 32))
+        XCTAssertThrowsError(try CropSampler(images: [LongExposure(image: src, gain: 0)], ratios: [2], cropSize: 32))
+    }
+}
