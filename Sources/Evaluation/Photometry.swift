@@ -57,6 +57,9 @@ public enum Photometry {
     static func sumCircle(data: UnsafeBufferPointer<Float>, width w: Int, height h: Int, x: Double, y: Double, r: Double,
                           error: UnsafeBufferPointer<Float>?, mask: UnsafeBufferPointer<Bool>?, gain: Double?) -> ApertureFlux {
         var flags = 0
+        guard x.isFinite, y.isFinite, abs(x) < 1e9, abs(y) < 1e9, r.isFinite, r > 0, r < 1e6 else {
+            return ApertureFlux(flux: .nan, fluxErr: .nan, area: 0, flags: SourceFlag.apertureTruncated)
+        }
         let rin = r - 0.7072
         let rIn2 = rin > 0 ? rin * rin : 0
         let rOut2 = (r + 0.7072) * (r + 0.7072)
