@@ -22,7 +22,7 @@ struct AstroCNNCommand: ParsableCommand {
         commandName: "astrocnn",
         abstract: "Restore astronomical images with CNNs on the CPU.",
         version: AstroCNN.version,
-        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self]
+        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self]
     )
 }
 
