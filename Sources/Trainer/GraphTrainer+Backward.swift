@@ -36,10 +36,18 @@ extension GraphTrainer {
         let base = plan.forward.count
         for (i, b) in plan.backward.enumerated() {
             if b.time != lastTime { ws.clearFrames(plan.frames[b.time + 1]); lastTime = b.time }
-            let start = timed ? monotonicSeconds() : 0
+            let slot = base + 3 * i
+            var start = timed ? monotonicSeconds() : 0
+            /// Ends the current part of the step (0, 1, 2: see `timings`) and starts the next.
+            func lap(_ part: Int) {
+                guard timed else { return }
+                let now = monotonicSeconds()
+                ws.timings[slot + part] += now - start
+                start = now
+            }
             switch b.step {
-            case let .conv(s): convBackward(s, ws)
-            case let .convTranspose(s): convTransposeBackward(s, ws)
+            case let .conv(s): convBackward(s, ws, lap)
+            case let .convTranspose(s): convTransposeBackward(s, ws, lap)
             case let .activation(x, dy, dx, mode, alpha):
                 GraphTrainer.activationBackward(ws.view(x), ws.view(dy), ws.view(dx), alpha: alpha, mode: mode)
             case let .pool(dy, dx, argmax, mode):
@@ -48,11 +56,11 @@ extension GraphTrainer {
                 let (s, d) = (ws.view(dy), ws.view(dx))
                 if mode == .write { FastOps.copy(s, d) } else { GraphTrainer.add(s, into: d) }
             }
-            if timed { ws.timings[base + i] += monotonicSeconds() - start }
+            lap(0)
         }
     }
 
-    private func convBackward(_ s: ConvBackward, _ ws: Workspace) {
+    private func convBackward(_ s: ConvBackward, _ ws: Workspace, _ lap: (Int) -> Void) {
         let g = ws.view(s.dy)
         // dL/d(pre-activation) from the stored output's sign, in place.
         if let y = s.y { GraphTrainer.mask(g, by: ws.view(y), s.activation) }
@@ -60,6 +68,7 @@ extension GraphTrainer {
         let dyt = ws.raw(s.dyt)
         GraphTrainer.transpose(g, into: dyt, ldb: s.ldb, sums: ws.sums)
         if let b = s.bias { for o in 0..<g.channels { ws.acc[b + o] += ws.sums[o] } }
+        lap(0)
         let x = ws.view(s.x)
         let (pt, pl) = s.padding == .same ? ((s.kh - 1) / 2, (s.kw - 1) / 2) : (0, 0)
         // dW[o, c, u, v] = sum over (y, x) of dY[o, y, x] X[c, y + u - pt, x + v - pl]: a 'valid'
@@ -67,6 +76,7 @@ extension GraphTrainer {
         let shifted = PlanarView(base: x.pointer(0, -pt, -pl), layout: x.layout, owner: x.owner)
         WeightGradient.accumulate(input: shifted, offsets: s.tapOffsets, outHeight: s.outHeight, outWidth: s.outWidth,
                                   dYT: UnsafePointer(dyt), ldb: s.ldb, acc: ws.acc + s.acc, isa: isa)
+        lap(1)
         guard let target = s.dx, let w = backwardWeights[s.weight] else { return }
         // dX[c, i, j] = sum of T[c, o, u, v] dY[o, i + u - top, j + v - left] with the flipped
         // weights T: a 'valid' convolution of dY read from (-top, -left) through its zero margin.
@@ -79,9 +89,10 @@ extension GraphTrainer {
         let src = PlanarView(base: g.pointer(0, -top, -left), layout: padded, owner: g.owner)
         FastOps.conv2d(src, dst, w, padding: .valid, activation: .none, isa: isa)
         if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
+        lap(2)
     }
 
-    private func convTransposeBackward(_ s: ConvTransposeBackward, _ ws: Workspace) {
+    private func convTransposeBackward(_ s: ConvTransposeBackward, _ ws: Workspace, _ lap: (Int) -> Void) {
         let g = ws.view(s.dy), p = ws.view(s.phases)
         let dyt = ws.raw(s.dyt)
         let o = g.channels, (h, w) = (p.height, p.width)
@@ -114,13 +125,16 @@ extension GraphTrainer {
             }
         }
         if let b = s.bias { for oc in 0..<o { ws.acc[b + oc] += ws.sums[oc] } }
+        lap(0)
         let x = ws.view(s.x)
         WeightGradient.accumulate(input: x, offsets: s.tapOffsets, outHeight: h, outWidth: w, dYT: UnsafePointer(dyt),
                                   ldb: s.ldb, acc: ws.acc + s.acc, isa: isa)
+        lap(1)
         guard let target = s.dx, let wt = backwardWeights[s.weight] else { return }
         let dst = ws.view(s.mode == .write ? target : s.scratch!)
         FastOps.conv2d(p, dst, wt, padding: .valid, activation: .none, isa: isa)
         if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
+        lap(2)
     }
 
     /// Writes g pixel-major (`dyt[(y * width + x) * ldb + c]`) and the per-channel sums of g

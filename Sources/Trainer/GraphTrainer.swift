@@ -96,7 +96,7 @@ public final class GraphTrainer: @unchecked Sendable {
         runtimeParameterDefaults = defaults
         layout = ParameterLayout(model: model)
         plan = try GraphTrainer.compile(model: model, analysis: analysis, height: inputHeight, width: inputWidth, isa: isa)
-        timingSums = [Double](repeating: 0, count: plan.forward.count + plan.backward.count)
+        timingSums = [Double](repeating: 0, count: plan.forward.count + 3 * plan.backward.count)
         parameters = []
         try setParameters(layout.flatten(model))
     }
@@ -167,11 +167,18 @@ public final class GraphTrainer: @unchecked Sendable {
     }
 
     /// Steps with the seconds collected since the last `resetTimings` (summed over samples and
-    /// threads): "forward" and "backward" phases, in execution order.
+    /// threads), in execution order: each forward step ("forward"), then each backward step in
+    /// three parts: "backward" (masks, dY transposes and bias sums, pooling and concatenation
+    /// gradients), "weight-gradient" and "data-gradient" (with the add of an accumulated one).
     public var timings: [(step: String, phase: String, seconds: Double)] {
         timingLock.lock(); defer { timingLock.unlock() }
         let f = plan.forward.enumerated().map { ($0.element.label, "forward", timingSums[$0.offset]) }
-        let b = plan.backward.enumerated().map { ($0.element.label, "backward", timingSums[plan.forward.count + $0.offset]) }
+        var b: [(String, String, Double)] = []
+        for (i, s) in plan.backward.enumerated() {
+            for (k, phase) in ["backward", "weight-gradient", "data-gradient"].enumerated() {
+                b.append((s.label, phase, timingSums[plan.forward.count + 3 * i + k]))
+            }
+        }
         return f + b
     }
 
@@ -347,7 +354,7 @@ public final class GraphTrainer: @unchecked Sendable {
             sums.initialize(repeating: 0, count: p.maxChannels)
             lossRow = .allocate(capacity: t.outputWidth)
             lossRow.initialize(repeating: 0, count: t.outputWidth)
-            timings = [Double](repeating: 0, count: p.forward.count + p.backward.count)
+            timings = [Double](repeating: 0, count: p.forward.count + 3 * p.backward.count)
         }
 
         deinit {

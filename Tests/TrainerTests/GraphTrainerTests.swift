@@ -369,17 +369,30 @@ final class GraphTrainerTests: XCTestCase {
                 let t = try GraphTrainer(model: m, inputHeight: side, inputWidth: side)
                 let count = 2 * threads
                 let b = batch(t, count: count, seed: 1)
+                // The forward pass against the runtime's direct convolution on one thread.
+                let net = try Network(model: m)
+                let x = FeatureMap(channels: 1, height: side, width: side, data: Array(b.inputs[0..<side * side]))
+                _ = try net.forward(x, algorithm: .direct)
+                var start = monotonicSeconds()
+                let y = try net.forward(x, algorithm: .direct)
+                let runtime = monotonicSeconds() - start
+                start = monotonicSeconds()
+                let p = try t.predict(inputs: Array(b.inputs[0..<side * side]), count: 1, threads: 1)
+                let predict = monotonicSeconds() - start
+                XCTAssertEqual(p, y.data)
+                print(String(format: "U-net %@ %dx%d forward, 1 thread: runtime direct %.3f s, trainer %.3f s", "\(widths)", side, side, runtime, predict))
                 _ = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: count, loss: .l1, threads: threads)
                 t.collectTimings = true
                 t.resetTimings()
-                let start = monotonicSeconds()
+                start = monotonicSeconds()
                 _ = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: count, loss: .l1, threads: threads)
                 let s = monotonicSeconds() - start
                 let steps = t.timings
                 let f = steps.filter { $0.phase == "forward" }.reduce(0) { $0 + $1.seconds }
-                let bw = steps.filter { $0.phase == "backward" }.reduce(0) { $0 + $1.seconds }
-                print(String(format: "U-net %@ %dx%d, %d threads: %.2f samples/s (%.3f s per batch of %d); per sample forward %.3f s, backward %.3f s (thread time)",
-                             "\(widths)", side, side, threads, Double(count) / s, s, count, f / Double(count), bw / Double(count)))
+                let bw = steps.filter { $0.phase != "forward" }.reduce(0) { $0 + $1.seconds }
+                let parts = ["backward", "weight-gradient", "data-gradient"].map { ph in steps.filter { $0.phase == ph }.reduce(0) { $0 + $1.seconds } / Double(count) }
+                print(String(format: "U-net %@ %dx%d, %d threads: %.2f samples/s (%.3f s per batch of %d); per sample forward %.3f s, backward %.3f s (thread time: transposes/masks/routing %.3f, weight gradients %.3f, data gradients %.3f)",
+                             "\(widths)", side, side, threads, Double(count) / s, s, count, f / Double(count), bw / Double(count), parts[0], parts[1], parts[2]))
                 for st in steps.sorted(by: { $0.seconds > $1.seconds }).prefix(12) {
                     print(String(format: "    %-40@ %@ %.1f ms/sample", st.step, st.phase, 1000 * st.seconds / Double(count)))
                 }
