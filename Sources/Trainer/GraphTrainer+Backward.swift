@@ -169,10 +169,11 @@ extension GraphTrainer {
         }
         for c in 0..<g.channels { for r in 0..<g.height {
             let gp = g.pointer(c, r, 0), yp = y.pointer(c, r, 0)
+            // Selects rather than branches (the signs are random): vectorisable, same values.
             if alpha == 0 {
-                for x in 0..<g.width where yp[x] <= 0 { gp[x] = 0 }
+                for x in 0..<g.width { let v = gp[x]; gp[x] = yp[x] <= 0 ? 0 : v }
             } else {
-                for x in 0..<g.width where yp[x] < 0 { gp[x] *= alpha }
+                for x in 0..<g.width { let v = gp[x]; gp[x] = yp[x] < 0 ? v * alpha : v }
             }
         } }
     }

@@ -217,7 +217,10 @@ final class GraphTrainerTests: XCTestCase {
     // MARK: whole U-nets
 
     func testSmallUNetsMatchTheReference() throws {
-        for (widths, h, w) in [([4, 8], 16, 16), ([4, 8, 16], 16, 16), ([4, 8, 16], 24, 32), ([4, 8], 24, 32)] {
+        // 2, 3 and 5 levels (the paper's depth; bottom map 2x2), and widths that are no multiple
+        // of 4 (the kernels' single-channel tails, forward and backward).
+        for (widths, h, w) in [([4, 8], 16, 16), ([4, 8, 16], 16, 16), ([4, 8, 16], 24, 32), ([4, 8], 24, 32),
+                               ([4, 8, 16, 32, 64], 32, 32), ([6, 10, 14], 16, 24)] {
             let m = withBiases(try Architectures.unet(name: "u", widths: widths, initializer: Initialization.he.initializer(seed: 5)), seed: 5)
             try check(m, height: h, width: w, count: 3, perSample: ["exposure_ratio": [1, 2.5, 0.25]], "U-net \(widths) \(h)x\(w)")
         }
