@@ -417,15 +417,14 @@ extension GraphTrainer {
                 continue
             }
         }
-        // Every gradient buffer is read by its value's producer's backward step, which touched it.
-        try place(&plan, count: count)
+        place(&plan, count: count)
         return plan
     }
 
     /// Places the buffers in one arena: each lives from its first to its last step; buffers whose
     /// lives do not overlap share memory (largest first, lowest free offset), as the runtime's
     /// execution plan does. Margins are cleared when a buffer's life starts.
-    private static func place(_ plan: inout Plan, count: Int) throws {
+    private static func place(_ plan: inout Plan, count: Int) {
         let used = plan.buffers.indices.filter { plan.buffers[$0].first <= plan.buffers[$0].last }
         let order = used.sorted { (plan.buffers[$0].floats, -plan.buffers[$0].first) > (plan.buffers[$1].floats, -plan.buffers[$1].first) }
         var placed: [(start: Int, end: Int, first: Int, last: Int)] = []

@@ -38,7 +38,8 @@ public struct GraphTrainerError: Error, CustomStringConvertible, Equatable {
 /// Threads: a batch is cut into fixed chunks of `chunkSize` samples; each chunk's gradient is
 /// accumulated in its own workspace and added to the batch sum in chunk order, so results are the
 /// same bits for any thread count (and equal to `ConvChainTrainer`'s on a chain of valid
-/// convolutions).
+/// convolutions). Workspaces are made on first use and kept for the trainer's life. One call at a
+/// time: `setParameters` must not run during `lossAndGradient` or `predict`.
 public final class GraphTrainer: @unchecked Sendable {
     public static let chunkSize = 2
 
@@ -156,14 +157,15 @@ public final class GraphTrainer: @unchecked Sendable {
                accumulatorBytes: plan.accFloats * 4)
     }
 
-    /// Peak bytes of a `lossAndGradient` call on `threads` threads: a workspace per thread, the
-    /// batch's gradient sum, and the packed weights (forward and backward).
+    /// About the peak bytes the trainer holds during a `lossAndGradient` call on `threads`
+    /// threads: a workspace per thread, the batch's gradient sum, the packed weights (forward
+    /// and backward), the parameters and the returned gradient.
     public func peakBytes(threads: Int) -> Int {
         let weights = plan.weighted.reduce(0) { s, w in
             let taps = w.transposed ? w.inChannels * 4 : w.inChannels * w.kh * w.kw
             return s + 2 * ((w.outChannels + 3) / 4 * 4) * taps * 4
         }
-        return max(1, threads) * memory.workspaceBytes + plan.accFloats * 4 + weights
+        return max(1, threads) * memory.workspaceBytes + plan.accFloats * 4 + weights + 2 * layout.count * 4
     }
 
     /// Steps with the seconds collected since the last `resetTimings` (summed over samples and

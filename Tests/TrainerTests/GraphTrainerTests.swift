@@ -396,9 +396,16 @@ final class GraphTrainerTests: XCTestCase {
                 let parts = ["backward", "weight-gradient", "data-gradient"].map { ph in steps.filter { $0.phase == ph }.reduce(0) { $0 + $1.seconds } / Double(count) }
                 print(String(format: "U-net %@ %dx%d, %d threads: %.2f samples/s (%.3f s per batch of %d); per sample forward %.3f s, backward %.3f s (thread time: transposes/masks/routing %.3f, weight gradients %.3f, data gradients %.3f)",
                              "\(widths)", side, side, threads, Double(count) / s, s, count, f / Double(count), bw / Double(count), parts[0], parts[1], parts[2]))
+                start = monotonicSeconds()
+                try t.setParameters(t.parameters)
+                print(String(format: "    setParameters (repacking %d parameters): %.3f s", t.layout.count, monotonicSeconds() - start))
                 for st in steps.sorted(by: { $0.seconds > $1.seconds }).prefix(12) {
                     print(String(format: "    %-40@ %@ %.1f ms/sample", st.step, st.phase, 1000 * st.seconds / Double(count)))
                 }
+                var usage = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &usage)
+                print(String(format: "    estimated peak %.1f MiB; process max RSS so far %.1f MiB", Double(t.peakBytes(threads: threads)) / 1048576,
+                             Double(usage.ru_maxrss) / 1024))
             }
         }
     }
