@@ -96,9 +96,9 @@ final class GraphTrainerTests: XCTestCase {
     }
 
     func check(_ m: Model, height: Int, width: Int, count: Int = 3, loss: Loss = .mse, runtime: [String: Float] = [:],
-               perSample: [String: [Float]] = [:], seed: UInt64 = 11, _ what: String,
+               perSample: [String: [Float]] = [:], seed: UInt64 = 11, isa: KernelISA = .best, _ what: String,
                file: StaticString = #filePath, line: UInt = #line) throws {
-        let t = try GraphTrainer(model: m, inputHeight: height, inputWidth: width)
+        let t = try GraphTrainer(model: m, inputHeight: height, inputWidth: width, isa: isa)
         let b = batch(t, count: count, seed: seed)
         let fast = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: b.count, loss: loss, threads: 2,
                                          runtimeParameters: runtime, sampleParameters: perSample)
@@ -226,6 +226,10 @@ final class GraphTrainerTests: XCTestCase {
         }
         let m = withBiases(try Architectures.unet(name: "u", widths: [4, 8, 16], initializer: Initialization.he.initializer(seed: 6)), seed: 6)
         try check(m, height: 16, width: 24, count: 2, loss: .l1, runtime: ["exposure_ratio": 4], "U-net L1")
+        // Every kernel set this CPU runs (AVX-512 SIMD16, AVX2 and portable SIMD8).
+        for isa in KernelISA.allCases where isa.supported {
+            try check(m, height: 16, width: 24, count: 2, runtime: ["exposure_ratio": 2], isa: isa, "U-net on \(isa.rawValue)")
+        }
     }
 
     func testPredictEqualsTheRuntime() throws {
