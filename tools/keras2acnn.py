@@ -2,7 +2,7 @@
 """Convert a Keras Sequential CNN (HDF5 weights + JSON config) to an AstroCNN `.acnn` model.
 
     python3 tools/keras2acnn.py WEIGHTS.h5 CONFIG.json -o OUT.acnn [--name NAME]
-        [--normalization clip_max|none|minmax|meanstd] [--kernels auto|convolution|correlation]
+        [--normalization clip_max|none|minmax|meanstd|sky_mad] [--kernels auto|convolution|correlation]
         [--float16]
 
 Supported layers: Keras 1 `Convolution2D` and Keras 2/3 `Conv2D` (stride 1, padding valid or
@@ -205,7 +205,7 @@ def main(argv=None):
     ap.add_argument("config", help="Keras model JSON (model.to_json())")
     ap.add_argument("-o", "--output", required=True, help="output .acnn file")
     ap.add_argument("--name", help="model name (default: the weights file name)")
-    ap.add_argument("--normalization", default="none", choices=["none", "clip_max", "minmax", "meanstd"],
+    ap.add_argument("--normalization", default="none", choices=["none", "clip_max", "minmax", "meanstd", "sky_mad"],
                     help="input normalisation the runtime applies (Flamary 2017 models: clip_max)")
     ap.add_argument("--kernels", default="auto", choices=["auto", "convolution", "correlation"],
                     help="how the stored kernels are meant (auto: Keras 1 'th' = convolution, else correlation)")

@@ -291,3 +291,17 @@ extension ExposureNoise {
         return max(0, electrons / gain - median)
     }
 }
+
+extension ExposureNoise {
+    /// The subtracted sky level to simulate an image's short exposure with, and how it was found:
+    /// a header value (SKYLEVEL...) when the image's own median shows that level was subtracted
+    /// (median below a tenth of it), else the level the measured sky noise implies
+    /// (`impliedSky`), which also covers images that keep their sky or whose header is stale.
+    public static func subtractedSky(header: ExposureKeywords, stats: SkyStatistics, gain: Double, readNoise: Double) -> (Double, String) {
+        if let hs = header.sky, hs.value > 0, stats.median < 0.1 * hs.value {
+            return (hs.value, "\(hs.source) \(fmt(hs.value)), subtracted (median \(String(format: "%.4g", stats.median)))")
+        }
+        let s = impliedSky(sigma: stats.sigma, median: stats.median, gain: gain, readNoise: readNoise)
+        return (s, String(format: "%.4g implied by the sky noise %.4g at median %.4g", s, stats.sigma, stats.median))
+    }
+}

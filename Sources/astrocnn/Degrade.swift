@@ -15,8 +15,9 @@ struct Degrade: ParsableCommand {
         mapped back to the input's units at the long exposure's level (--scale long, the default: same flux \
         scale as the input) or as the short exposure would record it (--scale short). Gain, exposure time, \
         read noise and a subtracted sky level come from the header (GAIN/EGAIN/CCDGAIN, BUNIT electrons or \
-        electrons/s; EXPTIME/EXPOSURE; RDNOISE/READNOIS/RON; SKYLEVEL) unless given. --sky auto uses the sky \
-        level that the image's measured sky noise implies. With --noise gaussian, --sigma S adds N(0, S^2) \
+        electrons/s; EXPTIME/EXPOSURE; RDNOISE/READNOIS/RON) unless given. The subtracted sky (its photons \
+        still count) is --sky, else a header SKYLEVEL the image's median shows was subtracted, else the level \
+        that the image's measured sky noise implies (--sky auto). With --noise gaussian, --sigma S adds N(0, S^2) \
         in image units and --sigma-sky K adds K times the image's robust sky noise. The output keeps the \
         header (WCS included) and says in HISTORY and ACNN* keywords exactly what was done.
         """)
@@ -30,7 +31,7 @@ struct Degrade: ParsableCommand {
     @Option(help: "Read-out noise, electrons RMS (default: the header's, else 0).") var readNoise: Double?
     @Option(help: "Dark current, electrons per pixel per hour (default 0).") var dark: Double = 0
     @Option(help: "Exposure time of the input, seconds (default: EXPTIME/EXPOSURE).") var exptime: Double?
-    @Option(help: "Sky level subtracted from the image, in image units, or 'auto' (default: SKYLEVEL, else 0).") var sky: String?
+    @Option(help: "Sky level subtracted from the image, in image units, or auto (the default: a header SKYLEVEL the image shows was subtracted, else the level its sky noise implies).") var sky: String?
     @Flag(help: "Clip negative pixels to 0 before the Poisson draw (as the paper did).") var clip = false
     @Option(help: "Output level for poisson: long (the input's flux scale) or short (as the short exposure records it).") var scale: String = "long"
     @Option(help: "Gaussian noise: standard deviation in image units.") var sigma: Double?
@@ -82,18 +83,11 @@ struct Degrade: ParsableCommand {
             let ron = readNoise ?? header.readNoise?.value ?? 0
             let t = exptime ?? header.exposureTime?.value ?? 0
             var skyLevel = 0.0, skyNote = "0"
-            if let s = sky {
-                if s.lowercased() == "auto" {
-                    let stats = SkyStatistics.estimate(truth)
-                    skyLevel = ExposureNoise.impliedSky(sigma: stats.sigma, median: stats.median, gain: g, readNoise: ron)
-                    skyNote = "\(skyLevel) (auto: implied by the sky noise \(stats.sigma) at median \(stats.median))"
-                } else if let v = Double(s), v.isFinite {
-                    skyLevel = v; skyNote = s
-                } else {
-                    throw ValidationError("--sky must be a number or auto")
-                }
-            } else if let hs = header.sky {
-                skyLevel = hs.value; skyNote = "\(hs.value) (\(hs.source))"
+            if let s = sky, s.lowercased() != "auto" {
+                guard let v = Double(s), v.isFinite else { throw ValidationError("--sky must be a number or auto") }
+                skyLevel = v; skyNote = s
+            } else {
+                (skyLevel, skyNote) = ExposureNoise.subtractedSky(header: header, stats: SkyStatistics.estimate(truth), gain: g, readNoise: ron)
             }
             let model = ExposureNoise(ratio: r, gain: g, readNoise: ron, darkRate: dark / 3600, exposureTime: t, sky: skyLevel,
                                       clipNegative: clip, outputScale: outScale)

@@ -19,7 +19,7 @@ struct Train: ParsableCommand {
         and on Ctrl-C; --resume continues to the same bits as an uninterrupted run.
         """)
 
-    @Option(help: "Recipe: flamary3 (the 3-layer CNN) or flamary1 (the linear 19x19 CNN).")
+    @Option(help: "Recipe: flamary3 (the 3-layer CNN), flamary1 (the linear 19x19 CNN) or astro-unet (the Astro U-net denoiser).")
     var recipe: String = "flamary3"
 
     @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
@@ -52,18 +52,20 @@ struct Train: ParsableCommand {
     @Option(help: "With --resume: continue with this learning rate (a decay step; recorded in the metadata).")
     var resumeLr: Double?
 
-    @Option(help: "Batch size.") var batch: Int = 50
-    @Option(help: "Learning rate.") var lr: Double = 0.01
+    @OptionGroup var unet: UNetTrainOptions
+
+    @Option(help: "Batch size (flamary: 50; astro-unet: 4).") var batch: Int?
+    @Option(help: "Learning rate (flamary: 0.01; astro-unet: 1e-4, the paper used 1e-5 on a GPU for 800k crops).") var lr: Double?
     @Option(help: "Optimizer: sgd or adam.") var optimizer: String = "sgd"
     @Option(help: "SGD momentum.") var momentum: Double = 0.9
     @Flag(help: "Plain momentum instead of Nesterov.") var noNesterov = false
-    @Option(help: "Maximum epochs.") var epochs: Int = 30
-    @Option(help: "Training samples per epoch.") var samples: Int = 100_000
-    @Option(help: "Validation samples.") var validationSamples: Int = 50_000
+    @Option(help: "Maximum epochs (flamary: 30; astro-unet: 100).") var epochs: Int?
+    @Option(help: "Training samples per epoch (flamary: 100000; astro-unet: 160 crops, the paper's).") var samples: Int?
+    @Option(help: "Validation samples (flamary: 50000; astro-unet: 32 crops of the held-out images).") var validationSamples: Int?
     @Option(help: "Epochs without validation improvement before stopping (0: stop at the first rise).") var patience: Int = 0
     @Option(help: "Random seed (weights, patches, noise).") var seed: UInt64 = 1
-    @Option(help: "Loss: mse or l1.") var loss: String = "mse"
-    @Option(help: "Initialisation: glorot or he.") var initialization: String = "glorot"
+    @Option(help: "Loss: mse or l1 (flamary: mse; astro-unet: l1).") var loss: String?
+    @Option(help: "Initialisation: glorot or he (flamary: glorot; astro-unet: he).") var initialization: String?
     @Flag(help: "The paper's data exactly: no flips/rotations and one fixed noise draw per image.") var noAugment = false
     @Option(help: "Noise standard deviation (images normalised to max 1).") var sigma: Double = 0.01
     @Option(help: "Threads (default: all cores).") var threads: Int?
@@ -81,6 +83,7 @@ struct Train: ParsableCommand {
     }
 
     func train() throws {
+        if recipe == "astro-unet" { return try trainDenoiser() }
         guard !images.isEmpty || synthetic > 0 else { throw ValidationError("give training images with --images DIR|FILES (or --synthetic N)") }
         var paths = try SourceImage.expand(images)
         if let out = leaveOut {
@@ -109,13 +112,14 @@ struct Train: ParsableCommand {
             if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
         } else {
             var c = TrainingConfig(recipe: recipe)
-            c.batchSize = batch; c.learningRate = lr; c.optimizer = optimizer; c.momentum = momentum
-            c.nesterov = !noNesterov; c.epochs = epochs; c.trainSamples = samples; c.validationSamples = validationSamples
+            c.batchSize = batch ?? 50; c.learningRate = lr ?? 0.01; c.optimizer = optimizer; c.momentum = momentum
+            c.nesterov = !noNesterov; c.epochs = epochs ?? 30; c.trainSamples = samples ?? 100_000
+            c.validationSamples = validationSamples ?? 50_000
             c.patience = patience; c.seed = seed; c.augment = !noAugment
             c.degradation.sigma = sigma
-            guard let l = Loss(rawValue: loss) else { throw ValidationError("--loss must be mse or l1") }
-            guard let i = Initialization(rawValue: initialization) else { throw ValidationError("--initialization must be glorot or he") }
-            guard batch > 0, samples > 0, validationSamples > 0, epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
+            guard let l = Loss(rawValue: loss ?? "mse") else { throw ValidationError("--loss must be mse or l1") }
+            guard let i = Initialization(rawValue: initialization ?? "glorot") else { throw ValidationError("--initialization must be glorot or he") }
+            guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
             c.loss = l; c.initialization = i
             session = try TrainingSession(config: c, images: sources, threads: nThreads)
         }

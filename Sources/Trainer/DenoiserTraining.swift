@@ -1,0 +1,314 @@
+import Foundation
+import Imaging
+import ModelFormat
+import Runtime
+
+/// The Astro U-net recipe (Vojtekova et al. 2020): the paper's network at any widths, L1 loss,
+/// Adam with a step decay, random crops of real long exposures with short exposures simulated on
+/// the fly at one ratio or a list of ratios, validation on images held out by name.
+public struct DenoiserConfig: Equatable, Sendable {
+    public var recipe = "astro-unet"
+    public var widths = [32, 64, 128, 256, 512]
+    public var alpha = 0.02
+    public var cropSize = 256
+    public var batchSize = 1
+    public var learningRate = 1e-5
+    /// The learning rate is multiplied by `decayFactor` after `decayEpochs` epochs (the paper:
+    /// 1e-5 to 1e-6 after 2000 of 5000 epochs); 0 = no decay.
+    public var decayEpochs = 0
+    public var decayFactor = 0.1
+    public var beta1 = 0.9
+    public var beta2 = 0.999
+    public var epsilon = 1e-7
+    public var epochs = 5000
+    /// Crops per epoch (the paper: 150-160, one per training image).
+    public var trainSamples = 160
+    public var validationSamples = 64
+    public var ratios: [Double] = [2]
+    public var seed: UInt64 = 1
+    public var loss = Loss.l1
+    public var initialization = Initialization.he
+    public var clipNegative = false
+    public var minimumSourceFraction = 0.002
+
+    public init() {}
+
+    public func initialModel() throws -> Model {
+        guard widths.count >= 2, widths.allSatisfy({ $0 > 0 }) else { throw TrainingError.model("--widths needs at least two positive widths") }
+        let m = 1 << (widths.count - 1)
+        guard cropSize % m == 0 else { throw TrainingError.model("crops of \(cropSize) px are not a multiple of \(m), the size multiple of \(widths.count) levels") }
+        return try Architectures.unet(name: "astro-unet-" + widths.map(String.init).joined(separator: "-"), widths: widths, alpha: alpha,
+                                      exposureRatio: ratios[0], normalization: Normalization.Kind.skyMAD.rawValue,
+                                      initializer: initialization.initializer(seed: seed))
+    }
+
+    var metadata: [String: MetaValue] {
+        [
+            "training.recipe": .string(recipe), "training.widths": .ints(widths.map(Int64.init)), "training.alpha": .float(alpha),
+            "training.crop": .int(Int64(cropSize)), "training.batch": .int(Int64(batchSize)),
+            "training.learning_rate": .float(learningRate), "training.decay_epochs": .int(Int64(decayEpochs)),
+            "training.decay_factor": .float(decayFactor), "training.beta1": .float(beta1), "training.beta2": .float(beta2),
+            "training.epsilon": .float(epsilon), "training.max_epochs": .int(Int64(epochs)),
+            "training.samples": .int(Int64(trainSamples)), "training.validation_samples": .int(Int64(validationSamples)),
+            "training.ratios": .floats(ratios), "training.seed": .int(Int64(bitPattern: seed)),
+            "training.loss": .string(loss.rawValue), "training.init": .string(initialization.rawValue),
+            "training.clip_negative": .bool(clipNegative), "training.min_source_fraction": .float(minimumSourceFraction),
+            "training.optimizer": .string("adam"),
+        ]
+    }
+
+    init(metadata m: [String: MetaValue]) throws {
+        func get<T>(_ k: String, _ f: (MetaValue) -> T?) throws -> T {
+            guard let v = m[k], let t = f(v) else { throw TrainingError.checkpoint("missing or bad \(k)") }
+            return t
+        }
+        func bool(_ v: MetaValue) -> Bool? { if case .bool(let b) = v { return b }; return nil }
+        recipe = try get("training.recipe") { $0.stringValue }
+        widths = try get("training.widths") { if case .ints(let a) = $0 { return a.map { Int($0) } }; return nil }
+        alpha = try get("training.alpha") { $0.doubleValue }
+        cropSize = Int(try get("training.crop") { $0.intValue })
+        batchSize = Int(try get("training.batch") { $0.intValue })
+        learningRate = try get("training.learning_rate") { $0.doubleValue }
+        decayEpochs = Int(try get("training.decay_epochs") { $0.intValue })
+        decayFactor = try get("training.decay_factor") { $0.doubleValue }
+        beta1 = try get("training.beta1") { $0.doubleValue }
+        beta2 = try get("training.beta2") { $0.doubleValue }
+        epsilon = try get("training.epsilon") { $0.doubleValue }
+        epochs = Int(try get("training.max_epochs") { $0.intValue })
+        trainSamples = Int(try get("training.samples") { $0.intValue })
+        validationSamples = Int(try get("training.validation_samples") { $0.intValue })
+        ratios = try get("training.ratios") { if case .floats(let a) = $0 { return a }; return nil }
+        seed = UInt64(bitPattern: try get("training.seed") { $0.intValue })
+        loss = try get("training.loss") { $0.stringValue.flatMap(Loss.init(rawValue:)) }
+        initialization = try get("training.init") { $0.stringValue.flatMap(Initialization.init(rawValue:)) }
+        clipNegative = try get("training.clip_negative", bool)
+        minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
+    }
+}
+
+/// A denoiser training run on the fast graph trainer, resumable to the same bits: the crops of
+/// epoch e are a pure function of (seed, e), so the state is the parameters, Adam's moments and
+/// the position (epoch, batch) with the epoch's running loss.
+public final class DenoiserSession {
+    public private(set) var config: DenoiserConfig
+    public let train: CropSampler
+    public let validation: CropSampler
+    public let trainer: GraphTrainer
+    public private(set) var model: Model
+    public private(set) var parameters: [Float]
+    public private(set) var optimizer: Optimizer
+    public private(set) var epoch = 0
+    public private(set) var batch = 0
+    private var epochLossSum = 0.0
+    private var epochSeconds = 0.0
+    public private(set) var history: [EpochRecord] = []
+    public private(set) var bestParameters: [Float]
+    public private(set) var bestValidation = Double.infinity
+    public private(set) var bestEpoch = -1
+    public var threads: Int
+
+    public var batchesPerEpoch: Int { (config.trainSamples + config.batchSize - 1) / config.batchSize }
+    public var finished: Bool { epoch >= config.epochs }
+
+    public init(config: DenoiserConfig, training: [LongExposure], validation: [LongExposure], threads: Int) throws {
+        guard !training.isEmpty else { throw TrainingError.data("no training images") }
+        guard !validation.isEmpty else { throw TrainingError.data("no validation images: hold one or more out by name (--validate NAME)") }
+        let trainNames = Set(training.map(\.image.name))
+        if let clash = validation.first(where: { trainNames.contains($0.image.name) }) {
+            throw TrainingError.data("\(clash.image.name) is both a training and a validation image")
+        }
+        self.config = config
+        self.threads = threads
+        model = try config.initialModel()
+        train = try CropSampler(images: training, ratios: config.ratios, cropSize: config.cropSize,
+                                minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative, seed: config.seed)
+        self.validation = try CropSampler(images: validation, ratios: config.ratios, cropSize: config.cropSize,
+                                          minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
+                                          seed: config.seed ^ 0x7A11D)
+        trainer = try GraphTrainer(model: model, inputHeight: config.cropSize, inputWidth: config.cropSize)
+        parameters = trainer.layout.flatten(model)
+        bestParameters = parameters
+        optimizer = Optimizer(.adam(beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon),
+                              learningRate: config.learningRate, parameterCount: parameters.count)
+    }
+
+    static func imageList(_ images: [LongExposure]) -> String {
+        images.map { "\($0.image.name) (crc32c \(checksumString($0.image.checksum)), \($0.image.raw.width)x\($0.image.raw.height), gain \($0.gain), RON \($0.readNoise), sky \($0.sky))" }
+            .joined(separator: "; ")
+    }
+
+    /// Resumes from a checkpoint written by `checkpoint()`; the images must be the same.
+    public convenience init(checkpoint: Model, training: [LongExposure], validation: [LongExposure], threads: Int) throws {
+        let m = checkpoint.metadata
+        try self.init(config: try DenoiserConfig(metadata: m), training: training, validation: validation, threads: threads)
+        guard m["training.images"]?.stringValue == DenoiserSession.imageList(training),
+              m["training.validation_images"]?.stringValue == DenoiserSession.imageList(validation) else {
+            throw TrainingError.checkpoint("the images differ from the checkpoint's (\(m["training.images"]?.stringValue ?? "?"))")
+        }
+        let layout = trainer.layout
+        guard ParameterLayout(model: checkpoint) == layout else { throw TrainingError.checkpoint("parameters do not match the recipe") }
+        func tensors(_ prefix: String) throws -> [Float] {
+            try layout.names.flatMap { n -> [Float] in
+                guard let t = checkpoint.tensors[prefix + n] else { throw TrainingError.checkpoint("missing tensor \(prefix + n)") }
+                return t.values
+            }
+        }
+        func int(_ k: String) throws -> Int {
+            guard let v = m[k]?.intValue else { throw TrainingError.checkpoint("missing \(k)") }
+            return Int(v)
+        }
+        func floats(_ k: String) throws -> [Double] {
+            guard case .floats(let v)? = m[k] else { throw TrainingError.checkpoint("missing \(k)") }
+            return v
+        }
+        parameters = try tensors("")
+        bestParameters = try tensors("best.")
+        optimizer.first = try tensors("optimizer.first.")
+        optimizer.second = try tensors("optimizer.second.")
+        optimizer.step = try int("checkpoint.optimizer_step")
+        optimizer.learningRate = m["checkpoint.learning_rate"]?.doubleValue ?? config.learningRate
+        epoch = try int("checkpoint.epoch")
+        batch = try int("checkpoint.batch")
+        epochLossSum = m["checkpoint.epoch_loss_sum"]?.doubleValue ?? 0
+        epochSeconds = m["checkpoint.epoch_seconds"]?.doubleValue ?? 0
+        bestValidation = m["checkpoint.best_validation"]?.doubleValue ?? .infinity
+        bestEpoch = try int("checkpoint.best_epoch")
+        let (tl, vl, sec) = (try floats("checkpoint.train_losses"), try floats("checkpoint.validation_losses"), try floats("checkpoint.seconds"))
+        guard tl.count == vl.count, vl.count == sec.count else { throw TrainingError.checkpoint("inconsistent history") }
+        history = (0..<tl.count).map { EpochRecord(epoch: $0 + 1, trainLoss: tl[$0], validationLoss: vl[$0], seconds: sec[$0]) }
+    }
+
+    /// A larger epoch budget for a resumed run.
+    public func extend(epochs: Int) { config.epochs = max(config.epochs, epochs) }
+
+    /// The learning rate of epoch `e` (0-based): the step decay of the paper.
+    func learningRate(epoch e: Int) -> Double {
+        config.decayEpochs > 0 && e >= config.decayEpochs ? config.learningRate * config.decayFactor : config.learningRate
+    }
+
+    func batchData(_ sampler: CropSampler, _ specs: ArraySlice<CropSpec>, _ inputs: inout [Float], _ targets: inout [Float]) -> [Float] {
+        let n = specs.count * config.cropSize * config.cropSize
+        if inputs.count != n { inputs = [Float](repeating: 0, count: n); targets = inputs }
+        inputs.withUnsafeMutableBufferPointer { ib in
+            targets.withUnsafeMutableBufferPointer { tb in
+                sampler.fill(specs, inputs: ib.baseAddress!, targets: tb.baseAddress!)
+            }
+        }
+        return specs.map { Float($0.ratio) }
+    }
+
+    public func run(progress: (TrainingProgress) -> Void, interrupt: () -> Bool, checkpoint: (Model) throws -> Void) throws {
+        let bs = config.batchSize
+        var inputs: [Float] = [], targets: [Float] = []
+        try trainer.setParameters(parameters)
+        while !finished {
+            optimizer.learningRate = learningRate(epoch: epoch)
+            let plan = train.plan(count: config.trainSamples, seed: config.seed, stream: UInt64(epoch + 1))
+            var t0 = Runtime.monotonicSeconds()
+            var doneSinceStart = 0
+            while batch < batchesPerEpoch {
+                let lo = batch * bs, hi = min(config.trainSamples, lo + bs)
+                let ratios = batchData(train, plan[lo..<hi], &inputs, &targets)
+                let (l, g) = try trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads,
+                                                         sampleParameters: ["exposure_ratio": ratios])
+                optimizer.update(&parameters, g)
+                try trainer.setParameters(parameters)
+                epochLossSum += l * Double(hi - lo)
+                batch += 1
+                doneSinceStart += hi - lo
+                let now = Runtime.monotonicSeconds()
+                let rate = Double(doneSinceStart) / max(1e-9, now - t0)
+                let remaining = Double((batchesPerEpoch - batch) * bs + config.validationSamples / 3) / rate
+                progress(TrainingProgress(epoch: epoch + 1, epochs: config.epochs, batch: batch, batches: batchesPerEpoch,
+                                          samplesPerSecond: rate, trainLoss: epochLossSum / Double(hi),
+                                          lastValidationLoss: history.last?.validationLoss, etaSeconds: remaining, validating: false))
+                if interrupt() {
+                    epochSeconds += now - t0
+                    try checkpoint(self.checkpoint())
+                    return
+                }
+            }
+            progress(TrainingProgress(epoch: epoch + 1, epochs: config.epochs, batch: batch, batches: batchesPerEpoch,
+                                      samplesPerSecond: 0, trainLoss: epochLossSum / Double(config.trainSamples),
+                                      lastValidationLoss: history.last?.validationLoss, etaSeconds: 0, validating: true))
+            let v = try validationLoss()
+            let now = Runtime.monotonicSeconds()
+            epochSeconds += now - t0
+            t0 = now
+            history.append(EpochRecord(epoch: epoch + 1, trainLoss: epochLossSum / Double(config.trainSamples), validationLoss: v, seconds: epochSeconds))
+            if v < bestValidation { bestValidation = v; bestParameters = parameters; bestEpoch = epoch + 1 }
+            epoch += 1
+            batch = 0
+            epochLossSum = 0
+            epochSeconds = 0
+            try checkpoint(self.checkpoint())
+        }
+    }
+
+    /// Mean loss on the held-out images' crops (fixed for the run).
+    public func validationLoss() throws -> Double {
+        let plan = validation.plan(count: config.validationSamples, seed: config.seed, stream: 0)
+        var inputs: [Float] = [], targets: [Float] = []
+        var sum = 0.0
+        let chunk = max(1, min(8, config.validationSamples))
+        var lo = 0
+        while lo < plan.count {
+            let hi = min(plan.count, lo + chunk)
+            let ratios = batchData(validation, plan[lo..<hi], &inputs, &targets)
+            let y = try trainer.predict(inputs: inputs, count: hi - lo, sampleParams: ["exposure_ratio": ratios], threads: threads)
+            for i in 0..<y.count {
+                let d = Double(y[i] - targets[i])
+                sum += config.loss == .mse ? d * d : abs(d)
+            }
+            lo = hi
+        }
+        return sum / Double(max(1, plan.count * config.cropSize * config.cropSize))
+    }
+
+    func provenance(_ m: inout Model) {
+        for (k, v) in config.metadata { m.metadata[k] = v }
+        m.metadata["normalization"] = .string(Normalization.Kind.skyMAD.rawValue)
+        m.metadata["training.images"] = .string(DenoiserSession.imageList(train.images))
+        m.metadata["training.validation_images"] = .string(DenoiserSession.imageList(validation.images))
+        m.metadata["training.noise"] = .string("short = Poisson((I+sky)*gain/r) + N(0,RON) electrons, scaled to the long exposure (Vojtekova et al. 2020 eq. 4)")
+    }
+
+    public func checkpoint() -> Model {
+        var m = trainer.layout.apply(parameters, to: model)
+        let layout = trainer.layout
+        func add(_ prefix: String, _ values: [Float]) {
+            for n in layout.names { m.tensors[prefix + n] = TensorData(shape: model.tensors[n]!.shape, values: Array(values[layout.range(n)])) }
+        }
+        add("best.", bestParameters)
+        add("optimizer.first.", optimizer.first)
+        add("optimizer.second.", optimizer.second)
+        provenance(&m)
+        m.metadata["checkpoint.epoch"] = .int(Int64(epoch))
+        m.metadata["checkpoint.batch"] = .int(Int64(batch))
+        m.metadata["checkpoint.epoch_loss_sum"] = .float(epochLossSum)
+        m.metadata["checkpoint.epoch_seconds"] = .float(epochSeconds)
+        m.metadata["checkpoint.optimizer_step"] = .int(Int64(optimizer.step))
+        m.metadata["checkpoint.learning_rate"] = .float(optimizer.learningRate)
+        if bestValidation.isFinite { m.metadata["checkpoint.best_validation"] = .float(bestValidation) }
+        m.metadata["checkpoint.best_epoch"] = .int(Int64(bestEpoch))
+        m.metadata["checkpoint.train_losses"] = .floats(history.map(\.trainLoss))
+        m.metadata["checkpoint.validation_losses"] = .floats(history.map(\.validationLoss))
+        m.metadata["checkpoint.seconds"] = .floats(history.map(\.seconds))
+        return m
+    }
+
+    /// The model of the best validation epoch with its provenance.
+    public func finalModel() -> Model {
+        var m = trainer.layout.apply(bestEpoch > 0 ? bestParameters : parameters, to: model)
+        provenance(&m)
+        m.metadata["training.epochs_run"] = .int(Int64(history.count))
+        m.metadata["training.best_epoch"] = .int(Int64(bestEpoch))
+        if let h = history.first(where: { $0.epoch == bestEpoch }) ?? history.last {
+            m.metadata["training.train_loss"] = .float(h.trainLoss)
+            m.metadata["training.validation_loss"] = .float(h.validationLoss)
+        }
+        m.metadata["training.seconds"] = .float(history.reduce(0) { $0 + $1.seconds })
+        m.metadata["training.trainer"] = .string("astrocnn \(AstroCNN.version)")
+        return m
+    }
+}

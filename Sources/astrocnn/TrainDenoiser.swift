@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import Imaging
+import ModelFormat
+import Reporting
+import Runtime
+import Trainer
+
+/// The options of `train --recipe astro-unet`.
+struct UNetTrainOptions: ParsableArguments {
+    @Option(help: "astro-unet: channel widths per level, e.g. 32,64,128,256,512 (the paper's) or 16,32,64,128,256.")
+    var widths: String = "32,64,128,256,512"
+    @Option(help: "astro-unet: crop side in pixels (the paper: 256).") var crop: Int = 256
+    @Option(help: "astro-unet: exposure-time ratios of the simulated short exposures, drawn per crop (the paper's Network 1: 2; Network 2: 2,3,4,5).")
+    var ratios: String = "2"
+    @Option(name: .long, parsing: .upToNextOption, help: "astro-unet: images held out for validation, by file name (never trained on).")
+    var validate: [String] = []
+    @Option(help: "astro-unet: gain (e-/unit) for images whose header has none; default: assume their sky noise is the photon noise of a sky of --assumed-sky electrons.")
+    var fallbackGain: Double?
+    @Option(help: "astro-unet: electrons of sky per pixel assumed for images without a gain (sets the gain to N / sigma_sky^2).")
+    var assumedSky: Double = 1000
+    @Option(help: "astro-unet: multiply the learning rate by --decay-factor after this many epochs (0: never).") var decayEpochs: Int = 0
+    @Option(help: "astro-unet: learning-rate decay factor.") var decayFactor: Double = 0.1
+    @Flag(help: "astro-unet: clip negative pixels before the Poisson draw (as the paper did).") var clipNegative = false
+}
+
+extension Train {
+    /// A long exposure with the detector parameters of its header, or the fallback.
+    static func longExposure(path: String, fallbackGain: Double?, assumedSky: Double) throws -> (LongExposure, String) {
+        let src = try SourceImage.load(path: path)
+        let fits = try FITSIO.readImage(path: path)
+        let header = ExposureKeywords(keyword: fits.keyword)
+        let stats = SkyStatistics.estimate(src.raw)
+        guard stats.sigma > 0, stats.sigma.isFinite else { throw ValidationError("\(path): the sky noise cannot be measured (constant or empty image)") }
+        let ron = header.readNoise?.value ?? 0
+        if let g = header.gain?.value ?? fallbackGain {
+            let (sky, skyHow) = ExposureNoise.subtractedSky(header: header, stats: stats, gain: g, readNoise: ron)
+            let how = header.gain.map { "gain \($0.value) (\($0.source))" } ?? "gain \(g) (--fallback-gain)"
+            return (LongExposure(image: src, gain: g, readNoise: ron, sky: sky), "\(how), read noise \(ron) e-, sky \(skyHow)")
+        }
+        // No gain: the measured sky noise is taken as the photon noise of a sky of `assumedSky` e-.
+        let g = assumedSky / (stats.sigma * stats.sigma)
+        let sky = max(0, assumedSky / g - stats.median)
+        return (LongExposure(image: src, gain: g, readNoise: 0, sky: sky),
+                String(format: "no gain: sky-limited, %.0f e- sky -> gain %.4g e-/unit, sky %.4g", assumedSky, g, sky))
+    }
+
+    func trainDenoiser() throws {
+        guard !images.isEmpty else { throw ValidationError("give training images with --images DIR|FILES") }
+        guard synthetic == 0 else { throw ValidationError("--synthetic is for the flamary recipes") }
+        var paths = try SourceImage.expand(images)
+        if let out = leaveOut { paths.removeAll { ($0 as NSString).lastPathComponent == out || $0 == out } }
+        let name = { (p: String) in (p as NSString).lastPathComponent }
+        let valPaths = paths.filter { unet.validate.contains(name($0)) }
+        let missing = unet.validate.filter { v in !paths.contains { name($0) == v } }
+        guard missing.isEmpty else { throw ValidationError("--validate: \(missing.joined(separator: ", ")) not among the images") }
+        guard !valPaths.isEmpty else { throw ValidationError("astro-unet needs held-out validation images: --validate NAME [NAME...] (file names among --images)") }
+        let trainPaths = paths.filter { !unet.validate.contains(name($0)) }
+        guard !trainPaths.isEmpty else { throw ValidationError("no training images left after holding out \(unet.validate)") }
+        let nThreads = max(1, threads ?? ParallelFor.availableCores)
+        func load(_ ps: [String]) throws -> [LongExposure] {
+            try ps.map { p in
+                let (e, how) = try Train.longExposure(path: p, fallbackGain: unet.fallbackGain, assumedSky: unet.assumedSky)
+                if !quiet { print("  \(e.image.name) \(e.image.raw.width)x\(e.image.raw.height): \(how)") }
+                return e
+            }
+        }
+        if !quiet { print("training images:") }
+        let training = try load(trainPaths)
+        if !quiet { print("validation images (held out):") }
+        let validation = try load(valPaths)
+        let base = output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output
+        let ckptPath = checkpoint ?? base + ".ckpt.acnn"
+        let logPath = base + ".log.csv", plotPath = base + ".loss.png"
+        if !overwrite && resume == nil {
+            for p in [output, ckptPath] where FileManager.default.fileExists(atPath: p) {
+                throw ValidationError("\(p) exists (use --overwrite, or --resume \(ckptPath))")
+            }
+        }
+        let session: DenoiserSession
+        if let r = resume {
+            let m = try ModelReader(path: r).model()
+            session = try DenoiserSession(checkpoint: m, training: training, validation: validation, threads: nThreads)
+            if let e = extendEpochs { session.extend(epochs: e) }
+            if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
+        } else {
+            var c = DenoiserConfig()
+            let w = unet.widths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard w.count == unet.widths.split(separator: ",").count else { throw ValidationError("--widths: comma-separated integers") }
+            let rs = unet.ratios.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+            guard !rs.isEmpty, rs.count == unet.ratios.split(separator: ",").count else { throw ValidationError("--ratios: comma-separated numbers") }
+            c.widths = w; c.cropSize = unet.crop; c.ratios = rs
+            c.batchSize = batch ?? 4; c.learningRate = lr ?? 1e-4; c.epochs = epochs ?? 100
+            c.trainSamples = samples ?? 160; c.validationSamples = validationSamples ?? 32
+            c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
+            guard let l = Loss(rawValue: loss ?? "l1") else { throw ValidationError("--loss must be mse or l1") }
+            guard let i = Initialization(rawValue: initialization ?? "he") else { throw ValidationError("--initialization must be glorot or he") }
+            guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
+            guard optimizer == "sgd" || optimizer == "adam" else { throw ValidationError("--optimizer: astro-unet trains with Adam") }
+            c.loss = l; c.initialization = i
+            session = try DenoiserSession(config: c, training: training, validation: validation, threads: nThreads)
+        }
+        let c = session.config
+        if !quiet {
+            print("training astro-unet \(c.widths.map(String.init).joined(separator: "-")) on \(training.count) images, validating on \(validation.count): "
+                  + "\(c.trainSamples) crops of \(c.cropSize)^2/epoch, batch \(c.batchSize), adam lr \(c.learningRate), ratios \(c.ratios), "
+                  + "\(c.loss.rawValue) loss, \(nThreads) threads, \(session.trainer.peakBytes(threads: nThreads) >> 20) MiB planned")
+        }
+        if finish {
+            guard resume != nil, session.bestEpoch > 0 else { throw ValidationError("--finish needs --resume with a checkpoint after at least one epoch") }
+            try ModelWriter.write(session.finalModel(), to: output, overwrite: overwrite)
+            print(String(format: "wrote %@ from the checkpoint: best epoch %d of %d, validation loss %.4e", output, session.bestEpoch,
+                         session.history.count, session.bestValidation))
+            return
+        }
+        signal(SIGINT) { _ in interruptRequested = 1 }
+        signal(SIGTERM) { _ in interruptRequested = 1 }
+        let interactive = isatty(2) != 0
+        var lastPrint = 0.0
+        try session.run(progress: { p in
+            guard !quiet else { return }
+            let now = monotonicSeconds()
+            if !p.validating && p.batch < p.batches && now - lastPrint < (interactive ? 0.5 : 30) { return }
+            lastPrint = now
+            let val = p.lastValidationLoss.map { String(format: "%.4e", $0) } ?? "-"
+            let line = p.validating
+                ? String(format: "epoch %d/%d: validating...", p.epoch, p.epochs)
+                : String(format: "epoch %d/%d  batch %d/%d  %.2f crops/s  loss %.4e  val %@  epoch ETA %.0f s",
+                         p.epoch, p.epochs, p.batch, p.batches, p.samplesPerSecond, p.trainLoss, val, p.etaSeconds)
+            FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + line + (interactive ? "" : "\n")).utf8))
+        }, interrupt: { interruptRequested != 0 }, checkpoint: { m in
+            try ModelWriter.write(m, to: ckptPath, overwrite: true)
+            try writeLog(session.history, logPath, plotPath, title: "astro-unet \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss")
+            if !quiet, let h = session.history.last, session.batch == 0 {
+                FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + String(format: "epoch %d: train %.4e  validation %.4e  (%.0f s)\n", h.epoch, h.trainLoss, h.validationLoss, h.seconds)).utf8))
+            }
+        })
+        if interruptRequested != 0 {
+            FileHandle.standardError.write(Data("\ninterrupted: checkpoint \(ckptPath) (epoch \(session.epoch + 1), batch \(session.batch)); continue with --resume \(ckptPath)\n".utf8))
+            throw ExitCode(130)
+        }
+        try ModelWriter.write(session.finalModel(), to: output, overwrite: true)
+        if !quiet {
+            print(String(format: "wrote %@: best epoch %d of %d, validation loss %.4e; log %@, plot %@, checkpoint %@",
+                         output, session.bestEpoch, session.history.count, session.bestValidation, logPath, plotPath, ckptPath))
+        }
+    }
+}
