@@ -357,17 +357,22 @@ func analyseMThresh(_ no: Int, _ list: inout ObjectList, minArea: Int) {
 }
 
 /// sep's clean(): an object is removed when the Moffat-like wing model of a brighter neighbour
-/// predicts more than the object's mthresh at its position.
+/// predicts more than the object's mthresh at its position. Pairs farther apart than 10 times
+/// the sum of their semi-major axes are skipped by sep; `CleanNeighbours` finds the others
+/// without testing every pair, and they are visited in sep's order, so the outcome is sep's.
 func clean(_ list: ObjectList, beta: Double, survives: inout [Bool]) {
     let objs = list.objects
     let cleanZone = 10.0
+    let neighbours = CleanNeighbours(objs)
+    var candidates: [Int] = []
     for i in 0..<objs.count {
         guard survives[i] else { continue }
         let o1 = objs[i]
         let unitAreaIn = Double.pi * Double(o1.a) * Double(o1.b)
         let ampIn = Double(o1.fdflux) / (2 * unitAreaIn * Double(o1.abcor))
         let alphaIn = (pow(ampIn / Double(o1.thresh), 1 / beta) - 1) * unitAreaIn / Double(o1.fdnpix)
-        for j in i + 1..<max(i + 1, objs.count) {
+        neighbours.candidates(after: i, into: &candidates)
+        for j in candidates {
             guard survives[j] else { continue }
             let o2 = objs[j]
             let dx = Float(o1.mx - o2.mx), dy = Float(o1.my - o2.my)
@@ -387,6 +392,62 @@ func clean(_ list: ObjectList, beta: Double, survives: inout [Bool]) {
                 if val > 1 && Float(val < 1e10 ? amp * pow(val, -beta) : 0) > o1.mthresh { survives[i] = false }
             }
         }
+    }
+}
+
+/// For each object, the later objects that may lie within 10 (a1 + a2) of it (a superset,
+/// ascending): a grid of the objects with a <= the 99th percentile of a, a list of the larger
+/// ones, and a list of those whose position or size is not finite (always candidates).
+struct CleanNeighbours {
+    let objs: [SepObject]
+    var small: [Int: [Int]] = [:]
+    var large: [Int] = []
+    var always: [Int] = []
+    var aSmall = 0.0, cell = 1.0
+
+    init(_ objs: [SepObject]) {
+        self.objs = objs
+        let finiteA = objs.compactMap { o -> Double? in
+            let a = Double(o.a)
+            return a.isFinite && o.mx.isFinite && o.my.isFinite && a < 1e6 && abs(o.mx) < 1e9 && abs(o.my) < 1e9 ? a : nil
+        }.sorted()
+        aSmall = finiteA.isEmpty ? 0 : finiteA[min(finiteA.count - 1, finiteA.count * 99 / 100)]
+        cell = max(8, 10 * 2 * aSmall)
+        for (k, o) in objs.enumerated() {
+            let a = Double(o.a)
+            guard a.isFinite, o.mx.isFinite, o.my.isFinite, a < 1e6, abs(o.mx) < 1e9, abs(o.my) < 1e9 else { always.append(k); continue }
+            if a > aSmall { large.append(k); continue }
+            small[key(Int((o.mx / cell).rounded(.down)), Int((o.my / cell).rounded(.down))), default: []].append(k)
+        }
+    }
+
+    func key(_ cx: Int, _ cy: Int) -> Int { cx &* 1_000_003 &+ cy }
+
+    /// Reach with a margin far above the single-precision rounding of sep's test.
+    static func reach(_ a1: Double, _ a2: Double) -> Double { 10 * (a1 + a2) * 1.01 + 0.01 }
+
+    func candidates(after i: Int, into out: inout [Int]) {
+        out.removeAll(keepingCapacity: true)
+        let o = objs[i]
+        let a = Double(o.a)
+        guard a.isFinite, o.mx.isFinite, o.my.isFinite, a < 1e6, abs(o.mx) < 1e9, abs(o.my) < 1e9 else {
+            out.append(contentsOf: (i + 1)..<max(i + 1, objs.count)); return
+        }
+        let r = Self.reach(a, aSmall)
+        let cx0 = Int(((o.mx - r) / cell).rounded(.down)), cx1 = Int(((o.mx + r) / cell).rounded(.down))
+        let cy0 = Int(((o.my - r) / cell).rounded(.down)), cy1 = Int(((o.my + r) / cell).rounded(.down))
+        for cy in cy0...cy1 {
+            for cx in cx0...cx1 {
+                guard let list = small[key(cx, cy)] else { continue }
+                for j in list where j > i && abs(objs[j].mx - o.mx) <= r && abs(objs[j].my - o.my) <= r { out.append(j) }
+            }
+        }
+        for j in large where j > i {
+            let rj = Self.reach(a, Double(objs[j].a))
+            if abs(objs[j].mx - o.mx) <= rj && abs(objs[j].my - o.my) <= rj { out.append(j) }
+        }
+        for j in always where j > i { out.append(j) }
+        out.sort()
     }
 }
 
