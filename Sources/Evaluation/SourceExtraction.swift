@@ -64,6 +64,7 @@ public enum SourceExtractor {
     /// pixels (`mask` true, or NaN data) count as 0 in the filter and are never detected.
     public static func extract(data: [Float], error: [Float], width: Int, height: Int, mask: [Bool]? = nil,
                                options: Options) throws -> [ExtractedObject] {
+        guard width >= 1, height >= 1 else { throw DetectionError.imageTooSmall(width: width, height: height, minimum: 1) }
         let n = width * height
         guard data.count == n, error.count == n else { throw DetectionError.badParameter("data and error maps must have width*height pixels") }
         if let m = mask, m.count != n { throw DetectionError.maskSize(expected: n, got: m.count) }
@@ -933,7 +934,7 @@ public enum SourceDetector {
         let w = image.width, h = image.height
         let r = options.apertureRadius, gain = options.gain
         var fluxes = [ApertureFlux](repeating: ApertureFlux(flux: 0, fluxErr: 0, area: 0, flags: 0), count: objects.count)
-        sub.withUnsafeBufferPointer { dp in
+        if !objects.isEmpty { sub.withUnsafeBufferPointer { dp in
             bkg.rms.withUnsafeBufferPointer { ep in
                 invalid.withUnsafeBufferPointer { mp in
                     fluxes.withUnsafeMutableBufferPointer { fp in
@@ -948,7 +949,7 @@ public enum SourceDetector {
                     }
                 }
             }
-        }
+        } }
         var sources: [DetectedSource] = []
         sources.reserveCapacity(objects.count)
         for (o, f) in zip(objects, fluxes) {
