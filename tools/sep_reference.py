@@ -140,6 +140,7 @@ def run_case(name, img, mask, bw, fw, thresh, minarea, use_filter, radius, gain,
     if not use_filter:
         kwargs["filter_kernel"] = None
     objs = sep.extract(sub, thresh, **kwargs)
+    unclean = sep.extract(sub, thresh, **dict(kwargs, clean=False))
     flux, ferr, fflag = sep.sum_circle(sub, objs["x"], objs["y"], radius, err=rms, mask=m, gain=gain, subpix=0)
     h, w = img.shape
     ys, xs = np.mgrid[0:h:sample_step, 0:w:sample_step]
@@ -153,6 +154,7 @@ def run_case(name, img, mask, bw, fw, thresh, minarea, use_filter, radius, gain,
            f"        static let boxSize = {bw}\n        static let filterSize = {fw}\n",
            f"        static let threshold = {fmt(thresh)}\n        static let minArea = {minarea}\n",
            f"        static let useFilter = {'true' if use_filter else 'false'}\n",
+           f"        static let countWithoutClean = {len(unclean)}\n",
            f"        static let radius = {fmt(radius)}\n        static let gain = {fmt(gain)}\n",
            f"        static let globalBack = {fmt(bkg.globalback)}\n        static let globalRMS = {fmt(bkg.globalrms)}\n",
            swift_ints("sampleX", xs), swift_ints("sampleY", ys),
@@ -204,7 +206,8 @@ def generate():
     for (name, img, mask, bw, fw, thresh, minarea, filt, radius, gain) in [
             ("CaseA", img1, None, 32, 3, 3.0, 5, True, 5.0, 2.0),
             ("CaseB", img2, mask2, 32, 3, 5.0, 5, True, 4.0, 1.5),
-            ("CaseC", img1, None, 64, 3, 4.0, 4, False, 6.5, 3.0)]:
+            ("CaseC", img1, None, 64, 3, 4.0, 4, False, 6.5, 3.0),
+            ("CaseD", img1, None, 32, 3, 1.5, 5, True, 3.0, 2.0)]:
         text, n = run_case(name, img, mask, bw, fw, thresh, minarea, filt, radius, gain, 11)
         out.append(text)
         counts.append((name, n))

@@ -64,6 +64,7 @@ public enum SourceExtractor {
     /// pixels (`mask` true, or NaN data) count as 0 in the filter and are never detected.
     public static func extract(data: [Float], error: [Float], width: Int, height: Int, mask: [Bool]? = nil,
                                options: Options) throws -> [ExtractedObject] {
+        guard width >= 1, height >= 1 else { throw DetectionError.imageTooSmall(width: width, height: height, minimum: 1) }
         let n = width * height
         guard data.count == n, error.count == n else { throw DetectionError.badParameter("data and error maps must have width*height pixels") }
         if let m = mask, m.count != n { throw DetectionError.maskSize(expected: n, got: m.count) }
@@ -199,19 +200,21 @@ struct Info {
 
 enum ScanStatus { case complete, incomplete, nonObject, object }
 
-@inline(__always) func update(_ a: inout Info, _ b: Info, _ pixels: inout [PixelRecord]) {
-    a.pixnb += b.pixnb
-    a.flag |= b.flag
-    if a.firstpix == -1 {
-        a.firstpix = b.firstpix; a.lastpix = b.lastpix
-    } else if b.lastpix != -1 {
-        pixels[a.lastpix].next = b.firstpix
-        a.lastpix = b.lastpix
-    }
+/// What a Lutz scan reads and builds: the pixels above threshold, how they are stored and
+/// chained, and what happens to each completed group.
+protocol LutzSink {
+    /// Stores pixel (x, y) and returns its index when it belongs to the foreground, else nil.
+    mutating func take(x: Int, y: Int) -> Int?
+    /// Chains pixel `b` after pixel `a`.
+    mutating func link(_ a: Int, _ b: Int)
+    /// A completed 8-connected group.
+    mutating func complete(_ info: Info) throws
 }
 
-/// Work buffers of one Lutz scan (one entry per column plus one).
-struct LutzBuffers {
+/// R. K. Lutz's one-pass labelling of 8-connected pixels (SExtractor's, as sep runs it, with its
+/// markers, stacks and pixel chaining order, so that groups, their pixel order and the order in
+/// which they complete are sep's).
+struct LutzScanner {
     var info: [Info], store: [Info], marker: [UInt8], psstack: [ScanStatus], start: [Int], end: [Int]
     init(width: Int) {
         let n = width + 1
@@ -219,6 +222,105 @@ struct LutzBuffers {
         marker = [UInt8](repeating: 0, count: n)
         psstack = [ScanStatus](repeating: .complete, count: n)
         start = [Int](repeating: 0, count: n); end = start
+    }
+
+    @inline(__always) mutating func merge<S: LutzSink>(_ a: Int, _ b: Info, _ sink: inout S) {
+        info[a].pixnb += b.pixnb
+        info[a].flag |= b.flag
+        if info[a].firstpix == -1 {
+            info[a].firstpix = b.firstpix; info[a].lastpix = b.lastpix
+        } else if b.lastpix != -1 {
+            sink.link(info[a].lastpix, b.firstpix)
+            info[a].lastpix = b.lastpix
+        }
+    }
+
+    /// Scans columns x0..<x1 of rows y0..<y1 (plus one empty column and row that close the
+    /// groups); `imageWidth`/`imageHeight` set the border flags.
+    mutating func scan<S: LutzSink>(x0: Int, x1: Int, y0: Int, y1: Int, imageWidth: Int, imageHeight: Int, sink: inout S) throws {
+        for xl in x0...x1 { marker[xl] = 0 }
+        var co = 0, pstop = 0
+        var cur = Info(pixnb: 1, firstpix: -1, lastpix: -1, flag: 0)
+        for yl in y0...y1 {
+            var ps = ScanStatus.complete, cs = ScanStatus.nonObject
+            let trunflag = (yl == 0 || yl == imageHeight - 1) ? SourceFlag.truncated : 0
+            for xl in x0...x1 {
+                let newmarker = marker[xl]
+                marker[xl] = 0
+                let cn = (xl < x1 && yl < y1) ? sink.take(x: xl, y: yl) : nil
+                if let cn {
+                    cur.flag = trunflag
+                    if xl == 0 || xl == imageWidth - 1 { cur.flag |= SourceFlag.truncated }
+                    cur.firstpix = cn; cur.lastpix = cn
+                    if cs != .object {
+                        // Start of a segment.
+                        cs = .object
+                        if ps == .object {
+                            if start[co] == unknownStart { marker[xl] = markS; start[co] = xl } else { marker[xl] = marks }
+                        } else {
+                            psstack[pstop] = ps; pstop += 1
+                            marker[xl] = markS
+                            co += 1
+                            start[co] = xl
+                            ps = .complete
+                            info[co] = Info()
+                        }
+                    }
+                }
+                if newmarker != 0 {
+                    if newmarker == markS {
+                        psstack[pstop] = ps; pstop += 1
+                        if cs == .nonObject {
+                            psstack[pstop] = .complete; pstop += 1
+                            co += 1
+                            info[co] = store[xl]
+                            start[co] = unknownStart
+                        } else {
+                            merge(co, store[xl], &sink)
+                        }
+                        ps = .object
+                    } else if newmarker == marks {
+                        if cs == .object && ps == .complete {
+                            pstop -= 1
+                            let xl2 = start[co]
+                            merge(co - 1, info[co], &sink)
+                            co -= 1
+                            if start[co] == unknownStart { start[co] = xl2 } else { marker[xl2] = marks }
+                        }
+                        ps = .object
+                    } else if newmarker == markf {
+                        ps = .incomplete
+                    } else if newmarker == markF {
+                        pstop -= 1; ps = psstack[pstop]
+                        if cs == .nonObject && ps == .complete {
+                            if start[co] == unknownStart {
+                                try sink.complete(info[co])
+                            } else {
+                                marker[end[co]] = markF
+                                store[start[co]] = info[co]
+                            }
+                            co -= 1
+                            pstop -= 1; ps = psstack[pstop]
+                        }
+                    }
+                }
+                if cn != nil {
+                    merge(co, cur, &sink)
+                } else if cs == .object {
+                    // End of a segment.
+                    cs = .nonObject
+                    if ps != .complete {
+                        marker[xl] = markf
+                        end[co] = xl
+                    } else {
+                        pstop -= 1; ps = psstack[pstop]
+                        marker[xl] = markF
+                        store[start[co]] = info[co]
+                        co -= 1
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -357,17 +459,22 @@ func analyseMThresh(_ no: Int, _ list: inout ObjectList, minArea: Int) {
 }
 
 /// sep's clean(): an object is removed when the Moffat-like wing model of a brighter neighbour
-/// predicts more than the object's mthresh at its position.
+/// predicts more than the object's mthresh at its position. Pairs farther apart than 10 times
+/// the sum of their semi-major axes are skipped by sep; `CleanNeighbours` finds the others
+/// without testing every pair, and they are visited in sep's order, so the outcome is sep's.
 func clean(_ list: ObjectList, beta: Double, survives: inout [Bool]) {
     let objs = list.objects
     let cleanZone = 10.0
+    let neighbours = CleanNeighbours(objs)
+    var candidates: [Int] = []
     for i in 0..<objs.count {
         guard survives[i] else { continue }
         let o1 = objs[i]
         let unitAreaIn = Double.pi * Double(o1.a) * Double(o1.b)
         let ampIn = Double(o1.fdflux) / (2 * unitAreaIn * Double(o1.abcor))
         let alphaIn = (pow(ampIn / Double(o1.thresh), 1 / beta) - 1) * unitAreaIn / Double(o1.fdnpix)
-        for j in i + 1..<max(i + 1, objs.count) {
+        neighbours.candidates(after: i, into: &candidates)
+        for j in candidates {
             guard survives[j] else { continue }
             let o2 = objs[j]
             let dx = Float(o1.mx - o2.mx), dy = Float(o1.my - o2.my)
@@ -387,6 +494,62 @@ func clean(_ list: ObjectList, beta: Double, survives: inout [Bool]) {
                 if val > 1 && Float(val < 1e10 ? amp * pow(val, -beta) : 0) > o1.mthresh { survives[i] = false }
             }
         }
+    }
+}
+
+/// For each object, the later objects that may lie within 10 (a1 + a2) of it (a superset,
+/// ascending): a grid of the objects with a <= the 99th percentile of a, a list of the larger
+/// ones, and a list of those whose position or size is not finite (always candidates).
+struct CleanNeighbours {
+    let objs: [SepObject]
+    var small: [Int: [Int]] = [:]
+    var large: [Int] = []
+    var always: [Int] = []
+    var aSmall = 0.0, cell = 1.0
+
+    init(_ objs: [SepObject]) {
+        self.objs = objs
+        let finiteA = objs.compactMap { o -> Double? in
+            let a = Double(o.a)
+            return a.isFinite && o.mx.isFinite && o.my.isFinite && a < 1e6 && abs(o.mx) < 1e9 && abs(o.my) < 1e9 ? a : nil
+        }.sorted()
+        aSmall = finiteA.isEmpty ? 0 : finiteA[min(finiteA.count - 1, finiteA.count * 99 / 100)]
+        cell = max(8, 10 * 2 * aSmall)
+        for (k, o) in objs.enumerated() {
+            let a = Double(o.a)
+            guard a.isFinite, o.mx.isFinite, o.my.isFinite, a < 1e6, abs(o.mx) < 1e9, abs(o.my) < 1e9 else { always.append(k); continue }
+            if a > aSmall { large.append(k); continue }
+            small[key(Int((o.mx / cell).rounded(.down)), Int((o.my / cell).rounded(.down))), default: []].append(k)
+        }
+    }
+
+    func key(_ cx: Int, _ cy: Int) -> Int { cx &* 1_000_003 &+ cy }
+
+    /// Reach with a margin far above the single-precision rounding of sep's test.
+    static func reach(_ a1: Double, _ a2: Double) -> Double { 10 * (a1 + a2) * 1.01 + 0.01 }
+
+    func candidates(after i: Int, into out: inout [Int]) {
+        out.removeAll(keepingCapacity: true)
+        let o = objs[i]
+        let a = Double(o.a)
+        guard a.isFinite, o.mx.isFinite, o.my.isFinite, a < 1e6, abs(o.mx) < 1e9, abs(o.my) < 1e9 else {
+            out.append(contentsOf: (i + 1)..<max(i + 1, objs.count)); return
+        }
+        let r = Self.reach(a, aSmall)
+        let cx0 = Int(((o.mx - r) / cell).rounded(.down)), cx1 = Int(((o.mx + r) / cell).rounded(.down))
+        let cy0 = Int(((o.my - r) / cell).rounded(.down)), cy1 = Int(((o.my + r) / cell).rounded(.down))
+        for cy in cy0...cy1 {
+            for cx in cx0...cx1 {
+                guard let list = small[key(cx, cy)] else { continue }
+                for j in list where j > i && abs(objs[j].mx - o.mx) <= r && abs(objs[j].my - o.my) <= r { out.append(j) }
+            }
+        }
+        for j in large where j > i {
+            let rj = Self.reach(a, Double(objs[j].a))
+            if abs(objs[j].mx - o.mx) <= rj && abs(objs[j].my - o.my) <= rj { out.append(j) }
+        }
+        for j in always where j > i { out.append(j) }
+        out.sort()
     }
 }
 
@@ -417,116 +580,52 @@ struct Extraction {
     let width: Int, height: Int, minArea: Int, nthresh: Int, mincont: Double
     var final = ObjectList()
     var random = SepRandom()
-    var lutz: LutzBuffers
+    var lutz: LutzScanner
     static let subObjectLimit = 1024
 
     init(width: Int, height: Int, minArea: Int, nthresh: Int, mincont: Double) {
         (self.width, self.height, self.minArea, self.nthresh, self.mincont) = (width, height, minArea, nthresh, mincont)
-        lutz = LutzBuffers(width: width)
+        lutz = LutzScanner(width: width)
     }
 
     /// The detection scan over the whole image: Lutz's algorithm on pixels whose filtered value
-    /// exceeds relThresh * noise.
+    /// exceeds relThresh * noise; each completed group of at least minArea pixels is deblended
+    /// and measured (sortit) and its pixels go back to the pool.
     mutating func scan(image: [Float], filtered: [Float], noise: [Float], relThresh: Float) throws {
-        let w = width, h = height
+        var sink = DetectionSink(extraction: self, image: image, filtered: filtered, noise: noise, relThresh: relThresh)
+        var scanner = LutzScanner(width: width)
+        try scanner.scan(x0: 0, x1: width, y0: 0, y1: height, imageWidth: width, imageHeight: height, sink: &sink)
+        self = sink.extraction
+    }
+
+    struct DetectionSink: LutzSink {
+        var extraction: Extraction
+        let image: [Float], filtered: [Float], noise: [Float], relThresh: Float
         var pool: [PixelRecord] = []
-        pool.reserveCapacity(4096)
         var freeHead = -1
-        var b = LutzBuffers(width: w)
-        var co = 0, pstop = 0
-        var cur = Info(pixnb: 1, firstpix: -1, lastpix: -1, flag: 0)
-        for yl in 0...h {
-            var ps = ScanStatus.complete, cs = ScanStatus.nonObject
-            let trunflag = (yl == 0 || yl == h - 1) ? SourceFlag.truncated : 0
-            for xl in 0...w {
-                let inside = xl < w && yl < h
-                let idx = yl * w + xl
-                let cdnew: Float = inside ? filtered[idx] : -sepBig
-                let newmarker = b.marker[xl]
-                b.marker[xl] = 0
-                cur.flag = trunflag
-                let thresh: Float = inside ? relThresh * noise[idx] : 0
-                let luflag = cdnew > thresh
-                if luflag {
-                    if xl == 0 || xl == w - 1 { cur.flag |= SourceFlag.truncated }
-                    let rec = PixelRecord(next: -1, x: xl, y: yl, value: image[idx], cdvalue: cdnew, thresh: thresh)
-                    let cn: Int
-                    if freeHead != -1 { cn = freeHead; freeHead = pool[cn].next; pool[cn] = rec } else { cn = pool.count; pool.append(rec) }
-                    cur.firstpix = cn; cur.lastpix = cn
-                    if cs != .object {
-                        cs = .object
-                        if ps == .object {
-                            if b.start[co] == unknownStart { b.marker[xl] = markS; b.start[co] = xl } else { b.marker[xl] = marks }
-                        } else {
-                            b.psstack[pstop] = ps; pstop += 1
-                            b.marker[xl] = markS
-                            co += 1
-                            b.start[co] = xl
-                            ps = .complete
-                            b.info[co] = Info()
-                        }
-                    }
-                }
-                if newmarker != 0 {
-                    if newmarker == markS {
-                        b.psstack[pstop] = ps; pstop += 1
-                        if cs == .nonObject {
-                            b.psstack[pstop] = .complete; pstop += 1
-                            co += 1
-                            b.info[co] = b.store[xl]
-                            b.start[co] = unknownStart
-                        } else {
-                            update(&b.info[co], b.store[xl], &pool)
-                        }
-                        ps = .object
-                    } else if newmarker == marks {
-                        if cs == .object && ps == .complete {
-                            pstop -= 1
-                            let xl2 = b.start[co]
-                            let top = b.info[co]
-                            update(&b.info[co - 1], top, &pool)
-                            co -= 1
-                            if b.start[co] == unknownStart { b.start[co] = xl2 } else { b.marker[xl2] = marks }
-                        }
-                        ps = .object
-                    } else if newmarker == markf {
-                        ps = .incomplete
-                    } else if newmarker == markF {
-                        pstop -= 1; ps = b.psstack[pstop]
-                        if cs == .nonObject && ps == .complete {
-                            if b.start[co] == unknownStart {
-                                let info = b.info[co]
-                                if info.pixnb >= minArea {
-                                    try sortit(info, pool: pool)
-                                }
-                                // Return the object's pixels to the free list.
-                                if info.lastpix != -1 {
-                                    pool[info.lastpix].next = freeHead
-                                    freeHead = info.firstpix
-                                }
-                            } else {
-                                b.marker[b.end[co]] = markF
-                                b.store[b.start[co]] = b.info[co]
-                            }
-                            co -= 1
-                            pstop -= 1; ps = b.psstack[pstop]
-                        }
-                    }
-                }
-                if luflag {
-                    update(&b.info[co], cur, &pool)
-                } else if cs == .object {
-                    cs = .nonObject
-                    if ps != .complete {
-                        b.marker[xl] = markf
-                        b.end[co] = xl
-                    } else {
-                        pstop -= 1; ps = b.psstack[pstop]
-                        b.marker[xl] = markF
-                        b.store[b.start[co]] = b.info[co]
-                        co -= 1
-                    }
-                }
+
+        mutating func take(x: Int, y: Int) -> Int? {
+            let i = y * extraction.width + x
+            let thresh = relThresh * noise[i]
+            guard filtered[i] > thresh else { return nil }
+            let rec = PixelRecord(next: -1, x: x, y: y, value: image[i], cdvalue: filtered[i], thresh: thresh)
+            if freeHead != -1 {
+                let cn = freeHead
+                freeHead = pool[cn].next
+                pool[cn] = rec
+                return cn
+            }
+            pool.append(rec)
+            return pool.count - 1
+        }
+
+        mutating func link(_ a: Int, _ b: Int) { pool[a].next = b }
+
+        mutating func complete(_ info: Info) throws {
+            if info.pixnb >= extraction.minArea { try extraction.sortit(info, pool: pool) }
+            if info.lastpix != -1 {
+                pool[info.lastpix].next = freeHead
+                freeHead = info.firstpix
             }
         }
     }
@@ -587,7 +686,7 @@ struct Extraction {
             if levels[k - 1].objects.count >= Extraction.subObjectLimit { throw DetectionError.tooManySubObjects(limit: Extraction.subObjectLimit) }
             sons[k - 1] = [[Int]](repeating: [], count: levels[k - 1].objects.count)
             for i in 0..<levels[k - 1].objects.count {
-                lutzScan(input.pixels, submap: submap, subx: subx, suby: suby, subw: subw,
+                try lutzScan(input.pixels, submap: submap, subx: subx, suby: suby, subw: subw,
                          parent: levels[k - 1].objects[i], out: &debList)
                 for j in 0..<debList.objects.count where belongs(debList, j, levels[k - 1], i) {
                     debList.objects[j].thresh = debList.thresh
@@ -646,108 +745,39 @@ struct Extraction {
     /// sep's lutz(): 8-connected groups of the detection's pixels above `out.thresh` (filtered
     /// value) inside the bounding box of `parent`; groups of at least min(minArea, 3) pixels.
     mutating func lutzScan(_ plistIn: [PixelRecord], submap: [Int], subx: Int, suby: Int, subw: Int,
-                           parent: SepObject, out: inout ObjectList) {
-        let debMaxArea = min(minArea, 3)
-        let stx = parent.xmin, sty = parent.ymin, enx = parent.xmax + 1, eny = parent.ymax + 1
-        let thresh = out.thresh
-        out.objects.removeAll(keepingCapacity: true)
-        out.pixels.removeAll(keepingCapacity: true)
-        for xl in stx...enx { lutz.marker[xl] = 0 }
-        var co = 0, pstop = 0
-        var cur = Info(pixnb: 1, firstpix: -1, lastpix: -1, flag: 0)
-        let ymaxImage = height - 1, xmaxImage = width - 1
-        for yl in sty...eny {
-            var ps = ScanStatus.complete, cs = ScanStatus.nonObject
-            let trunflag = (yl == 0 || yl == ymaxImage) ? SourceFlag.truncated : 0
-            for xl in stx...enx {
-                let newmarker = lutz.marker[xl]
-                lutz.marker[xl] = 0
-                let inew = (xl != enx && yl != eny) ? submap[(yl - suby) * subw + (xl - subx)] : -1
-                var luflag = false
-                if inew >= 0 {
-                    cur.flag = trunflag
-                    luflag = plistIn[inew].cdvalue > thresh
-                }
-                if luflag {
-                    if xl == 0 || xl == xmaxImage { cur.flag |= SourceFlag.truncated }
-                    var p = plistIn[inew]
-                    p.next = -1
-                    let cn = out.pixels.count
-                    out.pixels.append(p)
-                    cur.firstpix = cn; cur.lastpix = cn
-                    if cs != .object {
-                        cs = .object
-                        if ps == .object {
-                            if lutz.start[co] == unknownStart { lutz.marker[xl] = markS; lutz.start[co] = xl } else { lutz.marker[xl] = marks }
-                        } else {
-                            lutz.psstack[pstop] = ps; pstop += 1
-                            lutz.marker[xl] = markS
-                            co += 1
-                            lutz.start[co] = xl
-                            ps = .complete
-                            lutz.info[co] = Info()
-                        }
-                    }
-                }
-                if newmarker != 0 {
-                    if newmarker == markS {
-                        lutz.psstack[pstop] = ps; pstop += 1
-                        if cs == .nonObject {
-                            lutz.psstack[pstop] = .complete; pstop += 1
-                            co += 1
-                            lutz.info[co] = lutz.store[xl]
-                            lutz.start[co] = unknownStart
-                        } else {
-                            update(&lutz.info[co], lutz.store[xl], &out.pixels)
-                        }
-                        ps = .object
-                    } else if newmarker == marks {
-                        if cs == .object && ps == .complete {
-                            pstop -= 1
-                            let xl2 = lutz.start[co]
-                            let top = lutz.info[co]
-                            update(&lutz.info[co - 1], top, &out.pixels)
-                            co -= 1
-                            if lutz.start[co] == unknownStart { lutz.start[co] = xl2 } else { lutz.marker[xl2] = marks }
-                        }
-                        ps = .object
-                    } else if newmarker == markf {
-                        ps = .incomplete
-                    } else if newmarker == markF {
-                        pstop -= 1; ps = lutz.psstack[pstop]
-                        if cs == .nonObject && ps == .complete {
-                            if lutz.start[co] == unknownStart {
-                                let info = lutz.info[co]
-                                if info.pixnb >= debMaxArea {
-                                    var o = SepObject()
-                                    o.firstpix = info.firstpix; o.lastpix = info.lastpix; o.flag = info.flag
-                                    out.objects.append(o)
-                                    preanalyse(out.objects.count - 1, &out)
-                                }
-                            } else {
-                                lutz.marker[lutz.end[co]] = markF
-                                lutz.store[lutz.start[co]] = lutz.info[co]
-                            }
-                            co -= 1
-                            pstop -= 1; ps = lutz.psstack[pstop]
-                        }
-                    }
-                }
-                if luflag {
-                    update(&lutz.info[co], cur, &out.pixels)
-                } else if cs == .object {
-                    cs = .nonObject
-                    if ps != .complete {
-                        lutz.marker[xl] = markf
-                        lutz.end[co] = xl
-                    } else {
-                        pstop -= 1; ps = lutz.psstack[pstop]
-                        lutz.marker[xl] = markF
-                        lutz.store[lutz.start[co]] = lutz.info[co]
-                        co -= 1
-                    }
-                }
-            }
+                           parent: SepObject, out: inout ObjectList) throws {
+        var sink = SubObjectSink(plistIn: plistIn, submap: submap, subx: subx, suby: suby, subw: subw,
+                                 thresh: out.thresh, minArea: min(minArea, 3), out: ObjectList())
+        // Reuse out's storage.
+        swap(&sink.out, &out)
+        sink.out.objects.removeAll(keepingCapacity: true)
+        sink.out.pixels.removeAll(keepingCapacity: true)
+        try lutz.scan(x0: parent.xmin, x1: parent.xmax + 1, y0: parent.ymin, y1: parent.ymax + 1,
+                      imageWidth: width, imageHeight: height, sink: &sink)
+        swap(&sink.out, &out)
+    }
+
+    struct SubObjectSink: LutzSink {
+        let plistIn: [PixelRecord], submap: [Int], subx: Int, suby: Int, subw: Int, thresh: Float, minArea: Int
+        var out: ObjectList
+
+        mutating func take(x: Int, y: Int) -> Int? {
+            let k = submap[(y - suby) * subw + (x - subx)]
+            guard k >= 0, plistIn[k].cdvalue > thresh else { return nil }
+            var p = plistIn[k]
+            p.next = -1
+            out.pixels.append(p)
+            return out.pixels.count - 1
+        }
+
+        mutating func link(_ a: Int, _ b: Int) { out.pixels[a].next = b }
+
+        mutating func complete(_ info: Info) {
+            guard info.pixnb >= minArea else { return }
+            var o = SepObject()
+            o.firstpix = info.firstpix; o.lastpix = info.lastpix; o.flag = info.flag
+            out.objects.append(o)
+            preanalyse(out.objects.count - 1, &out)
         }
     }
 
@@ -872,7 +902,7 @@ public enum SourceDetector {
         let w = image.width, h = image.height
         let r = options.apertureRadius, gain = options.gain
         var fluxes = [ApertureFlux](repeating: ApertureFlux(flux: 0, fluxErr: 0, area: 0, flags: 0), count: objects.count)
-        sub.withUnsafeBufferPointer { dp in
+        if !objects.isEmpty { sub.withUnsafeBufferPointer { dp in
             bkg.rms.withUnsafeBufferPointer { ep in
                 invalid.withUnsafeBufferPointer { mp in
                     fluxes.withUnsafeMutableBufferPointer { fp in
@@ -887,7 +917,7 @@ public enum SourceDetector {
                     }
                 }
             }
-        }
+        } }
         var sources: [DetectedSource] = []
         sources.reserveCapacity(objects.count)
         for (o, f) in zip(objects, fluxes) {

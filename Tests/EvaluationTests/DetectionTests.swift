@@ -75,7 +75,7 @@ final class DetectionTests: XCTestCase {
 
     struct Case {
         var image: Image2D, mask: [Bool]?
-        var boxSize: Int, filterSize: Int, threshold: Double, minArea: Int, useFilter: Bool, radius: Double, gain: Double
+        var boxSize: Int, filterSize: Int, threshold: Double, minArea: Int, useFilter: Bool, countWithoutClean: Int, radius: Double, gain: Double
         var globalBack: Double, globalRMS: Double
         var sampleX: [Int], sampleY: [Int], sampleBack: [Double], sampleRMS: [Double]
         var x: [Double], y: [Double], npix: [Int], peak: [Double], flag: [Int], isoFlux: [Double]
@@ -96,24 +96,32 @@ final class DetectionTests: XCTestCase {
         typealias B = SepReference.CaseB
         typealias C = SepReference.CaseC
         let a = Case(image: image1, mask: nil, boxSize: A.boxSize, filterSize: A.filterSize, threshold: A.threshold, minArea: A.minArea,
-                     useFilter: A.useFilter, radius: A.radius, gain: A.gain, globalBack: A.globalBack, globalRMS: A.globalRMS,
+                     useFilter: A.useFilter, countWithoutClean: A.countWithoutClean, radius: A.radius, gain: A.gain, globalBack: A.globalBack, globalRMS: A.globalRMS,
                      sampleX: A.sampleX, sampleY: A.sampleY, sampleBack: A.sampleBack, sampleRMS: A.sampleRMS,
                      x: A.x, y: A.y, npix: A.npix, peak: A.peak, flag: A.flag, isoFlux: A.isoFlux,
                      flux: A.flux, fluxErr: A.fluxErr, fluxFlag: A.fluxFlag, apertureX: A.apertureX, apertureY: A.apertureY,
                      apertureFlux: A.apertureFlux, apertureFluxErr: A.apertureFluxErr, apertureFlag: A.apertureFlag)
         let b = Case(image: image2.0, mask: image2.1, boxSize: B.boxSize, filterSize: B.filterSize, threshold: B.threshold, minArea: B.minArea,
-                     useFilter: B.useFilter, radius: B.radius, gain: B.gain, globalBack: B.globalBack, globalRMS: B.globalRMS,
+                     useFilter: B.useFilter, countWithoutClean: B.countWithoutClean, radius: B.radius, gain: B.gain, globalBack: B.globalBack, globalRMS: B.globalRMS,
                      sampleX: B.sampleX, sampleY: B.sampleY, sampleBack: B.sampleBack, sampleRMS: B.sampleRMS,
                      x: B.x, y: B.y, npix: B.npix, peak: B.peak, flag: B.flag, isoFlux: B.isoFlux,
                      flux: B.flux, fluxErr: B.fluxErr, fluxFlag: B.fluxFlag, apertureX: B.apertureX, apertureY: B.apertureY,
                      apertureFlux: B.apertureFlux, apertureFluxErr: B.apertureFluxErr, apertureFlag: B.apertureFlag)
         let c = Case(image: image1, mask: nil, boxSize: C.boxSize, filterSize: C.filterSize, threshold: C.threshold, minArea: C.minArea,
-                     useFilter: C.useFilter, radius: C.radius, gain: C.gain, globalBack: C.globalBack, globalRMS: C.globalRMS,
+                     useFilter: C.useFilter, countWithoutClean: C.countWithoutClean, radius: C.radius, gain: C.gain, globalBack: C.globalBack, globalRMS: C.globalRMS,
                      sampleX: C.sampleX, sampleY: C.sampleY, sampleBack: C.sampleBack, sampleRMS: C.sampleRMS,
                      x: C.x, y: C.y, npix: C.npix, peak: C.peak, flag: C.flag, isoFlux: C.isoFlux,
                      flux: C.flux, fluxErr: C.fluxErr, fluxFlag: C.fluxFlag, apertureX: C.apertureX, apertureY: C.apertureY,
                      apertureFlux: C.apertureFlux, apertureFluxErr: C.apertureFluxErr, apertureFlag: C.apertureFlag)
-        return [("A", a), ("B", b), ("C", c)]
+        typealias D = SepReference.CaseD
+        let d = Case(image: image1, mask: nil, boxSize: D.boxSize, filterSize: D.filterSize, threshold: D.threshold, minArea: D.minArea,
+                     useFilter: D.useFilter, countWithoutClean: D.countWithoutClean, radius: D.radius, gain: D.gain,
+                     globalBack: D.globalBack, globalRMS: D.globalRMS,
+                     sampleX: D.sampleX, sampleY: D.sampleY, sampleBack: D.sampleBack, sampleRMS: D.sampleRMS,
+                     x: D.x, y: D.y, npix: D.npix, peak: D.peak, flag: D.flag, isoFlux: D.isoFlux,
+                     flux: D.flux, fluxErr: D.fluxErr, fluxFlag: D.fluxFlag, apertureX: D.apertureX, apertureY: D.apertureY,
+                     apertureFlux: D.apertureFlux, apertureFluxErr: D.apertureFluxErr, apertureFlag: D.apertureFlag)
+        return [("A", a), ("B", b), ("C", c), ("D", d)]
     }
 
     func relClose(_ a: Double, _ b: Double, _ tol: Double, floor: Double = 0) -> Bool {
@@ -168,6 +176,11 @@ final class DetectionTests: XCTestCase {
                 XCTAssertTrue(relClose(s[j].isoFlux, c.isoFlux[k], 1e-4, floor: 1), "case \(name) source \(k) isophotal flux")
             }
             XCTAssertTrue(sameOrder, "case \(name): sources not in sep's order")
+            // Without cleaning, the count is sep's without cleaning (case D: cleaning removes one).
+            var unclean = c.options
+            unclean.clean = false
+            XCTAssertEqual(try SourceDetector.detect(c.image, mask: c.mask, options: unclean).sources.count, c.countWithoutClean,
+                           "case \(name): count without cleaning")
             XCTAssertLessThanOrEqual(worstOffset, 0.01, "case \(name): position offset")
             print("case \(name): \(s.count) sources (sep \(c.x.count)), max position offset \(worstOffset) px")
         }
