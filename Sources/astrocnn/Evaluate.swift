@@ -22,8 +22,11 @@ struct Evaluate: ParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
     var images: [String] = []
 
-    @Option(help: "Comma-separated methods.")
-    var methods: String = "none,wiener,rl,tv,flamary1,flamary3"
+    @Option(help: "deconvolve (Flamary 2017's protocol, Table I) or denoise (the Astro U-net's, Table 2).")
+    var task: String = "deconvolve"
+
+    @Option(help: "Comma-separated methods (deconvolve: none,wiener,rl,tv,flamary1,flamary3; denoise: none,gaussian,median,starlet and models).")
+    var methods: String?
 
     @Option(name: .long, parsing: .upToNextOption, help: "CNN models as NAME=PATH (default flamary1, flamary3 from models/).")
     var models: [String] = []
@@ -42,8 +45,16 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Side of the zoomed region in the panel.") var zoom: Int = 192
     @Option(help: "Threads (default: all cores).") var threads: Int?
 
+    @OptionGroup var denoise: DenoiseOptions
+
     func run() throws {
-        do { try evaluate() } catch let e as ExitCode { throw e } catch { throw failure(describe(error)) }
+        do {
+            switch task {
+            case "deconvolve": try evaluate()
+            case "denoise": try evaluateDenoising()
+            default: throw ValidationError("--task must be deconvolve or denoise")
+            }
+        } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch { throw failure(describe(error)) }
     }
 
     func parseList(_ s: String, _ what: String) throws -> [Double] {
@@ -64,7 +75,7 @@ struct Evaluate: ParsableCommand {
             modelPaths[parts[0]] = parts[1]
         }
         var list: [Method] = []
-        for name in methods.split(separator: ",").map({ String($0).trimmingCharacters(in: .whitespaces) }) {
+        for name in (methods ?? "none,wiener,rl,tv,flamary1,flamary3").split(separator: ",").map({ String($0).trimmingCharacters(in: .whitespaces) }) {
             switch name {
             case "none": list.append(.none)
             case "wiener": list.append(.wiener(lambdas: try parseList(wienerLambdas, "--wiener-lambdas")))

@@ -1,0 +1,238 @@
+import Foundation
+import Imaging
+import ModelFormat
+import Runtime
+
+/// A denoising method of the comparison. Classical ones sweep their parameter and keep the value
+/// that scores best against the truth (the oracle the papers gave their baselines).
+public enum DenoiseMethod: Sendable, Equatable {
+    case none
+    case gaussian(sigmas: [Double])
+    case median(sizes: [Int])
+    case starlet(ks: [Double], scales: [Int])
+    /// A CNN from an `.acnn` file, run by the runtime with the model's own input normalisation and
+    /// the exposure-time ratio as its `exposure_ratio` parameter (when it has one).
+    case network(name: String, path: String)
+
+    public var name: String {
+        switch self {
+        case .none: return "none"
+        case .gaussian: return "gaussian"
+        case .median: return "median"
+        case .starlet: return "starlet"
+        case .network(let n, _): return n
+        }
+    }
+}
+
+/// One method's scores on one image, in the layout of the Astro U-net paper's Table 2.
+public struct DenoiseResult: Sendable {
+    public var image: String
+    public var method: String
+    public var psnr: Double
+    public var ssim: Double
+    public var kl: Double
+    public var detection: DetectionScore
+    /// Mean SNR of this image's detections over that of the noisy input's (eq. 28).
+    public var snrGain: Double
+    public var seconds: Double
+    public var parameters: String
+    public var restored: Image2D
+    public var catalogue: [CatalogEntry]
+}
+
+/// The Astro U-net protocol: a truth (long exposure), a noisy image (a real or simulated short
+/// exposure), every method run on the noisy image and scored against the truth by PSNR (data-range
+/// form: the truth's max - min), SSIM (same range), KL divergence of the histograms, and by source
+/// detection (the SExtractor method of `SourceDetector`, run on each image with the same settings):
+/// true-positive rate, precision, F-measure, relative flux error of the true positives and the SNR
+/// gain over the noisy input.
+public struct DenoiseEvaluator {
+    public var detection = DetectionOptions()
+    /// Cross-match radius in pixels; nil: half the truth's measured FWHM (at least 1 px, at most 5).
+    public var matchRadius: Double?
+    /// Pixels dropped at each border before scoring (NaN-padded borders of registered frames are
+    /// excluded anyway).
+    public var crop = 0
+    /// The exposure-time ratio given to networks as `exposure_ratio`.
+    public var exposureRatio = 2.0
+    public var threads = ParallelFor.availableCores
+
+    public init() {}
+
+    public struct Reference: Sendable {
+        public var name: String
+        public var truth: Image2D
+        public var valid: [Bool]
+        public var range: Double
+        public var catalogue: [CatalogEntry]
+        public var radius: Double
+        public var fwhm: Double
+    }
+
+    public struct Failure: Error, CustomStringConvertible { public let description: String }
+
+    /// The truth with its detections and the matching radius.
+    public func prepare(name: String, truth: Image2D) throws -> Reference {
+        let valid = truth.pixels.map { $0.isFinite }
+        let finite = truth.pixels.filter { $0.isFinite }
+        guard let lo = finite.min(), let hi = finite.max(), hi > lo else {
+            throw Failure(description: "\(name): the reference has no valid pixels or is constant")
+        }
+        let found = try SourceDetector.detect(truth, mask: valid.map { !$0 }, options: detection, threads: threads)
+        guard !found.sources.isEmpty else {
+            throw Failure(description: "\(name): no sources detected in the reference at \(detection.threshold) sigma: the detection metrics need some (lower --thresh?)")
+        }
+        let cat = DenoiseEvaluator.catalogue(found)
+        let fwhm = DenoiseEvaluator.fwhm(truth, background: found.background, sources: cat)
+        let radius = matchRadius ?? min(5, max(1, 0.5 * (fwhm.isFinite ? fwhm : 2)))
+        return Reference(name: name, truth: truth, valid: valid, range: hi - lo, catalogue: cat, radius: radius, fwhm: fwhm)
+    }
+
+    static func catalogue(_ r: DetectionResult) -> [CatalogEntry] {
+        r.sources.map { s in
+            let (xi, yi) = (min(max(Int(s.x.rounded()), 0), r.background.width - 1), min(max(Int(s.y.rounded()), 0), r.background.height - 1))
+            return CatalogEntry(x: s.x, y: s.y, flux: s.flux, fluxErr: s.fluxErr, background: Double(r.background.level[yi * r.background.width + xi]))
+        }
+    }
+
+    /// The median FWHM of the 30 brightest sources with a clean core: 2.3548 sqrt((Ixx + Iyy) / 2)
+    /// of the background-subtracted pixels within 6 px, weighted by their positive values.
+    static func fwhm(_ img: Image2D, background: Background, sources: [CatalogEntry]) -> Double {
+        var values: [Double] = []
+        for s in sources.sorted(by: { $0.flux > $1.flux }).prefix(30) {
+            let (cx, cy) = (Int(s.x.rounded()), Int(s.y.rounded()))
+            guard cx >= 6, cy >= 6, cx < img.width - 6, cy < img.height - 6 else { continue }
+            var sw = 0.0, sxx = 0.0, syy = 0.0
+            for dy in -6...6 { for dx in -6...6 where dx * dx + dy * dy <= 36 {
+                let v = img[cy + dy, cx + dx] - Double(background.level[(cy + dy) * background.width + cx + dx])
+                guard v.isFinite, v > 0 else { continue }
+                let (ox, oy) = (Double(cx + dx) - s.x, Double(cy + dy) - s.y)
+                sw += v; sxx += v * ox * ox; syy += v * oy * oy
+            } }
+            if sw > 0 { values.append(2.3548 * ((sxx + syy) / (2 * sw)).squareRoot()) }
+        }
+        return values.isEmpty ? .nan : SkyStatistics.median(&values)
+    }
+
+    /// Runs `method` on `noisy`; classical methods keep the parameter with the best PSNR against
+    /// the truth.
+    public func run(_ method: DenoiseMethod, noisy: Image2D, reference: Reference) throws -> (Image2D, String) {
+        let score = { (img: Image2D) in self.psnr(img, reference) }
+        switch method {
+        case .none:
+            return (noisy, "")
+        case .gaussian(let sigmas):
+            let c = Denoisers.gaussianBest(noisy, sigmas: sigmas, threads: threads, score: score)
+            return (c.image, c.parameters)
+        case .median(let sizes):
+            let c = Denoisers.medianBest(noisy, sizes: sizes, threads: threads, score: score)
+            return (c.image, c.parameters)
+        case .starlet(let ks, let scales):
+            let c = Denoisers.starletBest(noisy, ks: ks, scales: scales, threads: threads, score: score)
+            return (c.image, c.parameters)
+        case .network(_, let path):
+            let net = try Network(path: path)
+            let fits = FITSImage(width: noisy.width, height: noisy.height, pixels: noisy.pixels.map { Float($0) })
+            var opts = Restoration.Options(threads: threads)
+            if net.runtimeParameters["exposure_ratio"] != nil { opts.parameters["exposure_ratio"] = Float(exposureRatio) }
+            let (px, _) = try Restoration.restore(fits, network: net, options: opts)
+            return (Image2D(height: noisy.height, width: noisy.width, pixels: px.map(Double.init)),
+                    "model=\((path as NSString).lastPathComponent)" + (opts.parameters["exposure_ratio"].map { ",exposure_ratio=\($0)" } ?? ""))
+        }
+    }
+
+    /// The scoring mask: valid in the truth and the estimate, `crop` pixels from the border.
+    func mask(_ img: Image2D, _ ref: Reference) -> [Bool] {
+        var m = ref.valid
+        for y in 0..<img.height { for x in 0..<img.width {
+            let i = y * img.width + x
+            if !img.pixels[i].isFinite || y < crop || x < crop || y >= img.height - crop || x >= img.width - crop { m[i] = false }
+        } }
+        return m
+    }
+
+    public func psnr(_ img: Image2D, _ ref: Reference) -> Double {
+        Metrics.psnr(ref.truth, img, dataRange: ref.range, mask: mask(img, ref))
+    }
+
+    /// Scores an estimate; `inputSNR` is the noisy input's mean SNR (nil when scoring the input).
+    public func score(image: String, method: String, estimate: Image2D, reference ref: Reference, inputSNR: Double?,
+                      seconds: Double, parameters: String) throws -> DenoiseResult {
+        let m = mask(estimate, ref)
+        let found = try SourceDetector.detect(estimate, mask: estimate.pixels.map { !$0.isFinite }, options: detection, threads: threads)
+        // Sources outside the scored region do not count on either side.
+        let inside = { (c: CatalogEntry) -> Bool in
+            let (xi, yi) = (Int(c.x.rounded()), Int(c.y.rounded()))
+            return xi >= 0 && yi >= 0 && xi < estimate.width && yi < estimate.height && m[yi * estimate.width + xi]
+        }
+        let cat = DenoiseEvaluator.catalogue(found).filter(inside)
+        let truthCat = ref.catalogue.filter(inside)
+        let det = DetectionScore.score(truth: truthCat, detected: cat, radius: ref.radius)
+        let truthMasked = Image2D(height: ref.truth.height, width: ref.truth.width, pixels: zip(ref.truth.pixels, m).map { $1 ? $0 : .nan })
+        let estMasked = Image2D(height: estimate.height, width: estimate.width, pixels: zip(estimate.pixels, m).map { $1 ? $0 : .nan })
+        return DenoiseResult(image: image, method: method,
+                             psnr: Metrics.psnr(ref.truth, estimate, dataRange: ref.range, mask: m),
+                             ssim: Metrics.ssim(truthMasked, estMasked, dataRange: ref.range),
+                             kl: Metrics.klDivergence(truthMasked, estMasked),
+                             detection: det, snrGain: inputSNR.map { det.meanSNR / $0 } ?? 1,
+                             seconds: seconds, parameters: parameters, restored: estimate, catalogue: cat)
+    }
+
+    /// Every method on one (truth, noisy) pair; the first result is the noisy input itself.
+    public func evaluate(name: String, truth: Image2D, noisy: Image2D, methods: [DenoiseMethod],
+                         progress: (String) -> Void = { _ in }) throws -> (reference: Reference, results: [DenoiseResult]) {
+        guard truth.height == noisy.height && truth.width == noisy.width else {
+            throw Failure(description: "\(name): the noisy image is \(noisy.width)x\(noisy.height) and the reference \(truth.width)x\(truth.height)")
+        }
+        let ref = try prepare(name: name, truth: truth)
+        var results: [DenoiseResult] = []
+        let input = try score(image: name, method: "none", estimate: noisy, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
+        results.append(input)
+        progress(line(input, ref))
+        for method in methods where method != .none {
+            let t0 = Date()
+            let (img, params) = try run(method, noisy: noisy, reference: ref)
+            let r = try score(image: name, method: method.name, estimate: img, reference: ref, inputSNR: input.detection.meanSNR,
+                              seconds: Date().timeIntervalSince(t0), parameters: params)
+            results.append(r)
+            progress(line(r, ref))
+        }
+        return (ref, results)
+    }
+
+    func line(_ r: DenoiseResult, _ ref: Reference) -> String {
+        String(format: "  %@ PSNR %7.2f dB  SSIM %.4f  TPR %5.1f%%  F %.3f  RFE %5.2f%%  SNR gain %.2f  %.2f s  %@",
+               r.method.padding(toLength: 10, withPad: " ", startingAt: 0), r.psnr, r.ssim, 100 * r.detection.tpr,
+               r.detection.fMeasure, 100 * r.detection.relativeFluxError, r.snrGain, r.seconds, r.parameters)
+    }
+}
+
+/// Real short/long pairs: frames of one field registered by translation and cut to their overlap.
+public enum FramePairs {
+    /// The frame and the reference on the frame's grid, both cut to their overlap.
+    public static func aligned(frame: Image2D, reference: Image2D, threads: Int = 1) throws -> (frame: Image2D, reference: Image2D, registration: Registration) {
+        let reg = try Registration.register(frame: frame, reference: reference, threads: threads)
+        let ref = reg.aligned(reference)
+        let f = frame.crop(y: reg.y0, x: reg.x0, height: reg.overlapHeight, width: reg.overlapWidth)
+        let r = ref.crop(y: reg.y0, x: reg.x0, height: reg.overlapHeight, width: reg.overlapWidth)
+        return (f, r, reg)
+    }
+
+    /// The mean of `frames` registered onto `frames[onto]`'s grid, excluding that frame (NaN where
+    /// any registered frame is undefined), with the registrations.
+    public static func meanOfOthers(_ frames: [Image2D], onto: Int, threads: Int = 1) throws -> (Image2D, [Registration]) {
+        let base = frames[onto]
+        var sum = Image2D(height: base.height, width: base.width)
+        var regs: [Registration] = []
+        var n = 0
+        for (k, f) in frames.enumerated() where k != onto {
+            let reg = try Registration.register(frame: base, reference: f, threads: threads)
+            let a = reg.aligned(f)
+            for i in 0..<sum.count { sum.pixels[i] += a.pixels[i] }
+            regs.append(reg); n += 1
+        }
+        guard n > 0 else { throw DenoiseEvaluator.Failure(description: "give at least two frames") }
+        return (sum.map { $0 / Double(n) }, regs)
+    }
+}
