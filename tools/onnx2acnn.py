@@ -483,7 +483,10 @@ class _Converter:
         if op == "Relu":
             return Map(self._add(node, "relu", [x.name]), x.c, x.h, x.w)
         if op == "LeakyRelu":
-            alpha = float(a.get("alpha", 0.01))
+            # ONNX float attributes are float32: keep the shortest decimal that gives the same float32.
+            alpha = float(str(np.float32(a.get("alpha", 0.01))))
+            if not np.isfinite(alpha):
+                _fail(node, f"attribute alpha={alpha} is not finite")
             return Map(self._add(node, "leaky_relu", [x.name], attrs={"alpha": alpha}), x.c, x.h, x.w)
         if op == "MaxPool":
             return self.maxpool(node, a, x)
