@@ -157,8 +157,8 @@ def flamary3():
 
 
 def every_op():
-    """Every mapping of the converter in one graph: 'same' pads of odd, even (SAME_UPPER) and
-    rectangular kernels, a 'valid' conv, weights from initializers (float32, float16 and float64 through
+    """Every mapping of the converter in one graph: 'same' pads of odd, even (explicit pads and
+    SAME_UPPER) and rectangular kernels, a 'valid' conv, weights from initializers (float32, float16 and float64 through
     Cast) and from a Constant node, LeakyRelu, Relu, Identity, Dropout, MaxPool, ConvTranspose, Concat
     with a skip, a constant fill channel and the run-time parameter channel, and a symbolic batch."""
     rng = np.random.default_rng(23)
@@ -169,6 +169,7 @@ def every_op():
 
     inits = [
         _init("c1.w", w(6, 2, 3, 3).astype(np.float32)), _init("c1.b", rng.uniform(-0.1, 0.1, 6).astype(np.float32)),
+        _init("c0.w", w(6, 6, 2, 2).astype(np.float32)),
         _init("c2.w16", w(6, 6, 4, 4).astype(np.float16)), _init("c2.b64", rng.uniform(-0.1, 0.1, 6).astype(np.float64)),
         _init("c4.w64", w(4, 8, 1, 1).astype(np.float64)),
         _init("up.w", w(4, 5, 2, 2).astype(np.float32)), _init("up.b", rng.uniform(-0.1, 0.1, 5).astype(np.float32)),
@@ -181,7 +182,8 @@ def every_op():
     nodes = [
         helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], name="conv_same3", pads=[1, 1, 1, 1]),
         helper.make_node("LeakyRelu", ["c1"], ["a1"], name="leaky", alpha=0.1),
-        helper.make_node("Identity", ["a1"], ["i1"], name="identity"),
+        helper.make_node("Identity", ["a1"], ["i0"], name="identity"),
+        helper.make_node("Conv", ["i0", "c0.w"], ["i1"], name="conv_same2_explicit", pads=[0, 0, 1, 1]),
         helper.make_node("Cast", ["c2.w16"], ["c2.w"], name="cast_w16", to=TensorProto.FLOAT),
         helper.make_node("Cast", ["c2.b64"], ["c2.b"], name="cast_b64", to=TensorProto.FLOAT),
         helper.make_node("Conv", ["i1", "c2.w", "c2.b"], ["c2"], name="conv_same4_upper", auto_pad="SAME_UPPER"),

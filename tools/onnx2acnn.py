@@ -190,6 +190,12 @@ def _expand_shape(data_shape, target):
 
 
 # ---------------------------------------------------------------- constant folding
+def _np_dtype(elem_type):
+    if hasattr(onnx.helper, "tensor_dtype_to_np_dtype"):
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    return onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[elem_type]  # onnx < 1.13
+
+
 def _fold(node, a, ins):
     """Evaluates `node` on constant inputs (numpy arrays; None for omitted optional inputs)."""
     op = node.op_type
@@ -198,7 +204,7 @@ def _fold(node, a, ins):
         if op == "Identity":
             return x
         to = a.get("to") if op == "Cast" else None
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(to) if to is not None else ins[1].dtype
+        dtype = _np_dtype(to) if to is not None else ins[1].dtype
         return x.astype(dtype)
     if op == "Reshape":
         shape = [int(s) for s in ins[1]]

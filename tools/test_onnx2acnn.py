@@ -160,7 +160,7 @@ def test_fixtures(d):
             cc = {n["attrs"].get("parameter"): n["attrs"]["value"] for n in graph["nodes"] if n["op"] == "constant_channel"}
             assert cc == {None: 0.5, "exposure_ratio": 1.0}, cc
             pads = {n["name"]: n["attrs"]["padding"] for n in graph["nodes"] if n["op"] == "conv2d"}
-            assert pads == {"conv_same3": "same", "conv_same4_upper": "same", "conv_same3x5_nobias": "same",
+            assert pads == {"conv_same3": "same", "conv_same2_explicit": "same", "conv_same4_upper": "same", "conv_same3x5_nobias": "same",
                             "conv1x1": "valid", "conv_valid5": "valid"}, pads
             assert meta["size_multiple"] == 2
         print(f"  {name}: ok (relative error {err:.2e})")
@@ -178,6 +178,9 @@ def test_more_refusals(d):
         ("same_lower_even", [helper.make_node("Conv", ["x", "w"], ["y"], name="c", auto_pad="SAME_LOWER")],
          [numpy_helper.from_array(rng.standard_normal((1, 1, 4, 4)).astype(np.float32), "w")],
          ["node 'c' (Conv)", "attribute auto_pad=SAME_LOWER"]),
+        ("pads_lower_even", [helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[1, 1, 0, 0])],
+         [numpy_helper.from_array(rng.standard_normal((1, 1, 2, 2)).astype(np.float32), "w")],
+         ["node 'c' (Conv)", "attribute pads=[1, 1, 0, 0]"]),
         ("convt3", [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2])],
          [numpy_helper.from_array(rng.standard_normal((1, 1, 3, 3)).astype(np.float32), "w")],
          ["node 'up' (ConvTranspose)", "attribute kernel_shape=[3, 3]"]),
