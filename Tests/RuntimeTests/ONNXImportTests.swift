@@ -74,6 +74,7 @@ final class ONNXImportTests: XCTestCase {
                 XCTAssertEqual([y.channels, y.height, y.width], c.expected_shape, "\(c.name) \(algorithm)")
                 if y.data.count != expected.count { continue }
                 let err = maxAbsDiff(y.data, expected) / scale
+                print("ONNX import \(c.name) \(algorithm): max abs error \(err) of the output scale")
                 XCTAssertLessThan(err, m.tolerance, "\(c.name) \(algorithm): max abs error \(err) of the output scale against onnxruntime")
             }
             if c.name.hasPrefix("unet") {
@@ -124,6 +125,24 @@ final class ONNXImportTests: XCTestCase {
         let (status, out, err) = try runProcess("/usr/bin/env", ["python3", repositoryRoot + "/tools/test_onnx2acnn.py", dir])
         XCTAssertEqual(status, 0, out + err)
         XCTAssertTrue(out.contains("onnx2acnn self-test: ok"), out)
+    }
+
+    /// Even-kernel 'same' convolutions (ONNX `SAME_UPPER` or pads [0, 0, 1, 1] for 2x2) pad one more
+    /// row and column at the bottom/right than at the top/left: the fast paths must read zeros there
+    /// (the every-op fixture found the plan's margins one pixel short for 2x2 kernels).
+    func testEvenSameKernelsMatchReference() throws {
+        for (cin, cout, k) in [(6, 6, 2), (4, 8, 2), (1, 4, 2), (6, 6, 4), (16, 16, 6), (3, 5, 3)] {
+            var b = ModelBuilder(name: "even", inputChannels: cin, initializer: randomInit(seed: UInt64(k * 100 + cin)))
+            let y = b.conv(b.input.name, out: cout, kernel: k, padding: .same, bias: false, name: "c")
+            let net = try Network(model: try b.build(output: y))
+            var rng = TestRNG(seed: 1)
+            let x = FeatureMap(channels: cin, height: 10, width: 14, data: (0..<(cin * 140)).map { _ in rng.float() })
+            let ref = try net.forward(x, algorithm: .reference)
+            for algorithm in [ConvAlgorithm.direct, .auto] {
+                let fast = try net.forward(x, algorithm: algorithm)
+                XCTAssertLessThanOrEqual(maxAbsDiff(ref.data, fast.data), 1e-5, "\(cin)->\(cout) \(k)x\(k) same, \(algorithm)")
+            }
+        }
     }
 
     /// `astrocnn inspect` shows a converted U-net's constant channel and its run-time parameter.
