@@ -159,4 +159,27 @@ final class ONNXImportTests: XCTestCase {
         XCTAssertTrue(text.contains("param=exposure_ratio"), text)
         XCTAssertTrue(text.contains("onnx.producer"), text)
     }
+
+    /// `astrocnn restore` with a converted U-net (normalisation none) on the fixture's input written
+    /// as FITS reproduces onnxruntime's output, with the exposure ratio given on the command line.
+    func testRestoreWithConvertedUNet() throws {
+        try requireONNX()
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let m = try manifest()
+        let c = try XCTUnwrap(m.positive.first { $0.name == "unet_torchscript_expand" })
+        let model = dir + "/unet.acnn"
+        let (status, _, stderr) = try runProcess("/usr/bin/env", ["python3", converter, fixtures + "/" + c.onnx, "-o", model])
+        XCTAssertEqual(status, 0, stderr)
+        let (h, w) = (c.input_shape[1], c.input_shape[2])
+        try FITSIO.writeImage(path: dir + "/in.fits", width: w, height: h, pixels: try readFloats(fixtures + "/" + c.input), headerCards: [])
+        let (s2, _, e2) = try runProcess(try astrocnnExecutable(), ["restore", dir + "/in.fits", "-m", model, "-o", dir + "/out.fits",
+                                                                     "--param", "exposure_ratio=2.5", "--quiet"])
+        XCTAssertEqual(s2, 0, e2)
+        let restored = try FITSIO.readImage(path: dir + "/out.fits")
+        XCTAssertEqual([restored.height, restored.width], [h, w])
+        let expected = try readFloats(fixtures + "/" + c.expected)
+        let scale = expected.map { abs($0) }.max() ?? 1
+        XCTAssertLessThan(maxAbsDiff(restored.pixels, expected) / scale, m.tolerance)
+    }
 }
