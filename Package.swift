@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Imaging", "Runtime"]),
         .testTarget(name: "TrainerTests", dependencies: ["Trainer", "Imaging", "Runtime", "ModelFormat", "Kernels"]),
         .testTarget(name: "ReportingTests", dependencies: ["Reporting"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "ModelFormat", "Kernels", "CFITSIO"], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v5]
 )

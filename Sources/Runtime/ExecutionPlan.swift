@@ -162,11 +162,12 @@ final class ExecutionPlan {
         /// The value a node's result is finally stored as (after fusion).
         func resultValue(_ n: Node) -> String { fusedInto[n.name]?.output ?? n.output }
 
-        // Zero margins each value needs: the largest 'same' padding among its consumers.
+        // Zero margins each value needs: the largest 'same' padding among its consumers (the
+        // bottom/right side, k - 1 - (k - 1) / 2, which is one more than the top/left for even k).
         var margin: [String: Int] = [:]
         for n in nodes where n.op == .conv2d && n.padding == .same {
             let s = analysis.tensorShapes[n.params[0]]!
-            margin[n.inputs[0]] = max(margin[n.inputs[0]] ?? 0, (max(s[2], s[3]) - 1) / 2)
+            margin[n.inputs[0]] = max(margin[n.inputs[0]] ?? 0, max(s[2], s[3]) / 2)
         }
 
         // Concat slices: a concat input produced by a node (not a graph input), consumed by only
