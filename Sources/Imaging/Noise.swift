@@ -71,7 +71,8 @@ public enum NoiseStreams {
 /// `e_short * r / gain - sky` (so it compares directly with the input: same flux scale, r times
 /// the photon variance), or, with `outputScale = .short`, as the short exposure itself would have
 /// recorded it, `e_short / gain - sky / r`. `sky` is a sky level that was subtracted from the image
-/// (its photons still count for the noise; ground images that keep their sky pedestal need 0);
+/// (its photons still count for the noise; ground images that keep their sky need 0; a negative
+/// value takes a pedestal without photons, a bias level, out of the count);
 /// the dark current is taken as calibrated out (zero mean, its Poisson noise in the Gaussian
 /// approximation, as in the paper); `clipNegative` clips negative (I + sky) to 0 before the
 /// Poisson draw, as the paper did; without it a negative expectation is kept as it is with no
@@ -284,11 +285,12 @@ public struct ExposureKeywords: Equatable, Sendable {
 extension ExposureNoise {
     /// The sky level (image units) that was subtracted from an image whose sky noise is `sigma`
     /// and whose remaining sky level is `median`: the level whose photon noise plus the read
-    /// noise gives the measured noise, (sigma * gain)^2 = (median + sky) * gain + RON^2; 0 when the
-    /// remaining sky already explains the noise.
+    /// noise gives the measured noise, (sigma * gain)^2 = (median + sky) * gain + RON^2. It is
+    /// negative when the image keeps a pedestal (a bias level) that carries no photons: the
+    /// pedestal is then taken out of the photon count.
     public static func impliedSky(sigma: Double, median: Double, gain: Double, readNoise: Double) -> Double {
-        let electrons = (sigma * gain) * (sigma * gain) - readNoise * readNoise
-        return max(0, electrons / gain - median)
+        let electrons = max(0, (sigma * gain) * (sigma * gain) - readNoise * readNoise)
+        return electrons / gain - median
     }
 }
 
@@ -303,5 +305,17 @@ extension ExposureNoise {
         }
         let s = impliedSky(sigma: stats.sigma, median: stats.median, gain: gain, readNoise: readNoise)
         return (s, String(format: "%.4g implied by the sky noise %.4g at median %.4g", s, stats.sigma, stats.median))
+    }
+}
+
+extension ExposureNoise {
+    /// For an image without a known gain: the gain (electrons per unit) and subtracted sky (units)
+    /// under which its measured sky noise `sigma` is the photon noise of a sky of `electrons`
+    /// electrons per pixel (a sky-limited exposure): sigma * gain = sqrt(electrons), so
+    /// gain = sqrt(electrons) / sigma, and the sky in image units is electrons / gain less the
+    /// level still in the image (`median`; negative for an image that keeps a pedestal).
+    public static func skyLimited(sigma: Double, median: Double, electrons: Double) -> (gain: Double, sky: Double) {
+        let g = electrons.squareRoot() / sigma
+        return (g, electrons / g - median)
     }
 }

@@ -30,11 +30,13 @@ public enum ComparisonPanel {
             let r = max(2, circleRadius / Double(scale))
             for m in img.marks {
                 let cx = Double(x0) + m.x / Double(scale), cy = Double(top) + (Double(height - 1) - m.y) / Double(scale)
-                let steps = max(16, Int(2 * Double.pi * r))
+                let steps = max(16, Int(2 * Double.pi * (r + 1)) * 2)
                 for s in 0..<steps {
                     let t = 2 * Double.pi * Double(s) / Double(steps)
-                    let px = Int((cx + r * cos(t)).rounded()), py = Int((cy + r * sin(t)).rounded())
-                    if px >= x0 && px < x0 + w && py >= top && py < top + h { c.set(px, py, m.color) }
+                    for rr in [r, r + 1] {
+                        let px = Int((cx + rr * cos(t)).rounded()), py = Int((cy + rr * sin(t)).rounded())
+                        if px >= x0 && px < x0 + w && py >= top && py < top + h { c.set(px, py, m.color) }
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@ import Runtime
 struct DenoiseOptions: ParsableArguments {
     @Option(help: "denoise: exposure-time ratio of the simulated short exposures (and the networks' exposure_ratio).") var ratio: Double = 2
     @Option(help: "denoise: gain in electrons per image unit for every image (default: each image's header).") var gain: Double?
-    @Option(help: "denoise: for images without a gain, the electrons of sky per pixel assumed, so that their measured sky noise is its photon noise (gain = N / sigma_sky^2).") var assumedSky: Double = 1000
+    @Option(help: "denoise: for images without a gain, the electrons of sky per pixel assumed, so that their measured sky noise is its photon noise (gain = sqrt(N) / sigma_sky).") var assumedSky: Double = 1000
     @Option(help: "denoise: read noise in electrons (default: the header's, else 0).") var readNoise: Double?
     @Option(help: "denoise: dark current, electrons per pixel per hour.") var dark: Double = 0
     @Option(help: "denoise: sky level subtracted from the images (image units) or auto (a header SKYLEVEL the median shows was subtracted, else the level the sky noise implies).") var sky: String?
@@ -123,10 +123,13 @@ extension Evaluate {
                 let headerGain = denoise.gain ?? header.gain?.value
                 // No gain: the image is taken as sky-limited, its sky noise the photon noise of
                 // `assumedSky` electrons.
-                let g = headerGain ?? denoise.assumedSky / (stats.sigma * stats.sigma)
+                let fallback = ExposureNoise.skyLimited(sigma: stats.sigma, median: stats.median, electrons: denoise.assumedSky)
+                let g = headerGain ?? fallback.gain
                 let ron = denoise.readNoise ?? (headerGain == nil ? 0 : header.readNoise?.value ?? 0)
                 var skyLevel: Double
-                if let s = denoise.sky, s != "auto" {
+                if headerGain == nil && denoise.sky == nil {
+                    skyLevel = fallback.sky
+                } else if let s = denoise.sky, s != "auto" {
                     guard let v = Double(s) else { throw ValidationError("--sky must be a number or auto") }
                     skyLevel = v
                 } else {
@@ -141,7 +144,7 @@ extension Evaluate {
         }
         var all: [DenoiseResult] = []
         var panelImages: [(title: String, pixels: [Float], marks: [ComparisonPanel.Mark])] = []
-        var panelSize = (0, 0)
+        var panelSize = (0, 0), panelRadius = 6.0
         for (k, (name, truth, noisy, how)) in pairs.enumerated() {
             guard truth.height >= 32 && truth.width >= 32 else {
                 throw ValidationError("\(name): \(truth.width)x\(truth.height) is too small: the background mesh and the metrics need at least 32x32 pixels")
@@ -157,6 +160,7 @@ extension Evaluate {
                 let z = min(zoom, truth.height, truth.width)
                 let (zy, zx) = brightestWindow(truth.map { $0.isFinite ? $0 : 0 }, side: z)
                 panelSize = (z, z)
+                panelRadius = max(6, 1.6 * (ref.fwhm.isFinite ? ref.fwhm : 3))
                 func crop(_ img: Image2D) -> [Float] { img.crop(y: zy, x: zx, height: z, width: z).pixels.map { Float($0) } }
                 func marks(_ cat: [CatalogEntry], matched: Set<Int>, color: RGB) -> [ComparisonPanel.Mark] {
                     cat.enumerated().compactMap { (i, c) in
@@ -185,7 +189,7 @@ extension Evaluate {
             print("wrote \(c)")
         }
         if let p = panel, !panelImages.isEmpty {
-            try ComparisonPanel.render(panelImages, width: panelSize.0, height: panelSize.1, maxSide: 300,
+            try ComparisonPanel.render(panelImages, width: panelSize.0, height: panelSize.1, maxSide: 300, circleRadius: panelRadius,
                                        legend: "green: matched   red: missed (in the reference only)   blue: spurious").write(to: p)
             print("wrote \(p)")
         }

@@ -17,7 +17,7 @@ struct UNetTrainOptions: ParsableArguments {
     var validate: [String] = []
     @Option(help: "astro-unet: gain (e-/unit) for images whose header has none; default: assume their sky noise is the photon noise of a sky of --assumed-sky electrons.")
     var fallbackGain: Double?
-    @Option(help: "astro-unet: electrons of sky per pixel assumed for images without a gain (sets the gain to N / sigma_sky^2).")
+    @Option(help: "astro-unet: electrons of sky per pixel assumed for images without a gain (gain = sqrt(N) / sigma_sky).")
     var assumedSky: Double = 1000
     @Option(help: "astro-unet: multiply the learning rate by --decay-factor after this many epochs (0: never).") var decayEpochs: Int = 0
     @Option(help: "astro-unet: learning-rate decay factor.") var decayFactor: Double = 0.1
@@ -39,8 +39,7 @@ extension Train {
             return (LongExposure(image: src, gain: g, readNoise: ron, sky: sky), "\(how), read noise \(ron) e-, sky \(skyHow)")
         }
         // No gain: the measured sky noise is taken as the photon noise of a sky of `assumedSky` e-.
-        let g = assumedSky / (stats.sigma * stats.sigma)
-        let sky = max(0, assumedSky / g - stats.median)
+        let (g, sky) = ExposureNoise.skyLimited(sigma: stats.sigma, median: stats.median, electrons: assumedSky)
         return (LongExposure(image: src, gain: g, readNoise: 0, sky: sky),
                 String(format: "no gain: sky-limited, %.0f e- sky -> gain %.4g e-/unit, sky %.4g", assumedSky, g, sky))
     }

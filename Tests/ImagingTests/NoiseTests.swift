@@ -130,6 +130,14 @@ final class NoiseTests: XCTestCase {
         XCTAssertEqual(moments(diff).variance.squareRoot(), 1.5 * s.sigma, accuracy: 0.02)
         // A sky-subtracted image whose noise is the photon noise of a sky of 400 units at gain 2.
         XCTAssertEqual(ExposureNoise.impliedSky(sigma: (400.0 * 2 + 9).squareRoot() / 2, median: 0, gain: 2, readNoise: 3), 400, accuracy: 1e-9)
+        // A pedestal of 300 without photons: the photon-bearing level is 100, so the sky is -200.
+        XCTAssertEqual(ExposureNoise.impliedSky(sigma: (100.0 * 2).squareRoot() / 2, median: 300, gain: 2, readNoise: 0), -200, accuracy: 1e-9)
+        // Without a gain: sky-limited at 1000 e-; the short exposure's sky noise at ratio r is then
+        // sqrt(r) times the measured one, whatever the units (here 4e-12 per pixel).
+        let (gain, sky) = ExposureNoise.skyLimited(sigma: 4e-12, median: 3e-13, electrons: 1000)
+        XCTAssertEqual(gain * 4e-12, 1000.0.squareRoot(), accuracy: 1e-9)
+        let model = ExposureNoise(ratio: 3, gain: gain, sky: sky)
+        XCTAssertEqual(model.moments(of: 3e-13).variance.squareRoot(), 3.0.squareRoot() * 4e-12, accuracy: 1e-15)
     }
 
     func testHeaderKeywords() {
