@@ -10,6 +10,8 @@ struct AstroCNNCommand: ParsableCommand {
     static func main() {
         // A write past a file-size limit must fail with an error (and leave no file), not kill us.
         signal(SIGXFSZ, SIG_IGN)
+        // Line-buffered standard output, so logs of long runs (train > log) show each line as it comes.
+        setvbuf(stdout, nil, _IOLBF, 0)
         do {
             var command = try parseAsRoot()
             try command.run()
