@@ -24,18 +24,29 @@ struct Demo: ParsableCommand {
     @Option(help: "Image side in pixels.") var size: Int = 512
     @Option(help: "Random seed for the sky and the noise.") var seed: UInt64 = 1
     @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Option(help: "deconvolve (Flamary 2017: the 3-CNN against Wiener) or denoise (the Astro U-net: a short exposure against the classical denoisers).")
+    var task: String = "deconvolve"
+    @Option(help: "denoise: a real FITS image to use as the long exposure instead of the simulated sky (its header gain, else sky-limited).")
+    var input: String?
+    @Option(help: "denoise: exposure-time ratio of the short exposure.") var ratio: Double = 2
 
     func run() throws {
-        do { try demo() } catch let e as ExitCode { throw e } catch { throw failure(describe(error)) }
+        do {
+            switch task {
+            case "deconvolve": try demo()
+            case "denoise": try denoiseDemo()
+            default: throw ValidationError("--task must be deconvolve or denoise")
+            }
+        } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch { throw failure(describe(error)) }
     }
 
-    static func defaultModel() -> String? {
-        var candidates = ["models/flamary3.acnn"]
+    static func defaultModel(_ file: String = "flamary3.acnn") -> String? {
+        var candidates = ["models/" + file]
         if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
             // The repository the executable was built in: .build/<triple>/<config>/astrocnn.
             var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
             for _ in 0..<5 {
-                candidates.append(dir.appendingPathComponent("models/flamary3.acnn").path)
+                candidates.append(dir.appendingPathComponent("models/" + file).path)
                 dir = dir.deletingLastPathComponent()
             }
         }
