@@ -129,8 +129,11 @@ public enum Architectures {
     /// down, 2x2 transposed convs up, skip concatenations, the exposure-time ratio fed in as a
     /// constant channel at the bottom, and a linear 1x1 conv to one channel.
     /// `widths` are the channel counts per level, e.g. [32, 64, 128, 256, 512].
+    /// `inputSkip` also concatenates the network's input to the last level's features, so the
+    /// linear head sees the input itself: it can pass what needs no change (bright sources)
+    /// straight through and learn the correction (residual learning with only the format's ops).
     public static func unet(name: String = "astro-unet", widths: [Int] = [32, 64, 128, 256, 512], alpha: Double = 0.02,
-                            exposureRatio: Double = 1, normalization: String = "none",
+                            exposureRatio: Double = 1, normalization: String = "none", inputSkip: Bool = false,
                             initializer: @escaping ModelBuilder.Initializer) throws -> Model {
         precondition(widths.count >= 2)
         var b = ModelBuilder(name: name, normalization: normalization, initializer: initializer)
@@ -155,6 +158,7 @@ public enum Architectures {
             x = b.concat([skips[level], x], name: "up\(level).concat")
             x = block(&b, x, c, "up\(level)")
         }
+        if inputSkip { x = b.concat([x, b.input.name], name: "head.concat") }
         x = b.conv(x, out: 1, kernel: 1, name: "head")
         return try b.build(output: x)
     }

@@ -30,6 +30,9 @@ public struct DenoiserConfig: Equatable, Sendable {
     public var initialization = Initialization.he
     public var clipNegative = false
     public var minimumSourceFraction = 0.002
+    /// The input concatenated to the last level's features before the head (`Architectures.unet`'s
+    /// `inputSkip`): residual learning with the format's own ops.
+    public var inputSkip = false
 
     public init() {}
 
@@ -37,9 +40,9 @@ public struct DenoiserConfig: Equatable, Sendable {
         guard widths.count >= 2, widths.allSatisfy({ $0 > 0 }) else { throw TrainingError.model("--widths needs at least two positive widths") }
         let m = 1 << (widths.count - 1)
         guard cropSize % m == 0 else { throw TrainingError.model("crops of \(cropSize) px are not a multiple of \(m), the size multiple of \(widths.count) levels") }
-        return try Architectures.unet(name: "astro-unet-" + widths.map(String.init).joined(separator: "-"), widths: widths, alpha: alpha,
+        return try Architectures.unet(name: "astro-unet-" + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : ""), widths: widths, alpha: alpha,
                                       exposureRatio: ratios[0], normalization: Normalization.Kind.skyMAD.rawValue,
-                                      initializer: initialization.initializer(seed: seed))
+                                      inputSkip: inputSkip, initializer: initialization.initializer(seed: seed))
     }
 
     var metadata: [String: MetaValue] {
@@ -53,7 +56,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.ratios": .floats(ratios), "training.seed": .int(Int64(bitPattern: seed)),
             "training.loss": .string(loss.rawValue), "training.init": .string(initialization.rawValue),
             "training.clip_negative": .bool(clipNegative), "training.min_source_fraction": .float(minimumSourceFraction),
-            "training.optimizer": .string("adam"),
+            "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
         ]
     }
 
@@ -83,6 +86,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         initialization = try get("training.init") { $0.stringValue.flatMap(Initialization.init(rawValue:)) }
         clipNegative = try get("training.clip_negative", bool)
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
+        inputSkip = m["training.input_skip"].flatMap(bool) ?? false
     }
 }
 

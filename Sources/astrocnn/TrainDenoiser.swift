@@ -22,6 +22,7 @@ struct UNetTrainOptions: ParsableArguments {
     @Option(help: "astro-unet: multiply the learning rate by --decay-factor after this many epochs (0: never).") var decayEpochs: Int = 0
     @Option(help: "astro-unet: learning-rate decay factor.") var decayFactor: Double = 0.1
     @Flag(help: "astro-unet: clip negative pixels before the Poisson draw (as the paper did).") var clipNegative = false
+    @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
 }
 
 extension Train {
@@ -92,6 +93,7 @@ extension Train {
             c.batchSize = batch ?? 4; c.learningRate = lr ?? 1e-4; c.epochs = epochs ?? 100
             c.trainSamples = samples ?? 160; c.validationSamples = validationSamples ?? 32
             c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
+            c.inputSkip = unet.inputSkip
             guard let l = Loss(rawValue: loss ?? "l1") else { throw ValidationError("--loss must be mse or l1") }
             guard let i = Initialization(rawValue: initialization ?? "he") else { throw ValidationError("--initialization must be glorot or he") }
             guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }

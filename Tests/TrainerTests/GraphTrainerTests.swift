@@ -414,3 +414,20 @@ final class GraphTrainerTests: XCTestCase {
         }
     }
 }
+
+extension GraphTrainerTests {
+    /// The U-net with the input concatenated before the head (`inputSkip`): the runtime equals
+    /// the reference executor, and the fast gradient equals the Float64 reference.
+    func testInputSkipUNet() throws {
+        let m = withBiases(try Architectures.unet(name: "u", widths: [4, 8, 16], exposureRatio: 2, inputSkip: true,
+                                                  initializer: Initialization.he.initializer(seed: 21)), seed: 21)
+        try check(m, height: 16, width: 24, count: 3, loss: .l1, runtime: ["exposure_ratio": 3], "input-skip U-net")
+        let net = try Network(model: m)
+        var rng = SplitMix64(seed: 4)
+        let x = FeatureMap(channels: 1, height: 16, width: 16, data: (0..<256).map { _ in rng.float() })
+        let fast = try net.forward(x, parameters: ["exposure_ratio": 3], algorithm: .auto)
+        let ref = try net.forward(x, parameters: ["exposure_ratio": 3], algorithm: .reference)
+        let scale = ref.data.map(abs).max() ?? 1
+        for i in 0..<fast.data.count { XCTAssertEqual(fast.data[i], ref.data[i], accuracy: 1e-5 * scale) }
+    }
+}
