@@ -348,9 +348,16 @@ public struct StarletTransform: Sendable {
             let step = 1 << j
             let next = Denoisers.separable(c.pixels, height: c.height, width: c.width, taps: StarletTransform.b3,
                                            offsets: [-2 * step, -step, 0, step, 2 * step], threads: threads)
-            var w = c
-            for i in 0..<w.count { w.pixels[i] = c.pixels[i] - next[i] }
-            ws.append(w)
+            var w = [Double](repeating: 0, count: c.count)
+            c.pixels.withUnsafeBufferPointer { cb in
+                next.withUnsafeBufferPointer { nb in
+                    w.withUnsafeMutableBufferPointer { wb in
+                        nonisolated(unsafe) let (cp, np, wp) = (cb.baseAddress!, nb.baseAddress!, wb.baseAddress!)
+                        Parallel.chunks(c.count, threads: threads) { r in for i in r { wp[i] = cp[i] - np[i] } }
+                    }
+                }
+            }
+            ws.append(Image2D(height: c.height, width: c.width, pixels: w))
             c.pixels = next
         }
         (wavelets, coarse) = (ws, c)
@@ -430,11 +437,16 @@ public struct StarletTransform: Sendable {
     /// `missing`), divided by the finest scale's noise factor.
     public func estimatedNoiseSigma(missing: [Bool]? = nil) -> Double {
         guard let w1 = wavelets.first else { return 0 }
-        var v: [Double] = []
-        v.reserveCapacity(w1.count)
-        for i in 0..<w1.count where missing?[i] != true { v.append(w1.pixels[i]) }
+        var v: [Double]
+        if let m = missing {
+            v = []
+            v.reserveCapacity(w1.count)
+            for i in 0..<w1.count where !m[i] { v.append(w1.pixels[i]) }
+        } else {
+            v = w1.pixels
+        }
         let m = Denoisers.median(of: &v)
-        for i in v.indices { v[i] = abs(v[i] - m) }
+        v.withUnsafeMutableBufferPointer { b in for i in b.indices { b[i] = abs(b[i] - m) } }
         let mad = Denoisers.median(of: &v)
         return mad / 0.6745 / StarletTransform.noiseFactors(scales: 1)[0]
     }
