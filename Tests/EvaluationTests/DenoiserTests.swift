@@ -125,6 +125,10 @@ final class DenoiserTests: XCTestCase {
         XCTAssertLessThan(worst(d, R.starletDenoiseK3Finest4), 1e-9)
         let d2 = Denoisers.starlet(field, scales: 3, k: 2.5, noiseSigma: 0.05)
         XCTAssertLessThan(worst(d2, R.starletDenoiseK2_5Sigma005), 1e-9)
+        // The streaming denoiser gives the bits of thresholding the stored transform.
+        let f = StarletTransform.noiseFactors(scales: 4), sigma = t.estimatedNoiseSigma()
+        let stored = t.hardThreshold(ks: [4, 3, 3, 3], sigmas: f.map { $0 * sigma })
+        XCTAssertEqual(d.pixels.map(\.bitPattern), stored.pixels.map(\.bitPattern))
         // k = 0 keeps every coefficient: the image again.
         XCTAssertLessThan(worst(Denoisers.starlet(field, scales: 4, k: -1), R.field), 1e-12)
     }
