@@ -275,4 +275,33 @@ final class DenoiserTests: XCTestCase {
         XCTAssertGreaterThan(Metrics.psnr(truth, withMap, dataRange: range), before + 3)
         XCTAssertGreaterThan(Metrics.psnr(truth, anscombe, dataRange: range), before + 3)
     }
+
+    /// The real DECam pair of ../shared/data/train (one 330 s exposure against the mean of the four
+    /// others, same pixel grid): every method raises the PSNR against that truth, the starlet most.
+    func testRealDECamPairIsDenoised() throws {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let dir = root.path + "/../shared/data/train"
+        let names = "abcde".map { dir + "/decam_i_330s_04\($0).fits" }
+        guard names.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else {
+            throw XCTSkip("../shared/data/train/decam_i_330s_04[a-e].fits absent: real-data test skipped")
+        }
+        let frames = try names.map { try SourceImage.load(path: $0).raw }
+        let noisy = frames[0]
+        var truth = frames[1]
+        for i in 0..<truth.count { truth.pixels[i] = (frames[1...].map { $0.pixels[i] }.reduce(0, +)) / 4 }
+        let finite = truth.pixels.filter { $0.isFinite }
+        let range = finite.max()! - finite.min()!
+        let psnr = { (img: Image2D) in Metrics.psnr(truth, img, dataRange: range) }
+        let before = psnr(noisy)
+        let g = Denoisers.gaussianBest(noisy, threads: 2, score: psnr)
+        let m = Denoisers.medianBest(noisy, threads: 2, score: psnr)
+        let s = Denoisers.starletBest(noisy, threads: 2, score: psnr)
+        print(String(format: "DECam 04a vs mean(04b-e): noisy %.2f dB, gaussian %@ %.2f, median %@ %.2f, starlet %@ %.2f",
+                     before, g.parameters, g.score, m.parameters, m.score, s.parameters, s.score))
+        XCTAssertGreaterThan(g.score, before + 1)
+        XCTAssertGreaterThan(m.score, before + 1)
+        XCTAssertGreaterThan(s.score, before + 3)
+        XCTAssertGreaterThan(s.score, max(g.score, m.score))
+    }
 }
