@@ -24,6 +24,8 @@ public struct DenoiserChoice: Sendable {
 ///
 /// Parameters out of range do not trap: `sigma` <= 0 (or not finite) and `size` <= 1 leave the
 /// image unchanged (scipy's behaviour for sigma 0 and size 1), `scales` <= 0 keeps the image.
+/// Absurdly large values are capped where they would overflow: sigma at `maxSigma` (a 400,001-tap
+/// kernel), size at `maxMedianSize`, scales at `maxScales` (holes of 2^15 pixels).
 public enum DenoiserError: Error, CustomStringConvertible, Equatable {
     case shapeMismatch(String)
     public var description: String {
@@ -32,12 +34,17 @@ public enum DenoiserError: Error, CustomStringConvertible, Equatable {
 }
 
 public enum Denoisers {
+    public static let maxSigma = 1e5
+    public static let maxMedianSize = 4095
+    public static let maxScales = 16
+
     // MARK: - Gaussian
 
     /// The normalised taps of scipy.ndimage.gaussian_filter1d (radius int(truncate * sigma + 0.5)).
     public static func gaussianTaps(sigma: Double, truncate: Double = 4) -> [Double] {
-        guard sigma.isFinite, sigma > 0 else { return [1] }
-        let r = Int(truncate * sigma + 0.5)
+        guard sigma.isFinite, sigma > 0, truncate.isFinite, truncate >= 0 else { return [1] }
+        let sigma = min(sigma, maxSigma)
+        let r = Int(min(truncate, 100) * sigma + 0.5)
         var k = (-r...r).map { exp(-0.5 * Double($0 * $0) / (sigma * sigma)) }
         let s = k.reduce(0, +)
         for i in k.indices { k[i] /= s }
@@ -68,7 +75,7 @@ public enum Denoisers {
         guard image.count > 0, size > 1 else { return image }
         let (filled, missing) = fillMissing(image)
         guard let src = filled else { return image }
-        let (h, w, s) = (image.height, image.width, size)
+        let (h, w, s) = (image.height, image.width, min(size, maxMedianSize))
         let lo = -(s / 2)
         // The image padded by reflection: s - 1 extra rows and columns.
         let (ph, pw) = (h + s - 1, w + s - 1)
@@ -142,6 +149,7 @@ public enum Denoisers {
     public static func starlet(_ image: Image2D, scales: Int = 5, k: Double = 3, kFinest: Double? = nil,
                                noiseSigma: Double? = nil, threads: Int = 1) -> Image2D {
         guard image.count > 0, scales > 0 else { return image }
+        let scales = min(scales, maxScales)
         let (filled, missing) = fillMissing(image)
         guard let src = filled else { return image }
         let ks = (0..<scales).map { $0 == 0 ? (kFinest ?? k) : k }
@@ -161,6 +169,7 @@ public enum Denoisers {
             throw DenoiserError.shapeMismatch("noise variance map is \(noiseVariance.height)x\(noiseVariance.width), image is \(image.height)x\(image.width)")
         }
         guard image.count > 0, scales > 0 else { return image }
+        let scales = min(scales, maxScales)
         let (filled, missing) = fillMissing(image)
         guard let src = filled else { return image }
         let t = StarletTransform(Image2D(height: image.height, width: image.width, pixels: src), scales: scales, threads: threads)
@@ -387,11 +396,12 @@ public struct StarletTransform: Sendable {
 
     public static let b3: [Double] = [1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16]
 
-    /// `image` must be finite (see `Denoisers.fillMissing`); `scales` >= 0.
+    /// `image` must be finite (see `Denoisers.fillMissing`); `scales` is capped to 0 ...
+    /// `Denoisers.maxScales`.
     public init(_ image: Image2D, scales: Int, threads: Int = 1) {
         var c = image
         var ws: [Image2D] = []
-        for j in 0..<max(0, scales) {
+        for j in 0..<max(0, min(scales, Denoisers.maxScales)) {
             guard c.count > 0 else { ws.append(c); continue }
             let step = 1 << j
             let next = Denoisers.separable(c.pixels, height: c.height, width: c.width, taps: StarletTransform.b3,
@@ -422,7 +432,7 @@ public struct StarletTransform: Sendable {
     /// holes 2^j, each centred, for j = 0...scales.
     static func scalingKernels(scales: Int) -> [[Double]] {
         var phis: [[Double]] = [[1]]
-        for j in 0..<max(0, scales) {
+        for j in 0..<max(0, min(scales, Denoisers.maxScales)) {
             let prev = phis[j], step = 1 << j
             let r = prev.count / 2 + 2 * step
             var next = [Double](repeating: 0, count: 2 * r + 1)
@@ -451,7 +461,7 @@ public struct StarletTransform: Sendable {
     public static func noiseFactors(scales: Int) -> [Double] {
         let phis = scalingKernels(scales: scales)
         guard scales > 0 else { return [] }
-        return (1...scales).map { j in
+        return (1...min(scales, Denoisers.maxScales)).map { j in
             let (a, b) = waveletParts(phis, j)
             var aa = 0.0, ab = 0.0, bb = 0.0
             for i in a.indices { aa += a[i] * a[i]; ab += a[i] * b[i]; bb += b[i] * b[i] }
@@ -468,7 +478,7 @@ public struct StarletTransform: Sendable {
         guard variance.count > 0 else { return [] }
         let v = variance.pixels.map { $0.isFinite ? max($0, 0) : 0 }
         let phis = scalingKernels(scales: scales)
-        return (0..<max(0, scales)).map { j0 in
+        return (0..<(phis.count - 1)).map { j0 in
             let (a, b) = waveletParts(phis, j0 + 1)
             let r = a.count / 2
             let offs = Array(-r...r)
@@ -631,7 +641,7 @@ extension Denoisers {
     /// `starlet(noisy, scales: J, k: k)`.
     public static func starletBest(_ noisy: Image2D, ks: [Double] = Denoisers.defaultKs, scales: [Int] = [4, 5], threads: Int = 1,
                                    score: (Image2D) -> Double) -> DenoiserChoice {
-        let js = scales.filter { $0 >= 1 }
+        let js = scales.filter { $0 >= 1 }.map { min($0, maxScales) }
         let grid = ks.filter { $0.isFinite }
         guard noisy.count > 0, let maxJ = js.max(), !grid.isEmpty else {
             return DenoiserChoice(image: noisy, parameters: "k=0,scales=0", score: score(noisy))

@@ -207,6 +207,7 @@ func loadNPY(_ path: String) throws -> Image2D {
     let dims = s[s.index(after: open)..<close].split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
     guard dims.count == 2, dims[0] > 0, dims[1] > 0 else { throw ArrayFileError.bad(path, "need a 2-D array, shape is (\(dims.map(String.init).joined(separator: ", ")))") }
     let (h, w) = (dims[0], dims[1])
+    guard h <= 1 << 20, w <= 1 << 20, h * w <= 1 << 32 else { throw ArrayFileError.bad(path, "shape \(h)x\(w) is too large") }
     guard descr.count >= 3 else { throw ArrayFileError.bad(path, "unsupported dtype '\(descr)'") }
     let order = descr.first!, kind = descr.dropFirst().prefix(1), size = Int(descr.dropFirst(2)) ?? 0
     let big = order == ">"

@@ -49,6 +49,19 @@ final class DenoiserTests: XCTestCase {
         XCTAssertEqual(Denoisers.gaussianTaps(sigma: 1.5).reduce(0, +), 1, accuracy: 1e-15)
     }
 
+    /// Absurd parameters are capped instead of overflowing: an enormous sigma averages the whole
+    /// (reflected) image, a thousand scales are the maximum number.
+    func testExtremeParametersDoNotTrap() {
+        let mean = R.tiny.reduce(0, +) / Double(R.tiny.count)
+        let flat = Denoisers.gaussian(tiny, sigma: 1e300)
+        XCTAssertTrue(flat.pixels.allSatisfy { abs($0 - mean) < 1e-6 })
+        let t = StarletTransform(tiny, scales: 1000)
+        XCTAssertEqual(t.wavelets.count, Denoisers.maxScales)
+        XCTAssertLessThan(worst(t.reconstruct(), R.tiny), 1e-12)
+        XCTAssertEqual(Denoisers.starlet(tiny, scales: Int.max, k: -1).count, tiny.count)
+        XCTAssertEqual(StarletTransform.noiseFactors(scales: Int.max).count, Denoisers.maxScales)
+    }
+
     func testMedianEqualsScipy() {
         XCTAssertLessThan(worst(Denoisers.median(field, size: 3), R.median3), 1e-9)
         XCTAssertLessThan(worst(Denoisers.median(field, size: 5), R.median5), 1e-9)
