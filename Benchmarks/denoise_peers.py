@@ -224,25 +224,47 @@ def main():
             print(f"{label:26} {impl:9} {method:20} {params:17} {p:8.2f} {s:7.4f} {search:9.3f} {run:8.4f}")
 
     if a.speed_sizes:
-        print("\nOne run, seconds (astrocnn at its chosen parameter on its generated star field; "
-              "scipy at sigma 1.5 / size 5 on a random array of the same side; skimage BayesShrink)")
-        sides = [int(s) for s in a.speed_sizes.split(",")]
-        out = subprocess.run([a.astrocnn, "bench-classical", "--task", "denoise", "--sizes", a.speed_sizes, "--threads", str(a.threads),
-                              "--repeats", str(a.repeats), "--csv"], check=True, capture_output=True, text=True).stdout
+        speed(a, work)
+
+
+FIXED = [("gaussian", "sigma=1.5"), ("median", "size=3"), ("median", "size=5"), ("median", "size=9"), ("starlet", "k=3,scales=5")]
+
+
+def speed(a, work):
+    """One call of each filter at fixed parameters on the same simulated field of each side."""
+    print(f"\nOne call at fixed parameters, seconds (median of {a.repeats}; astrocnn --threads {a.threads}; "
+          "the same simulated star field of each side)")
+    print(f"{'side':>6} {'method':24} {'astrocnn':>9} {'peer':>9}  peer")
+    for n in [int(v) for v in a.speed_sizes.split(",")]:
+        truth = star_field(n, a.seed)
+        noisy = truth + np.random.default_rng(n).normal(0, a.noise, truth.shape)
+        npath, tpath = os.path.join(work, f"speed{n}.fits"), os.path.join(work, f"speedtruth{n}.fits")
+        fits.writeto(npath, noisy, overwrite=True)
+        fits.writeto(tpath, truth, overwrite=True)
+        cmd = [a.astrocnn, "bench-classical", "--task", "denoise", "--noisy", npath, "--truth", tpath, "--methods", "",
+               "--threads", str(a.threads), "--repeats", str(a.repeats), "--csv"]
+        for m, p in FIXED:
+            cmd += ["--fixed", f"{m}:{p}"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         ourt = {}
-        for line in out.strip().splitlines()[1:]:
+        for line in out.strip().splitlines()[2:]:
             head, params, tail = line.split('"')
-            f = head.split(",")
-            ourt[(int(f[1]), f[3])] = (params, float(tail.strip(",").split(",")[3]))
-        print(f"{'side':>6} {'astrocnn gaussian':>24} {'scipy gaussian':>15} {'astrocnn median':>22} {'scipy median':>13} "
-              f"{'astrocnn starlet':>30} {'skimage BayesShrink':>20}")
-        for n in sides:
-            x = np.random.default_rng(n).random((n, n))
-            tg = median_time(lambda: ndimage.gaussian_filter(x, 1.5), a.repeats)
-            tm = median_time(lambda: ndimage.median_filter(x, size=5), a.repeats)
-            tb = median_time(lambda: denoise_wavelet(x, method="BayesShrink", mode="soft", rescale_sigma=True), a.repeats)
-            g, m, s = ourt[(n, "gaussian")], ourt[(n, "median")], ourt[(n, "starlet")]
-            print(f"{n:6d} {g[1]:10.4f} ({g[0]:>11}) {tg:15.4f} {m[1]:10.4f} ({m[0]:>9}) {tm:13.4f} {s[1]:10.4f} ({s[0]:>17}) {tb:20.4f}")
+            ourt[(head.split(",")[3], params)] = float(tail.strip(",").split(",")[3])
+        peer = {
+            ("gaussian", "sigma=1.5"): ("scipy gaussian_filter", lambda: ndimage.gaussian_filter(noisy, 1.5)),
+            ("median", "size=3"): ("scipy median_filter", lambda: ndimage.median_filter(noisy, size=3)),
+            ("median", "size=5"): ("scipy median_filter", lambda: ndimage.median_filter(noisy, size=5)),
+            ("median", "size=9"): ("scipy median_filter", lambda: ndimage.median_filter(noisy, size=9)),
+            ("starlet", "k=3,scales=5"): ("skimage BayesShrink", lambda: denoise_wavelet(noisy, method="BayesShrink", mode="soft",
+                                                                                         rescale_sigma=True)),
+        }
+        for key in FIXED:
+            name, f = peer[key]
+            print(f"{n:6d} {key[0] + ' ' + key[1]:24} {ourt[key]:9.4f} {median_time(f, a.repeats):9.4f}  {name}")
+        if n <= 1024:
+            sig = float(estimate_sigma(noisy))
+            t = median_time(lambda: denoise_nl_means(noisy, h=0.8 * sig, sigma=sig, fast_mode=True, patch_size=5, patch_distance=6), 1)
+            print(f"{n:6d} {'(no astrocnn NL-means)':24} {'-':>9} {t:9.4f}  skimage denoise_nl_means fast_mode")
 
 
 if __name__ == "__main__":

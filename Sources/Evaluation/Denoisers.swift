@@ -24,6 +24,8 @@ public struct DenoiserChoice: Sendable {
 ///
 /// Parameters out of range do not trap: `sigma` <= 0 (or not finite) and `size` <= 1 leave the
 /// image unchanged (scipy's behaviour for sigma 0 and size 1), `scales` <= 0 keeps the image.
+/// Absurdly large values are capped where they would overflow: sigma at `maxSigma` (a 400,001-tap
+/// kernel), size at `maxMedianSize`, scales at `maxScales` (holes of 2^15 pixels).
 public enum DenoiserError: Error, CustomStringConvertible, Equatable {
     case shapeMismatch(String)
     public var description: String {
@@ -32,12 +34,17 @@ public enum DenoiserError: Error, CustomStringConvertible, Equatable {
 }
 
 public enum Denoisers {
+    public static let maxSigma = 1e5
+    public static let maxMedianSize = 4095
+    public static let maxScales = 16
+
     // MARK: - Gaussian
 
     /// The normalised taps of scipy.ndimage.gaussian_filter1d (radius int(truncate * sigma + 0.5)).
     public static func gaussianTaps(sigma: Double, truncate: Double = 4) -> [Double] {
-        guard sigma.isFinite, sigma > 0 else { return [1] }
-        let r = Int(truncate * sigma + 0.5)
+        guard sigma.isFinite, sigma > 0, truncate.isFinite, truncate >= 0 else { return [1] }
+        let sigma = min(sigma, maxSigma)
+        let r = Int(min(truncate, 100) * sigma + 0.5)
         var k = (-r...r).map { exp(-0.5 * Double($0 * $0) / (sigma * sigma)) }
         let s = k.reduce(0, +)
         for i in k.indices { k[i] /= s }
@@ -68,7 +75,7 @@ public enum Denoisers {
         guard image.count > 0, size > 1 else { return image }
         let (filled, missing) = fillMissing(image)
         guard let src = filled else { return image }
-        let (h, w, s) = (image.height, image.width, size)
+        let (h, w, s) = (image.height, image.width, min(size, maxMedianSize))
         let lo = -(s / 2)
         // The image padded by reflection: s - 1 extra rows and columns.
         let (ph, pw) = (h + s - 1, w + s - 1)
@@ -142,13 +149,13 @@ public enum Denoisers {
     public static func starlet(_ image: Image2D, scales: Int = 5, k: Double = 3, kFinest: Double? = nil,
                                noiseSigma: Double? = nil, threads: Int = 1) -> Image2D {
         guard image.count > 0, scales > 0 else { return image }
+        let scales = min(scales, maxScales)
         let (filled, missing) = fillMissing(image)
         guard let src = filled else { return image }
-        let t = StarletTransform(Image2D(height: image.height, width: image.width, pixels: src), scales: scales, threads: threads)
-        let sigma = noiseSigma ?? t.estimatedNoiseSigma(missing: missing)
-        let f = StarletTransform.noiseFactors(scales: scales)
         let ks = (0..<scales).map { $0 == 0 ? (kFinest ?? k) : k }
-        return restoreMissing(t.hardThreshold(ks: ks, sigmas: (0..<scales).map { sigma * f[$0] }, threads: threads), missing)
+        let out = starletStreaming(src, height: image.height, width: image.width, scales: scales, ks: ks, noiseSigma: noiseSigma,
+                                   missing: missing, threads: threads)
+        return restoreMissing(Image2D(height: image.height, width: image.width, pixels: out), missing)
     }
 
     /// As `starlet`, with noise whose variance varies over the image (e.g. Poisson noise):
@@ -162,6 +169,7 @@ public enum Denoisers {
             throw DenoiserError.shapeMismatch("noise variance map is \(noiseVariance.height)x\(noiseVariance.width), image is \(image.height)x\(image.width)")
         }
         guard image.count > 0, scales > 0 else { return image }
+        let scales = min(scales, maxScales)
         let (filled, missing) = fillMissing(image)
         guard let src = filled else { return image }
         let t = StarletTransform(Image2D(height: image.height, width: image.width, pixels: src), scales: scales, threads: threads)
@@ -190,46 +198,95 @@ public enum Denoisers {
     /// `src` (h x w, row-major) correlated with `taps` at column `offsets` along rows, then at row
     /// offsets along columns; 'reflect' borders. Each output value sums its taps in order.
     static func separable(_ src: [Double], height h: Int, width w: Int, taps: [Double], offsets: [Int], threads: Int) -> [Double] {
-        let reach = offsets.map { abs($0) }.max() ?? 0
         var tmp = [Double](repeating: 0, count: h * w), out = tmp
-        let nt = taps.count
         src.withUnsafeBufferPointer { sb in
             tmp.withUnsafeMutableBufferPointer { tb in
-                nonisolated(unsafe) let s = sb.baseAddress!, t = tb.baseAddress!
-                Parallel.chunks(h, threads: threads) { rows in
-                    let pad = UnsafeMutablePointer<Double>.allocate(capacity: w + 2 * reach)
-                    defer { pad.deallocate() }
-                    for y in rows {
-                        let row = s + y * w
-                        for c in 0..<reach { pad[c] = row[Image2D.reflectIndex(c - reach, w)] }
-                        (pad + reach).update(from: row, count: w)
-                        for c in (w + reach)..<(w + 2 * reach) { pad[c] = row[Image2D.reflectIndex(c - reach, w)] }
-                        let o = t + y * w
-                        let p0 = pad + reach + offsets[0], w0 = taps[0]
-                        for x in 0..<w { o[x] = w0 * p0[x] }
-                        for q in 1..<max(1, nt) {
-                            let pq = pad + reach + offsets[q], wq = taps[q]
-                            for x in 0..<w { o[x] += wq * pq[x] }
-                        }
-                    }
+                out.withUnsafeMutableBufferPointer { ob in
+                    separable(sb.baseAddress!, into: ob.baseAddress!, scratch: tb.baseAddress!, height: h, width: w,
+                              taps: taps, offsets: offsets, threads: threads)
                 }
             }
         }
-        tmp.withUnsafeBufferPointer { tb in
-            out.withUnsafeMutableBufferPointer { ob in
-                nonisolated(unsafe) let t = tb.baseAddress!, o = ob.baseAddress!
-                Parallel.chunks(h, threads: threads) { rows in
-                    for y in rows {
-                        let orow = o + y * w
-                        let r0 = t + Image2D.reflectIndex(y + offsets[0], h) * w, w0 = taps[0]
-                        for x in 0..<w { orow[x] = w0 * r0[x] }
-                        for q in 1..<max(1, nt) {
-                            let rq = t + Image2D.reflectIndex(y + offsets[q], h) * w, wq = taps[q]
-                            for x in 0..<w { orow[x] += wq * rq[x] }
-                        }
-                    }
+        return out
+    }
+
+    /// The same on buffers of h x w values: `scratch` holds the row pass.
+    static func separable(_ src: UnsafePointer<Double>, into dst: UnsafeMutablePointer<Double>, scratch: UnsafeMutablePointer<Double>,
+                          height h: Int, width w: Int, taps: [Double], offsets: [Int], threads: Int) {
+        let reach = offsets.map { abs($0) }.max() ?? 0
+        let nt = taps.count
+        nonisolated(unsafe) let (s, t, o) = (src, scratch, dst)
+        Parallel.chunks(h, threads: threads) { rows in
+            let pad = UnsafeMutablePointer<Double>.allocate(capacity: w + 2 * reach)
+            defer { pad.deallocate() }
+            for y in rows {
+                let row = s + y * w
+                for c in 0..<reach { pad[c] = row[Image2D.reflectIndex(c - reach, w)] }
+                (pad + reach).update(from: row, count: w)
+                for c in (w + reach)..<(w + 2 * reach) { pad[c] = row[Image2D.reflectIndex(c - reach, w)] }
+                let orow = t + y * w
+                let p0 = pad + reach + offsets[0], w0 = taps[0]
+                for x in 0..<w { orow[x] = w0 * p0[x] }
+                for q in 1..<max(1, nt) {
+                    let pq = pad + reach + offsets[q], wq = taps[q]
+                    for x in 0..<w { orow[x] += wq * pq[x] }
                 }
             }
+        }
+        Parallel.chunks(h, threads: threads) { rows in
+            for y in rows {
+                let orow = o + y * w
+                let r0 = t + Image2D.reflectIndex(y + offsets[0], h) * w, w0 = taps[0]
+                for x in 0..<w { orow[x] = w0 * r0[x] }
+                for q in 1..<max(1, nt) {
+                    let rq = t + Image2D.reflectIndex(y + offsets[q], h) * w, wq = taps[q]
+                    for x in 0..<w { orow[x] += wq * rq[x] }
+                }
+            }
+        }
+    }
+
+    /// Starlet hard thresholding without keeping the scales: c_j and c_{j+1} in two buffers, each
+    /// scale's kept coefficients added to the output as soon as it is known, then the coarse
+    /// scale (the same operations in the same order as `StarletTransform.hardThreshold`, so the
+    /// same bits). The finest scale is kept aside once for the noise estimate.
+    static func starletStreaming(_ src: [Double], height h: Int, width w: Int, scales: Int, ks: [Double], noiseSigma: Double?,
+                                 missing: [Bool]?, threads: Int) -> [Double] {
+        let n = h * w
+        let f = StarletTransform.noiseFactors(scales: scales)
+        var out = [Double](repeating: 0, count: n)
+        let a0 = UnsafeMutablePointer<Double>.allocate(capacity: n), b0 = UnsafeMutablePointer<Double>.allocate(capacity: n)
+        let scratch = UnsafeMutablePointer<Double>.allocate(capacity: n)
+        defer { a0.deallocate(); b0.deallocate(); scratch.deallocate() }
+        src.withUnsafeBufferPointer { a0.update(from: $0.baseAddress!, count: n) }
+        out.withUnsafeMutableBufferPointer { ob in
+            nonisolated(unsafe) let o = ob.baseAddress!
+            var (a, b) = (a0, b0)
+            var thresholds: [Double] = []
+            for j in 0..<scales {
+                let step = 1 << j
+                separable(a, into: b, scratch: scratch, height: h, width: w, taps: StarletTransform.b3,
+                          offsets: [-2 * step, -step, 0, step, 2 * step], threads: threads)
+                nonisolated(unsafe) let (ca, cb) = (a, b)
+                if j == 0 {
+                    // w_1 into the scratch, then the noise from it, then its kept coefficients.
+                    nonisolated(unsafe) let w1 = scratch
+                    Parallel.chunks(n, threads: threads) { r in for i in r { w1[i] = ca[i] - cb[i] } }
+                    let sigma = noiseSigma ?? StarletTransform.madSigma(Array(UnsafeBufferPointer(start: scratch, count: n)), missing: missing)
+                    let t = ks[0] * sigma * f[0]
+                    Parallel.chunks(n, threads: threads) { r in for i in r { let v = w1[i]; o[i] = abs(v) > t ? v : 0 } }
+                    if scales > 1 {
+                        let rest = (1..<scales).map { ks[$0] * sigma * f[$0] }
+                        thresholds = rest
+                    }
+                } else {
+                    let t = thresholds[j - 1]
+                    Parallel.chunks(n, threads: threads) { r in for i in r { let v = ca[i] - cb[i]; o[i] += abs(v) > t ? v : 0 } }
+                }
+                swap(&a, &b)
+            }
+            nonisolated(unsafe) let coarse = a
+            Parallel.chunks(n, threads: threads) { r in for i in r { o[i] += coarse[i] } }
         }
         return out
     }
@@ -339,18 +396,26 @@ public struct StarletTransform: Sendable {
 
     public static let b3: [Double] = [1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16]
 
-    /// `image` must be finite (see `Denoisers.fillMissing`); `scales` >= 0.
+    /// `image` must be finite (see `Denoisers.fillMissing`); `scales` is capped to 0 ...
+    /// `Denoisers.maxScales`.
     public init(_ image: Image2D, scales: Int, threads: Int = 1) {
         var c = image
         var ws: [Image2D] = []
-        for j in 0..<max(0, scales) {
+        for j in 0..<max(0, min(scales, Denoisers.maxScales)) {
             guard c.count > 0 else { ws.append(c); continue }
             let step = 1 << j
             let next = Denoisers.separable(c.pixels, height: c.height, width: c.width, taps: StarletTransform.b3,
                                            offsets: [-2 * step, -step, 0, step, 2 * step], threads: threads)
-            var w = c
-            for i in 0..<w.count { w.pixels[i] = c.pixels[i] - next[i] }
-            ws.append(w)
+            var w = [Double](repeating: 0, count: c.count)
+            c.pixels.withUnsafeBufferPointer { cb in
+                next.withUnsafeBufferPointer { nb in
+                    w.withUnsafeMutableBufferPointer { wb in
+                        nonisolated(unsafe) let (cp, np, wp) = (cb.baseAddress!, nb.baseAddress!, wb.baseAddress!)
+                        Parallel.chunks(c.count, threads: threads) { r in for i in r { wp[i] = cp[i] - np[i] } }
+                    }
+                }
+            }
+            ws.append(Image2D(height: c.height, width: c.width, pixels: w))
             c.pixels = next
         }
         (wavelets, coarse) = (ws, c)
@@ -367,7 +432,7 @@ public struct StarletTransform: Sendable {
     /// holes 2^j, each centred, for j = 0...scales.
     static func scalingKernels(scales: Int) -> [[Double]] {
         var phis: [[Double]] = [[1]]
-        for j in 0..<max(0, scales) {
+        for j in 0..<max(0, min(scales, Denoisers.maxScales)) {
             let prev = phis[j], step = 1 << j
             let r = prev.count / 2 + 2 * step
             var next = [Double](repeating: 0, count: 2 * r + 1)
@@ -396,7 +461,7 @@ public struct StarletTransform: Sendable {
     public static func noiseFactors(scales: Int) -> [Double] {
         let phis = scalingKernels(scales: scales)
         guard scales > 0 else { return [] }
-        return (1...scales).map { j in
+        return (1...min(scales, Denoisers.maxScales)).map { j in
             let (a, b) = waveletParts(phis, j)
             var aa = 0.0, ab = 0.0, bb = 0.0
             for i in a.indices { aa += a[i] * a[i]; ab += a[i] * b[i]; bb += b[i] * b[i] }
@@ -413,7 +478,7 @@ public struct StarletTransform: Sendable {
         guard variance.count > 0 else { return [] }
         let v = variance.pixels.map { $0.isFinite ? max($0, 0) : 0 }
         let phis = scalingKernels(scales: scales)
-        return (0..<max(0, scales)).map { j0 in
+        return (0..<(phis.count - 1)).map { j0 in
             let (a, b) = waveletParts(phis, j0 + 1)
             let r = a.count / 2
             let offs = Array(-r...r)
@@ -430,11 +495,21 @@ public struct StarletTransform: Sendable {
     /// `missing`), divided by the finest scale's noise factor.
     public func estimatedNoiseSigma(missing: [Bool]? = nil) -> Double {
         guard let w1 = wavelets.first else { return 0 }
-        var v: [Double] = []
-        v.reserveCapacity(w1.count)
-        for i in 0..<w1.count where missing?[i] != true { v.append(w1.pixels[i]) }
+        return StarletTransform.madSigma(w1.pixels, missing: missing)
+    }
+
+    /// MAD / 0.6745 / finest factor of the finest scale's coefficients `w1` (pixels not `missing`).
+    static func madSigma(_ w1: [Double], missing: [Bool]?) -> Double {
+        var v: [Double]
+        if let m = missing {
+            v = []
+            v.reserveCapacity(w1.count)
+            for i in 0..<w1.count where !m[i] { v.append(w1[i]) }
+        } else {
+            v = w1
+        }
         let m = Denoisers.median(of: &v)
-        for i in v.indices { v[i] = abs(v[i] - m) }
+        v.withUnsafeMutableBufferPointer { b in for i in b.indices { b[i] = abs(b[i] - m) } }
         let mad = Denoisers.median(of: &v)
         return mad / 0.6745 / StarletTransform.noiseFactors(scales: 1)[0]
     }
@@ -451,25 +526,25 @@ public struct StarletTransform: Sendable {
         return threshold(constant: nil, maps: Array(sigmaMaps.prefix(n)), ks: Array(ks.prefix(n)), threads: threads)
     }
 
-    /// Sums, per pixel, in a fixed order: the coarse scale, the scales past the thresholded ones
-    /// (coarsest first), then the kept coefficients of the thresholded scales (coarsest first).
+    /// Sums, per pixel, in a fixed order: the kept coefficients of the thresholded scales
+    /// (finest first), the scales past them, then the coarse scale.
     func threshold(constant: [Double]?, maps: [Image2D]?, ks: [Double], threads: Int) -> Image2D {
         let levels = min(constant?.count ?? ks.count, wavelets.count)
-        var out = coarse
+        var out = Image2D(height: coarse.height, width: coarse.width)
         let n = out.count
         guard n > 0 else { return out }
-        let ws = wavelets
+        let ws = wavelets, c = coarse
         out.pixels.withUnsafeMutableBufferPointer { ob in
             nonisolated(unsafe) let o = ob.baseAddress!
             Parallel.chunks(n, threads: threads) { range in
-                for j in stride(from: ws.count - 1, through: levels, by: -1) {
-                    ws[j].pixels.withUnsafeBufferPointer { wb in for i in range { o[i] += wb[i] } }
-                }
-                for j in stride(from: levels - 1, through: 0, by: -1) {
+                for j in 0..<ws.count {
                     ws[j].pixels.withUnsafeBufferPointer { wb in
-                        if let c = constant {
-                            let t = c[j]
-                            for i in range { let v = wb[i]; o[i] += abs(v) > t ? v : 0 }
+                        if j >= levels {
+                            for i in range { o[i] += wb[i] }
+                        } else if let cs = constant {
+                            let t = cs[j]
+                            if j == 0 { for i in range { let v = wb[i]; o[i] = abs(v) > t ? v : 0 } }
+                            else { for i in range { let v = wb[i]; o[i] += abs(v) > t ? v : 0 } }
                         } else if let m = maps {
                             let k = ks[j]
                             m[j].pixels.withUnsafeBufferPointer { sb in
@@ -478,6 +553,7 @@ public struct StarletTransform: Sendable {
                         }
                     }
                 }
+                c.pixels.withUnsafeBufferPointer { cb in for i in range { o[i] += cb[i] } }
             }
         }
         return out
@@ -558,24 +634,32 @@ extension Denoisers {
         return best ?? DenoiserChoice(image: noisy, parameters: "size=1", score: score(noisy))
     }
 
-    /// Starlet hard thresholding with k and the number of scales chosen against the truth: one
-    /// transform with the most scales serves every choice (fewer scales = the later ones left in
-    /// the coarse scale); for each number of scales the k grid, then a golden-section refinement
-    /// of k (rounded to 0.01). The noise sigma is estimated once (MAD of the finest scale).
+    /// Starlet hard thresholding with k and the number of scales chosen against the truth: for
+    /// each number of scales one transform, the k grid, then a golden-section refinement of k
+    /// (rounded to 0.01). The noise sigma is estimated once (MAD of the finest scale, which does
+    /// not depend on the number of scales). The chosen image has the same bits as
+    /// `starlet(noisy, scales: J, k: k)`.
     public static func starletBest(_ noisy: Image2D, ks: [Double] = Denoisers.defaultKs, scales: [Int] = [4, 5], threads: Int = 1,
                                    score: (Image2D) -> Double) -> DenoiserChoice {
-        let js = scales.filter { $0 >= 1 }
+        let js = scales.filter { $0 >= 1 }.map { min($0, maxScales) }
         let grid = ks.filter { $0.isFinite }
         guard noisy.count > 0, let maxJ = js.max(), !grid.isEmpty else {
             return DenoiserChoice(image: noisy, parameters: "k=0,scales=0", score: score(noisy))
         }
         let (filled, missing) = fillMissing(noisy)
         guard let src = filled else { return DenoiserChoice(image: noisy, parameters: "k=0,scales=0", score: score(noisy)) }
-        let t = StarletTransform(Image2D(height: noisy.height, width: noisy.width, pixels: src), scales: maxJ, threads: threads)
-        let sigma = t.estimatedNoiseSigma(missing: missing)
+        let input = Image2D(height: noisy.height, width: noisy.width, pixels: src)
+        var sigma = 0.0
         let f = StarletTransform.noiseFactors(scales: maxJ)
+        var transforms: [Int: StarletTransform] = [:]
+        for j in Set(js) {
+            let t = StarletTransform(input, scales: j, threads: threads)
+            sigma = t.estimatedNoiseSigma(missing: missing)
+            transforms[j] = t
+        }
         func denoise(_ k: Double, _ j: Int) -> Image2D {
-            restoreMissing(t.hardThreshold(ks: [Double](repeating: k, count: j), sigmas: (0..<j).map { sigma * f[$0] }, threads: threads), missing)
+            restoreMissing(transforms[j]!.hardThreshold(ks: [Double](repeating: k, count: j), sigmas: (0..<j).map { sigma * f[$0] },
+                                                        threads: threads), missing)
         }
         var best: (k: Double, j: Int, score: Double)?
         for j in js {

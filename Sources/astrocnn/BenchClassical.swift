@@ -29,6 +29,7 @@ struct BenchClassical: ParsableCommand {
     @Option(help: "denoise: the noisy image (FITS, cfitsio syntax allowed, or .npy).") var noisy: String?
     @Option(help: "denoise: the truth (FITS or .npy), same shape.") var truth: String?
     @Option(help: "denoise: methods (comma-separated): gaussian, median, starlet.") var methods: String = "gaussian,median,starlet"
+    @Option(help: "denoise: also run a method at fixed parameters, no search (repeatable), e.g. median:size=9, gaussian:sigma=2, starlet:k=3,scales=5.") var fixed: [String] = []
     @Option(help: "denoise, generated sky: noise standard deviation (the sky's maximum is 1).") var noiseSigma: Double = 0.02
     @Option(help: "denoise, generated sky: seed.") var seed: UInt64 = 1
 
@@ -73,7 +74,25 @@ extension BenchClassical {
         let names = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
         let known = ["gaussian", "median", "starlet"]
         for n in names where !known.contains(n) { throw failure("unknown method '\(n)' (known: \(known.joined(separator: ", ")))") }
-        guard !names.isEmpty else { throw failure("--methods is empty") }
+        guard !names.isEmpty || !fixed.isEmpty else { throw failure("--methods is empty") }
+        var fixedRuns: [(String, String)] = []
+        for f in fixed {
+            let parts = f.split(separator: ":", maxSplits: 1).map(String.init)
+            guard parts.count == 2, known.contains(parts[0].lowercased()) else {
+                throw failure("--fixed expects METHOD:PARAMETERS with METHOD one of \(known.joined(separator: ", ")), got '\(f)'")
+            }
+            let allowed: [String: Set<String>] = ["gaussian": ["sigma"], "median": ["size"], "starlet": ["k", "scales"]]
+            for kv in parts[1].split(separator: ",") {
+                let pair = kv.split(separator: "=").map(String.init)
+                guard pair.count == 2, allowed[parts[0].lowercased()]!.contains(pair[0]), let v = Double(pair[1]), v.isFinite else {
+                    throw failure("--fixed '\(f)': bad parameter '\(kv)' (gaussian: sigma=S; median: size=N; starlet: k=K,scales=J)")
+                }
+                if pair[0] == "size" || pair[0] == "scales" {
+                    guard v == v.rounded(), v >= 1, v <= 1000 else { throw failure("--fixed '\(f)': \(pair[0]) must be an integer from 1 to 1000") }
+                }
+            }
+            fixedRuns.append((parts[0].lowercased(), parts[1]))
+        }
         var cases: [(label: String, noisy: Image2D, truth: Image2D)] = []
         switch (noisy, truth) {
         case let (n?, t?):
@@ -117,6 +136,11 @@ extension BenchClassical {
                 let search = monotonicSeconds() - start
                 let once = median { _ = rerun(m, choice.parameters, c.noisy) }
                 rows.append((m, choice.parameters, choice.score, Metrics.ssim(c.truth, choice.image, dataRange: range), search, once))
+            }
+            for (m, p) in fixedRuns {
+                var img = c.noisy
+                let once = median { img = rerun(m, p, c.noisy) }
+                rows.append((m, p, psnr(img), Metrics.ssim(c.truth, img, dataRange: range), 0, once))
             }
             for r in rows {
                 if csv { print("\(c.label),\(c.noisy.height),\(c.noisy.width),\(r.0),\"\(r.1)\",\(r.2),\(r.3),\(r.4),\(r.5)") } else {
@@ -183,6 +207,7 @@ func loadNPY(_ path: String) throws -> Image2D {
     let dims = s[s.index(after: open)..<close].split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
     guard dims.count == 2, dims[0] > 0, dims[1] > 0 else { throw ArrayFileError.bad(path, "need a 2-D array, shape is (\(dims.map(String.init).joined(separator: ", ")))") }
     let (h, w) = (dims[0], dims[1])
+    guard h <= 1 << 20, w <= 1 << 20, h * w <= 1 << 32 else { throw ArrayFileError.bad(path, "shape \(h)x\(w) is too large") }
     guard descr.count >= 3 else { throw ArrayFileError.bad(path, "unsupported dtype '\(descr)'") }
     let order = descr.first!, kind = descr.dropFirst().prefix(1), size = Int(descr.dropFirst(2)) ?? 0
     let big = order == ">"

@@ -49,6 +49,19 @@ final class DenoiserTests: XCTestCase {
         XCTAssertEqual(Denoisers.gaussianTaps(sigma: 1.5).reduce(0, +), 1, accuracy: 1e-15)
     }
 
+    /// Absurd parameters are capped instead of overflowing: an enormous sigma averages the whole
+    /// (reflected) image, a thousand scales are the maximum number.
+    func testExtremeParametersDoNotTrap() {
+        let mean = R.tiny.reduce(0, +) / Double(R.tiny.count)
+        let flat = Denoisers.gaussian(tiny, sigma: 1e300)
+        XCTAssertTrue(flat.pixels.allSatisfy { abs($0 - mean) < 1e-6 })
+        let t = StarletTransform(tiny, scales: 1000)
+        XCTAssertEqual(t.wavelets.count, Denoisers.maxScales)
+        XCTAssertLessThan(worst(t.reconstruct(), R.tiny), 1e-12)
+        XCTAssertEqual(Denoisers.starlet(tiny, scales: Int.max, k: -1).count, tiny.count)
+        XCTAssertEqual(StarletTransform.noiseFactors(scales: Int.max).count, Denoisers.maxScales)
+    }
+
     func testMedianEqualsScipy() {
         XCTAssertLessThan(worst(Denoisers.median(field, size: 3), R.median3), 1e-9)
         XCTAssertLessThan(worst(Denoisers.median(field, size: 5), R.median5), 1e-9)
@@ -125,6 +138,10 @@ final class DenoiserTests: XCTestCase {
         XCTAssertLessThan(worst(d, R.starletDenoiseK3Finest4), 1e-9)
         let d2 = Denoisers.starlet(field, scales: 3, k: 2.5, noiseSigma: 0.05)
         XCTAssertLessThan(worst(d2, R.starletDenoiseK2_5Sigma005), 1e-9)
+        // The streaming denoiser gives the bits of thresholding the stored transform.
+        let f = StarletTransform.noiseFactors(scales: 4), sigma = t.estimatedNoiseSigma()
+        let stored = t.hardThreshold(ks: [4, 3, 3, 3], sigmas: f.map { $0 * sigma })
+        XCTAssertEqual(d.pixels.map(\.bitPattern), stored.pixels.map(\.bitPattern))
         // k = 0 keeps every coefficient: the image again.
         XCTAssertLessThan(worst(Denoisers.starlet(field, scales: 4, k: -1), R.field), 1e-12)
     }
@@ -270,5 +287,34 @@ final class DenoiserTests: XCTestCase {
         let anscombe = Denoisers.starletAnscombe(counts, gain: 1, scales: 5, k: 3)
         XCTAssertGreaterThan(Metrics.psnr(truth, withMap, dataRange: range), before + 3)
         XCTAssertGreaterThan(Metrics.psnr(truth, anscombe, dataRange: range), before + 3)
+    }
+
+    /// The real DECam pair of ../shared/data/train (one 330 s exposure against the mean of the four
+    /// others, same pixel grid): every method raises the PSNR against that truth, the starlet most.
+    func testRealDECamPairIsDenoised() throws {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let dir = root.path + "/../shared/data/train"
+        let names = "abcde".map { dir + "/decam_i_330s_04\($0).fits" }
+        guard names.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else {
+            throw XCTSkip("../shared/data/train/decam_i_330s_04[a-e].fits absent: real-data test skipped")
+        }
+        let frames = try names.map { try SourceImage.load(path: $0).raw }
+        let noisy = frames[0]
+        var truth = frames[1]
+        for i in 0..<truth.count { truth.pixels[i] = (frames[1...].map { $0.pixels[i] }.reduce(0, +)) / 4 }
+        let finite = truth.pixels.filter { $0.isFinite }
+        let range = finite.max()! - finite.min()!
+        let psnr = { (img: Image2D) in Metrics.psnr(truth, img, dataRange: range) }
+        let before = psnr(noisy)
+        let g = Denoisers.gaussianBest(noisy, threads: 2, score: psnr)
+        let m = Denoisers.medianBest(noisy, threads: 2, score: psnr)
+        let s = Denoisers.starletBest(noisy, threads: 2, score: psnr)
+        print(String(format: "DECam 04a vs mean(04b-e): noisy %.2f dB, gaussian %@ %.2f, median %@ %.2f, starlet %@ %.2f",
+                     before, g.parameters, g.score, m.parameters, m.score, s.parameters, s.score))
+        XCTAssertGreaterThan(g.score, before + 1)
+        XCTAssertGreaterThan(m.score, before + 1)
+        XCTAssertGreaterThan(s.score, before + 3)
+        XCTAssertGreaterThan(s.score, max(g.score, m.score))
     }
 }
