@@ -15,6 +15,26 @@ public enum NoiseStreams {
         return g
     }
 
+    /// `f(pixel, generator)` for every pixel, row y drawing from `row(y, seed:)`: the same bits
+    /// for any thread count.
+    public static func map(_ image: Image2D, seed: UInt64, threads: Int,
+                           _ f: @escaping @Sendable (Double, inout SplitMix64) -> Double) -> Image2D {
+        let (h, w) = (image.height, image.width)
+        var out = [Double](repeating: 0, count: h * w)
+        image.pixels.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                nonisolated(unsafe) let sp = src.baseAddress!, dp = dst.baseAddress!
+                Parallel.chunks(h, threads: threads) { rows in
+                    for y in rows {
+                        var rng = NoiseStreams.row(y, seed: seed)
+                        for x in 0..<w { dp[y * w + x] = f(sp[y * w + x], &rng) }
+                    }
+                }
+            }
+        }
+        return Image2D(height: h, width: w, pixels: out)
+    }
+
     /// A uniform deviate in [0, 1) with 53 random bits.
     @inline(__always)
     public static func uniform(_ g: inout SplitMix64) -> Double { Double(g.next() >> 11) * 0x1p-53 }
@@ -143,21 +163,8 @@ public struct ExposureNoise: Equatable, Sendable {
 
     /// The simulated short exposure of `image` (NaN pixels stay NaN), drawn from `seed`.
     public func apply(_ image: Image2D, seed: UInt64, threads: Int = 1) -> Image2D {
-        let (h, w) = (image.height, image.width)
-        var out = [Double](repeating: 0, count: h * w)
         let model = self
-        image.pixels.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                nonisolated(unsafe) let sp = src.baseAddress!, dp = dst.baseAddress!
-                Parallel.chunks(h, threads: threads) { rows in
-                    for y in rows {
-                        var rng = NoiseStreams.row(y, seed: seed)
-                        for x in 0..<w { dp[y * w + x] = model.sample(sp[y * w + x], &rng) }
-                    }
-                }
-            }
-        }
-        return Image2D(height: h, width: w, pixels: out)
+        return NoiseStreams.map(image, seed: seed, threads: threads) { model.sample($0, &$1) }
     }
 
     /// A one-line description for headers and logs.
@@ -191,23 +198,7 @@ public struct GaussianNoise: Equatable, Sendable {
     /// `image` plus N(0, sigma^2) per valid pixel, drawn from `seed` (rows independent).
     public func apply(_ image: Image2D, seed: UInt64, threads: Int = 1) -> Image2D {
         let sigma = self.sigma(for: image)
-        let (h, w) = (image.height, image.width)
-        var out = [Double](repeating: 0, count: h * w)
-        image.pixels.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                nonisolated(unsafe) let sp = src.baseAddress!, dp = dst.baseAddress!
-                Parallel.chunks(h, threads: threads) { rows in
-                    for y in rows {
-                        var rng = NoiseStreams.row(y, seed: seed)
-                        for x in 0..<w {
-                            let v = sp[y * w + x]
-                            dp[y * w + x] = v.isNaN ? .nan : v + sigma * NoiseStreams.normal(&rng)
-                        }
-                    }
-                }
-            }
-        }
-        return Image2D(height: h, width: w, pixels: out)
+        return NoiseStreams.map(image, seed: seed, threads: threads) { v, rng in v.isNaN ? .nan : v + sigma * NoiseStreams.normal(&rng) }
     }
 
     public var description: String {
