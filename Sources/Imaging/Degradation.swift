@@ -157,10 +157,18 @@ public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// The noise of one sample, all values drawn (see `NoiseSpec.level`).
-public enum NoiseLevel: Equatable, Sendable {
+public enum NoiseLevel: Equatable, Sendable, CustomStringConvertible {
     case gaussian(sigma: Double)
     case poisson(electrons: Double, read: Double, sky: Double)
     case none
+
+    public var description: String {
+        switch self {
+        case .gaussian(let s): return String(format: "gaussian sigma=%.6g", s)
+        case .poisson(let e, let r, let s): return String(format: "poisson electrons=%.6g read=%.6g sky=%.6g", e, r, s)
+        case .none: return "none"
+        }
+    }
 
     /// The photon + read noise model of a Poisson level (gain = electrons per normalised unit).
     public var exposure: ExposureNoise? {

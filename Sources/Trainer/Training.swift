@@ -101,6 +101,12 @@ public struct TrainingConfig: Equatable, Sendable {
     /// (`training.psf` = "airy" and no `training.noise`), the Airy PSF of `training.psf_size` and
     /// `training.psf_rings` with Gaussian noise `training.noise_sigma`.
     public static func degradation(metadata m: [String: MetaValue]) throws -> Degradation {
+        let (psf, noise) = try degradationSpecs(metadata: m)
+        do { return try Degradation(psf: psf, noise: noise) } catch { throw TrainingError.checkpoint("training.psf \(psf): \(error)") }
+    }
+
+    /// The PSF and noise specs of `degradation(metadata:)`, without reading a PSF file.
+    public static func degradationSpecs(metadata m: [String: MetaValue]) throws -> (psf: PSFSpec, noise: NoiseSpec) {
         func number(_ k: String) throws -> Double {
             guard let v = m[k]?.doubleValue else { throw TrainingError.checkpoint("missing or bad \(k)") }
             return v
@@ -122,7 +128,7 @@ public struct TrainingConfig: Equatable, Sendable {
             guard sigma >= 0, sigma.isFinite else { throw TrainingError.checkpoint("bad training.noise_sigma \(sigma)") }
             noise = .gaussian(sigma: sigma...sigma)
         }
-        do { return try Degradation(psf: psf, noise: noise) } catch { throw TrainingError.checkpoint("training.psf \(psfText): \(error)") }
+        return (psf, noise)
     }
 }
 

@@ -68,6 +68,7 @@ struct Evaluate: ParsableCommand {
     func evaluate() throws {
         guard !images.isEmpty else { throw ValidationError("give images with --images FILES|DIR") }
         guard degrade == "paper" || degrade == "none" else { throw ValidationError("--degrade must be paper or none") }
+        let degradation = try DegradationOptions.make(psf: psf, noise: noise, sigma: sigma)
         let paths = try SourceImage.expand(images)
         guard !paths.isEmpty else { throw ValidationError("no FITS images in \(images)") }
         var modelPaths = ["flamary1": "models/flamary1.acnn", "flamary3": "models/flamary3.acnn"]
@@ -90,7 +91,7 @@ struct Evaluate: ParsableCommand {
             }
         }
         var ev = Evaluator()
-        ev.degradation = try DegradationOptions.make(psf: psf, noise: noise, sigma: sigma)
+        ev.degradation = degradation
         ev.seed = seed
         ev.threads = max(1, threads ?? ParallelFor.availableCores)
         var results: [MethodResult] = []

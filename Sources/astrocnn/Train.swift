@@ -67,7 +67,7 @@ struct Train: ParsableCommand {
     @Option(help: "Loss: mse or l1 (flamary: mse; astro-unet: l1).") var loss: String?
     @Option(help: "Initialisation: glorot or he (flamary: glorot; astro-unet: he).") var initialization: String?
     @Flag(help: "The paper's data exactly: no flips/rotations and one fixed noise draw per image.") var noAugment = false
-    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.psfHelp)) var psf: String = "airy:size=64,rings=5"
+    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.psfHelp)) var psf: String?
     @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.noiseHelp)) var noise: String?
     @Option(help: "Gaussian noise standard deviation (images normalised to max 1): the same as --noise gaussian:sigma=S.") var sigma: Double?
     @Option(help: "Threads (default: all cores).") var threads: Int?
@@ -86,6 +86,10 @@ struct Train: ParsableCommand {
 
     func train() throws {
         if recipe == "astro-unet" { return try trainDenoiser() }
+        let degradation = try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: sigma)
+        if resume != nil && (psf != nil || noise != nil || sigma != nil) {
+            throw ValidationError("--resume continues with the checkpoint's PSF and noise: drop --psf, --noise and --sigma")
+        }
         guard !images.isEmpty || synthetic > 0 else { throw ValidationError("give training images with --images DIR|FILES (or --synthetic N)") }
         var paths = try SourceImage.expand(images)
         if let out = leaveOut {
@@ -118,7 +122,7 @@ struct Train: ParsableCommand {
             c.nesterov = !noNesterov; c.epochs = epochs ?? 30; c.trainSamples = samples ?? 100_000
             c.validationSamples = validationSamples ?? 50_000
             c.patience = patience; c.seed = seed; c.augment = !noAugment
-            c.degradation = try DegradationOptions.make(psf: psf, noise: noise, sigma: sigma)
+            c.degradation = degradation
             guard let l = Loss(rawValue: loss ?? "mse") else { throw ValidationError("--loss must be mse or l1") }
             guard let i = Initialization(rawValue: initialization ?? "glorot") else { throw ValidationError("--initialization must be glorot or he") }
             guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
