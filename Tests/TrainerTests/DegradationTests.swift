@@ -328,4 +328,33 @@ final class DegradationTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("training.noise_sigma"), "\(e)")
         }
     }
+
+    // MARK: shipped models and real data
+
+    /// The shipped models (written before `training.noise` existed) read as the paper's degradation.
+    func testShippedModelsReadAsThePaperDegradation() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for name in ["flamary1", "flamary3"] {
+            let path = root.appendingPathComponent("models/\(name).acnn").path
+            guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("\(path) is absent") }
+            let m = try ModelReader(path: path).model()
+            XCTAssertEqual(try TrainingConfig.degradation(metadata: m.metadata), Degradation(), name)
+        }
+    }
+
+    /// On a real plate (../shared/data, skipped without it): Moffat blur plus noise at the
+    /// image's own sky level measures k times its robust sky sigma.
+    func testSkyRelativeNoiseOnARealPlate() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("shared/data/fits/HorseHead.fits").path
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("../shared/data is absent: \(path)") }
+        let img = try SourceImage.load(path: path)
+        let d = try Degradation(psf: .moffat(fwhm: 3.5, beta: 2.5, size: nil), noise: .sky(k: 1.5...1.5))
+        let (t, o) = d.degrade(img.raw, seed: 4, threads: 2)
+        let sky = SkyStatistics.estimate(t).sigma
+        XCTAssertGreaterThan(sky, 0)
+        let b = d.blur(t, threads: 2)
+        XCTAssertEqual(std(zip(o.pixels, b.pixels).map { $0 - $1 }), 1.5 * sky, accuracy: 0.01 * 1.5 * sky)
+        XCTAssertEqual(b.pixels.reduce(0, +) / t.pixels.reduce(0, +), 1, accuracy: 0.01, "the blur keeps the flux (up to the borders)")
+    }
 }
