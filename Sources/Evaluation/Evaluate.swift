@@ -60,15 +60,15 @@ public struct Evaluator {
     /// The truth and observation of image `index` (seed + index; a noise range is drawn once per
     /// image from that seed). The classical methods use the same PSF kernel, `degradation.psf`.
     public func degrade(_ image: SourceImage, index: Int) throws -> (truth: Image2D, observed: Image2D) {
-        if let why = degradation.problem(truth: Degradation.normalise(image.raw), name: image.name) {
+        if let why = degradation.problem(raw: image.raw, name: image.name) {
             throw EvaluationError(description: why)
         }
         return degradation.degrade(image.raw, seed: seed &+ UInt64(index), threads: threads)
     }
 
     /// The noise level image `index` is degraded with (for logs and the no-truth residual).
-    public func noiseLevel(_ truth: Image2D, index: Int) -> NoiseLevel {
-        degradation.level(seed: seed &+ UInt64(index), skySigma: degradation.needsSkySigma ? Degradation.skySigma(truth) : 0)
+    public func noiseLevel(_ image: SourceImage, index: Int) -> NoiseLevel {
+        degradation.level(seed: seed &+ UInt64(index), skySigma: degradation.needsSkySigma ? Degradation.skySigma(raw: image.raw) : 0)
     }
 
     public func run(_ method: Method, observed: Image2D, truth: Image2D?) throws -> (Image2D, String) {

@@ -21,8 +21,8 @@ public struct GaussianStream {
 /// command line and recorded in model metadata (`training.noise`):
 ///
 /// - `gaussian:sigma=S` white Gaussian noise of standard deviation S (the paper's: 0.01);
-/// - `sky:k=K` Gaussian noise of K times the robust sky sigma (`SkyStatistics`) of the
-///   normalised truth, so each image gets noise at its own sky level;
+/// - `sky:k=K` Gaussian noise of K times the image's own robust sky sigma in normalised units
+///   (`Degradation.skySigma(raw:)`), so each image gets noise at its own sky level;
 /// - `poisson:electrons=E[,read=R][,sky=S]` photon noise plus read noise (the short-exposure
 ///   model of `ExposureNoise` with ratio 1): each pixel is Poisson((v + S) * E) / E - S plus
 ///   N(0, (R / E)^2), where E is electrons per normalised unit, R the read noise in electrons and
@@ -253,31 +253,40 @@ public struct Degradation: Equatable, Sendable {
     /// Whether the noise needs the truth's sky sigma.
     public var needsSkySigma: Bool { if case .sky = noise { return true }; return false }
 
-    /// The robust sky sigma of a normalised truth (what `sky:k=K` multiplies).
-    public static func skySigma(_ truth: Image2D) -> Double { SkyStatistics.estimate(truth).sigma }
+    /// What `sky:k=K` multiplies: the robust sky sigma (`SkyStatistics`: median and MAD with
+    /// 3-sigma clipping, NaNs skipped) of the raw image, in the units of its normalised truth
+    /// (divided by the maximum `normalise` divides by). It is measured before `normalise` clips
+    /// negatives: on a sky-subtracted image the clipped truth has a median and MAD of 0 (half its
+    /// sky is 0), while the raw sky still shows its noise. For an image with no negative pixels
+    /// it is the robust sky sigma of the normalised truth itself.
+    public static func skySigma(raw: Image2D) -> Double {
+        let m = raw.pixels.reduce(0.0) { $1.isNaN ? $0 : max($0, $1) }
+        let scale = m > 0 ? 1 / m : 1
+        return SkyStatistics.estimate(raw).sigma * scale
+    }
 
     /// The noise level of the image (or patch) drawn with `seed`.
     public func level(seed: UInt64, skySigma: Double = 0) -> NoiseLevel { noise.level(seed: seed, skySigma: skySigma) }
 
-    /// Adds the noise drawn from `seed` (for `sky:k=K`, K times `skySigma`, by default the sky
-    /// sigma of `image` itself). For the paper's noise: N(0, sigma^2) in raster order.
+    /// Adds the noise drawn from `seed` (for `sky:k=K`, K times `skySigma`, by default the robust
+    /// sky sigma of `image` itself). For the paper's noise: N(0, sigma^2) in raster order.
     public func addNoise(_ image: Image2D, seed: UInt64, skySigma: Double? = nil, threads: Int = 1) -> Image2D {
-        let s = needsSkySigma ? (skySigma ?? Degradation.skySigma(image)) : 0
+        let s = needsSkySigma ? (skySigma ?? SkyStatistics.estimate(image).sigma) : 0
         return level(seed: seed, skySigma: s).apply(image, seed: seed, threads: threads)
     }
 
-    /// (truth, observed) for a raw image; the sky-relative noise uses the truth's sky sigma.
+    /// (truth, observed) for a raw image; the sky-relative noise uses `skySigma(raw:)`.
     public func degrade(_ raw: Image2D, seed: UInt64, threads: Int = 1) -> (truth: Image2D, observed: Image2D) {
         let truth = Degradation.normalise(raw)
-        let s = needsSkySigma ? Degradation.skySigma(truth) : nil
+        let s = needsSkySigma ? Degradation.skySigma(raw: raw) : nil
         return (truth, addNoise(blur(truth, threads: threads), seed: seed, skySigma: s, threads: threads))
     }
 
-    /// Why this degradation cannot be applied to `truth`, or nil: sky-relative noise on an image
-    /// without a measurable sky noise.
-    public func problem(truth: Image2D, name: String) -> String? {
+    /// Why this degradation cannot be applied to the raw image, or nil: sky-relative noise on an
+    /// image without a measurable sky noise.
+    public func problem(raw: Image2D, name: String) -> String? {
         guard needsSkySigma else { return nil }
-        let s = Degradation.skySigma(truth)
+        let s = Degradation.skySigma(raw: raw)
         if !(s > 0) || !s.isFinite {
             return "\(name): no measurable sky noise (robust sigma \(s)) for --noise \(noise); use gaussian:sigma=S"
         }

@@ -31,7 +31,8 @@ public final class PatchSampler: @unchecked Sendable {
     let blurred: [[[Float]]]
     let fixedNoise: [[[Float]]]  // without augmentation, Gaussian noise: [image][0] the one noise draw
     let fixedObserved: [[[Float]]]  // without augmentation, Poisson noise: [image][0] the one observation
-    /// The robust sky sigma of each normalised image (0 unless the noise is sky-relative).
+    /// The robust sky sigma of each image in normalised units (`Degradation.skySigma(raw:)`;
+    /// 0 unless the noise is sky-relative).
     public let skySigmas: [Double]
     let sizes: [[(h: Int, w: Int)]]
     let trainBoxes: [[(y0: Int, y1: Int, x0: Int, x1: Int)]]
@@ -51,7 +52,7 @@ public final class PatchSampler: @unchecked Sendable {
         var tb: [[(y0: Int, y1: Int, x0: Int, x1: Int)]] = [], vb: [[(y0: Int, y1: Int, x0: Int, x1: Int)]] = []
         for (ii, img) in images.enumerated() {
             let truth = Degradation.normalise(img.raw)
-            let skySigma = degradation.needsSkySigma ? Degradation.skySigma(truth) : 0
+            let skySigma = degradation.needsSkySigma ? Degradation.skySigma(raw: img.raw) : 0
             skies.append(skySigma)
             let cut = Int((Double(truth.height) * (1 - validationFraction)).rounded())
             var regionMask = Image2D(height: truth.height, width: truth.width)

@@ -109,7 +109,7 @@ struct Evaluate: ParsableCommand {
                 let d = try ev.degrade(src, index: k)
                 (truth, observed) = (d.truth, d.observed)
                 if !ev.degradation.noise.isFixed || ev.degradation.needsSkySigma {
-                    FileHandle.standardError.write(Data("\(src.name): noise \(ev.noiseLevel(d.truth, index: k))\n".utf8))
+                    FileHandle.standardError.write(Data("\(src.name): noise \(ev.noiseLevel(src, index: k))\n".utf8))
                 }
             } else {
                 (truth, observed) = (nil, Degradation.normalise(src.raw))
@@ -171,8 +171,8 @@ struct Evaluate: ParsableCommand {
     func noiseSigma(_ d: Degradation, _ observed: Image2D) -> Double {
         switch d.noise {
         case .gaussian(let s): return (s.lowerBound * s.upperBound).squareRoot()
-        case .sky(let k): return (k.lowerBound + k.upperBound) / 2 * Degradation.skySigma(observed)
-        case .poisson, .none: return Degradation.skySigma(observed)
+        case .sky(let k): return (k.lowerBound + k.upperBound) / 2 * SkyStatistics.estimate(observed).sigma
+        case .poisson, .none: return SkyStatistics.estimate(observed).sigma
         }
     }
 

@@ -233,6 +233,7 @@ final class DegradationTests: XCTestCase {
         let truth = Degradation.normalise(img.raw)
         let skySigma = SkyStatistics.estimate(truth).sigma
         XCTAssertGreaterThan(skySigma, 0)
+        XCTAssertEqual(Degradation.skySigma(raw: img.raw), skySigma, accuracy: 1e-12 * skySigma, "no negatives: the truth's own sky sigma")
         let d = try Degradation(psf: .none, noise: .sky(k: 2...2))
         let (t, o) = d.degrade(img.raw, seed: 3, threads: 2)
         let diff = zip(o.pixels, t.pixels).map { $0 - $1 }
@@ -240,7 +241,7 @@ final class DegradationTests: XCTestCase {
         // In patches, with and without augmentation, the same rule per image.
         for augment in [true, false] {
             let sampler = PatchSampler(images: [img], degradation: d, augment: augment, validationFraction: 0.5)
-            XCTAssertEqual(sampler.skySigmas, [skySigma])
+            XCTAssertEqual(sampler.skySigmas, [Degradation.skySigma(raw: img.raw)])
             let plan = sampler.plan(count: 30, validation: false, seed: 1, stream: 1)
             let (inputs, _) = fill(sampler, plan)
             var all: [Double] = []
@@ -250,9 +251,20 @@ final class DegradationTests: XCTestCase {
             }
             XCTAssertEqual(std(all), 2 * skySigma, accuracy: 0.05 * 2 * skySigma, "augment \(augment)")
         }
+        // A sky-subtracted image (most of its sky below 0): the clipped truth's sky reads 0, the
+        // raw image's noise is still found (the MAD does not care for the shift), and the noise
+        // added is k times it.
+        let rawSky = SkyStatistics.estimate(img.raw)
+        let sub = SourceImage(name: "sub", checksum: 9, raw: img.raw.map { $0 - rawSky.median - rawSky.sigma })
+        XCTAssertEqual(SkyStatistics.estimate(Degradation.normalise(sub.raw)).sigma, 0, "the clipped truth has no sky spread")
+        XCTAssertEqual(Degradation.skySigma(raw: sub.raw) * sub.raw.maximum, rawSky.sigma, accuracy: 1e-9 * rawSky.sigma)
+        XCTAssertNil(d.problem(raw: sub.raw, name: "sub"))
+        let (st, so) = d.degrade(sub.raw, seed: 5)
+        let subSigma = Degradation.skySigma(raw: sub.raw)
+        XCTAssertEqual(std(zip(so.pixels, st.pixels).map { $0 - $1 }), 2 * subSigma, accuracy: 0.03 * 2 * subSigma)
         // An image without sky noise cannot take sky-relative noise: a clear error.
         let flat = SourceImage(name: "flat", checksum: 1, raw: Image2D(height: 80, width: 80, repeating: 3))
-        XCTAssertNotNil(d.problem(truth: Degradation.normalise(flat.raw), name: "flat"))
+        XCTAssertNotNil(d.problem(raw: flat.raw, name: "flat"))
         XCTAssertThrowsError(try TrainingSession(config: config(d), images: [flat], threads: 1)) { e in
             XCTAssertTrue("\(e)".contains("no measurable sky noise"), "\(e)")
         }
@@ -351,7 +363,7 @@ final class DegradationTests: XCTestCase {
         let img = try SourceImage.load(path: path)
         let d = try Degradation(psf: .moffat(fwhm: 3.5, beta: 2.5, size: nil), noise: .sky(k: 1.5...1.5))
         let (t, o) = d.degrade(img.raw, seed: 4, threads: 2)
-        let sky = SkyStatistics.estimate(t).sigma
+        let sky = Degradation.skySigma(raw: img.raw)
         XCTAssertGreaterThan(sky, 0)
         let b = d.blur(t, threads: 2)
         XCTAssertEqual(std(zip(o.pixels, b.pixels).map { $0 - $1 }), 1.5 * sky, accuracy: 0.01 * 1.5 * sky)
