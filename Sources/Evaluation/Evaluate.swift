@@ -41,6 +41,11 @@ public struct MethodResult: Sendable {
     }
 }
 
+/// A degradation that cannot be applied to an image.
+public struct EvaluationError: Error, CustomStringConvertible {
+    public let description: String
+}
+
 /// Flamary 2017's protocol: degrade each image (the trainer's `Degradation`, one seed per
 /// image), run every method, score against the truth with the paper's PSNR (max 1, 32-pixel
 /// crop), SSIM (data range 1, same crop) and the histogram KL divergence.
@@ -52,8 +57,18 @@ public struct Evaluator {
 
     public init() {}
 
-    public func degrade(_ image: SourceImage, index: Int) -> (truth: Image2D, observed: Image2D) {
-        degradation.degrade(image.raw, seed: seed &+ UInt64(index), threads: threads)
+    /// The truth and observation of image `index` (seed + index; a noise range is drawn once per
+    /// image from that seed). The classical methods use the same PSF kernel, `degradation.psf`.
+    public func degrade(_ image: SourceImage, index: Int) throws -> (truth: Image2D, observed: Image2D) {
+        if let why = degradation.problem(raw: image.raw, name: image.name) {
+            throw EvaluationError(description: why)
+        }
+        return degradation.degrade(image.raw, seed: seed &+ UInt64(index), threads: threads)
+    }
+
+    /// The noise level image `index` is degraded with (for logs and the no-truth residual).
+    public func noiseLevel(_ image: SourceImage, index: Int) -> NoiseLevel {
+        degradation.level(seed: seed &+ UInt64(index), skySigma: degradation.needsSkySigma ? Degradation.skySigma(raw: image.raw) : 0)
     }
 
     public func run(_ method: Method, observed: Image2D, truth: Image2D?) throws -> (Image2D, String) {

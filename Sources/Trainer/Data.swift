@@ -29,7 +29,11 @@ public final class PatchSampler: @unchecked Sendable {
     public let validationFraction: Double
     let truths: [[[Float]]]      // [image][variant] pixels
     let blurred: [[[Float]]]
-    let fixedNoise: [[[Float]]]  // without augmentation: [image][0] the one noise draw
+    let fixedNoise: [[[Float]]]  // without augmentation, Gaussian noise: [image][0] the one noise draw
+    let fixedObserved: [[[Float]]]  // without augmentation, Poisson noise: [image][0] the one observation
+    /// The robust sky sigma of each image in normalised units (`Degradation.skySigma(raw:)`;
+    /// 0 unless the noise is sky-relative).
+    public let skySigmas: [Double]
     let sizes: [[(h: Int, w: Int)]]
     let trainBoxes: [[(y0: Int, y1: Int, x0: Int, x1: Int)]]
     let valBoxes: [[(y0: Int, y1: Int, x0: Int, x1: Int)]]
@@ -43,10 +47,13 @@ public final class PatchSampler: @unchecked Sendable {
         self.augment = augment
         self.validationFraction = validationFraction
         let nv = augment ? 8 : 1
-        var t: [[[Float]]] = [], b: [[[Float]]] = [], fn: [[[Float]]] = [], sz: [[(h: Int, w: Int)]] = []
+        var t: [[[Float]]] = [], b: [[[Float]]] = [], fn: [[[Float]]] = [], fo: [[[Float]]] = [], sz: [[(h: Int, w: Int)]] = []
+        var skies: [Double] = []
         var tb: [[(y0: Int, y1: Int, x0: Int, x1: Int)]] = [], vb: [[(y0: Int, y1: Int, x0: Int, x1: Int)]] = []
         for (ii, img) in images.enumerated() {
             let truth = Degradation.normalise(img.raw)
+            let skySigma = degradation.needsSkySigma ? Degradation.skySigma(raw: img.raw) : 0
+            skies.append(skySigma)
             let cut = Int((Double(truth.height) * (1 - validationFraction)).rounded())
             var regionMask = Image2D(height: truth.height, width: truth.width)
             for y in 0..<cut { for x in 0..<truth.width { regionMask[y, x] = 1 } }
@@ -59,14 +66,24 @@ public final class PatchSampler: @unchecked Sendable {
                 let m = regionMask.dihedral(v)
                 tbv.append(PatchSampler.box(m, 1)); vbv.append(PatchSampler.box(m, 0))
             }
+            // Without augmentation: one noise draw per image, at one level drawn from its seed.
+            // Additive (Gaussian) noise is drawn on zeros and added to the Float blur, as the
+            // paper path always did; Poisson noise depends on the signal and is applied to it.
+            fn.append([]); fo.append([])
             if !augment {
-                fn.append([degradation.addNoise(Image2D(height: s[0].h, width: s[0].w), seed: noiseSeed &+ UInt64(ii)).pixels.map(Float.init)])
-            } else {
-                fn.append([])
+                let seed = noiseSeed &+ UInt64(ii)
+                switch degradation.level(seed: seed, skySigma: skySigma) {
+                case .poisson:
+                    let blurredImage = Image2D(height: s[0].h, width: s[0].w, pixels: bv[0].map(Double.init))
+                    fo[ii] = [degradation.addNoise(blurredImage, seed: seed, skySigma: skySigma, threads: threads).pixels.map(Float.init)]
+                case .gaussian, .none:
+                    fn[ii] = [degradation.addNoise(Image2D(height: s[0].h, width: s[0].w), seed: seed, skySigma: skySigma).pixels.map(Float.init)]
+                }
             }
             t.append(tv); b.append(bv); sz.append(s); tb.append(tbv); vb.append(vbv)
         }
-        (truths, blurred, fixedNoise, sizes, trainBoxes, valBoxes) = (t, b, fn, sz, tb, vb)
+        (truths, blurred, fixedNoise, fixedObserved, sizes, trainBoxes, valBoxes) = (t, b, fn, fo, sz, tb, vb)
+        skySigmas = skies
     }
 
     static func box(_ m: Image2D, _ value: Double) -> (y0: Int, y1: Int, x0: Int, x1: Int) {
@@ -77,9 +94,13 @@ public final class PatchSampler: @unchecked Sendable {
         return (y0, y1, x0, x1)
     }
 
-    /// Whether every image's regions hold at least one patch of `size`.
+    /// Whether every image's regions hold at least one patch of `size` (and, for sky-relative
+    /// noise, has a measurable sky noise).
     public func check(inputSize size: Int) throws {
         for (i, img) in images.enumerated() {
+            if degradation.needsSkySigma && !(skySigmas[i] > 0 && skySigmas[i].isFinite) {
+                throw TrainingError.data("\(img.name): no measurable sky noise (robust sigma \(skySigmas[i])) for --noise \(degradation.noise); use gaussian:sigma=S")
+            }
             for box in [trainBoxes[i][0], valBoxes[i][0]] where box.y1 - box.y0 < size || box.x1 - box.x0 < size {
                 throw TrainingError.data("\(img.name): \(sizes[i][0].h)x\(sizes[i][0].w) is too small for \(size)-pixel patches in both the training and the validation region")
             }
@@ -113,9 +134,21 @@ public final class PatchSampler: @unchecked Sendable {
             let b = blurred[sp.image][sp.variant], t = truths[sp.image][sp.variant]
             let ip = inputs + k * s * s, tp = targets + k * o * o
             if augment {
-                var g = GaussianStream(seed: sp.noiseSeed)
-                let sigma = degradation.sigma
-                for i in 0..<s { for j in 0..<s { ip[i * s + j] = Float(Double(b[(sp.y + i) * w + sp.x + j]) + sigma * g.next()) } }
+                // Each sample its own noise level (drawn from its seed when the spec is a range)
+                // and its own draw; a fixed Gaussian sigma is the paper path exactly.
+                switch degradation.level(seed: sp.noiseSeed, skySigma: skySigmas[sp.image]) {
+                case .gaussian(let sigma):
+                    var g = GaussianStream(seed: sp.noiseSeed)
+                    for i in 0..<s { for j in 0..<s { ip[i * s + j] = Float(Double(b[(sp.y + i) * w + sp.x + j]) + sigma * g.next()) } }
+                case .poisson(let e, let r, let sky):
+                    let model = ExposureNoise(ratio: 1, gain: e, readNoise: r, sky: sky)
+                    var rng = SplitMix64(seed: sp.noiseSeed)
+                    for i in 0..<s { for j in 0..<s { ip[i * s + j] = Float(model.sample(Double(b[(sp.y + i) * w + sp.x + j]), &rng)) } }
+                case .none:
+                    for i in 0..<s { for j in 0..<s { ip[i * s + j] = b[(sp.y + i) * w + sp.x + j] } }
+                }
+            } else if let o = fixedObserved[sp.image].first {
+                for i in 0..<s { for j in 0..<s { ip[i * s + j] = o[(sp.y + i) * w + sp.x + j] } }
             } else {
                 let n = fixedNoise[sp.image][0]
                 for i in 0..<s { for j in 0..<s { let q = (sp.y + i) * w + sp.x + j; ip[i * s + j] = b[q] + n[q] } }

@@ -51,7 +51,7 @@ public struct TrainingConfig: Equatable, Sendable {
 
     /// Key/values stored in checkpoints and final models.
     var metadata: [String: MetaValue] {
-        [
+        var m: [String: MetaValue] = [
             "training.recipe": .string(recipe), "training.batch": .int(Int64(batchSize)),
             "training.learning_rate": .float(learningRate), "training.optimizer": .string(optimizer),
             "training.momentum": .float(momentum), "training.nesterov": .bool(nesterov),
@@ -60,9 +60,16 @@ public struct TrainingConfig: Equatable, Sendable {
             "training.seed": .int(Int64(bitPattern: seed)), "training.loss": .string(loss.rawValue),
             "training.init": .string(initialization.rawValue), "training.augment": .bool(augment),
             "training.validation_fraction": .float(validationFraction), "training.input_size": .int(Int64(inputSize)),
-            "training.psf": .string("airy"), "training.psf_size": .int(Int64(degradation.psfSize)),
-            "training.psf_rings": .float(degradation.rings), "training.noise_sigma": .float(degradation.sigma),
+            "training.psf": .string(degradation.psfSpec.exactDescription),
+            "training.noise": .string(degradation.noise.description),
         ]
+        // The keys of the paper's degradation, as before, for older readers.
+        if case .airy(let n, let rings) = degradation.psfSpec {
+            m["training.psf_size"] = .int(Int64(n))
+            m["training.psf_rings"] = .float(rings)
+        }
+        if let sigma = degradation.paperSigma { m["training.noise_sigma"] = .float(sigma) }
+        return m
     }
 
     init(metadata m: [String: MetaValue]) throws {
@@ -86,9 +93,42 @@ public struct TrainingConfig: Equatable, Sendable {
         augment = try get("training.augment") { if case .bool(let b) = $0 { return b }; return nil }
         validationFraction = try get("training.validation_fraction") { $0.doubleValue }
         inputSize = Int(try get("training.input_size") { $0.intValue })
-        degradation = Degradation(psfSize: Int(try get("training.psf_size") { $0.intValue }),
-                                  rings: try get("training.psf_rings") { $0.doubleValue },
-                                  sigma: try get("training.noise_sigma") { $0.doubleValue })
+        degradation = try TrainingConfig.degradation(metadata: m)
+    }
+
+    /// The degradation a model's metadata records: `training.psf` (a PSF spec) and
+    /// `training.noise` (a noise spec), or, in files written before those existed
+    /// (`training.psf` = "airy" and no `training.noise`), the Airy PSF of `training.psf_size` and
+    /// `training.psf_rings` with Gaussian noise `training.noise_sigma`.
+    public static func degradation(metadata m: [String: MetaValue]) throws -> Degradation {
+        let (psf, noise) = try degradationSpecs(metadata: m)
+        do { return try Degradation(psf: psf, noise: noise) } catch { throw TrainingError.checkpoint("training.psf \(psf): \(error)") }
+    }
+
+    /// The PSF and noise specs of `degradation(metadata:)`, without reading a PSF file.
+    public static func degradationSpecs(metadata m: [String: MetaValue]) throws -> (psf: PSFSpec, noise: NoiseSpec) {
+        func number(_ k: String) throws -> Double {
+            guard let v = m[k]?.doubleValue else { throw TrainingError.checkpoint("missing or bad \(k)") }
+            return v
+        }
+        let psfText = m["training.psf"]?.stringValue ?? "airy"
+        let psf: PSFSpec
+        if psfText == "airy" {
+            let size = try number("training.psf_size")
+            guard size >= 1, size <= 1025, size == size.rounded() else { throw TrainingError.checkpoint("bad training.psf_size \(size)") }
+            psf = .airy(size: Int(size), rings: try number("training.psf_rings"))
+        } else {
+            do { psf = try PSFSpec(parsing: psfText) } catch { throw TrainingError.checkpoint("training.psf: \(error)") }
+        }
+        let noise: NoiseSpec
+        if let text = m["training.noise"]?.stringValue {
+            do { noise = try NoiseSpec(parsing: text) } catch { throw TrainingError.checkpoint("training.noise: \(error)") }
+        } else {
+            let sigma = try number("training.noise_sigma")
+            guard sigma >= 0, sigma.isFinite else { throw TrainingError.checkpoint("bad training.noise_sigma \(sigma)") }
+            noise = .gaussian(sigma: sigma...sigma)
+        }
+        return (psf, noise)
     }
 }
 

@@ -156,6 +156,7 @@ struct Inspect: ParsableCommand {
         if let net = try? Network(model: try reader.model()) {
             print(String(format: "memory     %.0f MB of feature maps per megapixel run at once (tiles are sized from this)", net.bytesPerInputPixel))
         }
+        trainingDegradationLines(reader.metadata).forEach { print($0) }
         print("")
         print("graph: input " + reader.graph.inputs.map { "\($0.name) [\($0.channels) ch]" }.joined(separator: ", ")
               + " -> output " + reader.graph.outputs.joined(separator: ", "))

@@ -12,7 +12,7 @@ struct Evaluate: ParsableCommand {
         abstract: "Compare restoration methods on FITS images in the layout of Flamary 2017's Table I.",
         discussion: """
         Degrades each image with the paper's recipe (the trainer's code: clip, divide by the max, Airy PSF \
-        64x64 rings 5, Gaussian noise sigma 0.01, seeded), runs every method, and prints PSNR (paper \
+        64x64 rings 5, Gaussian noise sigma 0.01, seeded; another PSF with --psf, another noise with --noise), runs every method, and prints PSNR (paper \
         convention: max 1, 32-pixel crop) and SSIM tables with the average time per method. Methods: none, \
         wiener (lambda by least MSE over a sweep), rl (Richardson-Lucy, best iteration by PSNR up to \
         --rl-iterations), tv (Condat primal-dual, mu sweep, fixed iterations), and CNNs by name (flamary1, \
@@ -35,7 +35,9 @@ struct Evaluate: ParsableCommand {
     var degrade: String = "paper"
 
     @Option(help: "Noise seed (image k uses seed + k).") var seed: UInt64 = 1
-    @Option(help: "Noise standard deviation.") var sigma: Double = 0.01
+    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.psfHelp + " Wiener, RL and Prox-TV deconvolve with the same kernel.")) var psf: String = "airy:size=64,rings=5"
+    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.noiseHelp + " A range is drawn once per image.")) var noise: String?
+    @Option(help: "Gaussian noise standard deviation: the same as --noise gaussian:sigma=S.") var sigma: Double?
     @Option(help: "Wiener lambdas to sweep (comma-separated; the best is refined twice between its neighbours).") var wienerLambdas: String = "1e-4,1e-3,1e-2,0.1,1,10"
     @Option(help: "Richardson-Lucy maximum iterations.") var rlIterations: Int = 50
     @Option(help: "Prox-TV mu values to sweep (comma-separated).") var tvMus: String = "1e-3,3e-3,1e-2"
@@ -66,6 +68,7 @@ struct Evaluate: ParsableCommand {
     func evaluate() throws {
         guard !images.isEmpty else { throw ValidationError("give images with --images FILES|DIR") }
         guard degrade == "paper" || degrade == "none" else { throw ValidationError("--degrade must be paper or none") }
+        let degradation = try DegradationOptions.make(psf: psf, noise: noise, sigma: sigma)
         let paths = try SourceImage.expand(images)
         guard !paths.isEmpty else { throw ValidationError("no FITS images in \(images)") }
         var modelPaths = ["flamary1": "models/flamary1.acnn", "flamary3": "models/flamary3.acnn"]
@@ -88,7 +91,7 @@ struct Evaluate: ParsableCommand {
             }
         }
         var ev = Evaluator()
-        ev.degradation.sigma = sigma
+        ev.degradation = degradation
         ev.seed = seed
         ev.threads = max(1, threads ?? ParallelFor.availableCores)
         var results: [MethodResult] = []
@@ -103,8 +106,11 @@ struct Evaluate: ParsableCommand {
             }
             let truth: Image2D?, observed: Image2D
             if degrade == "paper" {
-                let d = ev.degrade(src, index: k)
+                let d = try ev.degrade(src, index: k)
                 (truth, observed) = (d.truth, d.observed)
+                if !ev.degradation.noise.isFixed || ev.degradation.needsSkySigma {
+                    FileHandle.standardError.write(Data("\(src.name): noise \(ev.noiseLevel(src, index: k))\n".utf8))
+                }
             } else {
                 (truth, observed) = (nil, Degradation.normalise(src.raw))
             }
@@ -132,7 +138,7 @@ struct Evaluate: ParsableCommand {
                     // (PSF * restored - observed) in units of the noise sigma (about 1 when the
                     // restoration fits the data to the noise; the degraded image itself gives the
                     // blur residual).
-                    r.kl = Metrics.dataResidual(observed: observed, restored: img, psf: ev.degradation.psf, crop: 32) / ev.degradation.sigma
+                    r.kl = Metrics.dataResidual(observed: observed, restored: img, psf: ev.degradation.psf, crop: 32) / noiseSigma(ev.degradation, observed)
                 }
                 results.append(r)
                 var bias = Double.nan
@@ -156,6 +162,17 @@ struct Evaluate: ParsableCommand {
         if let p = panel {
             try Preview.sideBySide(panels, width: panelSize.0, height: panelSize.1, maxSide: 400).write(to: p)
             print("wrote \(p)")
+        }
+    }
+
+    /// The noise sigma the no-truth residual is measured in: a fixed Gaussian sigma, the middle
+    /// of a sigma range (geometric), else (sky-relative or Poisson noise) the observation's own
+    /// robust sky sigma times the middle k for sky noise.
+    func noiseSigma(_ d: Degradation, _ observed: Image2D) -> Double {
+        switch d.noise {
+        case .gaussian(let s): return (s.lowerBound * s.upperBound).squareRoot()
+        case .sky(let k): return (k.lowerBound + k.upperBound) / 2 * SkyStatistics.estimate(observed).sigma
+        case .poisson, .none: return SkyStatistics.estimate(observed).sigma
         }
     }
 

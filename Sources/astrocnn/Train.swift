@@ -13,8 +13,8 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a restoration network on FITS images (Flamary 2017 recipe, on the CPU).",
         discussion: """
-        Degrades each image as Flamary 2017 (clip negatives, divide by the max, Airy PSF blur, Gaussian \
-        noise), draws 32x32 input / 14x14 target patches, and trains with manual backprop. A checkpoint \
+        Degrades each image as Flamary 2017 (clip negatives, divide by the max, PSF blur, noise: by default \
+        the paper's Airy PSF and Gaussian sigma 0.01; any PSF with --psf, any noise with --noise), draws 32x32 input / 14x14 target patches, and trains with manual backprop. A checkpoint \
         (an .acnn file with optimizer state and data position) is written atomically after every epoch \
         and on Ctrl-C; --resume continues to the same bits as an uninterrupted run.
         """)
@@ -67,7 +67,9 @@ struct Train: ParsableCommand {
     @Option(help: "Loss: mse or l1 (flamary: mse; astro-unet: l1).") var loss: String?
     @Option(help: "Initialisation: glorot or he (flamary: glorot; astro-unet: he).") var initialization: String?
     @Flag(help: "The paper's data exactly: no flips/rotations and one fixed noise draw per image.") var noAugment = false
-    @Option(help: "Noise standard deviation (images normalised to max 1).") var sigma: Double = 0.01
+    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.psfHelp)) var psf: String?
+    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.noiseHelp)) var noise: String?
+    @Option(help: "Gaussian noise standard deviation (images normalised to max 1): the same as --noise gaussian:sigma=S.") var sigma: Double?
     @Option(help: "Threads (default: all cores).") var threads: Int?
     @Flag(help: "Replace existing output files.") var overwrite = false
     @Flag(help: "No progress line.") var quiet = false
@@ -84,6 +86,10 @@ struct Train: ParsableCommand {
 
     func train() throws {
         if recipe == "astro-unet" { return try trainDenoiser() }
+        let degradation = try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: sigma)
+        if resume != nil && (psf != nil || noise != nil || sigma != nil) {
+            throw ValidationError("--resume continues with the checkpoint's PSF and noise: drop --psf, --noise and --sigma")
+        }
         guard !images.isEmpty || synthetic > 0 else { throw ValidationError("give training images with --images DIR|FILES (or --synthetic N)") }
         var paths = try SourceImage.expand(images)
         if let out = leaveOut {
@@ -116,7 +122,7 @@ struct Train: ParsableCommand {
             c.nesterov = !noNesterov; c.epochs = epochs ?? 30; c.trainSamples = samples ?? 100_000
             c.validationSamples = validationSamples ?? 50_000
             c.patience = patience; c.seed = seed; c.augment = !noAugment
-            c.degradation.sigma = sigma
+            c.degradation = degradation
             guard let l = Loss(rawValue: loss ?? "mse") else { throw ValidationError("--loss must be mse or l1") }
             guard let i = Initialization(rawValue: initialization ?? "glorot") else { throw ValidationError("--initialization must be glorot or he") }
             guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
@@ -126,7 +132,8 @@ struct Train: ParsableCommand {
         let c = session.config
         if !quiet {
             print("training \(c.recipe) on \(sources.map { $0.name }.joined(separator: ", ")): \(c.trainSamples) samples/epoch, batch \(c.batchSize), "
-                  + "\(c.optimizer) lr \(c.learningRate), augment \(c.augment), \(nThreads) threads")
+                  + "\(c.optimizer) lr \(c.learningRate), augment \(c.augment), \(nThreads) threads; "
+                  + "psf \(c.degradation.psfSpec.exactDescription), noise \(c.degradation.noise)")
         }
         if finish {
             guard resume != nil, session.bestEpoch > 0 else { throw ValidationError("--finish needs --resume with a checkpoint after at least one epoch") }
