@@ -274,7 +274,7 @@ public final class DenoiserSession {
         m.metadata["normalization"] = .string(Normalization.Kind.skyMAD.rawValue)
         m.metadata["training.images"] = .string(DenoiserSession.imageList(train.images))
         m.metadata["training.validation_images"] = .string(DenoiserSession.imageList(validation.images))
-        m.metadata["training.noise"] = .string("short = Poisson((I+sky)*gain/r) + N(0,RON) electrons, scaled to the long exposure (Vojtekova et al. 2020 eq. 4)")
+        m.metadata["training.noise_model"] = .string("short = Poisson((I+sky)*gain/r) + N(0,RON) electrons, scaled to the long exposure (Vojtekova et al. 2020 eq. 4)")
     }
 
     public func checkpoint() -> Model {
