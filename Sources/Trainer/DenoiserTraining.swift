@@ -93,7 +93,7 @@ public struct DenoiserConfig: Equatable, Sendable {
 /// A denoiser training run on the fast graph trainer, resumable to the same bits: the crops of
 /// epoch e are a pure function of (seed, e), so the state is the parameters, Adam's moments and
 /// the position (epoch, batch) with the epoch's running loss.
-public final class DenoiserSession {
+public final class DenoiserSession: ResumableTraining {
     public private(set) var config: DenoiserConfig
     public let train: CropSampler
     public let validation: CropSampler

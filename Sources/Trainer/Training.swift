@@ -153,10 +153,20 @@ public struct TrainingProgress: Sendable {
     public var validating: Bool
 }
 
+/// What the command line drives: a run that trains until done or interrupted, writing
+/// checkpoints, and then gives its model.
+public protocol ResumableTraining: AnyObject {
+    var epoch: Int { get }
+    var batch: Int { get }
+    var history: [EpochRecord] { get }
+    func run(progress: (TrainingProgress) -> Void, interrupt: () -> Bool, checkpoint: (Model) throws -> Void) throws
+    func finalModel() -> Model
+}
+
 /// A training run that can stop after any batch and resume to the same bits: the data of
 /// epoch e is a pure function of (seed, e), so the state is the parameters, the optimizer
 /// state, and the position (epoch, batch) with the epoch's running loss.
-public final class TrainingSession {
+public final class TrainingSession: ResumableTraining {
     public private(set) var config: TrainingConfig
     public let sampler: PatchSampler
     public let trainer: ConvChainTrainer

@@ -142,31 +142,8 @@ struct Train: ParsableCommand {
                          session.history.count, session.bestValidation))
             return
         }
-        signal(SIGINT) { _ in interruptRequested = 1 }
-        let interactive = isatty(2) != 0
-        var lastPrint = 0.0
-        try session.run(progress: { p in
-            guard !quiet else { return }
-            let now = monotonicSeconds()
-            if !p.validating && p.batch < p.batches && now - lastPrint < (interactive ? 0.5 : 10) { return }
-            lastPrint = now
-            let val = p.lastValidationLoss.map { String(format: "%.3e", $0) } ?? "-"
-            let line = p.validating
-                ? String(format: "epoch %d/%d: validating...", p.epoch, p.epochs)
-                : String(format: "epoch %d/%d  batch %d/%d  %.0f samples/s  loss %.3e  val %@  ETA %.0f s",
-                         p.epoch, p.epochs, p.batch, p.batches, p.samplesPerSecond, p.trainLoss, val, p.etaSeconds)
-            FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + line + (interactive ? "" : "\n")).utf8))
-        }, interrupt: { interruptRequested != 0 }, checkpoint: { m in
-            try ModelWriter.write(m, to: ckptPath, overwrite: true)
-            try writeLog(session.history, logPath, plotPath, title: "\(c.recipe): training on \(sources.map { $0.name }.joined(separator: ", "))")
-            if !quiet, let h = session.history.last, session.batch == 0 {
-                FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + String(format: "epoch %d: train %.4e  validation %.4e  (%.0f s)\n", h.epoch, h.trainLoss, h.validationLoss, h.seconds)).utf8))
-            }
-        })
-        if interruptRequested != 0 {
-            FileHandle.standardError.write(Data("\ninterrupted: checkpoint \(ckptPath) (epoch \(session.epoch + 1), batch \(session.batch)); continue with --resume \(ckptPath)\n".utf8))
-            throw ExitCode(130)
-        }
+        try runTraining(session, unit: "samples", rateFormat: "%.0f", checkpointPath: ckptPath, logPath: logPath, plotPath: plotPath,
+                        title: "\(c.recipe): training on \(sources.map { $0.name }.joined(separator: ", "))", quiet: quiet)
         let model = session.finalModel()
         try ModelWriter.write(model, to: output, overwrite: true)
         if !quiet {
@@ -176,13 +153,47 @@ struct Train: ParsableCommand {
     }
 }
 
+/// Runs a training session with the progress line on standard error, a checkpoint, CSV log and
+/// loss plot after every epoch and on Ctrl-C (or SIGTERM); exits 130 when interrupted.
+func runTraining(_ session: ResumableTraining, unit: String, rateFormat: String, checkpointPath: String, logPath: String,
+                 plotPath: String, title: String, quiet: Bool) throws {
+    signal(SIGINT) { _ in interruptRequested = 1 }
+    signal(SIGTERM) { _ in interruptRequested = 1 }
+    let interactive = isatty(2) != 0
+    var lastPrint = 0.0
+    func write(_ line: String, final: Bool = false) {
+        FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + line + (interactive && !final ? "" : "\n")).utf8))
+    }
+    try session.run(progress: { p in
+        guard !quiet else { return }
+        let now = monotonicSeconds()
+        if !p.validating && p.batch < p.batches && now - lastPrint < (interactive ? 0.5 : 10) { return }
+        lastPrint = now
+        let val = p.lastValidationLoss.map { String(format: "%.4e", $0) } ?? "-"
+        write(p.validating
+            ? String(format: "epoch %d/%d: validating...", p.epoch, p.epochs)
+            : String(format: "epoch %d/%d  batch %d/%d  \(rateFormat) %@/s  loss %.4e  val %@  ETA %.0f s",
+                     p.epoch, p.epochs, p.batch, p.batches, p.samplesPerSecond, unit, p.trainLoss, val, p.etaSeconds))
+    }, interrupt: { interruptRequested != 0 }, checkpoint: { m in
+        try ModelWriter.write(m, to: checkpointPath, overwrite: true)
+        try writeLog(session.history, logPath, plotPath, title: title)
+        if !quiet, let h = session.history.last, session.batch == 0 {
+            write(String(format: "epoch %d: train %.4e  validation %.4e  (%.0f s)", h.epoch, h.trainLoss, h.validationLoss, h.seconds), final: true)
+        }
+    })
+    if interruptRequested != 0 {
+        FileHandle.standardError.write(Data("\ninterrupted: checkpoint \(checkpointPath) (epoch \(session.epoch + 1), batch \(session.batch)); continue with --resume \(checkpointPath)\n".utf8))
+        throw ExitCode(130)
+    }
+}
+
 /// CSV (epoch,train_loss,validation_loss,seconds) and a PNG loss curve, both written atomically.
 func writeLog(_ history: [EpochRecord], _ csv: String, _ png: String, title: String) throws {
     var text = "epoch,train_loss,validation_loss,seconds\n"
     for h in history { text += "\(h.epoch),\(h.trainLoss),\(h.validationLoss),\(h.seconds)\n" }
     try AtomicFile.write(Array(text.utf8), to: csv, overwrite: true)
     guard !history.isEmpty else { return }
-    let plot = LinePlot(title: title, xLabel: "epoch", yLabel: "loss (MSE)", series: [
+    let plot = LinePlot(title: title, xLabel: "epoch", yLabel: "loss", series: [
         .init(name: "train", points: history.map { (Double($0.epoch), $0.trainLoss) }),
         .init(name: "validation", points: history.map { (Double($0.epoch), $0.validationLoss) }),
     ], yFromZero: false)

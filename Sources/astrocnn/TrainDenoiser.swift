@@ -114,32 +114,8 @@ extension Train {
                          session.history.count, session.bestValidation))
             return
         }
-        signal(SIGINT) { _ in interruptRequested = 1 }
-        signal(SIGTERM) { _ in interruptRequested = 1 }
-        let interactive = isatty(2) != 0
-        var lastPrint = 0.0
-        try session.run(progress: { p in
-            guard !quiet else { return }
-            let now = monotonicSeconds()
-            if !p.validating && p.batch < p.batches && now - lastPrint < (interactive ? 0.5 : 30) { return }
-            lastPrint = now
-            let val = p.lastValidationLoss.map { String(format: "%.4e", $0) } ?? "-"
-            let line = p.validating
-                ? String(format: "epoch %d/%d: validating...", p.epoch, p.epochs)
-                : String(format: "epoch %d/%d  batch %d/%d  %.2f crops/s  loss %.4e  val %@  epoch ETA %.0f s",
-                         p.epoch, p.epochs, p.batch, p.batches, p.samplesPerSecond, p.trainLoss, val, p.etaSeconds)
-            FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + line + (interactive ? "" : "\n")).utf8))
-        }, interrupt: { interruptRequested != 0 }, checkpoint: { m in
-            try ModelWriter.write(m, to: ckptPath, overwrite: true)
-            try writeLog(session.history, logPath, plotPath, title: "astro-unet \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss")
-            if !quiet, let h = session.history.last, session.batch == 0 {
-                FileHandle.standardError.write(Data(((interactive ? "\r\u{1B}[K" : "") + String(format: "epoch %d: train %.4e  validation %.4e  (%.0f s)\n", h.epoch, h.trainLoss, h.validationLoss, h.seconds)).utf8))
-            }
-        })
-        if interruptRequested != 0 {
-            FileHandle.standardError.write(Data("\ninterrupted: checkpoint \(ckptPath) (epoch \(session.epoch + 1), batch \(session.batch)); continue with --resume \(ckptPath)\n".utf8))
-            throw ExitCode(130)
-        }
+        try runTraining(session, unit: "crops", rateFormat: "%.2f", checkpointPath: ckptPath, logPath: logPath, plotPath: plotPath,
+                        title: "astro-unet \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss", quiet: quiet)
         try ModelWriter.write(session.finalModel(), to: output, overwrite: true)
         if !quiet {
             print(String(format: "wrote %@: best epoch %d of %d, validation loss %.4e; log %@, plot %@, checkpoint %@",
