@@ -321,7 +321,14 @@ public enum PlanRunner {
         let stats = StreamingRestore.Statistics(normalization: Normalization(kind: kind, offset: n.offset, scale: n.scale),
                                                 invalidPixels: image.invalidPixels ?? 0)
         let piece = m.workdir + "/" + (unit.piece ?? "")
-        try FileManager.default.createDirectory(atPath: (piece as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let pieceDir = (piece as NSString).deletingLastPathComponent
+        do { try FileManager.default.createDirectory(atPath: pieceDir, withIntermediateDirectories: true) } catch {
+            throw FITSError.io("cannot create the directory \(pieceDir): \(error.localizedDescription)")
+        }
+        var isDir: ObjCBool = false
+        if !FileManager.default.fileExists(atPath: pieceDir, isDirectory: &isDir) || !isDir.boolValue {
+            throw FITSError.io("\(pieceDir) is not a directory")
+        }
         let keywords: [(String, MetaValue, String)] = [
             ("ACNNICRC", .string(image.crc), "CRC-32C of the input file"),
             ("ACNNCRC", .string(m.model.crc), "CRC-32C of the model file"),
