@@ -59,7 +59,7 @@ enum SlurmScripts {
             "  \(shellQuote(exe)) run-task --plan \(shellQuote(m.manifestPath)) --index \"$SLURM_ARRAY_TASK_ID\" --threads \"${SLURM_CPUS_PER_TASK:-1}\"",
             "  rc=$?",
             "  [ \"$rc\" -ne \(TaskExit.retryable.rawValue) ] && exit \"$rc\"",
-            "  sleep $((attempt * 20))",
+            "  [ \"$attempt\" -lt 3 ] && sleep $((attempt * 20))",
             "done",
             "exit \"$rc\"",
         ]
