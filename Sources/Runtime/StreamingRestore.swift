@@ -226,7 +226,7 @@ public enum StreamingRestore {
             var out = [Float](repeating: 0, count: bandRows * outW)
             let window = Double((r1 - r0) * (T + g.halo[2] + g.halo[3]))
             let tileParallel = threads > 1 && packed != nil && tiles.count >= 2 * threads
-                && window * network.bytesPerInputPixel * Double(threads) <= Double(TiledRunner.defaultMemoryBudget)
+                && window * network.bytesPerInputPixel * Double(threads) <= Double(options.memoryBudget ?? defaultBandBudget)
             let workers = tileParallel ? threads : 1
             let free = PlanCacheStack(network.planCaches(workers))
             let failure = FirstError()
@@ -405,8 +405,9 @@ public enum StreamingRestore {
     /// of one band (read as Float64 with null flags by cfitsio, then Float32 pixels, mask and
     /// network units), the reflect-padded band, the band's output (and its copy in file units),
     /// the execution plans (one per worker thread, each holding a tile's feature maps), the tile
-    /// input/output maps, the statistics pass band and the `sky_mad` subsample, and a fixed base
-    /// (code, Swift runtime, model weights, cfitsio buffers).
+    /// input/output maps, the statistics pass band and the `sky_mad` subsample, the model's
+    /// weights (decoded, packed, Winograd-transformed) and a fixed base (code, Swift runtime,
+    /// cfitsio buffers). Parts that never live at the same time are summed: an upper bound.
     public static func memoryEstimate(network: Network, width: Int, height: Int, tileSize: Int? = nil,
                                       threads: Int = ParallelFor.availableCores, invalidPixels: Bool = false,
                                       memoryBudget: Int? = nil) throws -> [(part: String, bytes: Int)] {
@@ -415,23 +416,28 @@ public enum StreamingRestore {
         let g = network.analysis.geometry
         let m = g.sizeMultiple
         let T = layout.tileSize
-        let winRows = min(layout.paddedHeight, T + g.halo[0] + g.halo[1] + 2 * m)
-        let winCols = min(layout.paddedWidth, T + g.halo[2] + g.halo[3] + 2 * m)
+        func roundUp(_ v: Int) -> Int { (v + m - 1) / m * m }
+        let winRows = min(roundUp(layout.paddedHeight), roundUp(T + g.halo[0] + g.halo[1] + 2 * m))
+        let winCols = min(roundUp(layout.paddedWidth), roundUp(T + g.halo[2] + g.halo[3] + 2 * m))
         let margin = invalidPixels ? fillMargin : 0
         let rectRows = min(height, winRows + 2 * margin)
         let rect = rectRows * width
         let tilesAcross = layout.tileColumns
-        let workers = threads > 1 && tilesAcross >= 2 * threads ? threads : 1
+        let budget = Double(memoryBudget ?? defaultBandBudget)
+        let workers = threads > 1 && tilesAcross >= 2 * threads
+            && Double(winRows * winCols) * network.bytesPerInputPixel * Double(threads) <= budget ? threads : 1
         let plan = try network.featureMapBytes(height: winRows, width: winCols)
         let statRows = min(height, statisticsRows(width: width))
         var parts: [(String, Int)] = [
             ("input band (Float64 + flags from cfitsio, Float32, mask, network units)", rect * (8 + 1 + 4 + 1 + 4) + (invalidPixels ? rect * 2 + rect * 8 : 0)),
             ("reflect-padded band", winRows * layout.paddedWidth * 4),
             ("band output (network and file units)", T * width * 4 * 2),
-            ("execution plans (\(workers) x \(winRows)x\(winCols) tile)", workers * (plan.shared + plan.unshared)),
+            ("execution plans (\(workers) x \(winRows)x\(winCols) tile)", workers * plan.shared),
             ("tile input and output maps", workers * winRows * winCols * 4 * 2),
             ("statistics pass band", statRows * width * (8 + 1 + 4 + 1)),
-            ("base (code, runtime, weights, cfitsio buffers)", 48 << 20),
+            // Decoded, packed and (up to 4x larger) Winograd-transformed copies of the weights.
+            ("model weights (decoded, packed, Winograd-transformed)", network.weights.values.reduce(0) { $0 + $1.count } * 4 * 6),
+            ("base (code, Swift runtime, cfitsio buffers)", 48 << 20),
         ]
         if network.normalization == .skyMAD { parts.append(("sky_mad subsample", 3 * 8 * min(width * height, 2_000_000))) }
         return parts
