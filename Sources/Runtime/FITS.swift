@@ -89,6 +89,97 @@ public enum FITSIO {
     /// tile-compressed `.fz`); `hdu` selects an HDU by index (0 = primary) or EXTNAME. With
     /// neither, the first HDU holding an image is used.
     public static func readImage(path: String, hdu: String? = nil) throws -> FITSImage {
+        let reader = try FITSReader(path: path, hdu: hdu)
+        let (width, height) = (reader.width, reader.height)
+        let (count, overflow) = width.multipliedReportingOverflow(by: height)
+        if overflow || count > 1 << 33 { throw FITSError.io("\(path): image \(width)x\(height) is too large") }
+        var pixels = [Float](), invalid = [Bool]()
+        try reader.readRows(0, height, pixels: &pixels, invalid: &invalid)
+        return FITSImage(width: width, height: height, pixels: pixels, invalid: invalid, headerCards: reader.headerCards,
+                         bitpix: reader.bitpix, hdu: reader.hdu)
+    }
+
+    /// What `writeImage` adds to the copied header.
+    public struct Provenance: Sendable {
+        /// Keyword cards to add: (name ≤ 8 chars, value, comment).
+        public var keywords: [(String, MetaValue, String)]
+        /// HISTORY lines (long lines are continued over several cards).
+        public var history: [String]
+        public init(keywords: [(String, MetaValue, String)] = [], history: [String] = []) {
+            self.keywords = keywords
+            self.history = history
+        }
+    }
+
+    /// Writes a Float32 image (BITPIX -32) as the primary HDU, keeping the non-structural cards
+    /// of `headerCards` (WCS, observation keywords, comments, history) and adding provenance.
+    /// The file appears atomically; an existing file is replaced only with `overwrite`.
+    public static func writeImage(path: String, width: Int, height: Int, pixels: [Float], headerCards: [String],
+                                  provenance: Provenance = Provenance(), overwrite: Bool = false) throws {
+        if pixels.count != width * height {
+            throw FITSError.io("writing \(path): \(pixels.count) pixels given for a \(width)x\(height) image")
+        }
+        let writer = try FITSWriter(path: path, width: width, height: height, headerCards: headerCards,
+                                    provenance: provenance, overwrite: overwrite)
+        try pixels.withUnsafeBufferPointer { try writer.writeRows(0, $0) }
+        try writer.commit()
+    }
+
+    /// cfitsio's text for a status code, with the messages on its error stack.
+    public static func errorText(_ status: Int32) -> String {
+        var buf = [CChar](repeating: 0, count: 96)
+        ffgerr(status, &buf)
+        var text = String(cString: buf)
+        var stack: [String] = []
+        while ffgmsg(&buf) != 0 {
+            let m = String(cString: buf).trimmingCharacters(in: " ")
+            if !m.isEmpty { stack.append(m) }
+        }
+        if !stack.isEmpty { text += " (" + stack.prefix(3).joined(separator: "; ") + ")" }
+        return text
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// Header-card helpers shared by `FITSImage` and `FITSReader`.
+public enum FITSHeader {
+    /// The value of a keyword as written in the cards (quotes removed for strings), or nil.
+    public static func value(_ name: String, in cards: [String]) -> String? {
+        FITSImage(width: 0, height: 0, pixels: [], invalid: [], headerCards: cards).keyword(name)
+    }
+}
+
+/// An open 2-D image HDU read in row bands or rectangular windows, so that an image larger than
+/// memory can be processed piece by piece. Pixels come in the file's physical units (BSCALE/
+/// BZERO applied); BLANK and NaN pixels are flagged invalid, exactly as `FITSIO.readImage`
+/// (which reads through this type). Compressed (`.fz`) images are decompressed tile by tile by
+/// cfitsio; gzip files (`.gz`) are decompressed by cfitsio into memory when opened.
+public final class FITSReader: @unchecked Sendable {
+    public let path: String
+    public let width: Int
+    public let height: Int
+    public let bitpix: Int
+    /// HDU number, 0 for the primary.
+    public let hdu: Int
+    public let headerCards: [String]
+    private let naxis: Int
+    private let compressed: Bool
+    private var file: UnsafeMutablePointer<fitsfile>?
+    private var values: [Double] = []
+    private var nulls: [CChar] = []
+
+    /// Opens `path` (cfitsio extended syntax allowed) at HDU `hdu` (index or EXTNAME; nil: the
+    /// first HDU holding an image) and reads its header.
+    public init(path: String, hdu: String? = nil) throws {
+        self.path = path
         let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
         if !plain.isEmpty, plain != "-", !plain.contains("://"), access(plain, F_OK) != 0 {
             throw FITSError.missingFile(plain)
@@ -101,12 +192,13 @@ public enum FITSIO {
             ffopen(&f, path, READONLY, &status)
         }
         if status != 0 || f == nil {
-            let msg = errorText(status)
+            let msg = FITSIO.errorText(status)
             if status == 104 { throw FITSError.missingFile(path) }  // FILE_NOT_OPENED
             if status == 301 || status == 320 { throw FITSError.noImage(path) }  // BAD_HDU_NUM, NOT_IMAGE
             throw FITSError.notFITS(path, msg)
         }
-        defer { var s: Int32 = 0; ffclos(f, &s) }
+        var ok = false
+        defer { if !ok { var s: Int32 = 0; ffclos(f, &s) } }
         if let hdu = hdu {
             var type: Int32 = 0
             if let n = Int(hdu) {
@@ -128,36 +220,12 @@ public enum FITSIO {
         var bitpix: Int32 = 0, naxis: Int32 = 0
         var naxes = [Int](repeating: 0, count: 9)
         ffgipr(f, 9, &bitpix, &naxis, &naxes, &status)
-        if status != 0 { throw FITSError.cfitsio(path, status, errorText(status)) }
+        if status != 0 { throw FITSError.cfitsio(path, status, FITSIO.errorText(status)) }
         let axes = Array(naxes[0..<Int(min(naxis, 9))])
         if naxis == 0 { throw FITSError.noImage("\(path) (HDU \(hdunum - 1) has NAXIS = 0)") }
         if naxis == 1 { throw FITSError.oneDimensional(path) }
         if axes.contains(0) { throw FITSError.empty(path) }
         if axes.dropFirst(2).contains(where: { $0 > 1 }) { throw FITSError.cube(path, axes) }
-        let width = axes[0], height = axes[1]
-        let (count, overflow) = width.multipliedReportingOverflow(by: height)
-        if overflow || count > 1 << 33 { throw FITSError.io("\(path): image \(width)x\(height) is too large") }
-
-        var values = [Double](repeating: 0, count: count)
-        var nulls = [CChar](repeating: 0, count: count)
-        var first = [Int](repeating: 1, count: Int(naxis))
-        var anynul: Int32 = 0
-        ffgpxf(f, TDOUBLE, &first, Int64(count), &values, &nulls, &anynul, &status)
-        if status != 0 { throw FITSError.cfitsio("\(path): reading pixels", status, errorText(status)) }
-
-        var pixels = [Float](repeating: 0, count: count)
-        var invalid = [Bool](repeating: false, count: count)
-        for i in 0..<count {
-            let v = values[i]
-            if nulls[i] != 0 || !v.isFinite {
-                invalid[i] = true
-                pixels[i] = .nan
-            } else {
-                pixels[i] = Float(v)
-            }
-        }
-
-        // Header records.
         var nkeys: Int32 = 0, more: Int32 = 0
         ffghsp(f, &nkeys, &more, &status)
         var cards: [String] = []
@@ -169,38 +237,122 @@ public enum FITSIO {
                 cards.append(String(cString: buf))
             }
         }
-        if status != 0 { throw FITSError.cfitsio("\(path): reading the header", status, errorText(status)) }
-        return FITSImage(width: width, height: height, pixels: pixels, invalid: invalid, headerCards: cards,
-                         bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
+        if status != 0 { throw FITSError.cfitsio("\(path): reading the header", status, FITSIO.errorText(status)) }
+        self.width = axes[0]
+        self.height = axes[1]
+        self.bitpix = Int(bitpix)
+        self.hdu = Int(hdunum) - 1
+        self.naxis = Int(naxis)
+        self.headerCards = cards
+        var cs: Int32 = 0
+        self.compressed = fits_is_compressed_image(f, &cs) != 0
+        self.file = f
+        ok = true
     }
 
-    /// What `writeImage` adds to the copied header.
-    public struct Provenance: Sendable {
-        /// Keyword cards to add: (name ≤ 8 chars, value, comment).
-        public var keywords: [(String, MetaValue, String)]
-        /// HISTORY lines (long lines are continued over several cards).
-        public var history: [String]
-        public init(keywords: [(String, MetaValue, String)] = [], history: [String] = []) {
-            self.keywords = keywords
-            self.history = history
+    deinit { close() }
+
+    public func close() {
+        if file != nil { var s: Int32 = 0; ffclos(file, &s); file = nil }
+    }
+
+    /// Rows [y0, y0 + count) (0-based, full width) into `pixels` and `invalid` (resized).
+    public func readRows(_ y0: Int, _ count: Int, pixels: inout [Float], invalid: inout [Bool]) throws {
+        try readWindow(rows: y0..<(y0 + count), columns: 0..<width, pixels: &pixels, invalid: &invalid)
+    }
+
+    /// The rectangle rows x columns (0-based, half-open) into `pixels` and `invalid`, row-major
+    /// with the rectangle's width. Full-width windows are read as one contiguous run of pixels.
+    public func readWindow(rows: Range<Int>, columns: Range<Int>, pixels: inout [Float], invalid: inout [Bool]) throws {
+        guard let f = file else { throw FITSError.io("\(path): reader is closed") }
+        guard rows.lowerBound >= 0, rows.upperBound <= height, columns.lowerBound >= 0, columns.upperBound <= width,
+              !rows.isEmpty, !columns.isEmpty else {
+            throw FITSError.io("\(path): window rows \(rows) columns \(columns) lies outside the \(width)x\(height) image")
+        }
+        let count = rows.count * columns.count
+        if values.count < count { values = [Double](repeating: 0, count: count); nulls = [CChar](repeating: 0, count: count) }
+        var status: Int32 = 0
+        var anynul: Int32 = 0
+        if compressed {
+            // Tile-compressed images: cfitsio's subset reader (reading a run of pixels that starts
+            // inside the image through the null-flag reader crashes cfitsio 4.2). Undefined pixels
+            // come back as NaN, which flags them exactly as the null flags would.
+            var blc = [Int](repeating: 1, count: naxis), trc = [Int](repeating: 1, count: naxis), inc = [Int](repeating: 1, count: naxis)
+            blc[0] = columns.lowerBound + 1; blc[1] = rows.lowerBound + 1
+            trc[0] = columns.upperBound; trc[1] = rows.upperBound
+            var nan = Double.nan
+            ffgsv(f, TDOUBLE, &blc, &trc, &inc, &nan, &values, &anynul, &status)
+            for i in 0..<count { nulls[i] = 0 }
+        } else if columns.count == width {
+            var first = [Int](repeating: 1, count: naxis)
+            first[1] = rows.lowerBound + 1
+            ffgpxf(f, TDOUBLE, &first, Int64(count), &values, &nulls, &anynul, &status)
+        } else {
+            // One row segment at a time, each with its null flags (as the full-image read).
+            var first = [Int](repeating: 1, count: naxis)
+            values.withUnsafeMutableBufferPointer { v in
+                nulls.withUnsafeMutableBufferPointer { n in
+                    for (k, y) in rows.enumerated() where status == 0 {
+                        first[0] = columns.lowerBound + 1
+                        first[1] = y + 1
+                        ffgpxf(f, TDOUBLE, &first, Int64(columns.count), v.baseAddress! + k * columns.count,
+                               n.baseAddress! + k * columns.count, &anynul, &status)
+                    }
+                }
+            }
+        }
+        if status != 0 { throw FITSError.cfitsio("\(path): reading pixels", status, FITSIO.errorText(status)) }
+        if pixels.count != count { pixels = [Float](repeating: 0, count: count) }
+        if invalid.count != count { invalid = [Bool](repeating: false, count: count) }
+        values.withUnsafeBufferPointer { v in
+            nulls.withUnsafeBufferPointer { n in
+                pixels.withUnsafeMutableBufferPointer { p in
+                    invalid.withUnsafeMutableBufferPointer { inv in
+                        for i in 0..<count {
+                            let x = v[i]
+                            if n[i] != 0 || !x.isFinite {
+                                inv[i] = true
+                                p[i] = .nan
+                            } else {
+                                inv[i] = false
+                                p[i] = Float(x)
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
+}
 
-    /// Writes a Float32 image (BITPIX -32) as the primary HDU, keeping the non-structural cards
-    /// of `headerCards` (WCS, observation keywords, comments, history) and adding provenance.
-    /// The file appears atomically; an existing file is replaced only with `overwrite`.
-    public static func writeImage(path: String, width: Int, height: Int, pixels: [Float], headerCards: [String],
-                                  provenance: Provenance = Provenance(), overwrite: Bool = false) throws {
-        precondition(pixels.count == width * height, "writeImage: pixel count")
+/// A Float32 image written in row bands into a temporary file and renamed into place by
+/// `commit()` (the output never exists half-written). The header (copied non-structural cards
+/// of an input, provenance) is written first; rows may come in any order, each band once.
+public final class FITSWriter: @unchecked Sendable {
+    public let path: String
+    public let width: Int
+    public let height: Int
+    private let temporary: String
+    private let overwrite: Bool
+    private var file: UnsafeMutablePointer<fitsfile>?
+
+    public init(path: String, width: Int, height: Int, headerCards: [String],
+                provenance: FITSIO.Provenance = FITSIO.Provenance(), overwrite: Bool = false) throws {
+        guard width > 0, height > 0 else { throw FITSError.io("writing \(path): empty \(width)x\(height) image") }
         do { try AtomicFile.checkWritable(path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
             if case .exists = e { throw FITSError.exists(path) }
             throw FITSError.io(e.description)
         }
+        self.path = path
+        self.width = width
+        self.height = height
+        self.overwrite = overwrite
         let tmp = AtomicFile.temporaryPath(for: path)
+        self.temporary = tmp
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
         ffinit(&f, tmp, &status)
-        if status != 0 || f == nil { throw FITSError.cfitsio("creating \(path)", status, errorText(status)) }
+        if status != 0 || f == nil { throw FITSError.cfitsio("creating \(path)", status, FITSIO.errorText(status)) }
         var naxes = [width, height]
         ffcrim(f, FLOAT_IMG, 2, &naxes, &status)
         for card in headerCards {
@@ -224,42 +376,57 @@ public enum FITSIO {
             }
         }
         for h in provenance.history { ffphis(f, h, &status) }
-        var first = [1, 1]
-        var data = pixels
-        ffppx(f, TFLOAT, &first, Int64(pixels.count), &data, &status)
-        var closeStatus: Int32 = 0
-        ffclos(f, &closeStatus)
-        if status != 0 || closeStatus != 0 {
-            let s = status != 0 ? status : closeStatus
+        if status != 0 {
+            var s: Int32 = 0
+            ffclos(f, &s)
             unlink(tmp)
-            throw FITSError.cfitsio("writing \(path)", s, errorText(s))
+            throw FITSError.cfitsio("writing the header of \(path)", status, FITSIO.errorText(status))
         }
-        do { try AtomicFile.commit(temporary: tmp, to: path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
+        self.file = f
+    }
+
+    deinit { abort() }
+
+    /// Writes whole rows starting at row `y0` (0-based); `pixels.count` must be a multiple of the width.
+    public func writeRows(_ y0: Int, _ pixels: UnsafeBufferPointer<Float>) throws {
+        guard let f = file else { throw FITSError.io("writing \(path): the file is already closed") }
+        guard pixels.count % width == 0, y0 >= 0, y0 + pixels.count / width <= height else {
+            throw FITSError.io("writing \(path): \(pixels.count) pixels at row \(y0) do not fit the \(width)x\(height) image")
+        }
+        if pixels.isEmpty { return }
+        var status: Int32 = 0
+        var first = [1, y0 + 1]
+        ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        if status != 0 {
+            let e = FITSError.cfitsio("writing \(path)", status, FITSIO.errorText(status))
+            abort()
+            throw e
+        }
+    }
+
+    /// Closes the file and renames it into place.
+    public func commit() throws {
+        guard let f = file else { throw FITSError.io("writing \(path): the file is already closed") }
+        var status: Int32 = 0
+        ffclos(f, &status)
+        file = nil
+        if status != 0 {
+            unlink(temporary)
+            throw FITSError.cfitsio("writing \(path)", status, FITSIO.errorText(status))
+        }
+        do { try AtomicFile.commit(temporary: temporary, to: path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
             if case .exists = e { throw FITSError.exists(path) }
             throw FITSError.io(e.description)
         }
     }
 
-    /// cfitsio's text for a status code, with the messages on its error stack.
-    static func errorText(_ status: Int32) -> String {
-        var buf = [CChar](repeating: 0, count: 96)
-        ffgerr(status, &buf)
-        var text = String(cString: buf)
-        var stack: [String] = []
-        while ffgmsg(&buf) != 0 {
-            let m = String(cString: buf).trimmingCharacters(in: " ")
-            if !m.isEmpty { stack.append(m) }
+    /// Drops the temporary file (nothing appears at `path`).
+    public func abort() {
+        if let f = file {
+            var s: Int32 = 0
+            ffclos(f, &s)
+            file = nil
+            unlink(temporary)
         }
-        if !stack.isEmpty { text += " (" + stack.prefix(3).joined(separator: "; ") + ")" }
-        return text
-    }
-}
-
-extension String {
-    func trimmingCharacters(in set: Character) -> String {
-        var s = Substring(self)
-        while s.first == set { s = s.dropFirst() }
-        while s.last == set { s = s.dropLast() }
-        return String(s)
     }
 }

@@ -34,6 +34,9 @@ public enum Restoration {
         /// Overrides the model's normalisation rule (e.g. `.none` for images already in the
         /// units the network was trained on, as in evaluation on simulated degradations).
         public var normalization: Normalization.Kind?
+        /// Feature-map budget for choosing the tiles of 'same' networks (nil: `TiledRunner`'s
+        /// default in memory, `StreamingRestore.defaultBandBudget` when streaming).
+        public var memoryBudget: Int?
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
                     algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads

@@ -24,7 +24,8 @@ struct AstroCNNCommand: ParsableCommand {
         commandName: "astrocnn",
         abstract: "Restore astronomical images with CNNs on the CPU.",
         version: AstroCNN.version,
-        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self]
+        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
+                      Plan.self, RunTask.self, Stitch.self, Status.self]
     )
 }
 
@@ -60,76 +61,6 @@ final class ProgressLine: @unchecked Sendable {
     }
 }
 
-struct Restore: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Restore a FITS image with a model; the output keeps the input's shape, units and header.")
-
-    @Argument(help: "Input FITS file (cfitsio extended syntax allowed, e.g. 'image.fits[SCI]', .gz, .fz).")
-    var input: String
-
-    @Option(name: [.short, .long], help: "Model file (.acnn).")
-    var model: String
-
-    @Option(name: [.short, .long], help: "Output FITS file (written atomically).")
-    var output: String
-
-    @Option(help: "HDU to read: index (0 = primary) or EXTNAME. Default: the first HDU holding an image.")
-    var hdu: String?
-
-    @Option(help: "Worker threads (default: all cores).")
-    var threads: Int?
-
-    @Option(help: "Output tile side in pixels (default: the model's default_tile, else 256).")
-    var tile: Int?
-
-    @Option(name: .customLong("param"), help: "Run-time model parameter NAME=VALUE (e.g. exposure_ratio=4). Repeatable.")
-    var params: [String] = []
-
-    @Flag(help: "Replace the output file if it exists.")
-    var overwrite = false
-
-    @Flag(help: "No progress line.")
-    var quiet = false
-
-    @Option(name: .customLong("conv"), help: "Convolution algorithm: auto (per layer: Winograd for layers with >= 16 input channels, F(4x4,3x3) for 3x3 kernels and F(3x3,6x6) for 6x6, direct otherwise; default), direct, winograd (Winograd wherever it applies), winograd2 / winograd6 (as winograd with F(2x2,3x3) / F(6x6,3x3) for 3x3 kernels), or reference (scalar oracle, slow).")
-    var conv: String = "auto"
-
-    @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch.")
-    var preview: String?
-
-    func run() throws {
-        if let t = threads, t < 1 { throw failure("--threads must be at least 1") }
-        if let t = tile, t < 1 { throw failure("--tile must be at least 1") }
-        var parameters: [String: Float] = [:]
-        for p in params {
-            let parts = p.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let v = Float(parts[1]), v.isFinite else { throw failure("--param expects NAME=VALUE, got '\(p)'") }
-            parameters[parts[0]] = v
-        }
-        do {
-            let network = try Network(path: model)
-            let progress = quiet ? nil : ProgressLine("restore")
-            guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }
-            var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters,
-                                              algorithm: algorithm)
-            if let p = progress { options.progress = { p.update($0, $1) } }
-            let command = CommandLine.arguments.joined(separator: " ")
-            let r = try Restoration.restoreFile(input: input, hdu: hdu, output: output, network: network, options: options,
-                                                overwrite: overwrite, command: command)
-            print(String(format: "restored %dx%d pixels (%d invalid) with '%@' in %.2f s (%d tiles, %d threads) -> %@",
-                         r.width, r.height, r.invalidPixels, network.name, r.seconds, r.tiles, options.threads, output))
-            if let png = preview {
-                let before = try FITSIO.readImage(path: input, hdu: hdu), after = try FITSIO.readImage(path: output)
-                try Preview.sideBySide([("input", before.pixels), ("restored: " + network.name, after.pixels)],
-                                       width: before.width, height: before.height).write(to: png)
-                print("wrote \(png)")
-            }
-        } catch {
-            throw failure(describe(error))
-        }
-    }
-}
-
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a model's graph, parameters, receptive field, FLOPs, checksums and metadata.")
@@ -155,6 +86,7 @@ struct Inspect: ParsableCommand {
         print("kernels    \(KernelISA.best.rawValue) on this CPU; per-layer algorithm (--conv \(conv)) in the 'algorithm' column")
         if let net = try? Network(model: try reader.model()) {
             print(String(format: "memory     %.0f MB of feature maps per megapixel run at once (tiles are sized from this)", net.bytesPerInputPixel))
+            printStreamingMemory(net)
         }
         trainingDegradationLines(reader.metadata).forEach { print($0) }
         print("")
