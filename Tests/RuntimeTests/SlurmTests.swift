@@ -26,7 +26,7 @@ final class SlurmCluster {
         var key = [UInt8](repeating: 0, count: 1024)
         var rng = SystemRandomNumberGenerator()
         for i in 0..<key.count { key[i] = UInt8.random(in: 0...255, using: &rng) }
-        FileManager.default.createFile(atPath: dir + "/munge.key", contents: Data(key), attributes: [.posixPermissions: 0o400])
+        _ = FileManager.default.createFile(atPath: dir + "/munge.key", contents: Data(key), attributes: [.posixPermissions: 0o400])
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
         let port = Int.random(in: 20000..<40000)
         let text = """
@@ -274,7 +274,7 @@ final class SlurmTests: XCTestCase {
         XCTAssertTrue(out.contains("3 tasks, 6 windows"), out)   // 6 windows batched 2 per task
         // Retryable: the pieces directory is not writable (a file is in its place).
         try FileManager.default.removeItem(atPath: work + "/pieces")
-        FileManager.default.createFile(atPath: work + "/pieces", contents: Data("x".utf8))
+        _ = FileManager.default.createFile(atPath: work + "/pieces", contents: Data("x".utf8))
         (st, _, err) = try runProcess(exe, ["run-task", "--plan", work, "--index", "0"])
         XCTAssertEqual(st, TaskExit.retryable.rawValue, err)
         (st, out, _) = try runProcess(exe, ["status", "--plan", work])
