@@ -9,8 +9,8 @@ public enum Method: Sendable, Equatable {
     case wiener(lambdas: [Double])
     case richardsonLucy(maxIterations: Int)
     case proxTV(mus: [Double], iterations: Int)
-    /// A CNN from an `.acnn` file, run by the runtime on the degraded image in the units it was
-    /// trained on (truth normalised to max 1).
+    /// A CNN from an `.acnn` file, run by the runtime on the degraded image (truth normalised to
+    /// max 1): as it is for the flamary models, through the model's own sky_mad rule for U-nets.
     case network(name: String, path: String)
 
     public var name: String {
@@ -100,7 +100,9 @@ public struct Evaluator {
             let net = try Network(path: path)
             let fits = FITSImage(width: observed.width, height: observed.height, pixels: observed.pixels.map { Float($0) })
             var opts = Restoration.Options(threads: threads)
-            opts.normalization = Normalization.Kind.none
+            // A max-normalised model (clip_max) gets the degraded image as it is, already in its
+            // units; a sky_mad model normalises it by its own sky and inverts that, as restore does.
+            opts.normalization = net.normalization == .skyMAD ? .skyMAD : Normalization.Kind.none
             let (px, _) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
                     "model=\((path as NSString).lastPathComponent)")

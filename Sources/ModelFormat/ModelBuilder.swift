@@ -132,8 +132,11 @@ public enum Architectures {
     /// `inputSkip` also concatenates the network's input to the last level's features, so the
     /// linear head sees the input itself: it can pass what needs no change (bright sources)
     /// straight through and learn the correction (residual learning with only the format's ops).
+    /// `ratioChannel: false` leaves the constant channel out (a U-net for deconvolution, which has
+    /// no exposure ratio).
     public static func unet(name: String = "astro-unet", widths: [Int] = [32, 64, 128, 256, 512], alpha: Double = 0.02,
                             exposureRatio: Double = 1, normalization: String = "none", inputSkip: Bool = false,
+                            ratioChannel: Bool = true,
                             initializer: @escaping ModelBuilder.Initializer) throws -> Model {
         precondition(widths.count >= 2)
         var b = ModelBuilder(name: name, normalization: normalization, initializer: initializer)
@@ -150,8 +153,10 @@ public enum Architectures {
             skips.append(x)
             x = b.maxpool(x, name: "pool\(level)")
         }
-        let ratio = b.constantChannel(like: x, value: exposureRatio, parameter: "exposure_ratio", name: "exposure_ratio")
-        x = b.concat([x, ratio], name: "bottom.concat")
+        if ratioChannel {
+            let ratio = b.constantChannel(like: x, value: exposureRatio, parameter: "exposure_ratio", name: "exposure_ratio")
+            x = b.concat([x, ratio], name: "bottom.concat")
+        }
         x = block(&b, x, widths.last!, "bottom")
         for (level, c) in widths.dropLast().enumerated().reversed() {
             x = b.convTranspose(x, out: c, name: "up\(level).upconv")

@@ -33,20 +33,38 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// The input concatenated to the last level's features before the head (`Architectures.unet`'s
     /// `inputSkip`): residual learning with the format's own ops.
     public var inputSkip = false
+    /// Deconvolution instead of denoising: the degradation (PSF and noise, in the units of the
+    /// max-normalised truth) the crops are made with; nil for the Astro U-net denoiser.
+    public var degradation: Degradation?
 
     public init() {}
+
+    /// The `deconv-unet` recipe: the U-net (no ratio channel, input skip) trained on crops
+    /// blurred by `degradation`'s PSF plus its noise, MSE loss.
+    public static func deconvolution(_ degradation: Degradation) -> DenoiserConfig {
+        var c = DenoiserConfig()
+        c.recipe = "deconv-unet"
+        c.degradation = degradation
+        c.loss = .mse
+        c.inputSkip = true
+        c.ratios = [1]
+        return c
+    }
+
+    public var isDeconvolution: Bool { degradation != nil }
 
     public func initialModel() throws -> Model {
         guard widths.count >= 2, widths.allSatisfy({ $0 > 0 }) else { throw TrainingError.model("--widths needs at least two positive widths") }
         let m = 1 << (widths.count - 1)
         guard cropSize % m == 0 else { throw TrainingError.model("crops of \(cropSize) px are not a multiple of \(m), the size multiple of \(widths.count) levels") }
-        return try Architectures.unet(name: "astro-unet-" + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : ""), widths: widths, alpha: alpha,
+        let prefix = isDeconvolution ? "deconv-unet-" : "astro-unet-"
+        return try Architectures.unet(name: prefix + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : ""), widths: widths, alpha: alpha,
                                       exposureRatio: ratios[0], normalization: Normalization.Kind.skyMAD.rawValue,
-                                      inputSkip: inputSkip, initializer: initialization.initializer(seed: seed))
+                                      inputSkip: inputSkip, ratioChannel: !isDeconvolution, initializer: initialization.initializer(seed: seed))
     }
 
     var metadata: [String: MetaValue] {
-        [
+        var m: [String: MetaValue] = [
             "training.recipe": .string(recipe), "training.widths": .ints(widths.map(Int64.init)), "training.alpha": .float(alpha),
             "training.crop": .int(Int64(cropSize)), "training.batch": .int(Int64(batchSize)),
             "training.learning_rate": .float(learningRate), "training.decay_epochs": .int(Int64(decayEpochs)),
@@ -58,6 +76,14 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.clip_negative": .bool(clipNegative), "training.min_source_fraction": .float(minimumSourceFraction),
             "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
         ]
+        if let d = degradation {
+            m["training.task"] = .string("deconvolve")
+            m["training.psf"] = .string(d.psfSpec.exactDescription)
+            m["training.noise"] = .string(d.noise.description)
+        } else {
+            m["training.task"] = .string("denoise")
+        }
+        return m
     }
 
     init(metadata m: [String: MetaValue]) throws {
@@ -87,6 +113,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         clipNegative = try get("training.clip_negative", bool)
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
+        if m["training.task"]?.stringValue == "deconvolve" { degradation = try TrainingConfig.degradation(metadata: m) }
     }
 }
 
@@ -95,8 +122,8 @@ public struct DenoiserConfig: Equatable, Sendable {
 /// the position (epoch, batch) with the epoch's running loss.
 public final class DenoiserSession: ResumableTraining {
     public private(set) var config: DenoiserConfig
-    public let train: CropSampler
-    public let validation: CropSampler
+    public let train: CropSource
+    public let validation: CropSource
     public let trainer: GraphTrainer
     public private(set) var model: Model
     public private(set) var parameters: [Float]
@@ -114,21 +141,44 @@ public final class DenoiserSession: ResumableTraining {
     public var batchesPerEpoch: Int { (config.trainSamples + config.batchSize - 1) / config.batchSize }
     public var finished: Bool { epoch >= config.epochs }
 
-    public init(config: DenoiserConfig, training: [LongExposure], validation: [LongExposure], threads: Int) throws {
+    public convenience init(config: DenoiserConfig, training: [LongExposure], validation: [LongExposure], threads: Int) throws {
+        guard config.degradation == nil else { throw TrainingError.model("a deconvolution recipe trains on images, not long exposures") }
         guard !training.isEmpty else { throw TrainingError.data("no training images") }
         guard !validation.isEmpty else { throw TrainingError.data("no validation images: hold one or more out by name (--validate NAME)") }
         let trainNames = Set(training.map(\.image.name))
         if let clash = validation.first(where: { trainNames.contains($0.image.name) }) {
             throw TrainingError.data("\(clash.image.name) is both a training and a validation image")
         }
+        let train = try CropSampler(images: training, ratios: config.ratios, cropSize: config.cropSize,
+                                    minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative, seed: config.seed)
+        let val = try CropSampler(images: validation, ratios: config.ratios, cropSize: config.cropSize,
+                                  minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
+                                  seed: config.seed ^ 0x7A11D)
+        try self.init(config: config, train: train, validation: val, threads: threads)
+    }
+
+    /// A deconvolution U-net (`config.degradation` set) on real images, validated on held-out ones.
+    public convenience init(config: DenoiserConfig, trainingImages: [SourceImage], validationImages: [SourceImage], threads: Int) throws {
+        guard let d = config.degradation else { throw TrainingError.model("a denoising recipe trains on long exposures") }
+        guard !validationImages.isEmpty else { throw TrainingError.data("no validation images: hold one or more out by name (--validate NAME)") }
+        let trainNames = Set(trainingImages.map(\.name))
+        if let clash = validationImages.first(where: { trainNames.contains($0.name) }) {
+            throw TrainingError.data("\(clash.name) is both a training and a validation image")
+        }
+        let train = try DeconvolutionCropSampler(images: trainingImages, degradation: d, cropSize: config.cropSize, validation: false,
+                                                 seed: config.seed, threads: threads)
+        let val = try DeconvolutionCropSampler(images: validationImages, degradation: d, cropSize: config.cropSize, validation: true,
+                                               seed: config.seed ^ 0x7A11D, threads: threads)
+        try self.init(config: config, train: train, validation: val, threads: threads)
+    }
+
+    public init(config: DenoiserConfig, train: CropSource, validation: CropSource, threads: Int) throws {
+        guard train.cropSize == config.cropSize, validation.cropSize == config.cropSize else { throw TrainingError.data("crop sizes differ from the recipe's") }
         self.config = config
         self.threads = threads
         model = try config.initialModel()
-        train = try CropSampler(images: training, ratios: config.ratios, cropSize: config.cropSize,
-                                minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative, seed: config.seed)
-        self.validation = try CropSampler(images: validation, ratios: config.ratios, cropSize: config.cropSize,
-                                          minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
-                                          seed: config.seed ^ 0x7A11D)
+        self.train = train
+        self.validation = validation
         trainer = try GraphTrainer(model: model, inputHeight: config.cropSize, inputWidth: config.cropSize)
         parameters = trainer.layout.flatten(model)
         bestParameters = parameters
@@ -136,17 +186,23 @@ public final class DenoiserSession: ResumableTraining {
                               learningRate: config.learningRate, parameterCount: parameters.count)
     }
 
-    static func imageList(_ images: [LongExposure]) -> String {
-        images.map { "\($0.image.name) (crc32c \(checksumString($0.image.checksum)), \($0.image.raw.width)x\($0.image.raw.height), gain \($0.gain), RON \($0.readNoise), sky \($0.sky))" }
-            .joined(separator: "; ")
+    /// Resumes a denoiser from a checkpoint written by `checkpoint()`; the images must be the same.
+    public convenience init(checkpoint: Model, training: [LongExposure], validation: [LongExposure], threads: Int) throws {
+        try self.init(config: try DenoiserConfig(metadata: checkpoint.metadata), training: training, validation: validation, threads: threads)
+        try restore(checkpoint)
     }
 
-    /// Resumes from a checkpoint written by `checkpoint()`; the images must be the same.
-    public convenience init(checkpoint: Model, training: [LongExposure], validation: [LongExposure], threads: Int) throws {
+    /// Resumes a deconvolution U-net from its checkpoint; the images must be the same.
+    public convenience init(checkpoint: Model, trainingImages: [SourceImage], validationImages: [SourceImage], threads: Int) throws {
+        try self.init(config: try DenoiserConfig(metadata: checkpoint.metadata), trainingImages: trainingImages,
+                      validationImages: validationImages, threads: threads)
+        try restore(checkpoint)
+    }
+
+    private func restore(_ checkpoint: Model) throws {
         let m = checkpoint.metadata
-        try self.init(config: try DenoiserConfig(metadata: m), training: training, validation: validation, threads: threads)
-        guard m["training.images"]?.stringValue == DenoiserSession.imageList(training),
-              m["training.validation_images"]?.stringValue == DenoiserSession.imageList(validation) else {
+        guard m["training.images"]?.stringValue == train.imageList,
+              m["training.validation_images"]?.stringValue == validation.imageList else {
             throw TrainingError.checkpoint("the images differ from the checkpoint's (\(m["training.images"]?.stringValue ?? "?"))")
         }
         let layout = trainer.layout
@@ -190,7 +246,7 @@ public final class DenoiserSession: ResumableTraining {
         config.decayEpochs > 0 && e >= config.decayEpochs ? config.learningRate * config.decayFactor : config.learningRate
     }
 
-    func batchData(_ sampler: CropSampler, _ specs: ArraySlice<CropSpec>, _ inputs: inout [Float], _ targets: inout [Float]) -> [Float] {
+    func batchData(_ sampler: CropSource, _ specs: ArraySlice<CropSpec>, _ inputs: inout [Float], _ targets: inout [Float]) -> [String: [Float]] {
         let n = specs.count * config.cropSize * config.cropSize
         if inputs.count != n { inputs = [Float](repeating: 0, count: n); targets = inputs }
         inputs.withUnsafeMutableBufferPointer { ib in
@@ -198,7 +254,8 @@ public final class DenoiserSession: ResumableTraining {
                 sampler.fill(specs, inputs: ib.baseAddress!, targets: tb.baseAddress!)
             }
         }
-        return specs.map { Float($0.ratio) }
+        guard let p = sampler.sampleParameter else { return [:] }
+        return [p: specs.map { Float($0.ratio) }]
     }
 
     public func run(progress: (TrainingProgress) -> Void, interrupt: () -> Bool, checkpoint: (Model) throws -> Void) throws {
@@ -214,7 +271,7 @@ public final class DenoiserSession: ResumableTraining {
                 let lo = batch * bs, hi = min(config.trainSamples, lo + bs)
                 let ratios = batchData(train, plan[lo..<hi], &inputs, &targets)
                 let (l, g) = try trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads,
-                                                         sampleParameters: ["exposure_ratio": ratios])
+                                                         sampleParameters: ratios)
                 optimizer.update(&parameters, g)
                 try trainer.setParameters(parameters)
                 epochLossSum += l * Double(hi - lo)
@@ -259,7 +316,7 @@ public final class DenoiserSession: ResumableTraining {
         while lo < plan.count {
             let hi = min(plan.count, lo + chunk)
             let ratios = batchData(validation, plan[lo..<hi], &inputs, &targets)
-            let y = try trainer.predict(inputs: inputs, count: hi - lo, sampleParams: ["exposure_ratio": ratios], threads: threads)
+            let y = try trainer.predict(inputs: inputs, count: hi - lo, sampleParams: ratios, threads: threads)
             for i in 0..<y.count {
                 let d = Double(y[i] - targets[i])
                 sum += config.loss == .mse ? d * d : abs(d)
@@ -272,9 +329,13 @@ public final class DenoiserSession: ResumableTraining {
     func provenance(_ m: inout Model) {
         for (k, v) in config.metadata { m.metadata[k] = v }
         m.metadata["normalization"] = .string(Normalization.Kind.skyMAD.rawValue)
-        m.metadata["training.images"] = .string(DenoiserSession.imageList(train.images))
-        m.metadata["training.validation_images"] = .string(DenoiserSession.imageList(validation.images))
-        m.metadata["training.noise_model"] = .string("short = Poisson((I+sky)*gain/r) + N(0,RON) electrons, scaled to the long exposure (Vojtekova et al. 2020 eq. 4)")
+        m.metadata["training.images"] = .string(train.imageList)
+        m.metadata["training.validation_images"] = .string(validation.imageList)
+        if config.isDeconvolution {
+            m.metadata["training.task"] = .string("deconvolve")
+        } else {
+            m.metadata["training.noise_model"] = .string("short = Poisson((I+sky)*gain/r) + N(0,RON) electrons, scaled to the long exposure (Vojtekova et al. 2020 eq. 4)")
+        }
     }
 
     public func checkpoint() -> Model {

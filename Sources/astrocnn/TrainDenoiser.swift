@@ -45,16 +45,23 @@ extension Train {
                 String(format: "no gain: sky-limited, %.0f e- sky -> gain %.4g e-/unit, sky %.4g", assumedSky, g, sky))
     }
 
-    func trainDenoiser() throws {
+    func trainUNet() throws {
+        let deconvolution = recipe == "deconv-unet"
         guard !images.isEmpty else { throw ValidationError("give training images with --images DIR|FILES") }
         guard synthetic == 0 else { throw ValidationError("--synthetic is for the flamary recipes") }
+        if !deconvolution && (psf != nil || noise != nil || sigma != nil) {
+            throw ValidationError("astro-unet simulates short exposures with the paper's noise model: --psf, --noise and --sigma are for the deconvolution recipes")
+        }
+        if resume != nil && (psf != nil || noise != nil || sigma != nil) {
+            throw ValidationError("--resume continues with the checkpoint's PSF and noise: drop --psf, --noise and --sigma")
+        }
         var paths = try SourceImage.expand(images)
         if let out = leaveOut { paths.removeAll { ($0 as NSString).lastPathComponent == out || $0 == out } }
         let name = { (p: String) in (p as NSString).lastPathComponent }
         let valPaths = paths.filter { unet.validate.contains(name($0)) }
         let missing = unet.validate.filter { v in !paths.contains { name($0) == v } }
         guard missing.isEmpty else { throw ValidationError("--validate: \(missing.joined(separator: ", ")) not among the images") }
-        guard !valPaths.isEmpty else { throw ValidationError("astro-unet needs held-out validation images: --validate NAME [NAME...] (file names among --images)") }
+        guard !valPaths.isEmpty else { throw ValidationError("\(recipe) needs held-out validation images: --validate NAME [NAME...] (file names among --images)") }
         let trainPaths = paths.filter { !unet.validate.contains(name($0)) }
         guard !trainPaths.isEmpty else { throw ValidationError("no training images left after holding out \(unet.validate)") }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
@@ -65,10 +72,6 @@ extension Train {
                 return e
             }
         }
-        if !quiet { print("training images:") }
-        let training = try load(trainPaths)
-        if !quiet { print("validation images (held out):") }
-        let validation = try load(valPaths)
         let base = output.hasSuffix(".acnn") ? String(output.dropLast(5)) : output
         let ckptPath = checkpoint ?? base + ".ckpt.acnn"
         let logPath = base + ".log.csv", plotPath = base + ".loss.png"
@@ -78,33 +81,59 @@ extension Train {
             }
         }
         let session: DenoiserSession
+        var training: [LongExposure] = [], validation: [LongExposure] = []
+        var trainImages: [SourceImage] = [], valImages: [SourceImage] = []
+        if deconvolution {
+            trainImages = try trainPaths.map { try SourceImage.load(path: $0) }
+            valImages = try valPaths.map { try SourceImage.load(path: $0) }
+            if !quiet {
+                print("training images: " + trainImages.map { "\($0.name) \($0.raw.width)x\($0.raw.height)" }.joined(separator: ", "))
+                print("validation images (held out): " + valImages.map(\.name).joined(separator: ", "))
+            }
+        } else {
+            if !quiet { print("training images:") }
+            training = try load(trainPaths)
+            if !quiet { print("validation images (held out):") }
+            validation = try load(valPaths)
+        }
         if let r = resume {
             let m = try ModelReader(path: r).model()
-            session = try DenoiserSession(checkpoint: m, training: training, validation: validation, threads: nThreads)
+            guard (m.metadata["training.task"]?.stringValue == "deconvolve") == deconvolution else {
+                throw ValidationError("\(r) is not a \(recipe) checkpoint (recipe \(m.metadata["training.recipe"]?.stringValue ?? "?"))")
+            }
+            session = deconvolution
+                ? try DenoiserSession(checkpoint: m, trainingImages: trainImages, validationImages: valImages, threads: nThreads)
+                : try DenoiserSession(checkpoint: m, training: training, validation: validation, threads: nThreads)
             if let e = extendEpochs { session.extend(epochs: e) }
             if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
         } else {
-            var c = DenoiserConfig()
+            var c = deconvolution
+                ? DenoiserConfig.deconvolution(try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: sigma))
+                : DenoiserConfig()
             let w = unet.widths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard w.count == unet.widths.split(separator: ",").count else { throw ValidationError("--widths: comma-separated integers") }
             let rs = unet.ratios.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
             guard !rs.isEmpty, rs.count == unet.ratios.split(separator: ",").count else { throw ValidationError("--ratios: comma-separated numbers") }
-            c.widths = w; c.cropSize = unet.crop; c.ratios = rs
+            c.widths = w; c.cropSize = unet.crop
+            if !deconvolution { c.ratios = rs }
             c.batchSize = batch ?? 4; c.learningRate = lr ?? 1e-4; c.epochs = epochs ?? 100
             c.trainSamples = samples ?? 160; c.validationSamples = validationSamples ?? 32
             c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
-            c.inputSkip = unet.inputSkip
-            guard let l = Loss(rawValue: loss ?? "l1") else { throw ValidationError("--loss must be mse or l1") }
+            c.inputSkip = unet.inputSkip || deconvolution
+            guard let l = Loss(rawValue: loss ?? (deconvolution ? "mse" : "l1")) else { throw ValidationError("--loss must be mse or l1") }
             guard let i = Initialization(rawValue: initialization ?? "he") else { throw ValidationError("--initialization must be glorot or he") }
             guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }
             guard optimizer == "sgd" || optimizer == "adam" else { throw ValidationError("--optimizer: astro-unet trains with Adam") }
             c.loss = l; c.initialization = i
-            session = try DenoiserSession(config: c, training: training, validation: validation, threads: nThreads)
+            session = deconvolution
+                ? try DenoiserSession(config: c, trainingImages: trainImages, validationImages: valImages, threads: nThreads)
+                : try DenoiserSession(config: c, training: training, validation: validation, threads: nThreads)
         }
         let c = session.config
         if !quiet {
-            print("training astro-unet \(c.widths.map(String.init).joined(separator: "-")) on \(training.count) images, validating on \(validation.count): "
-                  + "\(c.trainSamples) crops of \(c.cropSize)^2/epoch, batch \(c.batchSize), adam lr \(c.learningRate), ratios \(c.ratios), "
+            let what = c.degradation.map { "psf \($0.psfSpec.exactDescription), noise \($0.noise)" } ?? "ratios \(c.ratios)"
+            print("training \(c.recipe) \(c.widths.map(String.init).joined(separator: "-")) on \(trainPaths.count) images, validating on \(valPaths.count): "
+                  + "\(c.trainSamples) crops of \(c.cropSize)^2/epoch, batch \(c.batchSize), adam lr \(c.learningRate), \(what), "
                   + "\(c.loss.rawValue) loss, \(nThreads) threads, \(session.trainer.peakBytes(threads: nThreads) >> 20) MiB planned")
         }
         if finish {
@@ -115,7 +144,7 @@ extension Train {
             return
         }
         try runTraining(session, unit: "crops", rateFormat: "%.2f", checkpointPath: ckptPath, logPath: logPath, plotPath: plotPath,
-                        title: "astro-unet \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss", quiet: quiet)
+                        title: "\(c.recipe) \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss", quiet: quiet)
         try ModelWriter.write(session.finalModel(), to: output, overwrite: true)
         if !quiet {
             print(String(format: "wrote %@: best epoch %d of %d, validation loss %.4e; log %@, plot %@, checkpoint %@",
