@@ -15,6 +15,11 @@ public protocol CropSource: AnyObject {
     /// The samples of one epoch (or the validation set): a pure function of (seed, stream).
     func plan(count: Int, seed: UInt64, stream: UInt64) -> [CropSpec]
     func fill(_ specs: ArraySlice<CropSpec>, inputs: UnsafeMutablePointer<Float>, targets: UnsafeMutablePointer<Float>)
+    /// Each sample's unit of the network's values in the units the loss is meant in (the
+    /// max-normalised truth's for deconvolution: the sky sigma of its image), or nil.
+    func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]?
+    /// The root mean square of the images' loss scales (the loss weights are relative to it).
+    var referenceLossScale: Double? { get }
 }
 
 extension CropSampler: CropSource {
@@ -23,6 +28,8 @@ extension CropSampler: CropSource {
             .joined(separator: "; ")
     }
     public var sampleParameter: String? { "exposure_ratio" }
+    public func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]? { nil }
+    public var referenceLossScale: Double? { nil }
 }
 
 /// (degraded, sharp) crop pairs for a deconvolution U-net ('same' convolutions: the input and
@@ -65,6 +72,11 @@ public final class DeconvolutionCropSampler: CropSource {
     }
 
     public var sampleParameter: String? { nil }
+
+    /// The sky sigma of each sample's image: one network unit in max-normalised units.
+    public func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]? { specs.map { units[$0.image].scale } }
+
+    public var referenceLossScale: Double? { (units.reduce(0) { $0 + $1.scale * $1.scale } / Double(units.count)).squareRoot() }
 
     public var imageList: String {
         zip(patches.images, units).map { im, u in

@@ -36,6 +36,13 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// Deconvolution instead of denoising: the degradation (PSF and noise, in the units of the
     /// max-normalised truth) the crops are made with; nil for the Astro U-net denoiser.
     public var degradation: Degradation?
+    /// The units the loss is computed in: `network` (the sky_mad units the network works in) or
+    /// `peak` (the max-normalised truth's, as the PSNR of Flamary's protocol is: each sample's
+    /// loss weighted by (its image's sky sigma / the training images' RMS sky sigma)^2, so a
+    /// deep image's bright stars do not outweigh a nebula). Deconvolution only.
+    public var lossUnits = LossUnits.network
+
+    public enum LossUnits: String, Sendable { case network, peak }
 
     public init() {}
 
@@ -48,6 +55,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         c.loss = .mse
         c.inputSkip = true
         c.ratios = [1]
+        c.lossUnits = .peak
         return c
     }
 
@@ -80,6 +88,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             m["training.task"] = .string("deconvolve")
             m["training.psf"] = .string(d.psfSpec.exactDescription)
             m["training.noise"] = .string(d.noise.description)
+            m["training.loss_units"] = .string(lossUnits.rawValue)
         } else {
             m["training.task"] = .string("denoise")
         }
@@ -114,6 +123,10 @@ public struct DenoiserConfig: Equatable, Sendable {
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
         if m["training.task"]?.stringValue == "deconvolve" { degradation = try TrainingConfig.degradation(metadata: m) }
+        lossUnits = try m["training.loss_units"].map { v in
+            guard let u = v.stringValue.flatMap(LossUnits.init(rawValue:)) else { throw TrainingError.checkpoint("bad training.loss_units") }
+            return u
+        } ?? .network
     }
 }
 
@@ -246,6 +259,16 @@ public final class DenoiserSession: ResumableTraining {
         config.decayEpochs > 0 && e >= config.decayEpochs ? config.learningRate * config.decayFactor : config.learningRate
     }
 
+    /// Per-sample loss weights for `peak` loss units (relative to the training images' RMS sky
+    /// sigma, for training and validation alike), else nil.
+    func lossWeights(_ sampler: CropSource, _ specs: ArraySlice<CropSpec>) -> [Float]? {
+        guard config.lossUnits == .peak, let ref = train.referenceLossScale, ref > 0, let s = sampler.lossScales(specs) else { return nil }
+        return s.map { v in
+            let r = v / ref
+            return Float(config.loss == .mse ? r * r : r)
+        }
+    }
+
     func batchData(_ sampler: CropSource, _ specs: ArraySlice<CropSpec>, _ inputs: inout [Float], _ targets: inout [Float]) -> [String: [Float]] {
         let n = specs.count * config.cropSize * config.cropSize
         if inputs.count != n { inputs = [Float](repeating: 0, count: n); targets = inputs }
@@ -271,7 +294,7 @@ public final class DenoiserSession: ResumableTraining {
                 let lo = batch * bs, hi = min(config.trainSamples, lo + bs)
                 let ratios = batchData(train, plan[lo..<hi], &inputs, &targets)
                 let (l, g) = try trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads,
-                                                         sampleParameters: ratios)
+                                                         sampleParameters: ratios, sampleWeights: lossWeights(train, plan[lo..<hi]))
                 optimizer.update(&parameters, g)
                 try trainer.setParameters(parameters)
                 epochLossSum += l * Double(hi - lo)
@@ -317,9 +340,11 @@ public final class DenoiserSession: ResumableTraining {
             let hi = min(plan.count, lo + chunk)
             let ratios = batchData(validation, plan[lo..<hi], &inputs, &targets)
             let y = try trainer.predict(inputs: inputs, count: hi - lo, sampleParams: ratios, threads: threads)
+            let w = lossWeights(validation, plan[lo..<hi])
+            let per = y.count / (hi - lo)
             for i in 0..<y.count {
                 let d = Double(y[i] - targets[i])
-                sum += config.loss == .mse ? d * d : abs(d)
+                sum += (config.loss == .mse ? d * d : abs(d)) * Double(w?[i / per] ?? 1)
             }
             lo = hi
         }

@@ -255,12 +255,21 @@ public final class GraphTrainer: @unchecked Sendable {
     /// `targets` their outputChannels x outputHeight x outputWidth targets. The loss is the mean
     /// over every output value of the batch (as `ConvChainTrainer`). `runtimeParameters` sets
     /// run-time parameters for the whole batch, `sampleParameters` (count values each) per
-    /// sample. Samples run in chunks of `chunkSize` summed in chunk order: the same bits for any
-    /// thread count.
+    /// sample. `sampleWeights` (count values) multiplies each sample's loss terms (and so its
+    /// gradient): a loss in other units than the network's, e.g. (scale_n)^2 for an MSE in units
+    /// scale_n times the network's. Samples run in chunks of `chunkSize` summed in chunk order:
+    /// the same bits for any thread count.
     public func lossAndGradient(inputs: [Float], targets: [Float], count: Int, loss: Loss, threads: Int,
-                                runtimeParameters: [String: Float] = [:], sampleParameters: [String: [Float]] = [:]) throws
+                                runtimeParameters: [String: Float] = [:], sampleParameters: [String: [Float]] = [:],
+                                sampleWeights: [Float]? = nil) throws
         -> (loss: Double, gradient: [Float]) {
         try checkBatch(inputs, count)
+        if let w = sampleWeights {
+            guard w.count == count, w.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw GraphTrainerError("sampleWeights: \(w.count) finite non-negative values needed for \(count) samples")
+            }
+        }
+        let weights = sampleWeights ?? [Float](repeating: 1, count: count)
         let inStride = inputChannels * inputHeight * inputWidth
         let outStride = outputChannels * outputHeight * outputWidth
         guard targets.count == count * outStride else {
@@ -287,7 +296,7 @@ public final class GraphTrainer: @unchecked Sendable {
                                 var l = 0.0
                                 for n in chunk * GraphTrainer.chunkSize..<min(count, (chunk + 1) * GraphTrainer.chunkSize) {
                                     l += self.sampleGradient(ip + n * inStride, tp + n * outStride, sample: n, count: count,
-                                                             fills: fp, loss: loss, total: total, ws)
+                                                             fills: fp, loss: loss, total: total, weight: weights[n], ws)
                                 }
                                 lp[chunk] = l
                                 // Add this chunk to the batch sum after every earlier chunk.
@@ -449,7 +458,7 @@ public final class GraphTrainer: @unchecked Sendable {
     /// Forward and backward of one sample; adds its weight and bias gradients to `ws.acc` and
     /// returns its loss sum.
     private func sampleGradient(_ x: UnsafePointer<Float>, _ target: UnsafePointer<Float>, sample n: Int, count: Int,
-                                fills: UnsafePointer<Float>?, loss: Loss, total: Int, _ ws: Workspace) -> Double {
+                                fills: UnsafePointer<Float>?, loss: Loss, total: Int, weight: Float = 1, _ ws: Workspace) -> Double {
         forward(x, sample: n, count: count, fills: fills, ws)
         ws.clearFrames(plan.frames[plan.lossTime + 1])
         let yv = ws.view(plan.output)
@@ -457,10 +466,11 @@ public final class GraphTrainer: @unchecked Sendable {
         var l = 0.0
         let (oh, ow) = (outputHeight, outputWidth)
         for c in 0..<yv.channels { for y in 0..<yv.height {
-            l += loss.accumulate(yv.pointer(c, y, 0), target + (c * oh + y) * ow, ow, total: total,
-                                 grad: gv?.pointer(c, y, 0) ?? ws.lossRow)
+            let g = gv?.pointer(c, y, 0) ?? ws.lossRow
+            l += loss.accumulate(yv.pointer(c, y, 0), target + (c * oh + y) * ow, ow, total: total, grad: g)
+            if weight != 1 { for i in 0..<ow { g[i] *= weight } }
         } }
         backward(ws)
-        return l
+        return weight == 1 ? l : l * Double(weight)
     }
 }

@@ -22,6 +22,8 @@ struct UNetTrainOptions: ParsableArguments {
     @Option(help: "astro-unet: multiply the learning rate by --decay-factor after this many epochs (0: never).") var decayEpochs: Int = 0
     @Option(help: "astro-unet: learning-rate decay factor.") var decayFactor: Double = 0.1
     @Flag(help: "astro-unet: clip negative pixels before the Poisson draw (as the paper did).") var clipNegative = false
+    @Option(help: "deconv-unet: units of the loss: peak (the max-normalised truth's, as the PSNR: each crop weighted by its image's sky sigma squared) or network (the sky_mad units).")
+    var lossUnits: String = "peak"
     @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
 }
 
@@ -120,6 +122,10 @@ extension Train {
             c.trainSamples = samples ?? 160; c.validationSamples = validationSamples ?? 32
             c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
             c.inputSkip = unet.inputSkip || deconvolution
+            if deconvolution {
+                guard let u = DenoiserConfig.LossUnits(rawValue: unet.lossUnits) else { throw ValidationError("--loss-units must be peak or network") }
+                c.lossUnits = u
+            }
             guard let l = Loss(rawValue: loss ?? (deconvolution ? "mse" : "l1")) else { throw ValidationError("--loss must be mse or l1") }
             guard let i = Initialization(rawValue: initialization ?? "he") else { throw ValidationError("--initialization must be glorot or he") }
             guard c.batchSize > 0, c.trainSamples > 0, c.validationSamples > 0, c.epochs > 0 else { throw ValidationError("batch, samples, validation samples and epochs must be positive") }

@@ -121,6 +121,7 @@ final class DeconvolutionUNetTests: XCTestCase {
         XCTAssertEqual(m.metadata["training.task"], .string("deconvolve"))
         XCTAssertEqual(m.metadata["training.psf"], .string("moffat:fwhm=3,beta=3,size=15"))
         XCTAssertEqual(m.metadata["training.noise"], .string("gaussian:sigma=0.002-0.01"))
+        XCTAssertEqual(m.metadata["training.loss_units"], .string("peak"))
         XCTAssertEqual(m.metadata["training.input_skip"], .bool(true))
         XCTAssertEqual(try TrainingConfig.degradation(metadata: m.metadata), c.degradation)
         let net = try Network(model: m)

@@ -287,6 +287,30 @@ final class GraphTrainerTests: XCTestCase {
         XCTAssertEqual(again.gradient.map(\.bitPattern), one.gradient.map(\.bitPattern))
     }
 
+    /// Per-sample loss weights: the batch's loss and gradient are the weighted sums of the
+    /// samples' own (each over the batch's pixel count).
+    func testSampleWeightsScaleEachSamplesLossAndGradient() throws {
+        let m = withBiases(try Architectures.unet(name: "u", widths: [4, 8], ratioChannel: false, initializer: Initialization.he.initializer(seed: 21)), seed: 21)
+        let t = try GraphTrainer(model: m, inputHeight: 16, inputWidth: 16)
+        let b = batch(t, count: 2, seed: 22)
+        let n = 16 * 16
+        for loss in [Loss.mse, .l1] {
+            let a = try t.lossAndGradient(inputs: Array(b.inputs[0..<n]), targets: Array(b.targets[0..<n]), count: 1, loss: loss, threads: 1)
+            let c = try t.lossAndGradient(inputs: Array(b.inputs[n...]), targets: Array(b.targets[n...]), count: 1, loss: loss, threads: 1)
+            let w = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 2, loss: loss, threads: 2, sampleWeights: [3, 0.25])
+            XCTAssertEqual(w.loss, (3 * a.loss + 0.25 * c.loss) / 2, accuracy: 1e-6 * abs(w.loss))
+            let scale = w.gradient.map { abs($0) }.max()!
+            for i in 0..<w.gradient.count {
+                XCTAssertEqual(w.gradient[i], (3 * a.gradient[i] + 0.25 * c.gradient[i]) / 2, accuracy: 1e-5 * scale, "\(loss) parameter \(i)")
+            }
+            let ones = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 2, loss: loss, threads: 1, sampleWeights: [1, 1])
+            let plain = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 2, loss: loss, threads: 1)
+            XCTAssertEqual(ones.gradient.map(\.bitPattern), plain.gradient.map(\.bitPattern), "unit weights change nothing")
+        }
+        XCTAssertThrowsError(try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 2, loss: .mse, threads: 1, sampleWeights: [1]))
+        XCTAssertThrowsError(try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 2, loss: .mse, threads: 1, sampleWeights: [1, -1]))
+    }
+
     func testAdamStepsReduceTheL1LossOnDenoising() throws {
         // Targets: a few Gaussian blobs; inputs: the targets plus noise σ 0.1.
         let m = try Architectures.unet(name: "u", widths: [4, 8], initializer: Initialization.he.initializer(seed: 12))
