@@ -9,16 +9,17 @@ import Trainer
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Make a synthetic sky, degrade it as Flamary 2017, restore it with the shipped 3-CNN, and show the gain.",
+        abstract: "Make a synthetic sky, degrade it as Flamary 2017, restore it with the shipped deconvolution U-net, and show the gain.",
         discussion: """
         Stars (Moffat profiles, power-law luminosity function), Sersic galaxies and a sky gradient are \
         rendered from a seed, normalised to max 1, blurred by the 64x64 Airy PSF and given Gaussian noise \
-        (sigma 0.01). The model (models/flamary3.acnn by default) restores the degraded image; Wiener \
-        deconvolution (lambda chosen against the truth) is shown for comparison. Writes truth, degraded \
+        (sigma 0.01). The model (models/deconv-unet.acnn by default, else models/flamary3.acnn) restores the \
+        degraded image; Wiener (lambda chosen against the truth) and Richardson-Lucy (iterations chosen against \
+        the truth) are shown for comparison. Writes truth, degraded \
         and restored FITS files and a side-by-side PNG into the output folder.
         """)
 
-    @Option(name: [.short, .long], help: "Model (default: models/flamary3.acnn next to the working directory or the executable).")
+    @Option(name: [.short, .long], help: "Model (default: models/deconv-unet.acnn, else models/flamary3.acnn, next to the working directory or the executable).")
     var model: String?
     @Option(help: "Output folder.") var output: String = "demo-output"
     @Option(help: "Image side in pixels.") var size: Int = 512
@@ -55,8 +56,8 @@ struct Demo: ParsableCommand {
 
     func demo() throws {
         guard size >= 128 else { throw ValidationError("--size must be at least 128 (the PSNR excludes a 32-pixel border)") }
-        guard let modelPath = model ?? Demo.defaultModel() else {
-            throw ValidationError("no model: models/flamary3.acnn not found (run from the repository, or give --model)")
+        guard let modelPath = model ?? Demo.defaultModel("deconv-unet.acnn") ?? Demo.defaultModel() else {
+            throw ValidationError("no model: models/deconv-unet.acnn or models/flamary3.acnn not found (run from the repository, or give --model)")
         }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
         let t0 = monotonicSeconds()
@@ -67,7 +68,9 @@ struct Demo: ParsableCommand {
 
         let network = try Network(path: modelPath)
         var opts = Restoration.Options(threads: nThreads)
-        opts.normalization = Normalization.Kind.none   // the degraded image is already in training units
+        // The degraded image is already in a max-normalised model's units; a sky_mad model
+        // (deconv-unet) normalises it by its own sky and inverts that, as restore does.
+        opts.normalization = network.normalization == .skyMAD ? .skyMAD : Normalization.Kind.none
         let fits = FITSImage(width: size, height: size, pixels: observed.pixels.map { Float($0) })
         let (restoredPixels, report) = try Restoration.restore(fits, network: network, options: opts)
         let restored = Image2D(height: size, width: size, pixels: restoredPixels.map(Double.init))
@@ -75,12 +78,14 @@ struct Demo: ParsableCommand {
         let lambdas = [1e-4, 1e-3, 1e-2, 0.1, 1, 10]
         let wiener = Deconvolution.wienerBest(observed, truth: truth, psf: degradation.psf, lambdas: lambdas, threads: nThreads)
         let tWiener = monotonicSeconds()
-
+        let rl = Deconvolution.richardsonLucyBest(observed, truth: truth, psf: degradation.psf, maxIterations: 50, threads: nThreads)
+        let tRL = monotonicSeconds()
         let pDeg = Metrics.paperPSNR(truth, observed), pCNN = Metrics.paperPSNR(truth, restored)
-        let pW = Metrics.paperPSNR(truth, wiener.image)
+        let pW = Metrics.paperPSNR(truth, wiener.image), pRL = Metrics.paperPSNR(truth, rl.image)
         print("synthetic sky \(size)x\(size) (seed \(seed)): \(degradation.description)   [\(String(format: "%.2f", tSim - t0)) s]")
         print(String(format: "  degraded          PSNR %6.2f dB", pDeg))
-        print(String(format: "  Wiener (λ=%g)  PSNR %6.2f dB   %.2f s", wiener.lambda, pW, tWiener - tCNN))
+        print(String(format: "  Wiener (λ=%g)  PSNR %6.2f dB   %.2f s  (λ chosen against the truth)", wiener.lambda, pW, tWiener - tCNN))
+        print(String(format: "  Richardson-Lucy   PSNR %6.2f dB   %.2f s  (%d iterations, chosen against the truth)", pRL, tRL - tWiener, rl.iterations))
         print(String(format: "  %@  PSNR %6.2f dB   %.2f s  (gain %+.2f dB over the degraded image)",
                      network.name.padding(toLength: 16, withPad: " ", startingAt: 0), pCNN, report.seconds, pCNN - pDeg))
 
@@ -97,10 +102,12 @@ struct Demo: ParsableCommand {
         try write("degraded.fits", observed, ["astrocnn demo: truth blurred by \(degradation.description)"])
         try write("restored.fits", restored, ["astrocnn demo: degraded restored by \(network.name) (\((modelPath as NSString).lastPathComponent))"])
         try write("wiener.fits", wiener.image, ["astrocnn demo: Wiener-Laplacian deconvolution, lambda \(wiener.lambda)"])
+        try write("rl.fits", rl.image, ["astrocnn demo: Richardson-Lucy deconvolution, \(rl.iterations) iterations"])
         let panels: [(title: String, pixels: [Float])] = [
             ("truth", truth.pixels.map { Float($0) }),
             (String(format: "degraded %.1f dB", pDeg), observed.pixels.map { Float($0) }),
             (String(format: "Wiener %.1f dB", pW), wiener.image.pixels.map { Float($0) }),
+            (String(format: "RL %.1f dB", pRL), rl.image.pixels.map { Float($0) }),
             (String(format: "CNN %.1f dB", pCNN), restored.pixels.map { Float($0) }),
         ]
         let png = (output as NSString).appendingPathComponent("demo.png")
@@ -118,6 +125,6 @@ struct Demo: ParsableCommand {
         }
         let zpng = (output as NSString).appendingPathComponent("demo-zoom.png")
         try Preview.sideBySide(zoomed, width: z, height: z, maxSide: 400).write(to: zpng)
-        print("wrote \(output)/: truth.fits degraded.fits restored.fits wiener.fits demo.png demo-zoom.png  [total \(String(format: "%.2f", monotonicSeconds() - t0)) s]")
+        print("wrote \(output)/: truth.fits degraded.fits restored.fits wiener.fits rl.fits demo.png demo-zoom.png  [total \(String(format: "%.2f", monotonicSeconds() - t0)) s]")
     }
 }

@@ -76,6 +76,30 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(s4, 0); XCTAssertTrue(e4.contains("at least 128"), e4)
     }
 
+    /// `demo` with its defaults (the shipped deconvolution model, then the shipped denoiser):
+    /// exit 0, the comparison lines, the restored image above the degraded one in PSNR, and the
+    /// files it names.
+    func testDemoBothTasks() throws {
+        let exe = try astrocnnExecutable()
+        let (s, out, err) = try runProcess(exe, ["demo", "--size", "256", "--output", dir + "/demo"])
+        XCTAssertEqual(s, 0, err)
+        for needle in ["Wiener", "Richardson-Lucy", "gain"] { XCTAssertTrue(out.contains(needle), out) }
+        func psnr(_ prefix: String) -> Double? {
+            out.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix(prefix) }
+                .flatMap { l in l.range(of: "PSNR").flatMap { Double(l[$0.upperBound...].split(separator: " ")[0]) } }
+        }
+        let degraded = try XCTUnwrap(psnr("degraded"))
+        let line = try XCTUnwrap(out.split(separator: "\n").first { $0.contains("gain") })
+        let restored = try XCTUnwrap(line.range(of: "PSNR").flatMap { Double(line[$0.upperBound...].split(separator: " ")[0]) })
+        XCTAssertGreaterThan(restored, degraded + 3, out)
+        for f in ["truth.fits", "degraded.fits", "restored.fits", "wiener.fits", "rl.fits", "demo.png", "demo-zoom.png"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/demo/" + f), f)
+        }
+        let (s2, out2, err2) = try runProcess(exe, ["demo", "--task", "denoise", "--size", "256", "--output", dir + "/demo2"])
+        XCTAssertEqual(s2, 0, err2)
+        XCTAssertFalse(out2.isEmpty)
+    }
+
     /// A write that hits a file-size limit (as on a full disk) fails with an error and leaves
     /// neither the output nor a temporary file.
     func testFullDiskLeavesNoFile() throws {
