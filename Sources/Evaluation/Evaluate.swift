@@ -101,8 +101,8 @@ public struct Evaluator {
             let fits = FITSImage(width: observed.width, height: observed.height, pixels: observed.pixels.map { Float($0) })
             var opts = Restoration.Options(threads: threads)
             // A max-normalised model (clip_max) gets the degraded image as it is, already in its
-            // units; a sky_mad model normalises it by its own sky and inverts that, as restore does.
-            opts.normalization = net.normalization == .skyMAD ? .skyMAD : Normalization.Kind.none
+            // units; a sky_mad or noise_mad model normalises it by its own sky and noise and inverts that, as restore does.
+            opts.normalization = net.normalization == .clipMax ? Normalization.Kind.none : net.normalization
             let (px, _) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
                     "model=\((path as NSString).lastPathComponent)")

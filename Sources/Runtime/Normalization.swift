@@ -12,6 +12,19 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         /// the image's noise rather than to its brightest pixel, so it holds across instruments
         /// and units (ADU, e-/s, MJy/sr).
         case skyMAD = "sky_mad"
+        /// The sky level and the noise: (pixel - sky median) / noise sigma, the sky median as
+        /// `sky_mad`'s and the noise sigma from neighbouring pixels as the DER_SNR estimator
+        /// (Stoehr et al. 2008) takes it: 1.4826 x MAD (3-sigma clipped) of the second
+        /// differences 2 x[y, x] - x[y, x-2] - x[y, x+2], divided by sqrt 6
+        /// (`RobustSky.secondDifferences`). Unlike the spread of the pixel values, that sees the
+        /// noise and not the structure (gradients cancel; a spacing of 2 steps over the
+        /// correlation of resampled pixels): a nebula that fills the frame keeps the noise at 1
+        /// in network units, as a dark sky does.
+        case noiseMAD = "noise_mad"
+
+        /// Rules whose units follow the image itself (any offset and scale of the pixel values
+        /// gives the same network input): what a model trained across instruments declares.
+        public var isAffineInvariant: Bool { self == .skyMAD || self == .noiseMAD || self == .meanstd || self == .minmax }
     }
 
     public let kind: Kind
@@ -26,11 +39,13 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         case .minmax: return "minmax (min \(offset), range \(scale))"
         case .meanstd: return "meanstd (mean \(offset), std \(scale))"
         case .skyMAD: return "sky_mad (sky \(offset), sky sigma \(scale))"
+        case .noiseMAD: return "noise_mad (sky \(offset), noise sigma \(scale))"
         }
     }
 
-    /// Measures the statistics the rule needs on the valid pixels.
-    public static func fit(_ kind: Kind, pixels: [Float], invalid: [Bool]) -> Normalization {
+    /// Measures the statistics the rule needs on the valid pixels (`width`: the image's row
+    /// length, which `noise_mad` needs for its neighbour differences).
+    public static func fit(_ kind: Kind, pixels: [Float], invalid: [Bool], width: Int) -> Normalization {
         var mn = Double.infinity, mx = -Double.infinity, sum = 0.0, n = 0
         for i in 0..<pixels.count where !invalid[i] {
             let v = Double(pixels[i])
@@ -54,7 +69,21 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
             let sky = RobustSky.estimate(count: pixels.count) { i in invalid[i] ? nil : Double(pixels[i]) }
             return Normalization(kind: kind, offset: sky.median.isFinite ? sky.median : 0,
                                  scale: sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
+        case .noiseMAD:
+            let sky = RobustSky.estimate(count: pixels.count) { i in invalid[i] ? nil : Double(pixels[i]) }
+            let d = RobustSky.secondDifferences(count: pixels.count, width: width) { i in invalid[i] ? nil : Double(pixels[i]) }
+            return noiseMAD(sky: sky, differences: d)
         }
+    }
+
+    /// `noise_mad` from the sky estimate and the sampled second differences (the in-memory and
+    /// the streaming statistics both end here). Falls back to the sky sigma when the differences
+    /// have no spread (a constant or piecewise-linear image), then to 1.
+    public static func noiseMAD(sky: (median: Double, sigma: Double, pixels: Int), differences d: [Double]) -> Normalization {
+        let n = RobustSky.estimate(count: d.count) { d[$0] }
+        let noise = n.sigma / 6.0.squareRoot()
+        let scale = noise > 0 && noise.isFinite ? noise : (sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
+        return Normalization(kind: .noiseMAD, offset: sky.median.isFinite ? sky.median : 0, scale: scale)
     }
 
     /// Pixels in network units; invalid pixels are left as they are (NaN) for the filler.
@@ -177,6 +206,23 @@ public enum RobustSky {
     }
 
     /// Median of `v` (reorders it): the mean of the two middle values for an even count.
+    /// The horizontal second differences `2 value(i) - value(i - 2) - value(i + 2)` at the flat
+    /// indices the sky estimate samples (every `max(1, count / 10^6)`-th), skipping the two
+    /// first and last columns and triples with an invalid pixel: the sample `Normalization`'s
+    /// `noise_mad` measures the noise on (for white noise of sigma s their sigma is sqrt(6) s).
+    public static func secondDifferences(count: Int, width: Int, value: (Int) -> Double?) -> [Double] {
+        let stride = max(1, count / 1_000_000)
+        var d: [Double] = []
+        guard width > 4 else { return d }
+        d.reserveCapacity(count / stride + 1)
+        for i in Swift.stride(from: 0, to: count, by: stride) {
+            let x = i % width
+            guard x >= 2, x < width - 2 else { continue }
+            if let a = value(i - 2), let b = value(i), let c = value(i + 2), a.isFinite, b.isFinite, c.isFinite { d.append(2 * b - a - c) }
+        }
+        return d
+    }
+
     public static func median(_ v: inout [Double]) -> Double {
         let n = v.count
         guard n > 0 else { return .nan }

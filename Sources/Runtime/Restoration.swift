@@ -84,7 +84,7 @@ public enum Restoration {
         let w = image.width, h = image.height
         let pads = try padding(for: network, height: h, width: w)
 
-        let norm = Normalization.fit(options.normalization ?? network.normalization, pixels: image.pixels, invalid: image.invalid)
+        let norm = Normalization.fit(options.normalization ?? network.normalization, pixels: image.pixels, invalid: image.invalid, width: image.width)
         var networkUnits = norm.apply(image.pixels, invalid: image.invalid)
         MaskFill.fill(&networkUnits, invalid: image.invalid, width: w, height: h)
         let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])

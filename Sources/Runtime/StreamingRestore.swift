@@ -73,8 +73,10 @@ public enum StreamingRestore {
         var mn = Double.infinity, mx = -Double.infinity, sum = 0.0, n = 0, bad = 0
         // sky_mad: the same regular subsample of the flat pixel index as RobustSky.estimate.
         let stride = max(1, count / 1_000_000)
-        var sample: [Double] = []
-        if kind == .skyMAD { sample.reserveCapacity(count / stride + 1) }
+        var sample: [Double] = [], differences: [Double] = []
+        let robust = kind == .skyMAD || kind == .noiseMAD
+        if robust { sample.reserveCapacity(count / stride + 1) }
+        if kind == .noiseMAD { differences.reserveCapacity(count / stride + 1) }
         var y0 = 0
         while y0 < h {
             let rows = min(band, h - y0)
@@ -87,10 +89,16 @@ public enum StreamingRestore {
                         let v = Double(p[i])
                         mn = min(mn, v); mx = max(mx, v); sum += v; n += 1
                     }
-                    if kind == .skyMAD {
+                    if robust {
                         var i = (base + stride - 1) / stride * stride
                         while i < base + rows * w {
-                            if !inv[i - base] { sample.append(Double(p[i - base])) }
+                            let k = i - base
+                            if !inv[k] { sample.append(Double(p[k])) }
+                            // noise_mad: i - 2 ... i + 2 lie in this band's row (whole rows).
+                            if kind == .noiseMAD, w > 4, i % w >= 2, i % w < w - 2, !inv[k - 2], !inv[k], !inv[k + 2] {
+                                let a = Double(p[k - 2]), b = Double(p[k]), c = Double(p[k + 2])
+                                if a.isFinite && b.isFinite && c.isFinite { differences.append(2 * b - a - c) }
+                            }
                             i += stride
                         }
                     }
@@ -125,6 +133,9 @@ public enum StreamingRestore {
             let sky = RobustSky.estimate(count: s.count) { s[$0] }
             norm = Normalization(kind: kind, offset: sky.median.isFinite ? sky.median : 0,
                                  scale: sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
+        case .noiseMAD:
+            let s = sample
+            norm = Normalization.noiseMAD(sky: RobustSky.estimate(count: s.count) { s[$0] }, differences: differences)
         }
         return Statistics(normalization: norm, invalidPixels: bad)
     }
@@ -440,6 +451,7 @@ public enum StreamingRestore {
             ("base (code, Swift runtime, cfitsio buffers)", 48 << 20),
         ]
         if network.normalization == .skyMAD { parts.append(("sky_mad subsample", 3 * 8 * min(width * height, 2_000_000))) }
+        if network.normalization == .noiseMAD { parts.append(("noise_mad subsamples", 5 * 8 * min(width * height, 2_000_000))) }
         return parts
     }
 }

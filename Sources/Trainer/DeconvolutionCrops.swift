@@ -36,21 +36,24 @@ extension CropSampler: CropSource {
 /// target squares coincide). Each image is degraded as `Degradation` does (clip at 0, divide by
 /// the maximum, blur by the PSF in each of its 8 orientations, so the blur stays the PSF's own
 /// operator), every crop gets its own noise draw at a level drawn from its seed, and both input
-/// and target are put in the `sky_mad` units `restore` applies: (pixel - sky median) / sky sigma
-/// of the whole degraded image, measured once per image (`RobustSky`, on one noise draw at the
-/// level its index seeds; for a noise range that is one level of the range).
+/// and target are put in the units `restore` applies for the model's normalisation (`noise_mad`:
+/// (pixel - sky median) / noise sigma; or `sky_mad`) fitted by `Normalization.fit` on the whole
+/// degraded image as Float pixels, once per image (one noise draw at the level its index seeds;
+/// for a noise range that is one level of the range).
 ///
 /// Crops are not filtered: empty sky teaches the network that a dark sky stays dark.
 public final class DeconvolutionCropSampler: CropSource {
     public let patches: PatchSampler
     public let cropSize: Int
-    /// [image] -> (sky median, sky sigma) of the degraded image, normalised units.
+    /// [image] -> (offset, scale) of the normalisation of the degraded image, in max-normalised units.
     public let units: [(offset: Double, scale: Double)]
     let validation: Bool
 
     /// `validation`: the whole of each image is the validation region of a held-out image (else
     /// the whole image trains).
-    public init(images: [SourceImage], degradation: Degradation, cropSize: Int, validation: Bool, seed: UInt64 = 1, threads: Int = 1) throws {
+    public init(images: [SourceImage], degradation: Degradation, cropSize: Int, validation: Bool,
+                normalization: Normalization.Kind = .noiseMAD, seed: UInt64 = 1, threads: Int = 1) throws {
+        guard normalization.isAffineInvariant else { throw TrainingError.model("deconvolution crops need an image-relative normalisation (noise_mad, sky_mad), not \(normalization.rawValue)") }
         guard !images.isEmpty else { throw TrainingError.data(validation ? "no validation images" : "no training images") }
         for im in images where im.raw.height < cropSize || im.raw.width < cropSize {
             throw TrainingError.data("\(im.name): \(im.raw.width)x\(im.raw.height) is smaller than the \(cropSize)-pixel crops")
@@ -65,15 +68,16 @@ public final class DeconvolutionCropSampler: CropSource {
         var u: [(offset: Double, scale: Double)] = []
         for (i, im) in images.enumerated() {
             let (_, observed) = degradation.degrade(im.raw, seed: seed ^ (UInt64(i) << 32) ^ 0xDEC0, threads: threads)
-            let s = RobustSky.estimate(count: observed.count) { observed.pixels[$0] }
-            u.append((s.median.isFinite ? s.median : 0, s.sigma > 0 && s.sigma.isFinite ? s.sigma : 1))
+            let px = observed.pixels.map { Float($0) }
+            let n = Normalization.fit(normalization, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
+            u.append((n.offset, n.scale))
         }
         units = u
     }
 
     public var sampleParameter: String? { nil }
 
-    /// The sky sigma of each sample's image: one network unit in max-normalised units.
+    /// The scale of each sample's image (its noise sigma): one network unit in max-normalised units.
     public func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]? { specs.map { units[$0.image].scale } }
 
     public var referenceLossScale: Double? { (units.reduce(0) { $0 + $1.scale * $1.scale } / Double(units.count)).squareRoot() }

@@ -41,6 +41,9 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// loss weighted by (its image's sky sigma / the training images' RMS sky sigma)^2, so a
     /// deep image's bright stars do not outweigh a nebula). Deconvolution only.
     public var lossUnits = LossUnits.network
+    /// The input normalisation the model declares and the crops are made in: `sky_mad` for the
+    /// denoiser, `noise_mad` for deconvolution (a nebula filling the frame is not noise).
+    public var normalization = Normalization.Kind.skyMAD
 
     public enum LossUnits: String, Sendable { case network, peak }
 
@@ -56,6 +59,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         c.inputSkip = true
         c.ratios = [1]
         c.lossUnits = .peak
+        c.normalization = .noiseMAD
         return c
     }
 
@@ -67,7 +71,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         guard cropSize % m == 0 else { throw TrainingError.model("crops of \(cropSize) px are not a multiple of \(m), the size multiple of \(widths.count) levels") }
         let prefix = isDeconvolution ? "deconv-unet-" : "astro-unet-"
         return try Architectures.unet(name: prefix + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : ""), widths: widths, alpha: alpha,
-                                      exposureRatio: ratios[0], normalization: Normalization.Kind.skyMAD.rawValue,
+                                      exposureRatio: ratios[0], normalization: normalization.rawValue,
                                       inputSkip: inputSkip, ratioChannel: !isDeconvolution, initializer: initialization.initializer(seed: seed))
     }
 
@@ -123,6 +127,8 @@ public struct DenoiserConfig: Equatable, Sendable {
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
         if m["training.task"]?.stringValue == "deconvolve" { degradation = try TrainingConfig.degradation(metadata: m) }
+        guard let nk = Normalization.Kind(rawValue: m["normalization"]?.stringValue ?? "sky_mad") else { throw TrainingError.checkpoint("bad normalization") }
+        normalization = nk
         lossUnits = try m["training.loss_units"].map { v in
             guard let u = v.stringValue.flatMap(LossUnits.init(rawValue:)) else { throw TrainingError.checkpoint("bad training.loss_units") }
             return u
@@ -179,9 +185,9 @@ public final class DenoiserSession: ResumableTraining {
             throw TrainingError.data("\(clash.name) is both a training and a validation image")
         }
         let train = try DeconvolutionCropSampler(images: trainingImages, degradation: d, cropSize: config.cropSize, validation: false,
-                                                 seed: config.seed, threads: threads)
+                                                 normalization: config.normalization, seed: config.seed, threads: threads)
         let val = try DeconvolutionCropSampler(images: validationImages, degradation: d, cropSize: config.cropSize, validation: true,
-                                               seed: config.seed ^ 0x7A11D, threads: threads)
+                                               normalization: config.normalization, seed: config.seed ^ 0x7A11D, threads: threads)
         try self.init(config: config, train: train, validation: val, threads: threads)
     }
 
@@ -353,7 +359,7 @@ public final class DenoiserSession: ResumableTraining {
 
     func provenance(_ m: inout Model) {
         for (k, v) in config.metadata { m.metadata[k] = v }
-        m.metadata["normalization"] = .string(Normalization.Kind.skyMAD.rawValue)
+        m.metadata["normalization"] = .string(config.normalization.rawValue)
         m.metadata["training.images"] = .string(train.imageList)
         m.metadata["training.validation_images"] = .string(validation.imageList)
         if config.isDeconvolution {

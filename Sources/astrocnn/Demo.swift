@@ -68,9 +68,9 @@ struct Demo: ParsableCommand {
 
         let network = try Network(path: modelPath)
         var opts = Restoration.Options(threads: nThreads)
-        // The degraded image is already in a max-normalised model's units; a sky_mad model
-        // (deconv-unet) normalises it by its own sky and inverts that, as restore does.
-        opts.normalization = network.normalization == .skyMAD ? .skyMAD : Normalization.Kind.none
+        // The degraded image is already in a max-normalised model's units; a sky_mad or
+        // noise_mad model (deconv-unet) normalises it by its own sky and noise, as restore does.
+        opts.normalization = network.normalization == .clipMax ? Normalization.Kind.none : network.normalization
         let fits = FITSImage(width: size, height: size, pixels: observed.pixels.map { Float($0) })
         let (restoredPixels, report) = try Restoration.restore(fits, network: network, options: opts)
         let restored = Image2D(height: size, width: size, pixels: restoredPixels.map(Double.init))

@@ -95,11 +95,11 @@ final class PipelineTests: XCTestCase {
         let px: [Float] = [-2, 0, 1, 5, .nan, 10]
         let invalid = px.map { $0.isNaN }
         for kind in [Normalization.Kind.none, .minmax, .meanstd] {
-            let n = Normalization.fit(kind, pixels: px, invalid: invalid)
+            let n = Normalization.fit(kind, pixels: px, invalid: invalid, width: px.count)
             let back = n.invert(n.apply(px, invalid: invalid))
             for i in 0..<px.count where !invalid[i] { XCTAssertEqual(back[i], px[i], accuracy: 1e-5) }
         }
-        let c = Normalization.fit(.clipMax, pixels: px, invalid: invalid)
+        let c = Normalization.fit(.clipMax, pixels: px, invalid: invalid, width: px.count)
         XCTAssertEqual(c.scale, 10)
         let a = c.apply(px, invalid: invalid)
         XCTAssertEqual(a[0], 0); XCTAssertEqual(a[5], 1); XCTAssertTrue(a[4].isNaN)

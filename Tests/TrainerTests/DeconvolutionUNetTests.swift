@@ -5,7 +5,7 @@ import Runtime
 import Trainer
 import XCTest
 
-/// `train --recipe deconv-unet`: the crop pairs (blur, noise, sky_mad units), determinism, resume
+/// `train --recipe deconv-unet`: the crop pairs (blur, noise, noise_mad units), determinism, resume
 /// to the same bits, metadata, and the runtime inverting the model's normalisation.
 final class DeconvolutionUNetTests: XCTestCase {
     static func sky(_ h: Int, _ w: Int, seed: UInt64, name: String? = nil) -> SourceImage {
@@ -21,17 +21,18 @@ final class DeconvolutionUNetTests: XCTestCase {
         return SourceImage(name: name ?? "sky\(seed)", checksum: UInt32(seed), raw: img)
     }
 
-    func testCropsAreTheBlurredTruthPlusNoiseInSkyMADUnits() throws {
+    func testCropsAreTheBlurredTruthPlusNoiseInNoiseMADUnits() throws {
         let im = Self.sky(90, 80, seed: 4)
         let d = try Degradation(psf: .gaussian(fwhm: 3, size: 11), noise: .gaussian(sigma: 0.004...0.004))
         let noiseless = try Degradation(psf: .gaussian(fwhm: 3, size: 11), noise: NoiseSpec.none)
         let s = try DeconvolutionCropSampler(images: [im], degradation: d, cropSize: 32, validation: false, seed: 7)
         let clean = try DeconvolutionCropSampler(images: [im], degradation: noiseless, cropSize: 32, validation: false, seed: 7)
-        // Units: the sky median and robust sigma of the whole degraded image.
+        // Units: noise_mad fitted on the whole degraded image, as restore fits it.
         let (_, observed) = d.degrade(im.raw, seed: 7 ^ 0xDEC0)
-        let sky = RobustSky.estimate(count: observed.count) { observed.pixels[$0] }
-        XCTAssertEqual(s.units[0].offset, sky.median, accuracy: 1e-12)
-        XCTAssertEqual(s.units[0].scale, sky.sigma, accuracy: 1e-12)
+        let fit = Normalization.fit(.noiseMAD, pixels: observed.pixels.map { Float($0) }, invalid: [Bool](repeating: false, count: observed.count), width: observed.width)
+        XCTAssertEqual(s.units[0].offset, fit.offset)
+        XCTAssertEqual(s.units[0].scale, fit.scale)
+        XCTAssertEqual(s.units[0].scale, 0.004, accuracy: 0.0005, "the noise sigma, not the spread of the stars")
         let plan = s.plan(count: 6, seed: 3, stream: 1)
         XCTAssertEqual(plan, s.plan(count: 6, seed: 3, stream: 1), "the plan is a pure function of (seed, stream)")
         XCTAssertNotEqual(plan, s.plan(count: 6, seed: 3, stream: 2))
@@ -116,7 +117,7 @@ final class DeconvolutionUNetTests: XCTestCase {
         XCTAssertThrowsError(try DenoiserSession(config: c, training: [], validation: [], threads: 1))
         XCTAssertThrowsError(try DenoiserSession(config: c, trainingImages: t, validationImages: [t[0]], threads: 1))
         let m = full.finalModel()
-        XCTAssertEqual(m.metadata["normalization"], .string("sky_mad"))
+        XCTAssertEqual(m.metadata["normalization"], .string("noise_mad"))
         XCTAssertEqual(m.metadata["training.recipe"], .string("deconv-unet"))
         XCTAssertEqual(m.metadata["training.task"], .string("deconvolve"))
         XCTAssertEqual(m.metadata["training.psf"], .string("moffat:fwhm=3,beta=3,size=15"))
@@ -126,13 +127,13 @@ final class DeconvolutionUNetTests: XCTestCase {
         XCTAssertEqual(try TrainingConfig.degradation(metadata: m.metadata), c.degradation)
         let net = try Network(model: m)
         XCTAssertTrue(net.runtimeParameters.isEmpty, "a deconvolution U-net has no exposure-ratio channel")
-        XCTAssertEqual(net.normalization, .skyMAD)
+        XCTAssertEqual(net.normalization, .noiseMAD)
     }
 
-    /// The network is affine in sky_mad units, so restoring an image and the same image in other
+    /// The network is affine in noise_mad units, so restoring an image and the same image in other
     /// units (a x + b, a > 0) gives the same result in those units: what lets one model read
     /// ADU, e-/s or MJy/sr.
-    func testRestoreInvertsTheSkyMADNormalisationInAnyUnits() throws {
+    func testRestoreInvertsTheNoiseMADNormalisationInAnyUnits() throws {
         var c = try config()
         c.epochs = 1
         let (s, _) = try run(c, threads: 1)
