@@ -246,6 +246,7 @@ public final class DenoiserSession: ResumableTraining {
         optimizer.second = try tensors("optimizer.second.")
         optimizer.step = try int("checkpoint.optimizer_step")
         optimizer.learningRate = m["checkpoint.learning_rate"]?.doubleValue ?? config.learningRate
+        initialisedFrom = m["training.initialised_from"]?.stringValue
         epoch = try int("checkpoint.epoch")
         batch = try int("checkpoint.batch")
         epochLossSum = m["checkpoint.epoch_loss_sum"]?.doubleValue ?? 0
@@ -256,6 +257,24 @@ public final class DenoiserSession: ResumableTraining {
         guard tl.count == vl.count, vl.count == sec.count else { throw TrainingError.checkpoint("inconsistent history") }
         history = (0..<tl.count).map { EpochRecord(epoch: $0 + 1, trainLoss: tl[$0], validationLoss: vl[$0], seconds: sec[$0]) }
     }
+
+    /// Starts from another model's weights (transfer learning: e.g. the shipped deconvolution
+    /// model fine-tuned for another PSF) instead of the random initialisation. Its parameters
+    /// must have the recipe's names and shapes; only before the first step.
+    public func initialise(from source: Model, label: String) throws {
+        guard epoch == 0, batch == 0, history.isEmpty else { throw TrainingError.model("weights can only be loaded before training starts") }
+        let layout = trainer.layout
+        guard ParameterLayout(model: source) == layout else {
+            throw TrainingError.model("\(label): its parameters do not match the recipe's (\(model.name): widths \(config.widths.map(String.init).joined(separator: ",")))")
+        }
+        parameters = layout.flatten(source)
+        bestParameters = parameters
+        try trainer.setParameters(parameters)
+        initialisedFrom = label
+    }
+
+    /// What `initialise(from:)` loaded, recorded in the metadata.
+    public private(set) var initialisedFrom: String?
 
     /// A larger epoch budget for a resumed run.
     public func extend(epochs: Int) { config.epochs = max(config.epochs, epochs) }
@@ -360,6 +379,7 @@ public final class DenoiserSession: ResumableTraining {
     func provenance(_ m: inout Model) {
         for (k, v) in config.metadata { m.metadata[k] = v }
         m.metadata["normalization"] = .string(config.normalization.rawValue)
+        if let f = initialisedFrom { m.metadata["training.initialised_from"] = .string(f) }
         m.metadata["training.images"] = .string(train.imageList)
         m.metadata["training.validation_images"] = .string(validation.imageList)
         if config.isDeconvolution {

@@ -24,6 +24,8 @@ struct UNetTrainOptions: ParsableArguments {
     @Flag(help: "astro-unet: clip negative pixels before the Poisson draw (as the paper did).") var clipNegative = false
     @Option(help: "deconv-unet: units of the loss: peak (the max-normalised truth's, as the PSNR: each crop weighted by its image's sky sigma squared) or network (the sky_mad units).")
     var lossUnits: String = "peak"
+    @Option(help: "astro-unet, deconv-unet: start from this model's weights (same widths) instead of a random initialisation, e.g. to fine-tune the shipped model for another PSF or noise.")
+    var initWeights: String?
     @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
 }
 
@@ -54,6 +56,7 @@ extension Train {
         if !deconvolution && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("astro-unet simulates short exposures with the paper's noise model: --psf, --noise and --sigma are for the deconvolution recipes")
         }
+        if resume != nil && unet.initWeights != nil { throw ValidationError("--init-weights starts a new run: it cannot be combined with --resume") }
         if resume != nil && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("--resume continues with the checkpoint's PSF and noise: drop --psf, --noise and --sigma")
         }
@@ -134,6 +137,12 @@ extension Train {
             session = deconvolution
                 ? try DenoiserSession(config: c, trainingImages: trainImages, validationImages: valImages, threads: nThreads)
                 : try DenoiserSession(config: c, training: training, validation: validation, threads: nThreads)
+            if let p = unet.initWeights {
+                let source = try ModelReader(path: p).model()
+                let crc = (try? StreamingRestore.fileChecksum(p)).map(checksumString) ?? "?"
+                try session.initialise(from: source, label: "\((p as NSString).lastPathComponent) (\(source.name), crc32c \(crc))")
+                if !quiet { print("starting from the weights of \(p)") }
+            }
         }
         let c = session.config
         if !quiet {

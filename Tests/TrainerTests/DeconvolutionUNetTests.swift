@@ -130,6 +130,27 @@ final class DeconvolutionUNetTests: XCTestCase {
         XCTAssertEqual(net.normalization, .noiseMAD)
     }
 
+    /// Fine-tuning: a run started from another model's weights begins at exactly those weights,
+    /// records where they came from, and refuses a model of other widths.
+    func testInitialiseFromAnotherModel() throws {
+        let c = try config()
+        let (first, _) = try run(c, threads: 1)
+        let trained = first.finalModel()
+        var c2 = c
+        c2.degradation = try Degradation(psf: .gaussian(fwhm: 2, size: 9), noise: .gaussian(sigma: 0.005...0.005))
+        let (t, v) = images()
+        let s = try DenoiserSession(config: c2, trainingImages: t, validationImages: v, threads: 1)
+        try s.initialise(from: trained, label: "first.acnn")
+        XCTAssertTrue(s.parameters == ParameterLayout(model: trained).flatten(trained))
+        XCTAssertEqual(s.finalModel().metadata["training.initialised_from"], .string("first.acnn"))
+        var other = c2
+        other.widths = [4, 8]
+        let narrow = try DenoiserSession(config: other, trainingImages: t, validationImages: v, threads: 1)
+        XCTAssertThrowsError(try narrow.initialise(from: trained, label: "first.acnn"))
+        try s.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
+        XCTAssertThrowsError(try s.initialise(from: trained, label: "first.acnn"), "only before the first step")
+    }
+
     /// The network is affine in noise_mad units, so restoring an image and the same image in other
     /// units (a x + b, a > 0) gives the same result in those units: what lets one model read
     /// ADU, e-/s or MJy/sr.
