@@ -64,4 +64,50 @@ final class DegradationCLITests: XCTestCase {
         XCTAssertTrue(e3.contains("noise gaussian sigma="), e3)
         XCTAssertTrue(o3.contains("PSNR"), o3)
     }
+
+    /// `train --recipe deconv-unet` as a user runs it: a held-out validation image, the PSF and
+    /// noise recorded and shown by inspect with the input units, `evaluate` running the model,
+    /// `restore` on a FITS file in other units, refusals with clear messages.
+    func testDeconvolutionUNetTrainInspectEvaluateRestore() throws {
+        let exe = try astrocnnExecutable()
+        let a = try image("a.fits", side: 96, seed: 3), b = try image("b.fits", side: 80, seed: 4)
+        let out = dir + "/d.acnn"
+        let args = ["train", "--recipe", "deconv-unet", "--images", a, b, "--validate", "b.fits", "--widths", "4,8,16", "--crop", "32",
+                    "--samples", "8", "--validation-samples", "4", "--batch", "4", "--epochs", "2", "--psf", "moffat:fwhm=3,beta=3",
+                    "--noise", "sky:k=1", "--threads", "2", "-o", out, "--quiet"]
+        let (s, o, e) = try runProcess(exe, args)
+        XCTAssertEqual(s, 0, o + e)
+        let m = try ModelReader(path: out).model()
+        XCTAssertEqual(m.metadata["training.task"], .string("deconvolve"))
+        XCTAssertEqual(m.metadata["normalization"], .string("noise_mad"))
+        let (s2, o2, e2) = try runProcess(exe, ["inspect", out])
+        XCTAssertEqual(s2, 0, e2)
+        XCTAssertTrue(o2.contains("trained    for psf moffat:fwhm=3,beta=3, noise sky:k=1; input in noise_mad units"), o2)
+        let (s3, o3, e3) = try runProcess(exe, ["evaluate", "--images", a, "--methods", "none,wiener,unet", "--models", "unet=" + out,
+                                                "--psf", "moffat:fwhm=3,beta=3", "--noise", "sky:k=1", "--threads", "2"])
+        XCTAssertEqual(s3, 0, o3 + e3)
+        XCTAssertTrue(o3.contains("unet"), o3)
+        let restored = dir + "/r.fits"
+        let (s4, o4, e4) = try runProcess(exe, ["restore", a, "-m", out, "-o", restored, "--quiet"])
+        XCTAssertEqual(s4, 0, o4 + e4)
+        let r = try FITSIO.readImage(path: restored)
+        XCTAssertEqual(r.width, 96)
+        XCTAssertTrue(r.headerCards.contains { $0.contains("noise_mad") }, "the normalisation is recorded")
+        // Refusals: a denoiser option on the deconvolution recipe's resume, no validation image,
+        // --init-weights with --resume, weights of another width.
+        let bad: [([String], String)] = [
+            (["train", "--recipe", "deconv-unet", "--images", a, b, "-o", dir + "/x.acnn"], "--validate"),
+            (["train", "--recipe", "astro-unet", "--images", a, b, "--validate", "b.fits", "--psf", "moffat:fwhm=3", "-o", dir + "/x.acnn"], "--psf"),
+            (["train", "--recipe", "deconv-unet", "--images", a, b, "--validate", "b.fits", "--resume", dir + "/d.ckpt.acnn",
+              "--init-weights", out, "-o", dir + "/x.acnn"], "--init-weights"),
+            (["train", "--recipe", "deconv-unet", "--images", a, b, "--validate", "b.fits", "--widths", "4,8", "--crop", "32",
+              "--init-weights", out, "-o", dir + "/x.acnn"], "do not match"),
+        ]
+        for (args, why) in bad {
+            let (s, o, e) = try runProcess(exe, args)
+            XCTAssertNotEqual(s, 0, args.joined(separator: " "))
+            XCTAssertTrue((o + e).contains(why), "\(args.joined(separator: " ")): \(o + e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.acnn"))
+    }
 }
