@@ -68,7 +68,7 @@ public struct Evaluator {
 
     /// The noise level image `index` is degraded with (for logs and the no-truth residual).
     public func noiseLevel(_ image: SourceImage, index: Int) -> NoiseLevel {
-        degradation.level(seed: seed &+ UInt64(index), skySigma: degradation.needsSkySigma ? Degradation.skySigma(raw: image.raw) : 0)
+        degradation.level(seed: seed &+ UInt64(index), skySigma: degradation.referenceSigma(raw: image.raw))
     }
 
     public func run(_ method: Method, observed: Image2D, truth: Image2D?) throws -> (Image2D, String) {

@@ -1,5 +1,6 @@
 import Foundation
 import ModelFormat
+import Runtime
 
 /// Gaussian deviates from SplitMix64 by the Box-Muller transform (both values used).
 public struct GaussianStream {
@@ -22,7 +23,11 @@ public struct GaussianStream {
 ///
 /// - `gaussian:sigma=S` white Gaussian noise of standard deviation S (the paper's: 0.01);
 /// - `sky:k=K` Gaussian noise of K times the image's own robust sky sigma in normalised units
-///   (`Degradation.skySigma(raw:)`), so each image gets noise at its own sky level;
+///   (`Degradation.skySigma(raw:)`), so each image gets noise at its own sky level (on a frame
+///   filled by nebulosity that spread is the nebula's, not the noise's);
+/// - `noise:k=K` Gaussian noise of K times the image's own pixel noise in normalised units
+///   (`Degradation.noiseSigma(raw:)`: the `noise_mad` rule, from second differences), which a
+///   nebula does not inflate;
 /// - `poisson:electrons=E[,read=R][,sky=S]` photon noise plus read noise (the short-exposure
 ///   model of `ExposureNoise` with ratio 1): each pixel is Poisson((v + S) * E) / E - S plus
 ///   N(0, (R / E)^2), where E is electrons per normalised unit, R the read noise in electrons and
@@ -35,12 +40,13 @@ public struct GaussianStream {
 public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
     case gaussian(sigma: ClosedRange<Double>)
     case sky(k: ClosedRange<Double>)
+    case noise(k: ClosedRange<Double>)
     case poisson(electrons: ClosedRange<Double>, read: ClosedRange<Double>, sky: ClosedRange<Double>)
     case none
 
     public static let paper = NoiseSpec.gaussian(sigma: 0.01...0.01)
 
-    public static let syntax = "gaussian:sigma=S, sky:k=K, poisson:electrons=E[,read=R][,sky=S] or none (any number may be a range LO-HI)"
+    public static let syntax = "gaussian:sigma=S, sky:k=K, noise:k=K, poisson:electrons=E[,read=R][,sky=S] or none (any number may be a range LO-HI)"
 
     public init(parsing text: String) throws {
         let t = text.trimmingCharacters(in: .whitespaces)
@@ -51,7 +57,7 @@ public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
             throw PSFSpec.ParseError(description: "unknown noise '\(text)': use \(NoiseSpec.syntax)")
         }
         let kind = String(lower[..<colon])
-        let allowed: [String: [String]] = ["gaussian": ["sigma"], "sky": ["k"], "poisson": ["electrons", "read", "sky"]]
+        let allowed: [String: [String]] = ["gaussian": ["sigma"], "sky": ["k"], "noise": ["k"], "poisson": ["electrons", "read", "sky"]]
         guard let names = allowed[kind] else { throw PSFSpec.ParseError(description: "unknown noise '\(text)': use \(NoiseSpec.syntax)") }
         var values: [String: ClosedRange<Double>] = [:]
         for part in lower[lower.index(after: colon)...].split(separator: ",") {
@@ -72,6 +78,10 @@ public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
             guard let k = values["k"] else { throw fail("sky needs k=K (a multiple of the image's sky noise)") }
             guard k.lowerBound >= 0 else { throw fail("k must be >= 0") }
             self = .sky(k: k)
+        case "noise":
+            guard let k = values["k"] else { throw fail("noise needs k=K (a multiple of the image's own pixel noise)") }
+            guard k.lowerBound >= 0 else { throw fail("k must be >= 0") }
+            self = .noise(k: k)
         default:
             guard let e = values["electrons"] else { throw fail("poisson needs electrons=E (electrons per normalised unit)") }
             guard e.lowerBound > 0 else { throw fail("electrons must be > 0") }
@@ -115,6 +125,7 @@ public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .gaussian(let s): return "gaussian:sigma=\(NoiseSpec.text(s))"
         case .sky(let k): return "sky:k=\(NoiseSpec.text(k))"
+        case .noise(let k): return "noise:k=\(NoiseSpec.text(k))"
         case .poisson(let e, let r, let s):
             return "poisson:electrons=\(NoiseSpec.text(e))" + (r == 0...0 ? "" : ",read=\(NoiseSpec.text(r))")
                 + (s == 0...0 ? "" : ",sky=\(NoiseSpec.text(s))")
@@ -126,7 +137,7 @@ public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
     public var isFixed: Bool {
         switch self {
         case .gaussian(let s): return s.lowerBound == s.upperBound
-        case .sky(let k): return k.lowerBound == k.upperBound
+        case .sky(let k), .noise(let k): return k.lowerBound == k.upperBound
         case .poisson(let e, let r, let s): return [e, r, s].allSatisfy { $0.lowerBound == $0.upperBound }
         case .none: return true
         }
@@ -146,7 +157,7 @@ public enum NoiseSpec: Equatable, Sendable, CustomStringConvertible {
         }
         switch self {
         case .gaussian(let s): return .gaussian(sigma: logUniform(s))
-        case .sky(let k): return .gaussian(sigma: uniform(k) * skySigma)
+        case .sky(let k), .noise(let k): return .gaussian(sigma: uniform(k) * skySigma)
         case .poisson(let e, let r, let s):
             let electrons = logUniform(e)
             let read = uniform(r)
@@ -251,7 +262,47 @@ public struct Degradation: Equatable, Sendable {
     }
 
     /// Whether the noise needs the truth's sky sigma.
-    public var needsSkySigma: Bool { if case .sky = noise { return true }; return false }
+    public var needsSkySigma: Bool {
+        switch noise {
+        case .sky, .noise: return true
+        default: return false
+        }
+    }
+
+    /// What the image-relative noise (`sky:k`, `noise:k`) multiplies for this raw image: its sky
+    /// sigma or its pixel noise, in normalised units (0 for other noise).
+    public func referenceSigma(raw: Image2D) -> Double {
+        switch noise {
+        case .sky: return Degradation.skySigma(raw: raw)
+        case .noise: return Degradation.noiseSigma(raw: raw)
+        default: return 0
+        }
+    }
+
+    /// The sky sigma (`sky:k`) or pixel noise (`noise:k`) of `image` in its own units.
+    public func ownSigma(_ image: Image2D) -> Double {
+        if case .noise = noise { return Degradation.pixelNoise(image) }
+        return SkyStatistics.estimate(image).sigma
+    }
+
+    /// What `noise:k=K` multiplies: the raw image's pixel noise as the runtime's `noise_mad`
+    /// measures it (1.4826 x the clipped MAD of second differences / sqrt 6, NaNs skipped; 0, not
+    /// a fallback, when they have no spread), in the units of its normalised truth. Measured on
+    /// the raw pixels, like `skySigma(raw:)`.
+    public static func noiseSigma(raw: Image2D) -> Double {
+        let m = raw.pixels.reduce(0.0) { $1.isNaN ? $0 : max($0, $1) }
+        let scale = m > 0 ? 1 / m : 1
+        return pixelNoise(raw) * scale
+    }
+
+    static func pixelNoise(_ image: Image2D) -> Double {
+        let d = RobustSky.secondDifferences(count: image.count, width: image.width) { i in
+            let v = image.pixels[i]
+            return v.isFinite ? v : nil
+        }
+        let s = RobustSky.estimate(count: d.count) { d[$0] }.sigma / 6.0.squareRoot()
+        return s.isFinite ? s : 0
+    }
 
     /// What `sky:k=K` multiplies: the robust sky sigma (`SkyStatistics`: median and MAD with
     /// 3-sigma clipping, NaNs skipped) of the raw image, in the units of its normalised truth
@@ -271,14 +322,14 @@ public struct Degradation: Equatable, Sendable {
     /// Adds the noise drawn from `seed` (for `sky:k=K`, K times `skySigma`, by default the robust
     /// sky sigma of `image` itself). For the paper's noise: N(0, sigma^2) in raster order.
     public func addNoise(_ image: Image2D, seed: UInt64, skySigma: Double? = nil, threads: Int = 1) -> Image2D {
-        let s = needsSkySigma ? (skySigma ?? SkyStatistics.estimate(image).sigma) : 0
+        let s = needsSkySigma ? (skySigma ?? ownSigma(image)) : 0
         return level(seed: seed, skySigma: s).apply(image, seed: seed, threads: threads)
     }
 
     /// (truth, observed) for a raw image; the sky-relative noise uses `skySigma(raw:)`.
     public func degrade(_ raw: Image2D, seed: UInt64, threads: Int = 1) -> (truth: Image2D, observed: Image2D) {
         let truth = Degradation.normalise(raw)
-        let s = needsSkySigma ? Degradation.skySigma(raw: raw) : nil
+        let s = needsSkySigma ? referenceSigma(raw: raw) : nil
         return (truth, addNoise(blur(truth, threads: threads), seed: seed, skySigma: s, threads: threads))
     }
 
@@ -286,7 +337,7 @@ public struct Degradation: Equatable, Sendable {
     /// image without a measurable sky noise.
     public func problem(raw: Image2D, name: String) -> String? {
         guard needsSkySigma else { return nil }
-        let s = Degradation.skySigma(raw: raw)
+        let s = referenceSigma(raw: raw)
         if !(s > 0) || !s.isFinite {
             return "\(name): no measurable sky noise (robust sigma \(s)) for --noise \(noise); use gaussian:sigma=S"
         }

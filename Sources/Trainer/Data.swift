@@ -52,7 +52,7 @@ public final class PatchSampler: @unchecked Sendable {
         var tb: [[(y0: Int, y1: Int, x0: Int, x1: Int)]] = [], vb: [[(y0: Int, y1: Int, x0: Int, x1: Int)]] = []
         for (ii, img) in images.enumerated() {
             let truth = Degradation.normalise(img.raw)
-            let skySigma = degradation.needsSkySigma ? Degradation.skySigma(raw: img.raw) : 0
+            let skySigma = degradation.referenceSigma(raw: img.raw)
             skies.append(skySigma)
             let cut = Int((Double(truth.height) * (1 - validationFraction)).rounded())
             var regionMask = Image2D(height: truth.height, width: truth.width)

@@ -172,6 +172,7 @@ struct Evaluate: ParsableCommand {
         switch d.noise {
         case .gaussian(let s): return (s.lowerBound * s.upperBound).squareRoot()
         case .sky(let k): return (k.lowerBound + k.upperBound) / 2 * SkyStatistics.estimate(observed).sigma
+        case .noise(let k): return (k.lowerBound + k.upperBound) / 2 * d.ownSigma(observed)
         case .poisson, .none: return SkyStatistics.estimate(observed).sigma
         }
     }

@@ -270,6 +270,31 @@ final class DegradationTests: XCTestCase {
         }
     }
 
+    /// `noise:k=K`: K times the image's own pixel noise (noise_mad), which a frame-filling
+    /// nebula does not inflate as it inflates the sky spread `sky:k` measures.
+    func testNoiseRelativeNoiseIgnoresNebulosity() throws {
+        var g = SplitMix64(seed: 31)
+        var raw = Image2D(height: 160, width: 200)
+        for y in 0..<160 { for x in 0..<200 {
+            raw[y, x] = 500 + 300 * sin(Double(x) / 25) * cos(Double(y) / 19) + 4 * NoiseStreams.normal(&g)
+        } }
+        let m = raw.pixels.max()!
+        let noise = Degradation.noiseSigma(raw: raw), sky = Degradation.skySigma(raw: raw)
+        XCTAssertEqual(noise * m, 4, accuracy: 0.25, "the pixel noise")
+        XCTAssertGreaterThan(sky * m, 40, "the sky spread is the nebula's")
+        let d = try Degradation(psf: .none, noise: NoiseSpec(parsing: "noise:k=2"))
+        XCTAssertEqual(d.noise, .noise(k: 2...2))
+        XCTAssertEqual(d.noise.description, "noise:k=2")
+        XCTAssertEqual(try NoiseSpec(parsing: "noise:k=1-3"), .noise(k: 1...3))
+        XCTAssertThrowsError(try NoiseSpec(parsing: "noise:sigma=1"))
+        XCTAssertTrue(d.needsSkySigma)
+        XCTAssertEqual(d.referenceSigma(raw: raw), noise)
+        let (t, o) = d.degrade(raw, seed: 3, threads: 2)
+        XCTAssertEqual(std(zip(o.pixels, t.pixels).map { $0 - $1 }), 2 * noise, accuracy: 0.03 * 2 * noise)
+        let flat = Image2D(height: 40, width: 40, repeating: 3)
+        XCTAssertNotNil(d.problem(raw: flat, name: "flat"))
+    }
+
     func testPoissonNoiseHasThePhotonAndReadVariance() throws {
         let d = try Degradation(psf: .none, noise: NoiseSpec(parsing: "poisson:electrons=1000,read=5"))
         var truth = Image2D(height: 200, width: 100, repeating: 0.25)
