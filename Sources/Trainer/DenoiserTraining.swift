@@ -247,6 +247,9 @@ public final class DenoiserSession: ResumableTraining {
         optimizer.step = try int("checkpoint.optimizer_step")
         optimizer.learningRate = m["checkpoint.learning_rate"]?.doubleValue ?? config.learningRate
         initialisedFrom = m["training.initialised_from"]?.stringValue
+        if case .floats(let steps)? = m["training.learning_rate_steps"], steps.count % 2 == 0 {
+            rateSteps = stride(from: 0, to: steps.count, by: 2).map { (Int(steps[$0]), steps[$0 + 1]) }
+        }
         epoch = try int("checkpoint.epoch")
         batch = try int("checkpoint.batch")
         epochLossSum = m["checkpoint.epoch_loss_sum"]?.doubleValue ?? 0
@@ -279,9 +282,20 @@ public final class DenoiserSession: ResumableTraining {
     /// A larger epoch budget for a resumed run.
     public func extend(epochs: Int) { config.epochs = max(config.epochs, epochs) }
 
+    /// A resumed run continues at `rate` from its current epoch on (a manual decay step; the
+    /// step decay of `decayEpochs` still applies on top). Recorded as `training.learning_rate_steps`.
+    public func continueWith(learningRate rate: Double) throws {
+        guard rate > 0, rate.isFinite else { throw TrainingError.model("the learning rate must be positive") }
+        rateSteps.append((epoch, rate))
+    }
+
+    /// (first epoch, learning rate) of each manual step, in order.
+    public private(set) var rateSteps: [(epoch: Int, rate: Double)] = []
+
     /// The learning rate of epoch `e` (0-based): the step decay of the paper.
     func learningRate(epoch e: Int) -> Double {
-        config.decayEpochs > 0 && e >= config.decayEpochs ? config.learningRate * config.decayFactor : config.learningRate
+        let base = rateSteps.last(where: { $0.epoch <= e })?.rate ?? config.learningRate
+        return config.decayEpochs > 0 && e >= config.decayEpochs ? base * config.decayFactor : base
     }
 
     /// Per-sample loss weights for `peak` loss units (relative to the training images' RMS sky
@@ -380,6 +394,7 @@ public final class DenoiserSession: ResumableTraining {
         for (k, v) in config.metadata { m.metadata[k] = v }
         m.metadata["normalization"] = .string(config.normalization.rawValue)
         if let f = initialisedFrom { m.metadata["training.initialised_from"] = .string(f) }
+        if !rateSteps.isEmpty { m.metadata["training.learning_rate_steps"] = .floats(rateSteps.flatMap { [Double($0.epoch), $0.rate] }) }
         m.metadata["training.images"] = .string(train.imageList)
         m.metadata["training.validation_images"] = .string(validation.imageList)
         if config.isDeconvolution {

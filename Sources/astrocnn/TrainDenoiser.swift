@@ -110,6 +110,7 @@ extension Train {
                 ? try DenoiserSession(checkpoint: m, trainingImages: trainImages, validationImages: valImages, threads: nThreads)
                 : try DenoiserSession(checkpoint: m, training: training, validation: validation, threads: nThreads)
             if let e = extendEpochs { session.extend(epochs: e) }
+            if let r = resumeLr { try session.continueWith(learningRate: r) }
             if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
         } else {
             var c = deconvolution

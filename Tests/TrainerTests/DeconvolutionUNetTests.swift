@@ -111,6 +111,15 @@ final class DeconvolutionUNetTests: XCTestCase {
         try resumed.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
         XCTAssertTrue(resumed.parameters == full.parameters, "resumed parameters differ")
         XCTAssertEqual(resumed.history.map(\.trainLoss), full.history.map(\.trainLoss))
+        // A learning-rate step on resume is applied from the current epoch and survives a checkpoint.
+        let stepped = try DenoiserSession(checkpoint: ModelReader(path: path).model(), trainingImages: t, validationImages: v, threads: 2)
+        try stepped.continueWith(learningRate: 1e-4)
+        var saved: Model?
+        try stepped.run(progress: { _ in }, interrupt: { false }, checkpoint: { saved = $0 })
+        XCTAssertFalse(stepped.parameters == full.parameters, "a different rate gives different weights")
+        XCTAssertEqual(saved?.metadata["training.learning_rate_steps"], .floats([1, 1e-4]))
+        XCTAssertEqual(try DenoiserSession(checkpoint: XCTUnwrap(saved), trainingImages: t, validationImages: v, threads: 1).rateSteps.map(\.rate), [1e-4])
+        XCTAssertThrowsError(try stepped.continueWith(learningRate: 0))
         XCTAssertThrowsError(try DenoiserSession(checkpoint: ModelReader(path: path).model(), trainingImages: [Self.sky(60, 70, seed: 9)],
                                                  validationImages: v, threads: 1), "other images are refused")
         // A deconvolution checkpoint is not a denoiser's, and a denoiser config needs long exposures.
