@@ -9,8 +9,9 @@ For each model and image side:
 
 - in process: `astrocnn bench --skip-layers` (the network over an image held in memory, plan
   and memory reused between repeats, as for a stream of same-size frames; no file I/O): median
-  wall seconds, and, when the binary reports them, the median process CPU seconds and minor page
-  faults of one run;
+  wall seconds and the median process CPU seconds and minor page faults of one run (binaries
+  whose bench reports wall time only: CPU and faults of one run by difference of two bench
+  processes, repeats + 2 and repeats runs);
 - whole process: `astrocnn restore IN.fits -m MODEL -o OUT.fits` run `repeats` times, each a fresh
   process (argument parsing, model load and checksums, weight packing and Winograd transforms,
   planning, first touch of every feature map, FITS read, statistics pass, input checksum, FITS
@@ -82,13 +83,21 @@ def run_child(cmd):
 
 def in_process(astrocnn, model, side, threads, repeats, tmp):
     out = os.path.join(tmp, "bench.csv")
-    subprocess.run([astrocnn, "bench", "-m", model, "--sizes", str(side), "--threads", str(threads), "--skip-layers",
-                    "--repeats", str(repeats), "--csv", out], check=True, stdout=subprocess.DEVNULL)
-    with open(out) as f:
-        row = next(csv.DictReader(f))
-    cpu = float(row["cpu_seconds"]) if "cpu_seconds" in row else None
-    faults = int(row["minor_faults"]) if "minor_faults" in row else None
-    return float(row["seconds"]), cpu, faults
+
+    def bench(r):
+        cmd = [astrocnn, "bench", "-m", model, "--sizes", str(side), "--threads", str(threads), "--skip-layers",
+               "--repeats", str(r), "--csv", out]
+        _, cpu, faults = run_child(cmd)
+        with open(out) as f:
+            return next(csv.DictReader(f)), cpu, faults
+
+    row, cpu_r, faults_r = bench(repeats)
+    if "cpu_seconds" in row:
+        return float(row["seconds"]), float(row["cpu_seconds"]), int(row["minor_faults"])
+    # Older binaries report wall time only: one warm run's CPU time and faults by difference of
+    # two bench processes (repeats + 2 and repeats runs).
+    _, cpu_r2, faults_r2 = bench(repeats + 2)
+    return float(row["seconds"]), max(0.0, (cpu_r2 - cpu_r) / 2), max(0, (faults_r2 - faults_r) // 2)
 
 
 def cpu_model():

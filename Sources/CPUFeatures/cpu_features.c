@@ -14,6 +14,7 @@ int acnn_cpu_level(void) {
     return 0;
 }
 
+#include <stdlib.h>  /* defines __GLIBC__ on glibc systems */
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

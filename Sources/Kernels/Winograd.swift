@@ -150,8 +150,9 @@ public final class WinogradConv: @unchecked Sendable {
                 // contiguous runs of each of the n^2 matrices.
                 let sub = 256
                 let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)  // G w (n x r)
+                let wv = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: r * r)  // the 4 pairs' weights
                 let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)  // sub is a multiple of 4
-                defer { t4.deallocate(); local.deallocate() }
+                defer { t4.deallocate(); wv.deallocate(); local.deallocate() }
                 var start = chunk * pairs / chunks
                 let end = (chunk + 1) * pairs / chunks
                 while start < end {
@@ -162,12 +163,11 @@ public final class WinogradConv: @unchecked Sendable {
                     while q < count {
                         func pair(_ l: Int) -> UnsafePointer<Float> { w0 + (start + min(q + l, count - 1)) * r * r }
                         let w = (pair(0), pair(1), pair(2), pair(3))
+                        // Widened once per 4 pairs (not once per row of G).
+                        for x in 0..<(r * r) { wv[x] = SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x])) }
                         for i in 0..<n { for j in 0..<r {
                             var s = SIMD4<Double>()
-                            for k in 0..<r {
-                                let x = k * r + j
-                                s += g[i * r + k] * SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x]))
-                            }
+                            for k in 0..<r { s += g[i * r + k] * wv[k * r + j] }
                             t4[i * r + j] = s
                         } }
                         for i in 0..<n { for j in 0..<n {
