@@ -48,7 +48,6 @@ public enum LargeMemory {
             if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: aligned + length), tail) }
             let p = UnsafeMutableRawPointer(bitPattern: aligned)!
             if hugePages { _ = madvise(p, length, Int32(MADV_HUGEPAGE)) }  // advice only: fine if THP is off
-            if getenv("ASTROCNN_POPULATE") != nil { _ = madvise(p, length, 23) }
             return p.bindMemory(to: Float.self, capacity: count)
         }
         #endif

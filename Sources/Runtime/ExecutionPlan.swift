@@ -1,4 +1,3 @@
-import Foundation
 import Kernels
 import ModelFormat
 
@@ -345,11 +344,6 @@ final class ExecutionPlan {
             for sp in spans { placed.append((at + sp.r0, at + sp.r1, sp.first, sp.last)) }
         }
         arenaFloats = placed.map(\.end).max() ?? 0
-        if ProcessInfo.processInfo.environment["ASTROCNN_DEBUG_ARENA"] != nil {
-            var peak = 0
-            for i in -1...steps.count { peak = max(peak, placed.filter { $0.first <= i && i <= $0.last }.reduce(0) { $0 + $1.end - $1.start }) }
-            print("arena \(arenaFloats * 4) bytes, peak live \(peak * 4) bytes, \(height)x\(width)")
-        }
         unsharedBytes = order.reduce(0) { $0 + ($1.layout.allocation + 15) / 16 * 16 } * 4
         if !measureOnly { PhaseProfile.shared.mark("plan: memory layout") }
         let arena = PlanarBuffer(arenaOf: measureOnly ? 0 : arenaFloats)

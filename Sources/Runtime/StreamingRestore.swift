@@ -56,8 +56,10 @@ public enum StreamingRestore {
     /// regions as the whole-image fill does.
     public static let fillMargin = 32
 
-    /// Rows per band in the statistics pass (about 4 M pixels).
-    static func statisticsRows(width: Int) -> Int { max(1, (4 << 20) / max(1, width)) }
+    /// Rows per band in the statistics pass (about 256 k pixels: the pass keeps one band of
+    /// buffers, so a small band touches little memory; the statistics are the same for any band,
+    /// pixels are taken in file order).
+    static func statisticsRows(width: Int) -> Int { max(1, (256 << 10) / max(1, width)) }
 
     /// What the statistics pass measured.
     public struct Statistics: Sendable, Equatable {
