@@ -353,14 +353,14 @@ public enum StreamingRestore {
         return parts.joined(separator: ";")
     }
 
-    /// CRC-32C of a file's bytes, read in 4 MiB blocks.
+    /// CRC-32C of a file's bytes, read in 1 MiB blocks.
     public static func fileChecksum(_ path: String) throws -> UInt32 {
         let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
         let fd = open(plain, O_RDONLY)
         if fd < 0 { throw FITSError.missingFile(plain) }
         defer { close(fd) }
         var crc: UInt32 = 0
-        let size = 4 << 20
+        let size = 1 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
         defer { buf.deallocate() }
         while true {
