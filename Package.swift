@@ -33,7 +33,8 @@ let package = Package(
             pkgConfig: "cfitsio",
             providers: [.apt(["libcfitsio-dev"])]
         ),
-        .target(name: "ModelFormat"),
+        .target(name: "CRC32CHardware"),
+        .target(name: "ModelFormat", dependencies: ["CRC32CHardware"]),
         .target(name: "CPUFeatures"),
         .target(name: "KernelsAVX512", swiftSettings: avx512Flags),
         .target(name: "KernelsAVX2", swiftSettings: avx2Flags),
@@ -46,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "astrocnn",
             dependencies: [
-                "Runtime", "ModelFormat", "Kernels", "Reporting", "Imaging", "Trainer", "Evaluation",
+                "Runtime", "ModelFormat", "Kernels", "Reporting", "Imaging", "Trainer", "Evaluation", "CPUFeatures",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

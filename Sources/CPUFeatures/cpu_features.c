@@ -13,3 +13,19 @@ int acnn_cpu_level(void) {
 #endif
     return 0;
 }
+
+#include <stdlib.h>  /* defines __GLIBC__ on glibc systems */
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+int acnn_malloc_keep_freed(long mmap_threshold, long trim_threshold) {
+#if defined(__GLIBC__)
+    int ok = mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    ok &= mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+    return ok ? 1 : 0;
+#else
+    (void)mmap_threshold; (void)trim_threshold;
+    return 0;
+#endif
+}

@@ -32,8 +32,8 @@ public final class PackedConv: @unchecked Sendable {
         self.kw = kw
         blocks = (outChannels + 3) / 4
         let n = blocks * inChannels * kh * kw * 4
-        weights = UnsafeMutablePointer<Float>.allocate(capacity: n)
-        weights.initialize(repeating: 0, count: n)
+        weightCount = n
+        weights = LargeMemory.allocateZeroed(floats: n)
         self.bias = UnsafeMutablePointer<Float>.allocate(capacity: blocks * 4)
         self.bias.initialize(repeating: 0, count: blocks * 4)
         let taps = inChannels * kh * kw
@@ -47,8 +47,25 @@ public final class PackedConv: @unchecked Sendable {
         }
     }
 
+    /// Zero weights and bias of this shape, for a producer that writes `weights` in the packed
+    /// layout itself (the Winograd weight transform): output channel o's tap t (in (c, u, v)
+    /// order) is `weights[(o / 4) * taps * 4 + 4 * t + o % 4]`, taps = inChannels * kh * kw.
+    public init(zeroedOutChannels outChannels: Int, inChannels: Int, kh: Int, kw: Int) {
+        self.outChannels = outChannels
+        self.inChannels = inChannels
+        self.kh = kh
+        self.kw = kw
+        blocks = (outChannels + 3) / 4
+        weightCount = blocks * inChannels * kh * kw * 4
+        weights = LargeMemory.allocateZeroed(floats: weightCount)
+        bias = UnsafeMutablePointer<Float>.allocate(capacity: blocks * 4)
+        bias.initialize(repeating: 0, count: blocks * 4)
+    }
+
+    private let weightCount: Int
+
     deinit {
-        weights.deallocate()
+        LargeMemory.deallocate(weights, floats: weightCount)
         bias.deallocate()
     }
 }

@@ -101,23 +101,29 @@ public final class PlanarBuffer: @unchecked Sendable {
 
     /// A zero-initialised, 64-byte-aligned block of `floats` floats in which an execution plan
     /// places its maps (views into it are made by the plan); no memory when `floats` is 0.
+    /// Large arenas come from `LargeMemory` (zero pages mapped on first touch, huge pages where
+    /// the system has them), so making a plan does not write its maps.
     public init(arenaOf floats: Int) {
         var l = PlanarLayout(channels: 1, height: 1, width: 1)
         l.origin = 0
         l.allocation = floats
         layout = l
         if floats > 0 {
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: floats * 4, alignment: 64)
-            storage = raw.bindMemory(to: Float.self, capacity: floats)
-            storage.initialize(repeating: 0, count: floats)
+            storage = LargeMemory.allocateZeroed(floats: floats)
             allocated = true
+            arenaFloats = floats
         } else {
             storage = PlanarBuffer.placeholder
             allocated = false
         }
     }
 
-    deinit { if allocated { storage.deallocate() } }
+    /// Floats of an arena from `LargeMemory` (0 for other buffers).
+    private var arenaFloats = 0
+
+    deinit {
+        if arenaFloats > 0 { LargeMemory.deallocate(storage, floats: arenaFloats) } else if allocated { storage.deallocate() }
+    }
 
     /// Pointer to element (0, 0, 0).
     public var base: UnsafeMutablePointer<Float> { storage + layout.origin }

@@ -103,7 +103,12 @@ public final class WinogradConv: @unchecked Sendable {
     /// The n^2 transformed weight matrices, packed as 1x1 convolutions.
     let packed: [PackedConv]
     let bias: [Float]
-    private let pool = ScratchPool()
+    /// Scratch (transformed inputs, products, phase rows) shared by every Winograd convolution:
+    /// layers run one after another on each thread, so one buffer per running thread, of the
+    /// largest layer's size, serves them all (a pool per layer would make and first-touch one per
+    /// layer and thread: about 100 MB for the U-net).
+    private var pool: ScratchPool { WinogradConv.sharedPool }
+    private static let sharedPool = ScratchPool()
 
     /// Whether a convolution of this shape may use this variant.
     public static func supports(_ variant: WinogradVariant, outChannels: Int, inChannels: Int, kh: Int, kw: Int, padding: ConvPadding) -> Bool {
@@ -120,10 +125,15 @@ public final class WinogradConv: @unchecked Sendable {
         self.outChannels = outChannels
         self.inChannels = inChannels
         self.bias = bias ?? [Float](repeating: 0, count: outChannels)
-        // U[xi][nu][o][c] = (G w G^T)[xi][nu], in Float64.
+        // U[xi][nu][o][c] = (G w G^T)[xi][nu], in Float64, written straight into the n^2 packed
+        // 1x1 weight matrices (element (o, c) of matrix k at (o / 4) * 4c + 4 c + o % 4, the
+        // layout `PackedConv` gives o x c weights): no intermediate copies of the 4-16x larger
+        // transformed weights.
         let pairs = outChannels * inChannels
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: n * n * pairs)
-        defer { u.deallocate() }
+        let matrices = (0..<(n * n)).map { _ in PackedConv(zeroedOutChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1) }
+        let bases = UnsafeMutablePointer<UnsafeMutablePointer<Float>>.allocate(capacity: n * n)
+        defer { bases.deallocate() }
+        for k in 0..<(n * n) { bases[k] = matrices[k].weights }
         let gTable = UnsafeMutablePointer<Double>.allocate(capacity: n * r)
         defer { gTable.deallocate() }
         gTable.initialize(from: variant.g.flatMap { $0 }, count: n * r)
@@ -131,7 +141,8 @@ public final class WinogradConv: @unchecked Sendable {
         // In chunks of (o, c) pairs over the cores (a U-net has about a million pairs); each
         // pair's result is the same whichever chunk computes it.
         let chunks = max(1, min(64, pairs / 4096))
-        nonisolated(unsafe) let out = u
+        nonisolated(unsafe) let out = bases
+        let cin = inChannels
         weight.withUnsafeBufferPointer { wp in
             nonisolated(unsafe) let w0 = wp.baseAddress!
             DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
@@ -139,8 +150,9 @@ public final class WinogradConv: @unchecked Sendable {
                 // contiguous runs of each of the n^2 matrices.
                 let sub = 256
                 let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)  // G w (n x r)
+                let wv = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: r * r)  // the 4 pairs' weights
                 let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)  // sub is a multiple of 4
-                defer { t4.deallocate(); local.deallocate() }
+                defer { t4.deallocate(); wv.deallocate(); local.deallocate() }
                 var start = chunk * pairs / chunks
                 let end = (chunk + 1) * pairs / chunks
                 while start < end {
@@ -151,12 +163,11 @@ public final class WinogradConv: @unchecked Sendable {
                     while q < count {
                         func pair(_ l: Int) -> UnsafePointer<Float> { w0 + (start + min(q + l, count - 1)) * r * r }
                         let w = (pair(0), pair(1), pair(2), pair(3))
+                        // Widened once per 4 pairs (not once per row of G).
+                        for x in 0..<(r * r) { wv[x] = SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x])) }
                         for i in 0..<n { for j in 0..<r {
                             var s = SIMD4<Double>()
-                            for k in 0..<r {
-                                let x = k * r + j
-                                s += g[i * r + k] * SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x]))
-                            }
+                            for k in 0..<r { s += g[i * r + k] * wv[k * r + j] }
                             t4[i * r + j] = s
                         } }
                         for i in 0..<n { for j in 0..<n {
@@ -167,15 +178,24 @@ public final class WinogradConv: @unchecked Sendable {
                         } }
                         q += 4
                     }
-                    for k in 0..<(n * n) { (out + k * pairs + start).update(from: local + k * sub, count: count) }
+                    // Pair p = o * cin + c goes to (o / 4) * 4 cin + 4 c + o % 4 of each matrix.
+                    for k in 0..<(n * n) {
+                        let dst = out[k], src = local + k * sub
+                        var q = 0
+                        while q < count {
+                            let p = start + q
+                            let o = p / cin, c = p - o * cin
+                            let run = min(count - q, cin - c)  // pairs of this output channel
+                            let d = dst + (o / 4) * 4 * cin + 4 * c + o % 4
+                            for t in 0..<run { d[4 * t] = src[q + t] }
+                            q += run
+                        }
+                    }
                     start += count
                 }
             }
         }
-        packed = (0..<(n * n)).map { k in
-            PackedConv(weight: Array(UnsafeBufferPointer(start: u + k * pairs, count: pairs)), bias: nil,
-                       outChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1)
-        }
+        packed = matrices
     }
 
     /// Tiles per column block for an ISA: one row of the GEMM micro-kernel's register block

@@ -1,6 +1,20 @@
+import CRC32CHardware
+
 /// CRC-32C (Castagnoli), reflected polynomial 0x82F63B78, init and final XOR 0xFFFFFFFF.
-/// Slice-by-8 tables: about 1-2 GB/s in release builds, enough to verify large models on load.
+/// With the CPU's CRC-32C instruction (x86-64 SSE4.2), three interleaved streams: over 10 GB/s,
+/// so verifying a 31 MB U-net takes a few milliseconds; elsewhere slice-by-8 tables, about
+/// 1-2 GB/s in release builds.
 public enum CRC32C {
+    /// Whether `update` uses the CPU's instruction.
+    public static let hardware = acnn_crc32c_hardware() != 0
+
+    /// Continues a running CRC (pass the previous result as `crc`; start with 0).
+    public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard bytes.count > 0, let base = bytes.baseAddress else { return crc }
+        if hardware { return ~acnn_crc32c_hardware_update(~crc, base, bytes.count) }
+        return softwareUpdate(crc, bytes)
+    }
+
     static let tables: [[UInt32]] = {
         var t = [[UInt32]](repeating: [UInt32](repeating: 0, count: 256), count: 8)
         for i in 0..<256 {
@@ -14,8 +28,8 @@ public enum CRC32C {
         return t
     }()
 
-    /// Continues a running CRC (pass the previous result as `crc`; start with 0).
-    public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+    /// `update` with the slice-by-8 tables (the path of CPUs without the instruction).
+    public static func softwareUpdate(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
         var c = ~crc
         let n = bytes.count
         guard n > 0, let base = bytes.baseAddress else { return crc }

@@ -191,14 +191,22 @@ public struct ModelReader: @unchecked Sendable {
     public func values(of e: TensorEntry) throws -> [Float] {
         if !verify(e) { throw ModelFormatError.checksumMismatch("tensor '\(e.name)'") }
         let raw = UnsafeRawBufferPointer(rebasing: bytes[e.fileOffset..<(e.fileOffset + e.byteLength)])
-        var out = [Float](repeating: 0, count: e.count)
         switch e.dtype {
         case .float32:
-            for i in 0..<e.count { out[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+            #if _endian(little)
+            // The stored little-endian floats are the host's: one copy, no zero-fill first.
+            return [Float](unsafeUninitializedCapacity: e.count) { buf, n in
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: raw)
+                n = e.count
+            }
+            #else
+            return (0..<e.count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
+            #endif
         case .float16:
+            var out = [Float](repeating: 0, count: e.count)
             for i in 0..<e.count { out[i] = HalfFloat.toFloat(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+            return out
         }
-        return out
     }
 
     /// The whole model with every tensor decoded and checksum-verified.

@@ -59,14 +59,28 @@ public enum Benchmark {
     /// network; not file I/O), with the same padding `restore` applies.
     public static func imageSeconds(network: Network, side: Int, threads: Int, algorithm: ConvAlgorithm = .auto,
                                     isa: KernelISA = .best, tileSize: Int? = nil, repeats: Int = 3) throws -> Double {
+        try imageTimes(network: network, side: side, threads: threads, algorithm: algorithm, isa: isa, tileSize: tileSize,
+                       repeats: repeats).seconds
+    }
+
+    /// `imageSeconds` with the process CPU time (user + system, all threads) and the minor page
+    /// faults of the same runs: medians over the repeats (the first run makes the plan and
+    /// touches its memory; later runs reuse it, as for a stream of same-size frames).
+    public static func imageTimes(network: Network, side: Int, threads: Int, algorithm: ConvAlgorithm = .auto,
+                                  isa: KernelISA = .best, tileSize: Int? = nil,
+                                  repeats: Int = 3) throws -> (seconds: Double, cpuSeconds: Double, minorFaults: Int) {
         var rng = SystemRandomNumberGenerator()
         let image = FITSImage(width: side, height: side, pixels: (0..<(side * side)).map { _ in Float.random(in: 0..<1000, using: &rng) })
-        var times: [Double] = []
-        for _ in 0..<repeats {
-            let start = monotonicSeconds()
+        var times: [Double] = [], cpu: [Double] = [], faults: [Int] = []
+        for _ in 0..<max(1, repeats) {
+            let before = PhaseProfile.now()
             _ = try Restoration.restore(image, network: network, options: .init(threads: threads, tileSize: tileSize, algorithm: algorithm, isa: isa))
-            times.append(monotonicSeconds() - start)
+            let after = PhaseProfile.now()
+            times.append(after.wall - before.wall)
+            cpu.append(after.cpu - before.cpu)
+            faults.append(after.minorFaults - before.minorFaults)
         }
-        return times.sorted()[times.count / 2]
+        func median<T: Comparable>(_ v: [T]) -> T { v.sorted()[v.count / 2] }
+        return (median(times), median(cpu), median(faults))
     }
 }

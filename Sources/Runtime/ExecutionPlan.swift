@@ -43,12 +43,35 @@ public enum ConvAlgorithm: String, Sendable, CaseIterable {
     }
 }
 
-/// Weights repacked once per network for the fast kernels.
+/// Weights repacked once per network for the fast kernels, each layer on first use (a layer
+/// that runs Winograd never needs its direct packing, so it is never made).
 final class PackedWeights: @unchecked Sendable {
-    var conv: [String: PackedConv] = [:]
+    private var direct: [String: PackedConv] = [:]
     private var winograd: [String: WinogradConv] = [:]
     private let lock = NSLockShim()
     private unowned let network: Network
+
+    /// A convolution's or transposed convolution's weights packed for the direct kernels, made
+    /// on first use (thread-safe).
+    func conv(_ n: Node) -> PackedConv? {
+        lock.locked {
+            if let p = direct[n.name] { return p }
+            guard let wname = n.params.first, let shape = network.analysis.tensorShapes[wname] else { return nil }
+            let w = network.weights[wname]!
+            let b = n.params.count > 1 ? network.weights[n.params[1]]! : nil
+            let p: PackedConv
+            switch n.op {
+            case .conv2d:
+                p = PackedConv(weight: w, bias: b, outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3])
+            case .convTranspose2d:
+                p = FastOps.packTransposed(weight: w, bias: b, outChannels: shape[0], inChannels: shape[1])
+            default:
+                return nil
+            }
+            direct[n.name] = p
+            return p
+        }
+    }
 
     /// Winograd-transformed weights of a convolution, made on first use (thread-safe).
     func winogradConv(_ n: Node, variant: WinogradVariant) -> WinogradConv {
@@ -66,19 +89,6 @@ final class PackedWeights: @unchecked Sendable {
 
     init(network: Network) {
         self.network = network
-        for n in network.graph.nodes {
-            guard let wname = n.params.first, let shape = network.analysis.tensorShapes[wname] else { continue }
-            let w = network.weights[wname]!
-            let b = n.params.count > 1 ? network.weights[n.params[1]]! : nil
-            switch n.op {
-            case .conv2d:
-                conv[n.name] = PackedConv(weight: w, bias: b, outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3])
-            case .convTranspose2d:
-                conv[n.name] = FastOps.packTransposed(weight: w, bias: b, outChannels: shape[0], inChannels: shape[1])
-            default:
-                break
-            }
-        }
     }
 }
 
@@ -118,6 +128,9 @@ final class ExecutionPlan {
             }
         }
     }
+
+    /// The weights of every convolution step of a layout-only plan.
+    private static let standIn = PackedConv(weight: [0], bias: nil, outChannels: 1, inChannels: 1, kh: 1, kw: 1)
 
     let height: Int
     let width: Int
@@ -207,13 +220,10 @@ final class ExecutionPlan {
             views[v] = view
             return view
         }
-        /// Packed weights, or (measuring) an empty stand-in with the right shape.
+        /// Packed weights, or (measuring: the steps never run) one tiny stand-in.
         func packedConv(_ n: Node) -> PackedConv {
-            if let p = packed?.conv[n.name] { return p }
-            let w = analysis.tensorShapes[n.params[0]]!
-            let o = n.op == .convTranspose2d ? 4 * w[0] : w[0]
-            let (kh, kw) = n.op == .convTranspose2d ? (1, 1) : (w[2], w[3])
-            return PackedConv(weight: [Float](repeating: 0, count: o * w[1] * kh * kw), bias: nil, outChannels: o, inChannels: w[1], kh: kh, kw: kw)
+            if let p = packed?.conv(n) { return p }
+            return ExecutionPlan.standIn
         }
         let inputView = allocate(graph.inputs[0].name)
         for n in nodes where !skipped.contains(n.name) {
@@ -268,52 +278,91 @@ final class ExecutionPlan {
             for _ in before..<steps.count { info.append((n.name, label, flops / Double(max(1, steps.count - before)))) }
         }
         let outputView = allocate(graph.outputs[0])
+        if !measureOnly { PhaseProfile.shared.mark("plan: steps (+ Winograd weights)") }
 
         // Memory: every buffer lives from the first to the last step that touches it (the input
         // from before the first step, the output to the end); buffers whose lives do not overlap
-        // share memory in one arena (placed largest first at the lowest free offset).
-        func root(_ v: PlanarView) -> ObjectIdentifier { ObjectIdentifier(v.owner!) }
-        var first: [ObjectIdentifier: Int] = [:], last: [ObjectIdentifier: Int] = [:]
+        // share memory in one arena (placed largest first at the lowest free offset). A
+        // concatenation's buffer is made of parts, one per input slice (whole channel planes),
+        // each with its own life: a U-net's skip slice lives from the down path to the up path,
+        // but the slice its transposed convolution fills only from then on, so until then other
+        // maps use that memory (the buffer keeps its shape: its parts sit at fixed offsets).
+        struct Part { let root: ObjectIdentifier; let channels: Range<Int>; var first = Int.max, last = Int.min }
+        var parts: [ObjectIdentifier: [Part]] = [:]
+        for b in buffers {
+            let id = ObjectIdentifier(b)
+            var cuts = Set([0, b.layout.channels])
+            for (v, sl) in sliceOf where views[sl.concat]?.owner === b { cuts.insert(sl.offset); cuts.insert(sl.offset + shapes[v]!.channels) }
+            let c = cuts.sorted()
+            parts[id] = zip(c, c.dropFirst()).map { Part(root: id, channels: $0..<$1) }
+        }
         func touch(_ v: PlanarView, _ i: Int) {
-            let r = root(v)
-            first[r] = min(first[r] ?? i, i)
-            last[r] = max(last[r] ?? i, i)
+            let owner = v.owner!
+            let id = ObjectIdentifier(owner)
+            let c0 = (v.base - owner.base) / owner.layout.planeStride
+            let range = c0..<(c0 + v.channels)
+            for k in parts[id]!.indices where parts[id]![k].channels.overlaps(range) {
+                parts[id]![k].first = min(parts[id]![k].first, i)
+                parts[id]![k].last = max(parts[id]![k].last, i)
+            }
         }
         touch(inputView, -1)
         for (i, step) in steps.enumerated() { for v in step.views { touch(v, i) } }
         touch(outputView, steps.count)
-        let order = buffers.filter { first[ObjectIdentifier($0)] != nil }
-            .sorted { ($0.layout.allocation, first[ObjectIdentifier($0)]!) > ($1.layout.allocation, first[ObjectIdentifier($1)]!) }
+        func firstUse(_ b: PlanarBuffer) -> Int? {
+            let f = parts[ObjectIdentifier(b)]!.map(\.first).min()!
+            return f == Int.max ? nil : f
+        }
+        let order = buffers.filter { firstUse($0) != nil }
+            .sorted { ($0.layout.allocation, firstUse($0)!) > ($1.layout.allocation, firstUse($1)!) }
         var placed: [(start: Int, end: Int, first: Int, last: Int)] = []
         var offset: [ObjectIdentifier: Int] = [:]
         for b in order {
             let id = ObjectIdentifier(b)
-            let size = (b.layout.allocation + 15) / 16 * 16
-            let (f, l) = (first[id]!, last[id]!)
-            // Lowest offset clear of every placed buffer whose life overlaps this one.
-            let clash = placed.filter { $0.first <= l && f <= $0.last }.sorted { $0.start < $1.start }
+            // Float ranges of the parts from the buffer's start: channel planes (the last part
+            // also holds the slack after the last plane), each with its life.
+            let ps = parts[id]!.filter { $0.first != Int.max }
+            let spans = ps.map { p -> (r0: Int, r1: Int, first: Int, last: Int) in
+                let r0 = p.channels.lowerBound * b.layout.planeStride
+                let r1 = p.channels.upperBound == b.layout.channels ? (b.layout.allocation + 15) / 16 * 16 : p.channels.upperBound * b.layout.planeStride
+                return (r0, r1, p.first, p.last)
+            }
+            // Lowest offset (a multiple of 16 floats) at which no part meets a placed part whose
+            // life overlaps its own.
             var at = 0
-            for c in clash where c.start < at + size { if c.end > at { at = c.end } }
+            var moved = true
+            while moved {
+                moved = false
+                for sp in spans {
+                    for c in placed where c.first <= sp.last && sp.first <= c.last && c.start < at + sp.r1 && at + sp.r0 < c.end {
+                        at = (c.end - sp.r0 + 15) / 16 * 16
+                        moved = true
+                    }
+                }
+            }
             offset[id] = at
-            placed.append((at, at + size, f, l))
+            for sp in spans { placed.append((at + sp.r0, at + sp.r1, sp.first, sp.last)) }
         }
         arenaFloats = placed.map(\.end).max() ?? 0
-        unsharedBytes = placed.reduce(0) { $0 + ($1.end - $1.start) } * 4
+        unsharedBytes = order.reduce(0) { $0 + ($1.layout.allocation + 15) / 16 * 16 } * 4
+        if !measureOnly { PhaseProfile.shared.mark("plan: memory layout") }
         let arena = PlanarBuffer(arenaOf: measureOnly ? 0 : arenaFloats)
+        if !measureOnly { PhaseProfile.shared.mark("plan: arena allocation") }
         func rebase(_ v: PlanarView) -> PlanarView {
             let owner = v.owner!
             let at = arena.storage + offset[ObjectIdentifier(owner)]! + owner.layout.origin
             return PlanarView(base: at + (v.base - owner.base), layout: v.layout, owner: arena)
         }
-        // Buffers with zero margins get them cleared when their life starts (the arena may hold
-        // an earlier buffer's values there); everything else they hold is written before it is
-        // read.
+        // Buffers with zero margins get them cleared when the life of each part starts (the arena
+        // may hold an earlier buffer's values there); everything else they hold is written before
+        // it is read.
         var frames = [[PlanarView]](repeating: [], count: steps.count)
         var inputFrames: [PlanarView] = []
         for b in order where b.layout.margin > 0 {
-            let view = rebase(b.view())
-            let f = first[ObjectIdentifier(b)]!
-            if f < 0 { inputFrames.append(view) } else { frames[f].append(view) }
+            for p in parts[ObjectIdentifier(b)]! where p.first != Int.max {
+                let view = rebase(b.view(channelOffset: p.channels.lowerBound, channels: p.channels.count))
+                if p.first < 0 { inputFrames.append(view) } else { frames[p.first].append(view) }
+            }
         }
         self.inputView = rebase(inputView)
         self.outputView = rebase(outputView)

@@ -174,7 +174,11 @@ public final class FITSReader: @unchecked Sendable {
     private let compressed: Bool
     private var file: UnsafeMutablePointer<fitsfile>?
     private var values: [Double] = []
+    private var floats: [Float] = []
     private var nulls: [CChar] = []
+    /// Unscaled float32 data (BITPIX -32, no BSCALE/BZERO), read as Float32: the same values
+    /// and flags as through Float64, in half the memory and without the conversions.
+    private var plainFloat = false
 
     /// Opens `path` (cfitsio extended syntax allowed) at HDU `hdu` (index or EXTNAME; nil: the
     /// first HDU holding an image) and reads its header.
@@ -246,6 +250,11 @@ public final class FITSReader: @unchecked Sendable {
         self.headerCards = cards
         var cs: Int32 = 0
         self.compressed = fits_is_compressed_image(f, &cs) != 0
+        func unscaled(_ key: String, _ identity: Double) -> Bool {
+            guard let v = FITSHeader.value(key, in: cards) else { return true }
+            return Double(v.trimmingCharacters(in: .whitespaces)) == identity
+        }
+        self.plainFloat = bitpix == -32 && !compressed && unscaled("BSCALE", 1) && unscaled("BZERO", 0)
         self.file = f
         ok = true
     }
@@ -270,6 +279,10 @@ public final class FITSReader: @unchecked Sendable {
             throw FITSError.io("\(path): window rows \(rows) columns \(columns) lies outside the \(width)x\(height) image")
         }
         let count = rows.count * columns.count
+        if plainFloat {
+            try readFloatWindow(f, rows: rows, columns: columns, count: count, pixels: &pixels, invalid: &invalid)
+            return
+        }
         if values.count < count { values = [Double](repeating: 0, count: count); nulls = [CChar](repeating: 0, count: count) }
         var status: Int32 = 0
         var anynul: Int32 = 0
@@ -317,6 +330,49 @@ public final class FITSReader: @unchecked Sendable {
                                 inv[i] = false
                                 p[i] = Float(x)
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `readWindow` for unscaled float32 data, through cfitsio's Float32 reader (null flags for
+    /// NaN and infinite values, as the Float64 path flags them).
+    private func readFloatWindow(_ f: UnsafeMutablePointer<fitsfile>, rows: Range<Int>, columns: Range<Int>, count: Int,
+                                 pixels: inout [Float], invalid: inout [Bool]) throws {
+        if floats.count < count { floats = [Float](repeating: 0, count: count) }
+        if nulls.count < count { nulls = [CChar](repeating: 0, count: count) }
+        var status: Int32 = 0
+        var anynul: Int32 = 0
+        var first = [Int](repeating: 1, count: naxis)
+        floats.withUnsafeMutableBufferPointer { v in
+            nulls.withUnsafeMutableBufferPointer { n in
+                if columns.count == width {
+                    first[1] = rows.lowerBound + 1
+                    ffgpxf(f, TFLOAT, &first, Int64(count), v.baseAddress!, n.baseAddress!, &anynul, &status)
+                } else {
+                    for (k, y) in rows.enumerated() where status == 0 {
+                        first[0] = columns.lowerBound + 1
+                        first[1] = y + 1
+                        ffgpxf(f, TFLOAT, &first, Int64(columns.count), v.baseAddress! + k * columns.count,
+                               n.baseAddress! + k * columns.count, &anynul, &status)
+                    }
+                }
+            }
+        }
+        if status != 0 { throw FITSError.cfitsio("\(path): reading pixels", status, FITSIO.errorText(status)) }
+        if pixels.count != count { pixels = [Float](repeating: 0, count: count) }
+        if invalid.count != count { invalid = [Bool](repeating: false, count: count) }
+        floats.withUnsafeBufferPointer { v in
+            nulls.withUnsafeBufferPointer { n in
+                pixels.withUnsafeMutableBufferPointer { p in
+                    invalid.withUnsafeMutableBufferPointer { inv in
+                        for i in 0..<count {
+                            let x = v[i]
+                            let bad = n[i] != 0 || !x.isFinite
+                            inv[i] = bad
+                            p[i] = bad ? .nan : x
                         }
                     }
                 }

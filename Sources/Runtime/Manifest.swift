@@ -77,7 +77,12 @@ public struct PlanManifest: Codable, Sendable, Equatable {
 
     public func restorationOptions(threads: Int) throws -> Restoration.Options {
         guard let algorithm = ConvAlgorithm(rawValue: options.conv) else { throw ScaleError.badInput("manifest: unknown convolution algorithm '\(options.conv)'") }
-        return Restoration.Options(threads: threads, tileSize: options.tile, parameters: options.parameters, algorithm: algorithm)
+        var o = Restoration.Options(threads: threads, tileSize: options.tile, parameters: options.parameters, algorithm: algorithm)
+        // Planned tasks run within the memory the plan requested (`memoryEstimate`, from the band
+        // budget), on whatever node they land: 'same' networks tile from the band budget even
+        // where a whole frame would fit the node's in-memory budget.
+        o.memoryBudget = StreamingRestore.defaultBandBudget
+        return o
     }
 
     public static func load(_ path: String) throws -> PlanManifest {

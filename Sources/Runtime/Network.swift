@@ -73,7 +73,11 @@ public final class Network: @unchecked Sendable {
     /// Loads and fully verifies an `.acnn` file.
     public convenience init(path: String) throws {
         let reader = try ModelReader(path: path)
-        try self.init(model: try reader.model(), fileChecksum: reader.fileChecksum)
+        PhaseProfile.shared.mark("model: map, validate, file CRC")
+        let model = try reader.model()
+        PhaseProfile.shared.mark("model: tensor CRCs + decode")
+        try self.init(model: model, fileChecksum: reader.fileChecksum)
+        PhaseProfile.shared.mark("model: graph analysis")
     }
 
     public var inputChannels: Int { graph.inputs[0].channels }

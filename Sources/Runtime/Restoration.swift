@@ -90,7 +90,8 @@ public enum Restoration {
         let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])
         let ph = h + pads[0] + pads[1], pw = w + pads[2] + pads[3]
 
-        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm, isa: options.isa)
+        let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm, isa: options.isa,
+                                 memoryBudget: options.memoryBudget)
         let out = try runner.run(padded: padded, height: ph, width: pw, parameters: options.parameters, progress: options.progress)
 
         var restored = [Float](repeating: 0, count: w * h)

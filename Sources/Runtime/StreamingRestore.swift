@@ -19,9 +19,11 @@ public struct RestoreLayout: Sendable, Equatable {
     public var tileColumns: Int { (width + tileSize - 1) / tileSize }
 
     /// The layout for an image of this size. `tileSize` nil picks the tile as the in-memory path
-    /// does, except that 'same' networks size their tiles from `memoryBudget` (the in-memory path
-    /// runs them whole when the image fits a quarter of RAM).
-    public init(network: Network, width: Int, height: Int, tileSize: Int?, memoryBudget: Int? = nil) throws {
+    /// does, except that 'same' networks size their tiles from `memoryBudget`; with
+    /// `wholeImageBudget` they run the whole image as one tile when its maps fit that budget
+    /// (the in-memory path runs them whole when the image fits a quarter of RAM).
+    public init(network: Network, width: Int, height: Int, tileSize: Int?, memoryBudget: Int? = nil,
+                wholeImageBudget: Int? = nil) throws {
         let pads = try Restoration.padding(for: network, height: height, width: width)
         self.width = width
         self.height = height
@@ -31,7 +33,7 @@ public struct RestoreLayout: Sendable, Equatable {
         let out = try network.analysis.outputSize(height: paddedHeight, width: paddedWidth)
         self.outputHeight = out.height
         self.outputWidth = out.width
-        let runner = TiledRunner(network: network, tileSize: tileSize, memoryBudget: memoryBudget)
+        let runner = TiledRunner(network: network, tileSize: tileSize, memoryBudget: memoryBudget, wholeImageBudget: wholeImageBudget)
         self.tileSize = runner.effectiveTileSize(outputHeight: out.height, outputWidth: out.width)
     }
 }
@@ -54,8 +56,10 @@ public enum StreamingRestore {
     /// regions as the whole-image fill does.
     public static let fillMargin = 32
 
-    /// Rows per band in the statistics pass (about 4 M pixels).
-    static func statisticsRows(width: Int) -> Int { max(1, (4 << 20) / max(1, width)) }
+    /// Rows per band in the statistics pass (about 256 k pixels: the pass keeps one band of
+    /// buffers, so a small band touches little memory; the statistics are the same for any band,
+    /// pixels are taken in file order).
+    static func statisticsRows(width: Int) -> Int { max(1, (256 << 10) / max(1, width)) }
 
     /// What the statistics pass measured.
     public struct Statistics: Sendable, Equatable {
@@ -192,6 +196,8 @@ public enum StreamingRestore {
         network.runLock.lock()
         defer { network.runLock.unlock() }
         let packed = algorithm == .reference ? nil : network.packedWeights()
+        let profile = PhaseProfile.shared
+        profile.mark("pack weights (direct kernels)")
         var pixels = [Float](), invalid = [Bool]()
         var done = 0
         for ty in ty0..<ty1 {
@@ -212,6 +218,7 @@ public enum StreamingRestore {
             let rx0 = max(0, ix0 - margin), rx1 = min(w, ix1 + 1 + margin)
             let rw = rx1 - rx0, rh = ry1 - ry0
             try reader.readWindow(rows: ry0..<ry1, columns: rx0..<rx1, pixels: &pixels, invalid: &invalid)
+            profile.mark("FITS read band")
             var values = norm.apply(pixels, invalid: invalid)
             if margin > 0 { MaskFill.fill(&values, invalid: invalid, width: rw, height: rh) }
             // The padded band: rows [r0, r1), columns [C0, C1) of the padded image.
@@ -231,6 +238,7 @@ public enum StreamingRestore {
                 }
             }
             values = []
+            profile.mark("normalise, fill, reflect-pad band")
             // Output rows of this band inside the window.
             let oy0 = max(a, rows.lowerBound), oy1 = min(a + t, rows.upperBound)
             let bandRows = oy1 - oy0
@@ -265,6 +273,7 @@ public enum StreamingRestore {
                                 let cache = free.pop()
                                 defer { free.push(cache) }
                                 let plan = try cache.plan(network, packed, bh, ww, isa, algorithm)
+                                if !tileParallel { profile.mark("tile input copy, plan (+ Winograd weights)") }
                                 y = plan.run(input, parameters: parameters, threads: tileParallel ? 1 : threads)
                             } else {
                                 y = try network.forward(input, parameters: parameters, algorithm: .reference)
@@ -273,6 +282,7 @@ public enum StreamingRestore {
                             failure.set(error)
                             return
                         }
+                        if !tileParallel { profile.mark("graph run") }
                         // Network output row k of this window is output row r0 + k.
                         let xs0 = max(tile.b, columns.lowerBound), xs1 = min(tile.b + tile.u, columns.upperBound)
                         if xs1 > xs0 {
@@ -288,6 +298,7 @@ public enum StreamingRestore {
                     if let e = failure.error { throw e }
                 }
             }
+            profile.mark(tileParallel ? "tiles: plans + graph runs (tile-parallel)" : "tile output copy")
             done += tiles.count
             band = []
             var restored = norm.invert(out)
@@ -296,7 +307,9 @@ public enum StreamingRestore {
                 let ir = (oy0 + yy - ry0) * rw
                 for xx in 0..<outW where invalid[ir + columns.lowerBound + xx - rx0] { restored[yy * outW + xx] = .nan }
             }
+            profile.mark("invert band")
             try sink(oy0, bandRows, restored)
+            profile.mark("FITS write band")
         }
         return totalTiles
     }
@@ -351,14 +364,14 @@ public enum StreamingRestore {
         return parts.joined(separator: ";")
     }
 
-    /// CRC-32C of a file's bytes, read in 4 MiB blocks.
+    /// CRC-32C of a file's bytes, read in 1 MiB blocks.
     public static func fileChecksum(_ path: String) throws -> UInt32 {
         let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
         let fd = open(plain, O_RDONLY)
         if fd < 0 { throw FITSError.missingFile(plain) }
         defer { close(fd) }
         var crc: UInt32 = 0
-        let size = 4 << 20
+        let size = 1 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
         defer { buf.deallocate() }
         while true {
@@ -384,22 +397,32 @@ public enum StreamingRestore {
             if case .exists = e { throw FITSError.exists(output) }
             throw FITSError.io(e.description)
         }
+        let profile = PhaseProfile.shared
+        profile.mark("before restore")
         let reader = try FITSReader(path: input, hdu: hdu)
-        let layout = try RestoreLayout(network: network, width: reader.width, height: reader.height,
-                                       tileSize: options.tileSize, memoryBudget: options.memoryBudget ?? defaultBandBudget)
+        profile.mark("FITS open")
+        let layout = try RestoreLayout(network: network, width: reader.width, height: reader.height, tileSize: options.tileSize,
+                                       memoryBudget: options.memoryBudget ?? defaultBandBudget,
+                                       wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
+        profile.mark("layout (tile choice)")
         let stats = try statistics(reader, kind: options.normalization ?? network.normalization)
+        profile.mark("FITS statistics pass")
         let crc = try inputChecksum ?? fileChecksum(input)
+        profile.mark("input file CRC-32C")
         let prov = provenance(input: input, hdu: hdu, readerHDU: reader.hdu, bitpix: reader.bitpix, network: network,
                               statistics: stats, layout: layout, options: options, inputChecksum: crc, command: command)
         let writer = try FITSWriter(path: output, width: reader.width, height: reader.height, headerCards: reader.headerCards,
                                     provenance: prov, overwrite: overwrite)
+        profile.mark("output create + header")
         let tiles: Int
         do {
             tiles = try restoreWindow(reader, network: network, layout: layout, statistics: stats, rows: 0..<reader.height,
                                       columns: 0..<reader.width, options: options) { y0, _, px in
                 try px.withUnsafeBufferPointer { try writer.writeRows(y0, $0) }
             }
+            profile.mark("restore bands (rest)")
             try writer.commit()
+            profile.mark("output close, fsync, rename")
         } catch {
             writer.abort()
             throw error
@@ -421,9 +444,9 @@ public enum StreamingRestore {
     /// cfitsio buffers). Parts that never live at the same time are summed: an upper bound.
     public static func memoryEstimate(network: Network, width: Int, height: Int, tileSize: Int? = nil,
                                       threads: Int = ParallelFor.availableCores, invalidPixels: Bool = false,
-                                      memoryBudget: Int? = nil) throws -> [(part: String, bytes: Int)] {
+                                      memoryBudget: Int? = nil, wholeImageBudget: Int? = nil) throws -> [(part: String, bytes: Int)] {
         let layout = try RestoreLayout(network: network, width: width, height: height, tileSize: tileSize,
-                                       memoryBudget: memoryBudget ?? defaultBandBudget)
+                                       memoryBudget: memoryBudget ?? defaultBandBudget, wholeImageBudget: wholeImageBudget)
         let g = network.analysis.geometry
         let m = g.sizeMultiple
         let T = layout.tileSize

@@ -23,15 +23,21 @@ public struct TiledRunner: Sendable {
     public let isa: KernelISA
     /// Feature-map memory a tile may use, in bytes ('same' networks choose their tile from it).
     public let memoryBudget: Int
+    /// Feature-map memory under which a 'same' network runs the whole image as one tile (at
+    /// least `memoryBudget`; the streaming restore runs whole frames that fit the in-memory
+    /// budget, and tiles larger images from its smaller band budget).
+    public let wholeImageBudget: Int
 
     public init(network: Network, tileSize: Int? = nil, threads: Int = ParallelFor.availableCores,
-                algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, memoryBudget: Int? = nil) {
+                algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, memoryBudget: Int? = nil, wholeImageBudget: Int? = nil) {
         self.network = network
         self.algorithm = algorithm
         self.isa = isa
         self.requestedTile = tileSize ?? network.metadata["default_tile"]?.intValue.map(Int.init)
         self.threads = max(1, threads)
-        self.memoryBudget = memoryBudget ?? TiledRunner.defaultMemoryBudget
+        let budget = memoryBudget ?? TiledRunner.defaultMemoryBudget
+        self.memoryBudget = budget
+        self.wholeImageBudget = max(budget, wholeImageBudget ?? budget)
     }
 
     /// A quarter of physical memory, at most 4 GiB.
@@ -42,7 +48,7 @@ public struct TiledRunner: Sendable {
     /// The output tile side for an output of this size. Networks that shrink their input
     /// ('valid' convolutions: no halo overhead beyond the shrink) use 256 (128 for images under
     /// four such tiles). 'Same' networks need a wide halo on every tile, so they use the whole
-    /// image when its maps fit the memory budget, else the largest tile that does.
+    /// image when its maps fit `wholeImageBudget`, else the largest tile that fits `memoryBudget`.
     public func effectiveTileSize(outputHeight oh: Int, outputWidth ow: Int) -> Int {
         let g = network.analysis.geometry
         let m = g.sizeMultiple
@@ -59,7 +65,7 @@ public struct TiledRunner: Sendable {
         let perPixel = network.bytesPerInputPixel
         let side = max(oh, ow)
         let whole = Double((oh + g.halo[0] + g.halo[1]) * (ow + g.halo[2] + g.halo[3])) * perPixel
-        if whole <= Double(memoryBudget) { return roundUp(side) }
+        if whole <= Double(wholeImageBudget) { return roundUp(side) }
         let window = Int((Double(memoryBudget) / perPixel).squareRoot())
         let t = max(m, (window - max(g.halo[0] + g.halo[1], g.halo[2] + g.halo[3])) / m * m)
         // Equal tiles: as few as the budget allows, each as small as that count permits.

@@ -87,24 +87,27 @@ struct Bench: ParsableCommand {
         } } }
 
         // Throughput against image size.
-        print("\nwhole images (padding, tiling, network; no file I/O), median of \(repeats):")
-        print("  side    threads  conv         seconds    Mpixel/s   ns/pixel   GFLOP/s  % of peak")
-        var rows: [String] = ["side,pixels,threads,conv,isa,seconds,mpixel_per_s,ns_per_pixel,gflops,percent_of_peak"]
+        print("\nwhole images (padding, tiling, network; no file I/O), median of \(repeats) (CPU s: process CPU time, all threads):")
+        print("  side    threads  conv         seconds    Mpixel/s   ns/pixel   GFLOP/s  % of peak   CPU s  minor faults")
+        var rows: [String] = ["side,pixels,threads,conv,isa,seconds,mpixel_per_s,ns_per_pixel,gflops,percent_of_peak,cpu_seconds,minor_faults"]
         var series: [String: [(Double, Double)]] = [:]
         for alg in algs {
             for t in threadCounts {
                 for side in sides {
-                    let secs: Double
-                    do { secs = try Benchmark.imageSeconds(network: network, side: side, threads: t, algorithm: alg, isa: isa, tileSize: tile, repeats: repeats) } catch {
+                    let secs: Double, cpu: Double, faults: Int
+                    do {
+                        (secs, cpu, faults) = try Benchmark.imageTimes(network: network, side: side, threads: t, algorithm: alg, isa: isa,
+                                                                       tileSize: tile, repeats: repeats)
+                    } catch {
                         throw failure(String(describing: error))
                     }
                     let px = Double(side * side)
                     let gflops = flopsPerPixel * px / secs / 1e9
                     let peak = t == 1 ? peak1 : peakN * Double(min(t, cores)) / Double(cores)
-                    print(String(format: "  %5d   %7d  %@ %9.4f  %9.2f  %9.1f  %8.1f  %6.1f%%", side, t, pad(alg.rawValue, 11), secs, px / secs / 1e6,
-                                 secs / px * 1e9, gflops, 100 * gflops / peak))
-                    rows.append(String(format: "%d,%d,%d,%@,%@,%.6f,%.4f,%.3f,%.2f,%.2f", side, side * side, t, alg.rawValue, isa == .avx512 ? "avx512" : isa == .avx2 ? "avx2" : "portable",
-                                       secs, px / secs / 1e6, secs / px * 1e9, gflops, 100 * gflops / peak))
+                    print(String(format: "  %5d   %7d  %@ %9.4f  %9.2f  %9.1f  %8.1f  %6.1f%%  %6.3f  %12d", side, t, pad(alg.rawValue, 11), secs, px / secs / 1e6,
+                                 secs / px * 1e9, gflops, 100 * gflops / peak, cpu, faults))
+                    rows.append(String(format: "%d,%d,%d,%@,%@,%.6f,%.4f,%.3f,%.2f,%.2f,%.6f,%d", side, side * side, t, alg.rawValue, isa == .avx512 ? "avx512" : isa == .avx2 ? "avx2" : "portable",
+                                       secs, px / secs / 1e6, secs / px * 1e9, gflops, 100 * gflops / peak, cpu, faults))
                     series["\(alg.rawValue), \(t) thread\(t == 1 ? "" : "s")", default: []].append((px, secs))
                 }
             }

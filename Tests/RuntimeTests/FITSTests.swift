@@ -137,6 +137,53 @@ final class FITSTests: XCTestCase {
         }
     }
 
+    /// Unscaled float32 images are read through cfitsio's Float32 reader: the same bits and
+    /// flags as cfitsio's Float64 reader (which the other images go through) gives, in full-width
+    /// bands and in windows: finite values keep their bits, NaN and infinities are invalid, and
+    /// denormals and -0 are +0 (cfitsio's underflow rule, in both readers).
+    func testFloat32ReadKeepsBitsAndFlagsNonFinite() throws {
+        let w = 19, h = 7
+        var rng = TestRNG(seed: 5)
+        var values = (0..<(w * h)).map { _ in Float(rng.float(-1000, 1000)) }
+        let special: [Float] = [.nan, .infinity, -.infinity, .leastNonzeroMagnitude, -0.0, .greatestFiniteMagnitude, -.greatestFiniteMagnitude, 1e-40]
+        for (k, v) in special.enumerated() { values[k * 13 + 3] = v }
+        let path = "\(dir)/float32.fits"
+        var st: Int32 = 0
+        var f: UnsafeMutablePointer<fitsfile>?
+        ffinit(&f, path, &st)
+        var axes = [w, h]
+        ffcrim(f, -32, 2, &axes, &st)
+        var first = [1, 1]
+        ffppx(f, TFLOAT, &first, Int64(w * h), &values, &st)
+        // The Float64 reading of the same pixels, straight from cfitsio.
+        var doubles = [Double](repeating: 0, count: w * h)
+        var flags = [CChar](repeating: 0, count: w * h)
+        var anynul: Int32 = 0
+        ffgpxf(f, TDOUBLE, &first, Int64(w * h), &doubles, &flags, &anynul, &st)
+        ffclos(f, &st)
+        XCTAssertEqual(st, 0)
+        XCTAssertEqual(Float(doubles[3 * 13 + 3]), 0, "cfitsio reads denormals as 0")
+        let reader = try FITSReader(path: path)
+        var pixels = [Float](), invalid = [Bool]()
+        for (rows, cols) in [(0..<h, 0..<w), (2..<5, 0..<w), (1..<6, 3..<11), (0..<h, 18..<19)] {
+            try reader.readWindow(rows: rows, columns: cols, pixels: &pixels, invalid: &invalid)
+            XCTAssertEqual(pixels.count, rows.count * cols.count)
+            for (a, y) in rows.enumerated() { for (b, x) in cols.enumerated() {
+                let v = values[y * w + x], i = a * cols.count + b
+                let d = doubles[y * w + x]
+                if v.isFinite {
+                    XCTAssertFalse(invalid[i], "(\(y), \(x))")
+                    XCTAssertEqual(pixels[i].bitPattern, Float(d).bitPattern, "(\(y), \(x))")
+                    if v.isNormal { XCTAssertEqual(pixels[i].bitPattern, v.bitPattern, "(\(y), \(x))") }
+                } else {
+                    XCTAssertTrue(flags[y * w + x] != 0 || !d.isFinite)
+                    XCTAssertTrue(invalid[i], "(\(y), \(x)) holds \(v)")
+                    XCTAssertTrue(pixels[i].isNaN)
+                }
+            } }
+        }
+    }
+
     func testExtensionsByIndexNameAndDefault() throws {
         let w = 8, h = 6
         let values = (0..<(w * h)).map { Double($0) }

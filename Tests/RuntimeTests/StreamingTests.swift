@@ -167,6 +167,36 @@ final class StreamingTests: XCTestCase {
         XCTAssertLessThanOrEqual(Double(maxAbsDiff(s.pixels, whole)), 1e-4 * scale)
     }
 
+    /// By default a streamed 'same' network runs a frame whose maps fit the in-memory budget as
+    /// one tile, so `restore` gives the bits of the in-memory whole-image run (for any thread
+    /// count); with an explicit feature-map budget it streams tiles from that budget, equal to
+    /// the in-memory run with the same tiles.
+    func testSameNetworkStreamsWholeFramesThatFitAndTilesFromAnExplicitBudget() throws {
+        let model = try Architectures.unet(name: "tiny-unet", widths: [8, 16], normalization: "sky_mad", initializer: randomInit(seed: 6))
+        let net = try Network(model: model)
+        let w = 280, h = 200
+        let path = dir + "/whole.fits"
+        FITSFixture.write(path: path, bitpix: -32, width: w, height: h, values: sky(w, h, seed: 10), nullMask: [Bool](repeating: false, count: w * h))
+        let image = try FITSIO.readImage(path: path)
+        let whole = try Restoration.restore(image, network: net, options: .init(threads: 1))
+        XCTAssertEqual(whole.report.tiles, 1)
+        for threads in [1, 2, 3] {
+            let out = dir + "/whole-\(threads).fits"
+            let r = try StreamingRestore.restoreFile(input: path, output: out, network: net, options: .init(threads: threads))
+            XCTAssertEqual(r.tiles, 1, "\(threads) threads")
+            assertBitEqual(try FITSIO.readImage(path: out).pixels, whole.pixels, "whole frame, \(threads) threads")
+        }
+        // A budget for about a 100-pixel window: tiles, as in memory with that budget.
+        var opts = Restoration.Options(threads: 2)
+        opts.memoryBudget = Int(net.bytesPerInputPixel * 100 * 100)
+        let out = dir + "/budget.fits"
+        let r = try StreamingRestore.restoreFile(input: path, output: out, network: net, options: opts)
+        XCTAssertGreaterThan(r.tiles, 1)
+        let tiled = try Restoration.restore(image, network: net, options: opts)
+        XCTAssertEqual(tiled.report.tiles, r.tiles)
+        assertBitEqual(try FITSIO.readImage(path: out).pixels, tiled.pixels, "explicit budget")
+    }
+
     func testMemoryEstimateIsSetByWidthNotHeight() throws {
         let net = try flamary3
         func total(_ w: Int, _ h: Int) throws -> Int { try StreamingRestore.memoryEstimate(network: net, width: w, height: h, threads: 2).reduce(0) { $0 + $1.bytes } }
