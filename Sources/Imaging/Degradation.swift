@@ -300,8 +300,7 @@ public struct Degradation: Equatable, Sendable {
             let v = image.pixels[i]
             return v.isFinite ? v : nil
         }
-        let s = RobustSky.estimate(count: d.count) { d[$0] }.sigma / 6.0.squareRoot()
-        return s.isFinite ? s : 0
+        return RobustSky.pixelNoise(secondDifferences: d)
     }
 
     /// What `sky:k=K` multiplies: the robust sky sigma (`SkyStatistics`: median and MAD with

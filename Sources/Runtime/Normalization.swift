@@ -80,8 +80,7 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
     /// the streaming statistics both end here). Falls back to the sky sigma when the differences
     /// have no spread (a constant or piecewise-linear image), then to 1.
     public static func noiseMAD(sky: (median: Double, sigma: Double, pixels: Int), differences d: [Double]) -> Normalization {
-        let n = RobustSky.estimate(count: d.count) { d[$0] }
-        let noise = n.sigma / 6.0.squareRoot()
+        let noise = RobustSky.pixelNoise(secondDifferences: d)
         let scale = noise > 0 && noise.isFinite ? noise : (sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
         return Normalization(kind: .noiseMAD, offset: sky.median.isFinite ? sky.median : 0, scale: scale)
     }
@@ -221,6 +220,13 @@ public enum RobustSky {
             if let a = value(i - 2), let b = value(i), let c = value(i + 2), a.isFinite, b.isFinite, c.isFinite { d.append(2 * b - a - c) }
         }
         return d
+    }
+
+    /// The white-noise sigma the second differences imply: 1.4826 x their clipped MAD / sqrt 6
+    /// (0 when they have no spread).
+    public static func pixelNoise(secondDifferences d: [Double]) -> Double {
+        let s = estimate(count: d.count) { d[$0] }.sigma / 6.0.squareRoot()
+        return s.isFinite ? s : 0
     }
 
     public static func median(_ v: inout [Double]) -> Double {
