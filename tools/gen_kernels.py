@@ -8,7 +8,7 @@ in named local variables so the compiler keeps them in registers):
 
 | target            | vector       | block (out channels x vectors) | registers used      |
 |-------------------|--------------|--------------------------------|---------------------|
-| KernelsAVX512     | SIMD16<Float>| 4 x 4, tail 4 x 1              | 16 acc + 4 in + 1 w of 32 zmm |
+| KernelsAVX512     | SIMD16<Float>| 8 x 3, tails 8 x 1, 4 x 4, 4 x 1 | 24 acc + 3 in + 1 w of 32 zmm |
 | KernelsAVX2       | SIMD8<Float> | 4 x 3, tail 4 x 1              | 12 acc + 3 in + 1 w of 16 ymm |
 | Kernels (portable)| SIMD8<Float> | 4 x 2, tail 4 x 1              | NEON: 16 acc + 4 in of 32 q   |
 
@@ -35,49 +35,68 @@ def fma_line(acc, x, w, fma):
     return f"{acc} = fmaOrMulAdd({acc}, {x}, {w})"
 
 
-def block_parts(vec, vw, nx, fma, indent):
-    """The pieces shared by the 4-output-channel kernels: accumulators starting at the bias, the
-    body of one input tap (nx vector loads, 4 broadcast weights, 4 x nx FMAs, next weights) and
-    the stores."""
+def block_parts(vec, vw, nx, fma, indent, no=4):
+    """The pieces shared by the register-blocked kernels of `no` (4 or 8) output channels:
+    accumulators starting at the bias, the body of one input tap (nx vector loads, `no`
+    broadcast weights, no x nx FMAs, next weights) and the stores. Channels 0-3 read their weights
+    from packed block `wp`, channels 4-7 from the next block `wq`."""
     a = lambda o, x: f"a{o}{x}"
     init = []
-    for o in range(4):
+    for o in range(no):
         init.append(f"    let b{o} = {vec}(repeating: bias[{o}])")
         init.append("    var " + ", ".join(f"{a(o, x)} = b{o}" for x in range(nx)))
     body = [f"{indent}let x{x} = UnsafeRawPointer(p + {x * vw}).loadUnaligned(as: {vec}.self)" for x in range(nx)]
-    for o in range(4):
-        body.append(f"{indent}let w{o} = {vec}(repeating: wp[{o}])")
+    for o in range(no):
+        src = f"wp[{o}]" if o < 4 else f"wq[{o - 4}]"
+        body.append(f"{indent}let w{o} = {vec}(repeating: {src})")
         body += [indent + fma_line(a(o, x), f"x{x}", f"w{o}", fma) for x in range(nx)]
     body.append(f"{indent}wp += 4")
+    if no == 8:
+        body.append(f"{indent}wq += 4")
     stores = [f"    UnsafeMutableRawPointer(out + {o} * outPlane + {x * vw}).storeBytes(of: {a(o, x)}, as: {vec}.self)"
-              for o in range(4) for x in range(nx)]
+              for o in range(no) for x in range(nx)]
     return init, body, stores
 
 
-def micro(name, vec, vw, nx, fma):
-    init, body, stores = block_parts(vec, vw, nx, fma, " " * 16)
+def activate_lines(vec, names):
+    """The layer's activation on the accumulators before they are stored (act 1 ReLU, 2 LeakyReLU
+    with `alpha`; 0 none), with the reference's exact semantics: t < 0 ? 0 (or t * alpha) : t."""
+    lines = ["    if act == 1 {", f"        let z = {vec}(repeating: 0)"]
+    lines += [f"        {a} = {a}.replacing(with: z, where: {a} .< z)" for a in names]
+    lines += ["    } else if act == 2 {", f"        let z = {vec}(repeating: 0), av = {vec}(repeating: alpha)"]
+    lines += [f"        {a} = {a}.replacing(with: {a} * av, where: {a} .< z)" for a in names]
+    lines.append("    }")
+    return lines
+
+
+def micro(name, vec, vw, nx, fma, no=4):
+    init, body, stores = block_parts(vec, vw, nx, fma, " " * 16, no)
+    w2 = " _ w2: UnsafePointer<Float>," if no == 8 else ""
     lines = ["@inline(__always)",
              f"func {name}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,",
-             f"    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {{"]
+             f"    _ w: UnsafePointer<Float>,{w2} _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,",
+             "    _ act: Int, _ alpha: Float) {"]
     lines += init
-    lines += ["    var wp = w", "    var plane = inp", "    for _ in 0..<c {", "        var row = plane",
+    lines += ["    var wp = w"] + (["    var wq = w2"] if no == 8 else []) + ["    var plane = inp", "    for _ in 0..<c {", "        var row = plane",
               "        for _ in 0..<kh {", "            var p = row", "            for _ in 0..<kw {"]
     lines += body
     lines += ["                p += 1", "            }", "            row += inRow", "        }", "        plane += inPlane", "    }"]
+    lines += activate_lines(vec, [f"a{o}{x}" for o in range(no) for x in range(nx)])
     lines += stores
     lines.append("}")
     return "\n".join(lines)
 
 
-def gemm_micro(name, vec, vw, nx, fma):
-    """4 output channels x nx vectors of C = W V + b for a 1x1 (GEMM) layer: accumulators start
+def gemm_micro(name, vec, vw, nx, fma, no=4):
+    """`no` output channels x nx vectors of C = W V + b for a 1x1 (GEMM) layer: accumulators start
     at the bias, one loop over input channels (no kernel-tap loops)."""
-    init, body, stores = block_parts(vec, vw, nx, fma, " " * 8)
+    init, body, stores = block_parts(vec, vw, nx, fma, " " * 8, no)
+    w2 = " _ w2: UnsafePointer<Float>," if no == 8 else ""
     lines = ["@inline(__always)",
-             f"func {name}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,",
+             f"func {name}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>,{w2}",
              f"    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {{"]
     lines += init
-    lines += ["    var wp = w", "    var p = inp", "    for _ in 0..<c {"]
+    lines += ["    var wp = w"] + (["    var wq = w2"] if no == 8 else []) + ["    var p = inp", "    for _ in 0..<c {"]
     lines += body
     lines += ["        p += inPlane", "    }"]
     lines += stores
@@ -85,18 +104,40 @@ def gemm_micro(name, vec, vw, nx, fma):
     return "\n".join(lines) + "\n"
 
 
-def gemm(prefix, vec, vw, nx, fma):
+def gemm(prefix, vec, vw, nx, fma, nx8=None):
+    """The GEMM of 4-row blocks; with nx8, pairs of blocks go through an 8 x nx8 register block
+    first (8 x 1 on the last columns), the odd block through 4 x nx / 4 x 1."""
     parts = [gemm_micro(f"{prefix}Gemm4x{nx}", vec, vw, nx, fma)]
     if nx != 1:
         parts.append(gemm_micro(f"{prefix}Gemm4x1", vec, vw, 1, fma))
+    pairs = ""
+    if nx8:
+        parts.append(gemm_micro(f"{prefix}Gemm8x{nx8}", vec, vw, nx8, fma, 8))
+        parts.append(gemm_micro(f"{prefix}Gemm8x1", vec, vw, 1, fma, 8))
+        pairs = f"""
+    while ob + 2 <= blocks {{
+        let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
+        var xv = 0
+        while xv + {nx8} <= vectors {{
+            {prefix}Gemm8x{nx8}(v + xv * {vw}, inPlane, c, wb, wb + c * 4, bb, op + xv * {vw}, outPlane)
+            xv += {nx8}
+        }}
+        while xv < vectors {{
+            {prefix}Gemm8x1(v + xv * {vw}, inPlane, c, wb, wb + c * 4, bb, op + xv * {vw}, outPlane)
+            xv += 1
+        }}
+        ob += 2
+    }}"""
+    block_doc = f"8 x {nx8} register block on pairs of 4-row blocks" if nx8 else f"4 x {nx} register block"
     parts.append(f"""
 /// C (blocks x 4 rows, `vectors` vectors of {vw} columns; rows outPlane apart) = W V + b, where
 /// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
 /// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
-/// transformed position) and the transposed convolution's taps.
+/// transformed position) and the transposed convolution's taps. {block_doc}.
 public func {prefix}Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
                          _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {{
-    for ob in 0..<blocks {{
+    var ob = 0{pairs}
+    while ob < blocks {{
         let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + {nx} <= vectors {{
@@ -107,6 +148,7 @@ public func {prefix}Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ 
             {prefix}Gemm4x1(v + xv * {vw}, inPlane, c, wb, bb, op + xv * {vw}, outPlane)
             xv += 1
         }}
+        ob += 1
     }}
 }}
 """)
@@ -157,39 +199,65 @@ public func {prefix}DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: I
 """
 
 
-def layer(prefix, vec, vw, nx):
+def layer(prefix, vec, vw, nx, nx8=None):
     block = max(nx, (256 // vw) // nx * nx)
+    if nx8:
+        block = max(nx8, (256 // vw) // nx8 * nx8)
+    pairs = ""
+    if nx8:
+        pairs = f"""
+            while ob + 2 <= outBlocks {{
+                let wb = w + ob * blockWeights
+                let bb = bias + ob * 4
+                let op = out + ob * 4 * outPlane + y * outRow
+                var xv = strip
+                while xv + {nx8} <= stripEnd {{
+                    {prefix}Micro8x{nx8}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + xv * {vw}, outPlane, act, alpha)
+                    xv += {nx8}
+                }}
+                while xv < stripEnd {{
+                    {prefix}Micro8x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + xv * {vw}, outPlane, act, alpha)
+                    xv += 1
+                }}
+                ob += 2
+            }}"""
+    blocking = (f"Pairs of output channel blocks go through an 8 x {nx8} register block (8 x 1 on the last\n/// columns), an odd last block through 4 x {nx} / 4 x 1."
+                if nx8 else f"Each output channel block goes through a 4 x {nx} register block (4 x 1 on the last columns).")
     return f"""
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of {vw} columns per row.
 /// Columns are processed in strips of {block} vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
-/// them. Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
+/// them. {blocking} Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
 /// multiple of 4. Row strides must leave room for the vector overhang (see `PlanarLayout`).
+/// The activation (`act` 0 none, 1 ReLU, 2 LeakyReLU with `alpha`) is applied to the registers
+/// before they are stored: no second pass over the output.
 @inline(__always)
 func {prefix}Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
-                  _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {{
+                  _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {{
     let blockWeights = c * kh * kw * 4
     var strip = 0
     while strip < vectors {{
         let stripEnd = min(vectors, strip + {block})
         for y in rowStart..<rowEnd {{
             let ip = input + y * inRow
-            for ob in 0..<outBlocks {{
+            var ob = 0{pairs}
+            while ob < outBlocks {{
                 let wb = w + ob * blockWeights
                 let bb = bias + ob * 4
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + {nx} <= stripEnd {{
-                    {prefix}Micro4x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane)
+                    {prefix}Micro4x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane, act, alpha)
                     xv += {nx}
                 }}
                 while xv < stripEnd {{
-                    {prefix}Micro4x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane)
+                    {prefix}Micro4x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, wb, bb, op + xv * {vw}, outPlane, act, alpha)
                     xv += 1
                 }}
+                ob += 1
             }}
         }}
         strip = stripEnd
@@ -234,7 +302,7 @@ def wgrad(prefix, vec, vw, mr, nr, fma):
     return "\n".join(L) + "\n"
 
 
-def generate(path, isa, guard, prefix, vec, vw, nx, fma, public_entry):
+def generate(path, isa, guard, prefix, vec, vw, nx, fma, public_entry, nx8=None):
     parts = [HEADER.format(isa=isa, vec=vec, nx=nx)]
     if guard:
         parts.append(f"#if {guard}\n")
@@ -254,8 +322,13 @@ func fmaOrMulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{
     if nx != 1:
         parts.append(micro(f"{prefix}Micro4x1", vec, vw, 1, fma))
         parts.append("\n")
-    parts.append(layer(prefix, vec, vw, nx))
-    parts.append(gemm(prefix, vec, vw, nx, fma))
+    if nx8:
+        parts.append(micro(f"{prefix}Micro8x{nx8}", vec, vw, nx8, fma, 8))
+        parts.append("\n\n")
+        parts.append(micro(f"{prefix}Micro8x1", vec, vw, 1, fma, 8))
+        parts.append("\n")
+    parts.append(layer(prefix, vec, vw, nx, nx8))
+    parts.append(gemm(prefix, vec, vw, nx, fma, nx8))
     parts.append(single(prefix, vec, vw, {16: 8, 8: 6}.get(vw, 4) if fma == "always" else 4, fma))
     parts.append(public_entry)
     parts.append(peak(prefix, vec, vw, 24 if vw == 16 else 12, fma))
@@ -301,8 +374,8 @@ ENTRY = """
 public func {name}(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
-                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {{
-    {prefix}Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors)
+                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {{
+    {prefix}Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }}
 
 /// Vector width in floats of this ISA's kernels.
@@ -408,7 +481,7 @@ if __name__ == "__main__":
                       None, "portable", "portable")
     generate(os.path.join(ROOT, "Sources/KernelsAVX512/DirectConvAVX512.generated.swift"), "x86-64 AVX-512",
              "arch(x86_64)", "avx512", "SIMD16<Float>", 16, 4, "always",
-             ENTRY.format(name="avx512DirectConv", prefix="avx512", vw=16))
+             ENTRY.format(name="avx512DirectConv", prefix="avx512", vw=16), nx8=3)
     generate(os.path.join(ROOT, "Sources/KernelsAVX2/DirectConvAVX2.generated.swift"), "x86-64 AVX2+FMA",
              "arch(x86_64)", "avx2", "SIMD8<Float>", 8, 3, "always",
              ENTRY.format(name="avx2DirectConv", prefix="avx2", vw=8))

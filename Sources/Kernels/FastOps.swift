@@ -157,9 +157,15 @@ public enum FastOps {
         let vw = isa.vectorWidth
         let vectors = (output.width + vw - 1) / vw
         let full = w.outChannels / 4
+        let (act, alpha): (Int, Float)
+        switch activation {
+        case .none: (act, alpha) = (0, 0)
+        case .relu: (act, alpha) = (1, 0)
+        case .leakyRelu(let a): (act, alpha) = (2, a)
+        }
         if full > 0 {
             run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw,
-                output.base, output.planeStride, output.rowStride, r.lowerBound, r.upperBound, vectors)
+                output.base, output.planeStride, output.rowStride, r.lowerBound, r.upperBound, vectors, act, alpha)
         }
         let blockOffset = full * w.inChannels * w.kh * w.kw * 4
         for lane in 0..<(w.outChannels - full * 4) {
@@ -167,7 +173,8 @@ public enum FastOps {
             single(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset + lane, w.bias[o], w.kh, w.kw,
                    output.pointer(o, 0, 0), output.rowStride, r.lowerBound, r.upperBound, vectors)
         }
-        epilogue(output, activation: activation, rows: r)
+        // The blocked kernel activated its channels in registers; the single-channel ones here.
+        epilogue(output, activation: activation, rows: r, activatedChannels: full * 4)
     }
 
     @inline(__always)
@@ -188,19 +195,20 @@ public enum FastOps {
     @inline(__always)
     static func run(_ isa: KernelISA, _ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ blocks: Int, _ kh: Int, _ kw: Int,
-                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int, _ r0: Int, _ r1: Int, _ vectors: Int) {
+                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int, _ r0: Int, _ r1: Int, _ vectors: Int,
+                    _ act: Int, _ alpha: Float) {
         switch isa {
         #if arch(x86_64)
         case .avx512:
-            avx512DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+            avx512DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         case .avx2:
-            avx2DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+            avx2DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         #else
         case .avx512, .avx2:
-            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         #endif
         case .portable:
-            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors)
+            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         }
     }
 
@@ -221,15 +229,16 @@ public enum FastOps {
         }
     }
 
-    /// Applies the activation to the valid columns and zeroes the columns past the width that
+    /// Applies the activation to the valid columns (of channels from `activatedChannels` on: the
+    /// ones before were activated by the kernel) and zeroes the columns past the width that
     /// vector kernels wrote, so margins stay zero for the next 'same' convolution.
-    public static func epilogue(_ v: PlanarView, activation: Activation, rows: Range<Int>? = nil) {
+    public static func epilogue(_ v: PlanarView, activation: Activation, rows: Range<Int>? = nil, activatedChannels: Int = 0) {
         let w = v.width
         let tail = (w + 15) / 16 * 16 - w + v.layout.margin
         for c in 0..<v.channels {
             for y in rows ?? 0..<v.height {
                 let p = v.pointer(c, y, 0)
-                switch activation {
+                switch c < activatedChannels ? .none : activation {
                 case .none: break
                 case .relu: for x in 0..<w { p[x] = max(p[x], 0) }
                 case .leakyRelu(let a): for x in 0..<w { let t = p[x]; p[x] = t < 0 ? t * a : t }

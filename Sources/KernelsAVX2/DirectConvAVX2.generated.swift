@@ -3,7 +3,8 @@
 #if arch(x86_64)
 @inline(__always)
 func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
-    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
+    _ act: Int, _ alpha: Float) {
     let b0 = SIMD8<Float>(repeating: bias[0])
     var a00 = b0, a01 = b0, a02 = b0
     let b1 = SIMD8<Float>(repeating: bias[1])
@@ -45,6 +46,35 @@ func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
         }
         plane += inPlane
     }
+    if act == 1 {
+        let z = SIMD8<Float>(repeating: 0)
+        a00 = a00.replacing(with: z, where: a00 .< z)
+        a01 = a01.replacing(with: z, where: a01 .< z)
+        a02 = a02.replacing(with: z, where: a02 .< z)
+        a10 = a10.replacing(with: z, where: a10 .< z)
+        a11 = a11.replacing(with: z, where: a11 .< z)
+        a12 = a12.replacing(with: z, where: a12 .< z)
+        a20 = a20.replacing(with: z, where: a20 .< z)
+        a21 = a21.replacing(with: z, where: a21 .< z)
+        a22 = a22.replacing(with: z, where: a22 .< z)
+        a30 = a30.replacing(with: z, where: a30 .< z)
+        a31 = a31.replacing(with: z, where: a31 .< z)
+        a32 = a32.replacing(with: z, where: a32 .< z)
+    } else if act == 2 {
+        let z = SIMD8<Float>(repeating: 0), av = SIMD8<Float>(repeating: alpha)
+        a00 = a00.replacing(with: a00 * av, where: a00 .< z)
+        a01 = a01.replacing(with: a01 * av, where: a01 .< z)
+        a02 = a02.replacing(with: a02 * av, where: a02 .< z)
+        a10 = a10.replacing(with: a10 * av, where: a10 .< z)
+        a11 = a11.replacing(with: a11 * av, where: a11 .< z)
+        a12 = a12.replacing(with: a12 * av, where: a12 .< z)
+        a20 = a20.replacing(with: a20 * av, where: a20 .< z)
+        a21 = a21.replacing(with: a21 * av, where: a21 .< z)
+        a22 = a22.replacing(with: a22 * av, where: a22 .< z)
+        a30 = a30.replacing(with: a30 * av, where: a30 .< z)
+        a31 = a31.replacing(with: a31 * av, where: a31 .< z)
+        a32 = a32.replacing(with: a32 * av, where: a32 .< z)
+    }
     UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD8<Float>.self)
     UnsafeMutableRawPointer(out + 0 * outPlane + 8).storeBytes(of: a01, as: SIMD8<Float>.self)
     UnsafeMutableRawPointer(out + 0 * outPlane + 16).storeBytes(of: a02, as: SIMD8<Float>.self)
@@ -61,7 +91,8 @@ func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 
 @inline(__always)
 func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
-    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
+    _ act: Int, _ alpha: Float) {
     let b0 = SIMD8<Float>(repeating: bias[0])
     var a00 = b0
     let b1 = SIMD8<Float>(repeating: bias[1])
@@ -93,6 +124,19 @@ func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
         }
         plane += inPlane
     }
+    if act == 1 {
+        let z = SIMD8<Float>(repeating: 0)
+        a00 = a00.replacing(with: z, where: a00 .< z)
+        a10 = a10.replacing(with: z, where: a10 .< z)
+        a20 = a20.replacing(with: z, where: a20 .< z)
+        a30 = a30.replacing(with: z, where: a30 .< z)
+    } else if act == 2 {
+        let z = SIMD8<Float>(repeating: 0), av = SIMD8<Float>(repeating: alpha)
+        a00 = a00.replacing(with: a00 * av, where: a00 .< z)
+        a10 = a10.replacing(with: a10 * av, where: a10 .< z)
+        a20 = a20.replacing(with: a20 * av, where: a20 .< z)
+        a30 = a30.replacing(with: a30 * av, where: a30 .< z)
+    }
     UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD8<Float>.self)
     UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD8<Float>.self)
     UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD8<Float>.self)
@@ -103,32 +147,36 @@ func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of 8 columns per row.
 /// Columns are processed in strips of 30 vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
-/// them. Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
+/// them. Each output channel block goes through a 4 x 3 register block (4 x 1 on the last columns). Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
 /// multiple of 4. Row strides must leave room for the vector overhang (see `PlanarLayout`).
+/// The activation (`act` 0 none, 1 ReLU, 2 LeakyReLU with `alpha`) is applied to the registers
+/// before they are stored: no second pass over the output.
 @inline(__always)
 func avx2Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
-                  _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
+                  _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
     let blockWeights = c * kh * kw * 4
     var strip = 0
     while strip < vectors {
         let stripEnd = min(vectors, strip + 30)
         for y in rowStart..<rowEnd {
             let ip = input + y * inRow
-            for ob in 0..<outBlocks {
+            var ob = 0
+            while ob < outBlocks {
                 let wb = w + ob * blockWeights
                 let bb = bias + ob * 4
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + 3 <= stripEnd {
-                    avx2Micro4x3(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane)
+                    avx2Micro4x3(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane, act, alpha)
                     xv += 3
                 }
                 while xv < stripEnd {
-                    avx2Micro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane)
+                    avx2Micro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane, act, alpha)
                     xv += 1
                 }
+                ob += 1
             }
         }
         strip = stripEnd
@@ -220,10 +268,11 @@ func avx2Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: Uns
 /// C (blocks x 4 rows, `vectors` vectors of 8 columns; rows outPlane apart) = W V + b, where
 /// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
 /// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
-/// transformed position) and the transposed convolution's taps.
+/// transformed position) and the transposed convolution's taps. 4 x 3 register block.
 public func avx2Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
                          _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
-    for ob in 0..<blocks {
+    var ob = 0
+    while ob < blocks {
         let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + 3 <= vectors {
@@ -234,6 +283,7 @@ public func avx2Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: U
             avx2Gemm4x1(v + xv * 8, inPlane, c, wb, bb, op + xv * 8, outPlane)
             xv += 1
         }
+        ob += 1
     }
 }
 @inline(__always)
@@ -318,8 +368,8 @@ public func avx2DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, 
 public func avx2DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
-                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
-    avx2Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors)
+                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
+    avx2Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }
 
 /// Vector width in floats of this ISA's kernels.

@@ -3,7 +3,8 @@
 #if arch(x86_64)
 @inline(__always)
 func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
-    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
+    _ act: Int, _ alpha: Float) {
     let b0 = SIMD16<Float>(repeating: bias[0])
     var a00 = b0, a01 = b0, a02 = b0, a03 = b0
     let b1 = SIMD16<Float>(repeating: bias[1])
@@ -50,6 +51,43 @@ func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
         }
         plane += inPlane
     }
+    if act == 1 {
+        let z = SIMD16<Float>(repeating: 0)
+        a00 = a00.replacing(with: z, where: a00 .< z)
+        a01 = a01.replacing(with: z, where: a01 .< z)
+        a02 = a02.replacing(with: z, where: a02 .< z)
+        a03 = a03.replacing(with: z, where: a03 .< z)
+        a10 = a10.replacing(with: z, where: a10 .< z)
+        a11 = a11.replacing(with: z, where: a11 .< z)
+        a12 = a12.replacing(with: z, where: a12 .< z)
+        a13 = a13.replacing(with: z, where: a13 .< z)
+        a20 = a20.replacing(with: z, where: a20 .< z)
+        a21 = a21.replacing(with: z, where: a21 .< z)
+        a22 = a22.replacing(with: z, where: a22 .< z)
+        a23 = a23.replacing(with: z, where: a23 .< z)
+        a30 = a30.replacing(with: z, where: a30 .< z)
+        a31 = a31.replacing(with: z, where: a31 .< z)
+        a32 = a32.replacing(with: z, where: a32 .< z)
+        a33 = a33.replacing(with: z, where: a33 .< z)
+    } else if act == 2 {
+        let z = SIMD16<Float>(repeating: 0), av = SIMD16<Float>(repeating: alpha)
+        a00 = a00.replacing(with: a00 * av, where: a00 .< z)
+        a01 = a01.replacing(with: a01 * av, where: a01 .< z)
+        a02 = a02.replacing(with: a02 * av, where: a02 .< z)
+        a03 = a03.replacing(with: a03 * av, where: a03 .< z)
+        a10 = a10.replacing(with: a10 * av, where: a10 .< z)
+        a11 = a11.replacing(with: a11 * av, where: a11 .< z)
+        a12 = a12.replacing(with: a12 * av, where: a12 .< z)
+        a13 = a13.replacing(with: a13 * av, where: a13 .< z)
+        a20 = a20.replacing(with: a20 * av, where: a20 .< z)
+        a21 = a21.replacing(with: a21 * av, where: a21 .< z)
+        a22 = a22.replacing(with: a22 * av, where: a22 .< z)
+        a23 = a23.replacing(with: a23 * av, where: a23 .< z)
+        a30 = a30.replacing(with: a30 * av, where: a30 .< z)
+        a31 = a31.replacing(with: a31 * av, where: a31 .< z)
+        a32 = a32.replacing(with: a32 * av, where: a32 .< z)
+        a33 = a33.replacing(with: a33 * av, where: a33 .< z)
+    }
     UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
     UnsafeMutableRawPointer(out + 0 * outPlane + 16).storeBytes(of: a01, as: SIMD16<Float>.self)
     UnsafeMutableRawPointer(out + 0 * outPlane + 32).storeBytes(of: a02, as: SIMD16<Float>.self)
@@ -70,7 +108,8 @@ func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 
 @inline(__always)
 func avx512Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
-    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
+    _ act: Int, _ alpha: Float) {
     let b0 = SIMD16<Float>(repeating: bias[0])
     var a00 = b0
     let b1 = SIMD16<Float>(repeating: bias[1])
@@ -102,42 +141,308 @@ func avx512Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
         }
         plane += inPlane
     }
+    if act == 1 {
+        let z = SIMD16<Float>(repeating: 0)
+        a00 = a00.replacing(with: z, where: a00 .< z)
+        a10 = a10.replacing(with: z, where: a10 .< z)
+        a20 = a20.replacing(with: z, where: a20 .< z)
+        a30 = a30.replacing(with: z, where: a30 .< z)
+    } else if act == 2 {
+        let z = SIMD16<Float>(repeating: 0), av = SIMD16<Float>(repeating: alpha)
+        a00 = a00.replacing(with: a00 * av, where: a00 .< z)
+        a10 = a10.replacing(with: a10 * av, where: a10 .< z)
+        a20 = a20.replacing(with: a20 * av, where: a20 .< z)
+        a30 = a30.replacing(with: a30 * av, where: a30 .< z)
+    }
     UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
     UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
     UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
     UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
 }
+@inline(__always)
+func avx512Micro8x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+    _ w: UnsafePointer<Float>, _ w2: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
+    _ act: Int, _ alpha: Float) {
+    let b0 = SIMD16<Float>(repeating: bias[0])
+    var a00 = b0, a01 = b0, a02 = b0
+    let b1 = SIMD16<Float>(repeating: bias[1])
+    var a10 = b1, a11 = b1, a12 = b1
+    let b2 = SIMD16<Float>(repeating: bias[2])
+    var a20 = b2, a21 = b2, a22 = b2
+    let b3 = SIMD16<Float>(repeating: bias[3])
+    var a30 = b3, a31 = b3, a32 = b3
+    let b4 = SIMD16<Float>(repeating: bias[4])
+    var a40 = b4, a41 = b4, a42 = b4
+    let b5 = SIMD16<Float>(repeating: bias[5])
+    var a50 = b5, a51 = b5, a52 = b5
+    let b6 = SIMD16<Float>(repeating: bias[6])
+    var a60 = b6, a61 = b6, a62 = b6
+    let b7 = SIMD16<Float>(repeating: bias[7])
+    var a70 = b7, a71 = b7, a72 = b7
+    var wp = w
+    var wq = w2
+    var plane = inp
+    for _ in 0..<c {
+        var row = plane
+        for _ in 0..<kh {
+            var p = row
+            for _ in 0..<kw {
+                let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self)
+                let x1 = UnsafeRawPointer(p + 16).loadUnaligned(as: SIMD16<Float>.self)
+                let x2 = UnsafeRawPointer(p + 32).loadUnaligned(as: SIMD16<Float>.self)
+                let w0 = SIMD16<Float>(repeating: wp[0])
+                a00 = a00.addingProduct(x0, w0)
+                a01 = a01.addingProduct(x1, w0)
+                a02 = a02.addingProduct(x2, w0)
+                let w1 = SIMD16<Float>(repeating: wp[1])
+                a10 = a10.addingProduct(x0, w1)
+                a11 = a11.addingProduct(x1, w1)
+                a12 = a12.addingProduct(x2, w1)
+                let w2 = SIMD16<Float>(repeating: wp[2])
+                a20 = a20.addingProduct(x0, w2)
+                a21 = a21.addingProduct(x1, w2)
+                a22 = a22.addingProduct(x2, w2)
+                let w3 = SIMD16<Float>(repeating: wp[3])
+                a30 = a30.addingProduct(x0, w3)
+                a31 = a31.addingProduct(x1, w3)
+                a32 = a32.addingProduct(x2, w3)
+                let w4 = SIMD16<Float>(repeating: wq[0])
+                a40 = a40.addingProduct(x0, w4)
+                a41 = a41.addingProduct(x1, w4)
+                a42 = a42.addingProduct(x2, w4)
+                let w5 = SIMD16<Float>(repeating: wq[1])
+                a50 = a50.addingProduct(x0, w5)
+                a51 = a51.addingProduct(x1, w5)
+                a52 = a52.addingProduct(x2, w5)
+                let w6 = SIMD16<Float>(repeating: wq[2])
+                a60 = a60.addingProduct(x0, w6)
+                a61 = a61.addingProduct(x1, w6)
+                a62 = a62.addingProduct(x2, w6)
+                let w7 = SIMD16<Float>(repeating: wq[3])
+                a70 = a70.addingProduct(x0, w7)
+                a71 = a71.addingProduct(x1, w7)
+                a72 = a72.addingProduct(x2, w7)
+                wp += 4
+                wq += 4
+                p += 1
+            }
+            row += inRow
+        }
+        plane += inPlane
+    }
+    if act == 1 {
+        let z = SIMD16<Float>(repeating: 0)
+        a00 = a00.replacing(with: z, where: a00 .< z)
+        a01 = a01.replacing(with: z, where: a01 .< z)
+        a02 = a02.replacing(with: z, where: a02 .< z)
+        a10 = a10.replacing(with: z, where: a10 .< z)
+        a11 = a11.replacing(with: z, where: a11 .< z)
+        a12 = a12.replacing(with: z, where: a12 .< z)
+        a20 = a20.replacing(with: z, where: a20 .< z)
+        a21 = a21.replacing(with: z, where: a21 .< z)
+        a22 = a22.replacing(with: z, where: a22 .< z)
+        a30 = a30.replacing(with: z, where: a30 .< z)
+        a31 = a31.replacing(with: z, where: a31 .< z)
+        a32 = a32.replacing(with: z, where: a32 .< z)
+        a40 = a40.replacing(with: z, where: a40 .< z)
+        a41 = a41.replacing(with: z, where: a41 .< z)
+        a42 = a42.replacing(with: z, where: a42 .< z)
+        a50 = a50.replacing(with: z, where: a50 .< z)
+        a51 = a51.replacing(with: z, where: a51 .< z)
+        a52 = a52.replacing(with: z, where: a52 .< z)
+        a60 = a60.replacing(with: z, where: a60 .< z)
+        a61 = a61.replacing(with: z, where: a61 .< z)
+        a62 = a62.replacing(with: z, where: a62 .< z)
+        a70 = a70.replacing(with: z, where: a70 .< z)
+        a71 = a71.replacing(with: z, where: a71 .< z)
+        a72 = a72.replacing(with: z, where: a72 .< z)
+    } else if act == 2 {
+        let z = SIMD16<Float>(repeating: 0), av = SIMD16<Float>(repeating: alpha)
+        a00 = a00.replacing(with: a00 * av, where: a00 .< z)
+        a01 = a01.replacing(with: a01 * av, where: a01 .< z)
+        a02 = a02.replacing(with: a02 * av, where: a02 .< z)
+        a10 = a10.replacing(with: a10 * av, where: a10 .< z)
+        a11 = a11.replacing(with: a11 * av, where: a11 .< z)
+        a12 = a12.replacing(with: a12 * av, where: a12 .< z)
+        a20 = a20.replacing(with: a20 * av, where: a20 .< z)
+        a21 = a21.replacing(with: a21 * av, where: a21 .< z)
+        a22 = a22.replacing(with: a22 * av, where: a22 .< z)
+        a30 = a30.replacing(with: a30 * av, where: a30 .< z)
+        a31 = a31.replacing(with: a31 * av, where: a31 .< z)
+        a32 = a32.replacing(with: a32 * av, where: a32 .< z)
+        a40 = a40.replacing(with: a40 * av, where: a40 .< z)
+        a41 = a41.replacing(with: a41 * av, where: a41 .< z)
+        a42 = a42.replacing(with: a42 * av, where: a42 .< z)
+        a50 = a50.replacing(with: a50 * av, where: a50 .< z)
+        a51 = a51.replacing(with: a51 * av, where: a51 .< z)
+        a52 = a52.replacing(with: a52 * av, where: a52 .< z)
+        a60 = a60.replacing(with: a60 * av, where: a60 .< z)
+        a61 = a61.replacing(with: a61 * av, where: a61 .< z)
+        a62 = a62.replacing(with: a62 * av, where: a62 .< z)
+        a70 = a70.replacing(with: a70 * av, where: a70 .< z)
+        a71 = a71.replacing(with: a71 * av, where: a71 .< z)
+        a72 = a72.replacing(with: a72 * av, where: a72 .< z)
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 16).storeBytes(of: a01, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 32).storeBytes(of: a02, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 16).storeBytes(of: a11, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 32).storeBytes(of: a12, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 16).storeBytes(of: a21, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 32).storeBytes(of: a22, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 16).storeBytes(of: a31, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 32).storeBytes(of: a32, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 0).storeBytes(of: a40, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 16).storeBytes(of: a41, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 32).storeBytes(of: a42, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 0).storeBytes(of: a50, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 16).storeBytes(of: a51, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 32).storeBytes(of: a52, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 0).storeBytes(of: a60, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 16).storeBytes(of: a61, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 32).storeBytes(of: a62, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 0).storeBytes(of: a70, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 16).storeBytes(of: a71, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 32).storeBytes(of: a72, as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func avx512Micro8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+    _ w: UnsafePointer<Float>, _ w2: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
+    _ act: Int, _ alpha: Float) {
+    let b0 = SIMD16<Float>(repeating: bias[0])
+    var a00 = b0
+    let b1 = SIMD16<Float>(repeating: bias[1])
+    var a10 = b1
+    let b2 = SIMD16<Float>(repeating: bias[2])
+    var a20 = b2
+    let b3 = SIMD16<Float>(repeating: bias[3])
+    var a30 = b3
+    let b4 = SIMD16<Float>(repeating: bias[4])
+    var a40 = b4
+    let b5 = SIMD16<Float>(repeating: bias[5])
+    var a50 = b5
+    let b6 = SIMD16<Float>(repeating: bias[6])
+    var a60 = b6
+    let b7 = SIMD16<Float>(repeating: bias[7])
+    var a70 = b7
+    var wp = w
+    var wq = w2
+    var plane = inp
+    for _ in 0..<c {
+        var row = plane
+        for _ in 0..<kh {
+            var p = row
+            for _ in 0..<kw {
+                let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self)
+                let w0 = SIMD16<Float>(repeating: wp[0])
+                a00 = a00.addingProduct(x0, w0)
+                let w1 = SIMD16<Float>(repeating: wp[1])
+                a10 = a10.addingProduct(x0, w1)
+                let w2 = SIMD16<Float>(repeating: wp[2])
+                a20 = a20.addingProduct(x0, w2)
+                let w3 = SIMD16<Float>(repeating: wp[3])
+                a30 = a30.addingProduct(x0, w3)
+                let w4 = SIMD16<Float>(repeating: wq[0])
+                a40 = a40.addingProduct(x0, w4)
+                let w5 = SIMD16<Float>(repeating: wq[1])
+                a50 = a50.addingProduct(x0, w5)
+                let w6 = SIMD16<Float>(repeating: wq[2])
+                a60 = a60.addingProduct(x0, w6)
+                let w7 = SIMD16<Float>(repeating: wq[3])
+                a70 = a70.addingProduct(x0, w7)
+                wp += 4
+                wq += 4
+                p += 1
+            }
+            row += inRow
+        }
+        plane += inPlane
+    }
+    if act == 1 {
+        let z = SIMD16<Float>(repeating: 0)
+        a00 = a00.replacing(with: z, where: a00 .< z)
+        a10 = a10.replacing(with: z, where: a10 .< z)
+        a20 = a20.replacing(with: z, where: a20 .< z)
+        a30 = a30.replacing(with: z, where: a30 .< z)
+        a40 = a40.replacing(with: z, where: a40 .< z)
+        a50 = a50.replacing(with: z, where: a50 .< z)
+        a60 = a60.replacing(with: z, where: a60 .< z)
+        a70 = a70.replacing(with: z, where: a70 .< z)
+    } else if act == 2 {
+        let z = SIMD16<Float>(repeating: 0), av = SIMD16<Float>(repeating: alpha)
+        a00 = a00.replacing(with: a00 * av, where: a00 .< z)
+        a10 = a10.replacing(with: a10 * av, where: a10 .< z)
+        a20 = a20.replacing(with: a20 * av, where: a20 .< z)
+        a30 = a30.replacing(with: a30 * av, where: a30 .< z)
+        a40 = a40.replacing(with: a40 * av, where: a40 .< z)
+        a50 = a50.replacing(with: a50 * av, where: a50 .< z)
+        a60 = a60.replacing(with: a60 * av, where: a60 .< z)
+        a70 = a70.replacing(with: a70 * av, where: a70 .< z)
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 0).storeBytes(of: a40, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 0).storeBytes(of: a50, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 0).storeBytes(of: a60, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 0).storeBytes(of: a70, as: SIMD16<Float>.self)
+}
 
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of 16 columns per row.
-/// Columns are processed in strips of 16 vectors so that the input rows a strip reads
+/// Columns are processed in strips of 15 vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
-/// them. Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
+/// them. Pairs of output channel blocks go through an 8 x 3 register block (8 x 1 on the last
+/// columns), an odd last block through 4 x 4 / 4 x 1. Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
 /// multiple of 4. Row strides must leave room for the vector overhang (see `PlanarLayout`).
+/// The activation (`act` 0 none, 1 ReLU, 2 LeakyReLU with `alpha`) is applied to the registers
+/// before they are stored: no second pass over the output.
 @inline(__always)
 func avx512Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
-                  _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
+                  _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
     let blockWeights = c * kh * kw * 4
     var strip = 0
     while strip < vectors {
-        let stripEnd = min(vectors, strip + 16)
+        let stripEnd = min(vectors, strip + 15)
         for y in rowStart..<rowEnd {
             let ip = input + y * inRow
-            for ob in 0..<outBlocks {
+            var ob = 0
+            while ob + 2 <= outBlocks {
+                let wb = w + ob * blockWeights
+                let bb = bias + ob * 4
+                let op = out + ob * 4 * outPlane + y * outRow
+                var xv = strip
+                while xv + 3 <= stripEnd {
+                    avx512Micro8x3(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + xv * 16, outPlane, act, alpha)
+                    xv += 3
+                }
+                while xv < stripEnd {
+                    avx512Micro8x1(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + xv * 16, outPlane, act, alpha)
+                    xv += 1
+                }
+                ob += 2
+            }
+            while ob < outBlocks {
                 let wb = w + ob * blockWeights
                 let bb = bias + ob * 4
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + 4 <= stripEnd {
-                    avx512Micro4x4(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 16, outPlane)
+                    avx512Micro4x4(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 16, outPlane, act, alpha)
                     xv += 4
                 }
                 while xv < stripEnd {
-                    avx512Micro4x1(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 16, outPlane)
+                    avx512Micro4x1(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 16, outPlane, act, alpha)
                     xv += 1
                 }
+                ob += 1
             }
         }
         strip = stripEnd
@@ -234,14 +539,170 @@ func avx512Gemm4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: U
     UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
 }
 
+@inline(__always)
+func avx512Gemm8x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ w2: UnsafePointer<Float>,
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD16<Float>(repeating: bias[0])
+    var a00 = b0, a01 = b0, a02 = b0
+    let b1 = SIMD16<Float>(repeating: bias[1])
+    var a10 = b1, a11 = b1, a12 = b1
+    let b2 = SIMD16<Float>(repeating: bias[2])
+    var a20 = b2, a21 = b2, a22 = b2
+    let b3 = SIMD16<Float>(repeating: bias[3])
+    var a30 = b3, a31 = b3, a32 = b3
+    let b4 = SIMD16<Float>(repeating: bias[4])
+    var a40 = b4, a41 = b4, a42 = b4
+    let b5 = SIMD16<Float>(repeating: bias[5])
+    var a50 = b5, a51 = b5, a52 = b5
+    let b6 = SIMD16<Float>(repeating: bias[6])
+    var a60 = b6, a61 = b6, a62 = b6
+    let b7 = SIMD16<Float>(repeating: bias[7])
+    var a70 = b7, a71 = b7, a72 = b7
+    var wp = w
+    var wq = w2
+    var p = inp
+    for _ in 0..<c {
+        let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self)
+        let x1 = UnsafeRawPointer(p + 16).loadUnaligned(as: SIMD16<Float>.self)
+        let x2 = UnsafeRawPointer(p + 32).loadUnaligned(as: SIMD16<Float>.self)
+        let w0 = SIMD16<Float>(repeating: wp[0])
+        a00 = a00.addingProduct(x0, w0)
+        a01 = a01.addingProduct(x1, w0)
+        a02 = a02.addingProduct(x2, w0)
+        let w1 = SIMD16<Float>(repeating: wp[1])
+        a10 = a10.addingProduct(x0, w1)
+        a11 = a11.addingProduct(x1, w1)
+        a12 = a12.addingProduct(x2, w1)
+        let w2 = SIMD16<Float>(repeating: wp[2])
+        a20 = a20.addingProduct(x0, w2)
+        a21 = a21.addingProduct(x1, w2)
+        a22 = a22.addingProduct(x2, w2)
+        let w3 = SIMD16<Float>(repeating: wp[3])
+        a30 = a30.addingProduct(x0, w3)
+        a31 = a31.addingProduct(x1, w3)
+        a32 = a32.addingProduct(x2, w3)
+        let w4 = SIMD16<Float>(repeating: wq[0])
+        a40 = a40.addingProduct(x0, w4)
+        a41 = a41.addingProduct(x1, w4)
+        a42 = a42.addingProduct(x2, w4)
+        let w5 = SIMD16<Float>(repeating: wq[1])
+        a50 = a50.addingProduct(x0, w5)
+        a51 = a51.addingProduct(x1, w5)
+        a52 = a52.addingProduct(x2, w5)
+        let w6 = SIMD16<Float>(repeating: wq[2])
+        a60 = a60.addingProduct(x0, w6)
+        a61 = a61.addingProduct(x1, w6)
+        a62 = a62.addingProduct(x2, w6)
+        let w7 = SIMD16<Float>(repeating: wq[3])
+        a70 = a70.addingProduct(x0, w7)
+        a71 = a71.addingProduct(x1, w7)
+        a72 = a72.addingProduct(x2, w7)
+        wp += 4
+        wq += 4
+        p += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 16).storeBytes(of: a01, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 0 * outPlane + 32).storeBytes(of: a02, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 16).storeBytes(of: a11, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 32).storeBytes(of: a12, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 16).storeBytes(of: a21, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 32).storeBytes(of: a22, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 16).storeBytes(of: a31, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 32).storeBytes(of: a32, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 0).storeBytes(of: a40, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 16).storeBytes(of: a41, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 32).storeBytes(of: a42, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 0).storeBytes(of: a50, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 16).storeBytes(of: a51, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 32).storeBytes(of: a52, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 0).storeBytes(of: a60, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 16).storeBytes(of: a61, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 32).storeBytes(of: a62, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 0).storeBytes(of: a70, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 16).storeBytes(of: a71, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 32).storeBytes(of: a72, as: SIMD16<Float>.self)
+}
+
+@inline(__always)
+func avx512Gemm8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ w2: UnsafePointer<Float>,
+    _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int) {
+    let b0 = SIMD16<Float>(repeating: bias[0])
+    var a00 = b0
+    let b1 = SIMD16<Float>(repeating: bias[1])
+    var a10 = b1
+    let b2 = SIMD16<Float>(repeating: bias[2])
+    var a20 = b2
+    let b3 = SIMD16<Float>(repeating: bias[3])
+    var a30 = b3
+    let b4 = SIMD16<Float>(repeating: bias[4])
+    var a40 = b4
+    let b5 = SIMD16<Float>(repeating: bias[5])
+    var a50 = b5
+    let b6 = SIMD16<Float>(repeating: bias[6])
+    var a60 = b6
+    let b7 = SIMD16<Float>(repeating: bias[7])
+    var a70 = b7
+    var wp = w
+    var wq = w2
+    var p = inp
+    for _ in 0..<c {
+        let x0 = UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self)
+        let w0 = SIMD16<Float>(repeating: wp[0])
+        a00 = a00.addingProduct(x0, w0)
+        let w1 = SIMD16<Float>(repeating: wp[1])
+        a10 = a10.addingProduct(x0, w1)
+        let w2 = SIMD16<Float>(repeating: wp[2])
+        a20 = a20.addingProduct(x0, w2)
+        let w3 = SIMD16<Float>(repeating: wp[3])
+        a30 = a30.addingProduct(x0, w3)
+        let w4 = SIMD16<Float>(repeating: wq[0])
+        a40 = a40.addingProduct(x0, w4)
+        let w5 = SIMD16<Float>(repeating: wq[1])
+        a50 = a50.addingProduct(x0, w5)
+        let w6 = SIMD16<Float>(repeating: wq[2])
+        a60 = a60.addingProduct(x0, w6)
+        let w7 = SIMD16<Float>(repeating: wq[3])
+        a70 = a70.addingProduct(x0, w7)
+        wp += 4
+        wq += 4
+        p += inPlane
+    }
+    UnsafeMutableRawPointer(out + 0 * outPlane + 0).storeBytes(of: a00, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 1 * outPlane + 0).storeBytes(of: a10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 2 * outPlane + 0).storeBytes(of: a20, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 4 * outPlane + 0).storeBytes(of: a40, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 5 * outPlane + 0).storeBytes(of: a50, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 6 * outPlane + 0).storeBytes(of: a60, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(out + 7 * outPlane + 0).storeBytes(of: a70, as: SIMD16<Float>.self)
+}
+
 
 /// C (blocks x 4 rows, `vectors` vectors of 16 columns; rows outPlane apart) = W V + b, where
 /// V has c rows inPlane apart and W is packed [block][c][4] as a 1x1 `PackedConv` (bias b
 /// padded to 4 x blocks): the element-wise stage of Winograd convolution (one GEMM per
-/// transformed position) and the transposed convolution's taps.
+/// transformed position) and the transposed convolution's taps. 8 x 3 register block on pairs of 4-row blocks.
 public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>,
                          _ blocks: Int, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ vectors: Int) {
-    for ob in 0..<blocks {
+    var ob = 0
+    while ob + 2 <= blocks {
+        let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
+        var xv = 0
+        while xv + 3 <= vectors {
+            avx512Gemm8x3(v + xv * 16, inPlane, c, wb, wb + c * 4, bb, op + xv * 16, outPlane)
+            xv += 3
+        }
+        while xv < vectors {
+            avx512Gemm8x1(v + xv * 16, inPlane, c, wb, wb + c * 4, bb, op + xv * 16, outPlane)
+            xv += 1
+        }
+        ob += 2
+    }
+    while ob < blocks {
         let wb = w + ob * c * 4, bb = bias + ob * 4, op = out + ob * 4 * outPlane
         var xv = 0
         while xv + 4 <= vectors {
@@ -252,6 +713,7 @@ public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w:
             avx512Gemm4x1(v + xv * 16, inPlane, c, wb, bb, op + xv * 16, outPlane)
             xv += 1
         }
+        ob += 1
     }
 }
 @inline(__always)
@@ -340,8 +802,8 @@ public func avx512DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int
 public func avx512DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
                    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
-                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
-    avx512Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors)
+                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
+    avx512Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }
 
 /// Vector width in floats of this ISA's kernels.
