@@ -438,20 +438,21 @@ public func {prefix}MergePhases{m}(_ src: UnsafePointer<Float>, _ phaseLen: Int,
     return "".join(out)
 
 
-def generate_winograd(path, isa, guard, prefix, fma):
-    """Writes the Winograd transforms of tools/winograd_transforms.swift.in for one ISA."""
+def generate_winograd(path, isa, guard, prefix, fma, vec="SIMD8<Float>", vw=8):
+    """Writes the Winograd transforms of tools/winograd_transforms.swift.in for one ISA, vw tiles
+    per `vec`."""
     with open(os.path.join(HERE, "winograd_transforms.swift.in")) as f:
         template = f.read()
-    body = template.replace("MULADD(", f"{prefix}MulAdd(").replace("PREFIX", prefix)
+    body = template.replace("MULADD(", f"{prefix}MulAdd(").replace("PREFIX", prefix).replace("VEC", vec).replace("VW", str(vw))
     if fma == "always":
         helper = f"""
 @inline(__always)
-func {prefix}MulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> SIMD8<Float> {{ a.addingProduct(x, w) }}
+func {prefix}MulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{ a.addingProduct(x, w) }}
 """
     else:
         helper = f"""
 @inline(__always)
-func {prefix}MulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> SIMD8<Float> {{
+func {prefix}MulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{
     #if arch(arm64)
     return a.addingProduct(x, w)
     #else
@@ -474,7 +475,7 @@ func {prefix}MulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> 
 
 if __name__ == "__main__":
     generate_winograd(os.path.join(ROOT, "Sources/KernelsAVX512/WinogradAVX512.generated.swift"), "x86-64 AVX-512",
-                      "arch(x86_64)", "avx512", "always")
+                      "arch(x86_64)", "avx512", "always", "SIMD16<Float>", 16)
     generate_winograd(os.path.join(ROOT, "Sources/KernelsAVX2/WinogradAVX2.generated.swift"), "x86-64 AVX2+FMA",
                       "arch(x86_64)", "avx2", "always")
     generate_winograd(os.path.join(ROOT, "Sources/Kernels/WinogradPortable.generated.swift"), "portable (NEON on arm64)",

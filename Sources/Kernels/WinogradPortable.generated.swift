@@ -9,9 +9,11 @@ func portableMulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> 
     return a + x * w
     #endif
 }
-// Winograd input and output transforms, 8 tiles per SIMD8 vector, for the tile sizes n = 4, 6, 8
+// Winograd input and output transforms, 8 tiles per SIMD8<Float> vector (SIMD16 on AVX-512, SIMD8
+// elsewhere), for the tile sizes n = 4, 6, 8
 // (F(2x2,3x3); F(4x4,3x3); F(6x6,3x3) and F(3x3,6x6)). Template of tools/gen_kernels.py:
-// portable becomes the ISA's name and portableMulAdd(a, x, w) its a + x * w (fused where the ISA has FMA).
+// portable becomes the ISA's name, SIMD8<Float> its vector type, 8 its width and portableMulAdd(a, x, w) its
+// a + x * w (fused where the ISA has FMA). The tile counts passed in are multiples of 8.
 // The matrices (B^T, A^T) are listed in Kernels/Winograd.swift, which derives G from them.
 
 /// One row or column of B^T d B for n = 8, points 0, 1, -1, 2, -2, 1/2, -1/2, infinity.

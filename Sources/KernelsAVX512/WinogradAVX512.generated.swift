@@ -3,21 +3,23 @@
 #if arch(x86_64)
 
 @inline(__always)
-func avx512MulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> SIMD8<Float> { a.addingProduct(x, w) }
-// Winograd input and output transforms, 8 tiles per SIMD8 vector, for the tile sizes n = 4, 6, 8
+func avx512MulAdd(_ a: SIMD16<Float>, _ x: SIMD16<Float>, _ w: SIMD16<Float>) -> SIMD16<Float> { a.addingProduct(x, w) }
+// Winograd input and output transforms, 16 tiles per SIMD16<Float> vector (SIMD16 on AVX-512, SIMD8
+// elsewhere), for the tile sizes n = 4, 6, 8
 // (F(2x2,3x3); F(4x4,3x3); F(6x6,3x3) and F(3x3,6x6)). Template of tools/gen_kernels.py:
-// avx512 becomes the ISA's name and avx512MulAdd(a, x, w) its a + x * w (fused where the ISA has FMA).
+// avx512 becomes the ISA's name, SIMD16<Float> its vector type, 16 its width and avx512MulAdd(a, x, w) its
+// a + x * w (fused where the ISA has FMA). The tile counts passed in are multiples of 16.
 // The matrices (B^T, A^T) are listed in Kernels/Winograd.swift, which derives G from them.
 
 /// One row or column of B^T d B for n = 8, points 0, 1, -1, 2, -2, 1/2, -1/2, infinity.
 @inline(__always)
-func avx512BT8(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
+func avx512BT8(_ x: (Int) -> SIMD16<Float>, _ y: (Int, SIMD16<Float>) -> Void) {
     let (x0, x1, x2, x3) = (x(0), x(1), x(2), x(3))
     let (x4, x5, x6, x7) = (x(4), x(5), x(6), x(7))
-    let c525 = SIMD8<Float>(repeating: 5.25), m425 = SIMD8<Float>(repeating: -4.25)
-    let c025 = SIMD8<Float>(repeating: 0.25), m125 = SIMD8<Float>(repeating: -1.25)
-    let c05 = SIMD8<Float>(repeating: 0.5), m25 = SIMD8<Float>(repeating: -2.5)
-    let c2 = SIMD8<Float>(repeating: 2), c4 = SIMD8<Float>(repeating: 4), m5 = SIMD8<Float>(repeating: -5)
+    let c525 = SIMD16<Float>(repeating: 5.25), m425 = SIMD16<Float>(repeating: -4.25)
+    let c025 = SIMD16<Float>(repeating: 0.25), m125 = SIMD16<Float>(repeating: -1.25)
+    let c05 = SIMD16<Float>(repeating: 0.5), m25 = SIMD16<Float>(repeating: -2.5)
+    let c2 = SIMD16<Float>(repeating: 2), c4 = SIMD16<Float>(repeating: 4), m5 = SIMD16<Float>(repeating: -5)
     y(0, avx512MulAdd(x0 - x6, x4 - x2, c525))
     y(7, avx512MulAdd(x7 - x1, x3 - x5, c525))
     let a1 = avx512MulAdd(x2 + x6, x4, m425), b1 = avx512MulAdd(x1 + x5, x3, m425)
@@ -33,10 +35,10 @@ func avx512BT8(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
 
 /// One row or column of B^T d B for n = 6, points 0, 1, -1, 2, -2, infinity.
 @inline(__always)
-func avx512BT6(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
+func avx512BT6(_ x: (Int) -> SIMD16<Float>, _ y: (Int, SIMD16<Float>) -> Void) {
     let (x0, x1, x2, x3, x4, x5) = (x(0), x(1), x(2), x(3), x(4), x(5))
-    let m4 = SIMD8<Float>(repeating: -4), c4 = SIMD8<Float>(repeating: 4), m5 = SIMD8<Float>(repeating: -5)
-    let c2 = SIMD8<Float>(repeating: 2)
+    let m4 = SIMD16<Float>(repeating: -4), c4 = SIMD16<Float>(repeating: 4), m5 = SIMD16<Float>(repeating: -5)
+    let c2 = SIMD16<Float>(repeating: 2)
     let a = avx512MulAdd(x4, x2, m4), b = avx512MulAdd(x3, x1, m4), e = x4 - x2, f = (x3 - x1) * c2
     y(0, avx512MulAdd(avx512MulAdd(x4, x0, c4), x2, m5))
     y(1, a + b)
@@ -48,7 +50,7 @@ func avx512BT6(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
 
 /// One row or column of B^T d B for n = 4, points 0, 1, -1, infinity.
 @inline(__always)
-func avx512BT4(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
+func avx512BT4(_ x: (Int) -> SIMD16<Float>, _ y: (Int, SIMD16<Float>) -> Void) {
     let (x0, x1, x2, x3) = (x(0), x(1), x(2), x(3))
     y(0, x0 - x2)
     y(1, x1 + x2)
@@ -59,37 +61,37 @@ func avx512BT4(_ x: (Int) -> SIMD8<Float>, _ y: (Int, SIMD8<Float>) -> Void) {
 /// A^T row or column for n = 8 (points as avx512BT8), producing the first `m` outputs (3 or 6;
 /// the infinity point enters the last one).
 @inline(__always)
-func avx512AT8(_ m: Int, _ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+func avx512AT8(_ m: Int, _ x: UnsafeMutablePointer<SIMD16<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD16<Float>>, _ ys: Int) {
     let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
     let (x4, x5, x6, x7) = (x[4 * s], x[5 * s], x[6 * s], x[7 * s])
     let s1 = x1 + x2, d1 = x1 - x2, s2 = x3 + x4, d2 = x3 - x4, s3 = x5 + x6, d3 = x5 - x6
     y[0] = x0 + s1 + s2 + s3
-    y[ys] = avx512MulAdd(avx512MulAdd(d1, d2, SIMD8<Float>(repeating: 2)), d3, SIMD8<Float>(repeating: 0.5))
-    let y2 = avx512MulAdd(avx512MulAdd(s1, s2, SIMD8<Float>(repeating: 4)), s3, SIMD8<Float>(repeating: 0.25))
+    y[ys] = avx512MulAdd(avx512MulAdd(d1, d2, SIMD16<Float>(repeating: 2)), d3, SIMD16<Float>(repeating: 0.5))
+    let y2 = avx512MulAdd(avx512MulAdd(s1, s2, SIMD16<Float>(repeating: 4)), s3, SIMD16<Float>(repeating: 0.25))
     if m == 3 {
         y[2 * ys] = y2 + x7
     } else {
         y[2 * ys] = y2
-        y[3 * ys] = avx512MulAdd(avx512MulAdd(d1, d2, SIMD8<Float>(repeating: 8)), d3, SIMD8<Float>(repeating: 0.125))
-        y[4 * ys] = avx512MulAdd(avx512MulAdd(s1, s2, SIMD8<Float>(repeating: 16)), s3, SIMD8<Float>(repeating: 0.0625))
-        y[5 * ys] = avx512MulAdd(avx512MulAdd(d1, d2, SIMD8<Float>(repeating: 32)), d3, SIMD8<Float>(repeating: 0.03125)) + x7
+        y[3 * ys] = avx512MulAdd(avx512MulAdd(d1, d2, SIMD16<Float>(repeating: 8)), d3, SIMD16<Float>(repeating: 0.125))
+        y[4 * ys] = avx512MulAdd(avx512MulAdd(s1, s2, SIMD16<Float>(repeating: 16)), s3, SIMD16<Float>(repeating: 0.0625))
+        y[5 * ys] = avx512MulAdd(avx512MulAdd(d1, d2, SIMD16<Float>(repeating: 32)), d3, SIMD16<Float>(repeating: 0.03125)) + x7
     }
 }
 
 /// A^T row or column for n = 6, m = 4.
 @inline(__always)
-func avx512AT6(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+func avx512AT6(_ x: UnsafeMutablePointer<SIMD16<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD16<Float>>, _ ys: Int) {
     let (x0, x1, x2, x3, x4, x5) = (x[0], x[s], x[2 * s], x[3 * s], x[4 * s], x[5 * s])
     let s12 = x1 + x2, d12 = x1 - x2, s34 = x3 + x4, d34 = x3 - x4
     y[0] = x0 + s12 + s34
-    y[ys] = avx512MulAdd(d12, d34, SIMD8<Float>(repeating: 2))
-    y[2 * ys] = avx512MulAdd(s12, s34, SIMD8<Float>(repeating: 4))
-    y[3 * ys] = avx512MulAdd(d12, d34, SIMD8<Float>(repeating: 8)) + x5
+    y[ys] = avx512MulAdd(d12, d34, SIMD16<Float>(repeating: 2))
+    y[2 * ys] = avx512MulAdd(s12, s34, SIMD16<Float>(repeating: 4))
+    y[3 * ys] = avx512MulAdd(d12, d34, SIMD16<Float>(repeating: 8)) + x5
 }
 
 /// A^T row or column for n = 4, m = 2.
 @inline(__always)
-func avx512AT4(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD8<Float>>, _ ys: Int) {
+func avx512AT4(_ x: UnsafeMutablePointer<SIMD16<Float>>, _ s: Int, _ y: UnsafeMutablePointer<SIMD16<Float>>, _ ys: Int) {
     let (x0, x1, x2, x3) = (x[0], x[s], x[2 * s], x[3 * s])
     y[0] = x0 + x1 + x2
     y[ys] = x1 - x2 - x3
@@ -98,7 +100,7 @@ func avx512AT4(_ x: UnsafeMutablePointer<SIMD8<Float>>, _ s: Int, _ y: UnsafeMut
 @inline(__always)
 func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseLen: Int, _ tileRows: Int, _ tpad: Int,
                      _ v: UnsafeMutablePointer<Float>, _ kStride: Int,
-                     _ t: UnsafeMutablePointer<SIMD8<Float>>) {
+                     _ t: UnsafeMutablePointer<SIMD16<Float>>) {
     for g in 0..<tileRows {
         let rows = stage + g * m * m * phaseLen
         var t0 = 0
@@ -106,8 +108,8 @@ func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseL
             // Columns: t = B^T d, loading the patch straight from the phase rows.
             for j in 0..<n {
                 let col = rows + (j % m) * phaseLen + t0 + j / m
-                let load = { (i: Int) in UnsafeRawPointer(col + i &* m &* phaseLen).loadUnaligned(as: SIMD8<Float>.self) }
-                let store = { (i: Int, y: SIMD8<Float>) in t[i &* n &+ j] = y }
+                let load = { (i: Int) in UnsafeRawPointer(col + i &* m &* phaseLen).loadUnaligned(as: SIMD16<Float>.self) }
+                let store = { (i: Int, y: SIMD16<Float>) in t[i &* n &+ j] = y }
                 switch n {
                 case 8: avx512BT8(load, store)
                 case 6: avx512BT6(load, store)
@@ -118,8 +120,8 @@ func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseL
             let dst = UnsafeMutableRawPointer(v + g * tpad + t0)
             for i in 0..<n {
                 let load = { (k: Int) in t[i &* n &+ k] }
-                let store = { (k: Int, y: SIMD8<Float>) in
-                    dst.storeBytes(of: y, toByteOffset: ((i &* n &+ k) &* kStride) &* 4, as: SIMD8<Float>.self)
+                let store = { (k: Int, y: SIMD16<Float>) in
+                    dst.storeBytes(of: y, toByteOffset: ((i &* n &+ k) &* kStride) &* 4, as: SIMD16<Float>.self)
                 }
                 switch n {
                 case 8: avx512BT8(load, store)
@@ -127,7 +129,7 @@ func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseL
                 default: avx512BT4(load, store)
                 }
             }
-            t0 += 8
+            t0 += 16
         }
     }
 }
@@ -139,7 +141,7 @@ func avx512InputLoop(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseL
 @inline(never)
 public func avx512WinogradInput(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float>, _ phaseLen: Int, _ tileRows: Int,
                                 _ tpad: Int, _ v: UnsafeMutablePointer<Float>, _ kStride: Int) {
-    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 64) { buf in
+    withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: 64) { buf in
         let t = buf.baseAddress!
         switch (n, m) {
         case (8, 3): avx512InputLoop(8, 3, stage, phaseLen, tileRows, tpad, v, kStride, t)
@@ -154,12 +156,12 @@ public func avx512WinogradInput(_ n: Int, _ m: Int, _ stage: UnsafePointer<Float
 @inline(__always)
 func avx512OutputLoop(_ n: Int, _ m: Int, _ src: UnsafePointer<Float>, _ kStride: Int, _ tpad: Int, _ bias: Float,
                       _ activation: Int, _ alpha: Float, _ dst: UnsafeMutablePointer<Float>, _ phaseLen: Int,
-                      _ d: UnsafeMutablePointer<SIMD8<Float>>, _ t: UnsafeMutablePointer<SIMD8<Float>>) {
-    let b = SIMD8<Float>(repeating: bias)
+                      _ d: UnsafeMutablePointer<SIMD16<Float>>, _ t: UnsafeMutablePointer<SIMD16<Float>>) {
+    let b = SIMD16<Float>(repeating: bias)
     var t0 = 0
     while t0 < tpad {
         for k in 0..<(n * n) {
-            d[k] = UnsafeRawPointer(src + k * kStride + t0).loadUnaligned(as: SIMD8<Float>.self)
+            d[k] = UnsafeRawPointer(src + k * kStride + t0).loadUnaligned(as: SIMD16<Float>.self)
         }
         for j in 0..<n {
             switch n {
@@ -182,9 +184,9 @@ func avx512OutputLoop(_ n: Int, _ m: Int, _ src: UnsafePointer<Float>, _ kStride
             } else if activation == 2 {
                 val = val.replacing(with: val * alpha, where: val .< 0)
             }
-            UnsafeMutableRawPointer(dst + k * phaseLen + t0).storeBytes(of: val, as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(dst + k * phaseLen + t0).storeBytes(of: val, as: SIMD16<Float>.self)
         }
-        t0 += 8
+        t0 += 16
     }
 }
 
@@ -194,7 +196,7 @@ func avx512OutputLoop(_ n: Int, _ m: Int, _ src: UnsafePointer<Float>, _ kStride
 @inline(never)
 public func avx512WinogradOutput(_ n: Int, _ m: Int, _ src: UnsafePointer<Float>, _ kStride: Int, _ tpad: Int, _ bias: Float,
                                  _ activation: Int, _ alpha: Float, _ dst: UnsafeMutablePointer<Float>, _ phaseLen: Int) {
-    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 128) { buf in
+    withUnsafeTemporaryAllocation(of: SIMD16<Float>.self, capacity: 128) { buf in
         let d = buf.baseAddress!, t = d + 64
         switch (n, m) {
         case (8, 3): avx512OutputLoop(8, 3, src, kStride, tpad, bias, activation, alpha, dst, phaseLen, d, t)
