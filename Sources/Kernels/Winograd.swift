@@ -201,7 +201,7 @@ public final class WinogradConv: @unchecked Sendable {
     /// Tiles per column block for an ISA: one row of the GEMM micro-kernel's register block
     /// (4 x 3 vectors of 8 on AVX2, 8 x 3 of 16 on AVX-512), so each block is one micro-kernel
     /// call per 4 (AVX-512: 8) output channels and its transformed inputs stay in L1/L2.
-    static func blockTiles(_ isa: KernelISA) -> Int { isa == .avx512 ? 48 : 24 }
+    public static func blockTiles(_ isa: KernelISA) -> Int { isa == .avx512 ? 48 : 24 }
 
     /// Computes output tile rows `tileRows` (output rows m * t ..< m * t + m, clipped to the
     /// height). For 'same' padding the input has the output's size, for 'valid' r - 1 more in each

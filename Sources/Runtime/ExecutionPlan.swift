@@ -390,8 +390,13 @@ final class ExecutionPlan {
                 // Work per row grows with channels x kernel taps; split finely enough to balance.
                 Self.rows(y.height, threads) { FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, rows: $0) }
             case let .winograd(x, y, w, act):
-                // One contiguous range of tile rows per thread: Winograd batches tile rows into GEMMs.
-                let tr = (y.height + w.tileSize - 1) / w.tileSize, parts = max(1, min(threads, tr))
+                // Contiguous ranges of tile rows (Winograd batches tile rows into GEMMs), taken by
+                // the threads in order: up to 4 per thread while each still fills two GEMM blocks,
+                // so that a thread slowed by its neighbours on a shared host does not hold the
+                // other at the end of every layer.
+                let tr = (y.height + w.tileSize - 1) / w.tileSize
+                let tiles = tr * ((y.width + w.tileSize - 1) / w.tileSize)
+                let parts = threads <= 1 ? 1 : max(1, min(tr, max(threads, min(4 * threads, tiles / (2 * WinogradConv.blockTiles(isa))))))
                 ParallelFor.run(parts, threads: threads) { k in
                     w.run(x, y, activation: act, isa: isa, tileRows: (k * tr / parts)..<((k + 1) * tr / parts))
                 }

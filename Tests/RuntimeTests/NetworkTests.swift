@@ -196,6 +196,22 @@ final class PipelineTests: XCTestCase {
         }
     }
 
+    /// A 'same' network on one whole frame splits every layer over the threads; its Winograd
+    /// layers go in up to 4 tile-row ranges per thread once the map has enough tiles (here the
+    /// full-resolution level: 54 x 40 tiles of F(4x4,3x3)). Same bits on 1, 2 and 3 threads.
+    func testWholeFrameLayerSplitThreadIndependent() throws {
+        let unet = try Architectures.unet(widths: [8, 16], exposureRatio: 2, initializer: randomInit(seed: 21))
+        let net = try Network(model: unet)
+        let img = randomImage(216, 160, seed: 22)
+        for algorithm in [ConvAlgorithm.auto, .winograd, .winograd2, .direct] {
+            let one = try Restoration.restore(img, network: net, options: .init(threads: 1, tileSize: 4096, algorithm: algorithm)).pixels
+            for threads in [2, 3] {
+                let many = try Restoration.restore(img, network: net, options: .init(threads: threads, tileSize: 4096, algorithm: algorithm)).pixels
+                XCTAssertEqual(many, one, "\(algorithm), \(threads) threads")
+            }
+        }
+    }
+
     /// Plans share memory between maps whose lives do not overlap: a plan used again (on an
     /// image that leaves large values everywhere in its arena) gives the same bits as a fresh
     /// plan, for every algorithm, and the arena is smaller than the sum of the maps.
