@@ -7,6 +7,16 @@ public enum Activation: Equatable, Sendable {
     case none
     case relu
     case leakyRelu(Float)
+
+    /// The activation as the generated kernels take it: code 0 none, 1 ReLU, 2 LeakyReLU, and
+    /// LeakyReLU's slope.
+    var kernelCode: (code: Int, alpha: Float) {
+        switch self {
+        case .none: (0, 0)
+        case .relu: (1, 0)
+        case .leakyRelu(let a): (2, a)
+        }
+    }
 }
 
 /// Convolution weights repacked for the micro-kernels: blocks of 4 output channels, each block
@@ -157,12 +167,7 @@ public enum FastOps {
         let vw = isa.vectorWidth
         let vectors = (output.width + vw - 1) / vw
         let full = w.outChannels / 4
-        let (act, alpha): (Int, Float)
-        switch activation {
-        case .none: (act, alpha) = (0, 0)
-        case .relu: (act, alpha) = (1, 0)
-        case .leakyRelu(let a): (act, alpha) = (2, a)
-        }
+        let (act, alpha) = activation.kernelCode
         if full > 0 {
             run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw,
                 output.base, output.planeStride, output.rowStride, r.lowerBound, r.upperBound, vectors, act, alpha)

@@ -233,12 +233,7 @@ public final class WinogradConv: @unchecked Sendable {
         let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage)
         defer { pool.giveBack(buf, capacity: capacity) }
         let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
-        let (act, alpha): (Int, Float)
-        switch activation {
-        case .none: (act, alpha) = (0, 0)
-        case .relu: (act, alpha) = (1, 0)
-        case .leakyRelu(let a): (act, alpha) = (2, a)
-        }
+        let (act, alpha) = activation.kernelCode
         let (split, merge) = Self.phaseShuffles(isa, m)
         // A block holds tb tiles in raster order over the tile rows (narrow maps put several tile
         // rows in one block), each segment followed by the positions its last tiles' patches

@@ -396,7 +396,9 @@ final class ExecutionPlan {
                 // other at the end of every layer.
                 let tr = (y.height + w.tileSize - 1) / w.tileSize
                 let tiles = tr * ((y.width + w.tileSize - 1) / w.tileSize)
-                let parts = threads <= 1 ? 1 : max(1, min(tr, max(threads, min(4 * threads, tiles / (2 * WinogradConv.blockTiles(isa))))))
+                let fillingTwoBlocks = tiles / (2 * WinogradConv.blockTiles(isa))
+                let wanted = threads <= 1 ? 1 : max(threads, min(4 * threads, fillingTwoBlocks))
+                let parts = max(1, min(tr, wanted))
                 ParallelFor.run(parts, threads: threads) { k in
                     w.run(x, y, activation: act, isa: isa, tileRows: (k * tr / parts)..<((k + 1) * tr / parts))
                 }
