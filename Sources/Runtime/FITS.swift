@@ -296,45 +296,15 @@ public final class FITSReader: @unchecked Sendable {
             var nan = Double.nan
             ffgsv(f, TDOUBLE, &blc, &trc, &inc, &nan, &values, &anynul, &status)
             for i in 0..<count { nulls[i] = 0 }
-        } else if columns.count == width {
-            var first = [Int](repeating: 1, count: naxis)
-            first[1] = rows.lowerBound + 1
-            ffgpxf(f, TDOUBLE, &first, Int64(count), &values, &nulls, &anynul, &status)
         } else {
-            // One row segment at a time, each with its null flags (as the full-image read).
-            var first = [Int](repeating: 1, count: naxis)
             values.withUnsafeMutableBufferPointer { v in
                 nulls.withUnsafeMutableBufferPointer { n in
-                    for (k, y) in rows.enumerated() where status == 0 {
-                        first[0] = columns.lowerBound + 1
-                        first[1] = y + 1
-                        ffgpxf(f, TDOUBLE, &first, Int64(columns.count), v.baseAddress! + k * columns.count,
-                               n.baseAddress! + k * columns.count, &anynul, &status)
-                    }
+                    readRuns(f, TDOUBLE, rows: rows, columns: columns, v.baseAddress!, n.baseAddress!, &status)
                 }
             }
         }
         if status != 0 { throw FITSError.cfitsio("\(path): reading pixels", status, FITSIO.errorText(status)) }
-        if pixels.count != count { pixels = [Float](repeating: 0, count: count) }
-        if invalid.count != count { invalid = [Bool](repeating: false, count: count) }
-        values.withUnsafeBufferPointer { v in
-            nulls.withUnsafeBufferPointer { n in
-                pixels.withUnsafeMutableBufferPointer { p in
-                    invalid.withUnsafeMutableBufferPointer { inv in
-                        for i in 0..<count {
-                            let x = v[i]
-                            if n[i] != 0 || !x.isFinite {
-                                inv[i] = true
-                                p[i] = .nan
-                            } else {
-                                inv[i] = false
-                                p[i] = Float(x)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        Self.flagInvalid(values, nulls, count: count, pixels: &pixels, invalid: &invalid)
     }
 
     /// `readWindow` for unscaled float32 data, through cfitsio's Float32 reader (null flags for
@@ -344,27 +314,40 @@ public final class FITSReader: @unchecked Sendable {
         if floats.count < count { floats = [Float](repeating: 0, count: count) }
         if nulls.count < count { nulls = [CChar](repeating: 0, count: count) }
         var status: Int32 = 0
-        var anynul: Int32 = 0
-        var first = [Int](repeating: 1, count: naxis)
         floats.withUnsafeMutableBufferPointer { v in
             nulls.withUnsafeMutableBufferPointer { n in
-                if columns.count == width {
-                    first[1] = rows.lowerBound + 1
-                    ffgpxf(f, TFLOAT, &first, Int64(count), v.baseAddress!, n.baseAddress!, &anynul, &status)
-                } else {
-                    for (k, y) in rows.enumerated() where status == 0 {
-                        first[0] = columns.lowerBound + 1
-                        first[1] = y + 1
-                        ffgpxf(f, TFLOAT, &first, Int64(columns.count), v.baseAddress! + k * columns.count,
-                               n.baseAddress! + k * columns.count, &anynul, &status)
-                    }
-                }
+                readRuns(f, TFLOAT, rows: rows, columns: columns, v.baseAddress!, n.baseAddress!, &status)
             }
         }
         if status != 0 { throw FITSError.cfitsio("\(path): reading pixels", status, FITSIO.errorText(status)) }
+        Self.flagInvalid(floats, nulls, count: count, pixels: &pixels, invalid: &invalid)
+    }
+
+    /// The window's pixels as cfitsio type `type` into `v`, null flags into `n`: one run for a
+    /// full-width window, else one run per row segment.
+    private func readRuns<T>(_ f: UnsafeMutablePointer<fitsfile>, _ type: Int32, rows: Range<Int>, columns: Range<Int>,
+                             _ v: UnsafeMutablePointer<T>, _ n: UnsafeMutablePointer<CChar>, _ status: inout Int32) {
+        var anynul: Int32 = 0
+        var first = [Int](repeating: 1, count: naxis)
+        if columns.count == width {
+            first[1] = rows.lowerBound + 1
+            ffgpxf(f, type, &first, Int64(rows.count * width), v, n, &anynul, &status)
+        } else {
+            for (k, y) in rows.enumerated() where status == 0 {
+                first[0] = columns.lowerBound + 1
+                first[1] = y + 1
+                ffgpxf(f, type, &first, Int64(columns.count), v + k * columns.count, n + k * columns.count, &anynul, &status)
+            }
+        }
+    }
+
+    /// `pixels` (resized to `count`) from the values read, NaN where cfitsio flagged a null or the
+    /// value is not finite; `invalid` marks those pixels.
+    private static func flagInvalid<T: BinaryFloatingPoint>(_ values: [T], _ nulls: [CChar], count: Int,
+                                                            pixels: inout [Float], invalid: inout [Bool]) {
         if pixels.count != count { pixels = [Float](repeating: 0, count: count) }
         if invalid.count != count { invalid = [Bool](repeating: false, count: count) }
-        floats.withUnsafeBufferPointer { v in
+        values.withUnsafeBufferPointer { v in
             nulls.withUnsafeBufferPointer { n in
                 pixels.withUnsafeMutableBufferPointer { p in
                     invalid.withUnsafeMutableBufferPointer { inv in
@@ -372,7 +355,7 @@ public final class FITSReader: @unchecked Sendable {
                             let x = v[i]
                             let bad = n[i] != 0 || !x.isFinite
                             inv[i] = bad
-                            p[i] = bad ? .nan : x
+                            p[i] = bad ? .nan : Float(x)
                         }
                     }
                 }
