@@ -33,6 +33,11 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// The input concatenated to the last level's features before the head (`Architectures.unet`'s
     /// `inputSkip`): residual learning with the format's own ops.
     public var inputSkip = false
+    /// Bias-free (scale-equivariant) convolutions (Mohan et al. 2020): every convolution's bias
+    /// is held at 0, so the graph is positively homogeneous but for the exposure-ratio channel
+    /// (f(λx) = λ f(x) for λ > 0): a star 1000 times brighter than any in the training crops is
+    /// processed as the same star at a thousandth of the noise, not extrapolated through biases.
+    public var biasFree = false
     /// Deconvolution instead of denoising: the degradation (PSF and noise, in the units of the
     /// max-normalised truth) the crops are made with; nil for the Astro U-net denoiser.
     public var degradation: Degradation?
@@ -70,9 +75,13 @@ public struct DenoiserConfig: Equatable, Sendable {
         let m = 1 << (widths.count - 1)
         guard cropSize % m == 0 else { throw TrainingError.model("crops of \(cropSize) px are not a multiple of \(m), the size multiple of \(widths.count) levels") }
         let prefix = isDeconvolution ? "deconv-unet-" : "astro-unet-"
-        return try Architectures.unet(name: prefix + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : ""), widths: widths, alpha: alpha,
-                                      exposureRatio: ratios[0], normalization: normalization.rawValue,
-                                      inputSkip: inputSkip, ratioChannel: !isDeconvolution, initializer: initialization.initializer(seed: seed))
+        var model = try Architectures.unet(name: prefix + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : "") + (biasFree ? "-bf" : ""),
+                                           widths: widths, alpha: alpha, exposureRatio: ratios[0], normalization: normalization.rawValue,
+                                           inputSkip: inputSkip, ratioChannel: !isDeconvolution, initializer: initialization.initializer(seed: seed))
+        if biasFree {
+            for n in ParameterLayout.biasNames(model) { model.tensors[n]!.values = [Float](repeating: 0, count: model.tensors[n]!.values.count) }
+        }
+        return model
     }
 
     var metadata: [String: MetaValue] {
@@ -87,6 +96,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.loss": .string(loss.rawValue), "training.init": .string(initialization.rawValue),
             "training.clip_negative": .bool(clipNegative), "training.min_source_fraction": .float(minimumSourceFraction),
             "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
+            "training.bias_free": .bool(biasFree),
         ]
         if let d = degradation {
             m["training.task"] = .string("deconvolve")
@@ -126,6 +136,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         clipNegative = try get("training.clip_negative", bool)
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
+        biasFree = m["training.bias_free"].flatMap(bool) ?? false
         if m["training.task"]?.stringValue == "deconvolve" { degradation = try TrainingConfig.degradation(metadata: m) }
         guard let nk = Normalization.Kind(rawValue: m["normalization"]?.stringValue ?? "sky_mad") else { throw TrainingError.checkpoint("bad normalization") }
         normalization = nk
@@ -156,6 +167,9 @@ public final class DenoiserSession: ResumableTraining {
     public private(set) var bestValidation = Double.infinity
     public private(set) var bestEpoch = -1
     public var threads: Int
+    /// Parameters held at their value (the biases of a bias-free recipe): their gradient is
+    /// zeroed before each step, so Adam never moves them.
+    let frozenRanges: [Range<Int>]
 
     public var batchesPerEpoch: Int { (config.trainSamples + config.batchSize - 1) / config.batchSize }
     public var finished: Bool { epoch >= config.epochs }
@@ -200,6 +214,8 @@ public final class DenoiserSession: ResumableTraining {
         self.validation = validation
         trainer = try GraphTrainer(model: model, inputHeight: config.cropSize, inputWidth: config.cropSize)
         parameters = trainer.layout.flatten(model)
+        let layout = trainer.layout
+        frozenRanges = config.biasFree ? ParameterLayout.biasNames(model).map { layout.range($0) } : []
         bestParameters = parameters
         optimizer = Optimizer(.adam(beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon),
                               learningRate: config.learningRate, parameterCount: parameters.count)
@@ -271,6 +287,7 @@ public final class DenoiserSession: ResumableTraining {
             throw TrainingError.model("\(label): its parameters do not match the recipe's (\(model.name): widths \(config.widths.map(String.init).joined(separator: ",")))")
         }
         parameters = layout.flatten(source)
+        for r in frozenRanges { for i in r { parameters[i] = 0 } }   // a bias-free run starts from the weights alone
         bestParameters = parameters
         try trainer.setParameters(parameters)
         initialisedFrom = label
@@ -332,8 +349,9 @@ public final class DenoiserSession: ResumableTraining {
             while batch < batchesPerEpoch {
                 let lo = batch * bs, hi = min(config.trainSamples, lo + bs)
                 let ratios = batchData(train, plan[lo..<hi], &inputs, &targets)
-                let (l, g) = try trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads,
+                var (l, g) = try trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads,
                                                          sampleParameters: ratios, sampleWeights: lossWeights(train, plan[lo..<hi]))
+                for r in frozenRanges { for i in r { g[i] = 0 } }
                 optimizer.update(&parameters, g)
                 try trainer.setParameters(parameters)
                 epochLossSum += l * Double(hi - lo)

@@ -174,6 +174,11 @@ public struct ParameterLayout: Equatable, Sendable {
         count = o
     }
 
+    /// The bias tensors of the graph's convolutions and transposed convolutions.
+    public static func biasNames(_ model: Model) -> [String] {
+        model.graph.nodes.filter { ($0.op == .conv2d || $0.op == .convTranspose2d) && $0.params.count > 1 }.map { $0.params[1] }
+    }
+
     public func range(_ name: String) -> Range<Int> {
         let i = names.firstIndex(of: name)!
         return offsets[i]..<offsets[i] + shapes[i].reduce(1, *)

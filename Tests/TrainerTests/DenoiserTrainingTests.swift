@@ -1,5 +1,6 @@
 import Foundation
 import Imaging
+import Kernels
 import ModelFormat
 import Runtime
 import Trainer
@@ -71,5 +72,48 @@ final class DenoiserTrainingTests: XCTestCase {
         XCTAssertEqual(net.runtimeParameters["exposure_ratio"], 2)
         XCTAssertThrowsError(try DenoiserSession(config: c, training: [Self.field(60, 70, seed: 1)], validation: [], threads: 1))
         XCTAssertThrowsError(try DenoiserSession(config: c, training: [Self.field(60, 70, seed: 1)], validation: [Self.field(60, 70, seed: 1)], threads: 1))
+    }
+
+    /// `--bias-free`: Adam never moves a bias (they stay exactly 0, through a checkpoint and a
+    /// resume, and after starting from another model's weights), the weights do train, and the
+    /// trained network is positively homogeneous once the ratio channel is 0: 8 times the input
+    /// gives exactly 8 times the output (a power of two scales every rounding step exactly), in
+    /// every convolution algorithm.
+    func testBiasFreeHoldsBiasesAtZeroAndIsScaleEquivariant() throws {
+        var c = config()
+        c.biasFree = true
+        let (s, ckpt) = try run(c, threads: 2, interruptAfter: 4)
+        let resumed = try DenoiserSession(checkpoint: XCTUnwrap(ckpt), training: [Self.field(60, 70, seed: 1), Self.field(64, 64, seed: 2)],
+                                          validation: [Self.field(50, 50, seed: 3)], threads: 1)
+        XCTAssertTrue(resumed.config.biasFree)
+        try resumed.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
+        let m = resumed.finalModel()
+        let biases = ParameterLayout.biasNames(m)
+        XCTAssertEqual(biases.count, m.graph.nodes.filter { $0.op == .conv2d || $0.op == .convTranspose2d }.count)
+        for n in biases { XCTAssert(m.tensors[n]!.values.allSatisfy { $0 == 0 }, "\(n) moved") }
+        let initial = try c.initialModel()
+        let weight = try XCTUnwrap(m.graph.nodes.first { $0.op == .conv2d }?.params[0])
+        XCTAssertNotEqual(m.tensors[weight]!.values, initial.tensors[weight]!.values, "the weights did not train")
+        XCTAssertEqual(m.metadata["training.bias_free"], .bool(true))
+        XCTAssertGreaterThan(s.epoch, 0)
+
+        let net = try Network(model: m)
+        var rng = SplitMix64(seed: 5)
+        let data = (0..<(32 * 32)).map { _ in rng.float(-2, 30) }
+        for algorithm in [ConvAlgorithm.direct, .auto] {
+            let y = try net.forward(FeatureMap(channels: 1, height: 32, width: 32, data: data), parameters: ["exposure_ratio": 0], algorithm: algorithm)
+            let y8 = try net.forward(FeatureMap(channels: 1, height: 32, width: 32, data: data.map { $0 * 8 }), parameters: ["exposure_ratio": 0], algorithm: algorithm)
+            XCTAssertEqual(y8.data, y.data.map { $0 * 8 }, "\(algorithm)")
+            XCTAssert(y.data.contains { $0 != 0 })
+        }
+
+        // Weights from a model with biases: the biases are dropped, the weights kept.
+        var biased = try c.initialModel()
+        for n in biases { biased.tensors[n]!.values = biased.tensors[n]!.values.map { _ in 0.5 } }
+        let warm = try DenoiserSession(config: c, training: [Self.field(60, 70, seed: 1)], validation: [Self.field(50, 50, seed: 3)], threads: 1)
+        try warm.initialise(from: biased, label: "test")
+        let layout = warm.trainer.layout
+        for n in biases { XCTAssert(warm.parameters[layout.range(n)].allSatisfy { $0 == 0 }) }
+        XCTAssertEqual(Array(warm.parameters[layout.range(weight)]), biased.tensors[weight]!.values)
     }
 }
