@@ -56,6 +56,9 @@ public struct DenoiseEvaluator {
     public var crop = 0
     /// The exposure-time ratio given to networks as `exposure_ratio`.
     public var exposureRatio = 2.0
+    /// Electrons per unit of the noisy image being scored (its gain), passed to `sky_vst` models;
+    /// nil: the model's assumption.
+    public var noisyGain: Double?
     public var threads = ParallelFor.availableCores
 
     public init() {}
@@ -135,6 +138,7 @@ public struct DenoiseEvaluator {
             let net = try Network(path: path)
             let fits = FITSImage(width: noisy.width, height: noisy.height, pixels: noisy.pixels.map { Float($0) })
             var opts = Restoration.Options(threads: threads)
+            opts.gain = noisyGain
             if net.runtimeParameters["exposure_ratio"] != nil { opts.parameters["exposure_ratio"] = Float(exposureRatio) }
             let (px, _) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: noisy.height, width: noisy.width, pixels: px.map(Double.init)),

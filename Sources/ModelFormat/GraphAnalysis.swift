@@ -364,7 +364,7 @@ public struct GraphAnalysis: Sendable {
         guard let norm = metadata["normalization"]?.stringValue else {
             throw ModelFormatError.invalid("required metadata 'normalization' is missing or not a string")
         }
-        if !["none", "clip_max", "minmax", "meanstd", "sky_mad", "noise_mad"].contains(norm) {
+        if !["none", "clip_max", "minmax", "meanstd", "sky_mad", "noise_mad", "sky_vst"].contains(norm) {
             throw ModelFormatError.invalid("unknown normalization '\(norm)'")
         }
     }

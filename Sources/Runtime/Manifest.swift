@@ -29,6 +29,8 @@ public struct PlanManifest: Codable, Sendable, Equatable {
         public var kind: String
         public var offset: Double
         public var scale: Double
+        /// `sky_vst`: the sky noise in electrons (absent for the other rules).
+        public var noiseElectrons: Double?
     }
 
     public struct Image: Codable, Sendable, Equatable {
@@ -137,7 +139,9 @@ public enum PlanRunner {
         let reader = try FITSReader(path: input, hdu: hdu)
         let layout = try RestoreLayout(network: network, width: reader.width, height: reader.height, tileSize: options.tileSize,
                                        memoryBudget: options.memoryBudget ?? StreamingRestore.defaultBandBudget)
-        let stats = try StreamingRestore.statistics(reader, kind: options.normalization ?? network.normalization)
+        var stats = try StreamingRestore.statistics(reader, kind: options.normalization ?? network.normalization)
+        let cards = reader.headerCards
+        stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
         let T = layout.tileSize
         let side = (window + T - 1) / T * T
         var units: [PlanManifest.Unit] = []
@@ -155,7 +159,8 @@ public enum PlanRunner {
         let image = PlanManifest.Image(input: absolute(input), crc: checksumString(try StreamingRestore.fileChecksum(input)),
                                        bytes: fileSize(input), width: reader.width, height: reader.height, output: absolute(output),
                                        normalization: .init(kind: stats.normalization.kind.rawValue, offset: stats.normalization.offset,
-                                                            scale: stats.normalization.scale),
+                                                            scale: stats.normalization.scale,
+                                                            noiseElectrons: stats.normalization.kind == .skyVST ? stats.normalization.noiseElectrons : nil),
                                        invalidPixels: stats.invalidPixels, tileSize: T)
         return try finish(mode: "tiles", workdir: workdir, modelPath: modelPath, network: network, options: options, hdu: hdu,
                           images: [image], units: units, maxTasks: maxTasks)
@@ -323,7 +328,7 @@ public enum PlanRunner {
         if layout.tileSize != image.tileSize {
             throw ScaleError.mismatch("the tile grid (\(layout.tileSize) px) differs from the planned one (\(image.tileSize ?? 0) px)")
         }
-        let stats = StreamingRestore.Statistics(normalization: Normalization(kind: kind, offset: n.offset, scale: n.scale),
+        let stats = StreamingRestore.Statistics(normalization: Normalization(kind: kind, offset: n.offset, scale: n.scale, noiseElectrons: n.noiseElectrons ?? 0),
                                                 invalidPixels: image.invalidPixels ?? 0)
         let piece = m.workdir + "/" + (unit.piece ?? "")
         let pieceDir = (piece as NSString).deletingLastPathComponent

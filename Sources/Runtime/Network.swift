@@ -27,6 +27,9 @@ public final class Network: @unchecked Sendable {
     /// CRC-32C of the model file, when loaded from one.
     public let fileChecksum: UInt32?
     public let normalization: Normalization.Kind
+    /// `sky_vst`: the sky noise in electrons assumed for an input without a gain (the model's
+    /// `normalization.noise_electrons`; else that of a sky of 1000 e- at ratio 2, sqrt(500)).
+    public let assumedNoiseElectrons: Double
     /// Decoded weights by tensor name (canonical layout).
     let weights: [String: [Float]]
     /// Weights repacked for the fast kernels (made on first use).
@@ -65,6 +68,9 @@ public final class Network: @unchecked Sendable {
             throw RuntimeError.unsupportedModel("unknown normalization")
         }
         normalization = n
+        let q = meta["normalization.noise_electrons"]?.doubleValue ?? 500.0.squareRoot()
+        guard q > 0, q.isFinite else { throw RuntimeError.unsupportedModel("normalization.noise_electrons must be positive") }
+        assumedNoiseElectrons = q
         if graph.inputs.count != 1 || graph.outputs.count != 1 {
             throw RuntimeError.unsupportedModel("image restoration needs exactly one input and one output, the graph has \(graph.inputs.count) and \(graph.outputs.count)")
         }

@@ -21,16 +21,53 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         /// correlation of resampled pixels): a nebula that fills the frame keeps the noise at 1
         /// in network units, as a dark sky does.
         case noiseMAD = "noise_mad"
+        /// `sky_mad`'s units, then the variance-stabilising transform of Poisson + Gaussian noise
+        /// (the generalised Anscombe transform, made linear below the sky): with v the pixel in
+        /// sky-sigma units and q the sky noise in electrons (gain x sky sigma), the noise variance
+        /// is 1 + v / q, and u = 2q (sqrt(1 + v/q) - 1) for v >= 0, u = v below (continuous with
+        /// its slope at 0). The noise is then about 1 at every level, so the network sees how far
+        /// a bright pixel can move: structure 1000 sigma above the sky is not taken for noise.
+        /// q comes from the gain (header or option) or, without one, from the model's
+        /// `normalization.noise_electrons`.
+        case skyVST = "sky_vst"
 
         /// Rules whose units follow the image itself (any offset and scale of the pixel values
         /// gives the same network input): what a model trained across instruments declares.
         public var isAffineInvariant: Bool { self == .skyMAD || self == .noiseMAD || self == .meanstd || self == .minmax }
+        /// Rules measured on the sky's robust statistics (the sky median and sigma).
+        public var usesRobustSky: Bool { self == .skyMAD || self == .noiseMAD || self == .skyVST }
     }
 
     public let kind: Kind
     /// network = (pixel - offset) / scale (after clipping for clip_max).
     public let offset: Double
     public let scale: Double
+    /// `sky_vst`: the sky noise in electrons, q (0 for the other rules).
+    public let noiseElectrons: Double
+
+    public init(kind: Kind, offset: Double, scale: Double, noiseElectrons: Double = 0) {
+        (self.kind, self.offset, self.scale, self.noiseElectrons) = (kind, offset, scale, noiseElectrons)
+    }
+
+    /// `sky_vst` with its q: `gain` (electrons per image unit) times the sky sigma, or `fallback`
+    /// (electrons) when the gain is unknown. Other rules are returned unchanged.
+    public func resolvingNoise(gain: Double?, fallback: Double) -> Normalization {
+        guard kind == .skyVST else { return self }
+        let q = gain.map { $0 * scale } ?? fallback
+        return Normalization(kind: kind, offset: offset, scale: scale, noiseElectrons: q > 0 && q.isFinite ? q : fallback)
+    }
+
+    /// The variance-stabilising transform of `sky_vst` on sky-sigma units, and its inverse.
+    @inline(__always)
+    public static func stabilise(_ v: Double, q: Double) -> Double {
+        v < 0 ? v : 2 * q * ((1 + v / q).squareRoot() - 1)
+    }
+    @inline(__always)
+    public static func unstabilise(_ u: Double, q: Double) -> Double {
+        if u < 0 { return u }
+        let a = u / (2 * q) + 1
+        return q * (a * a - 1)
+    }
 
     public var description: String {
         switch kind {
@@ -40,6 +77,7 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         case .meanstd: return "meanstd (mean \(offset), std \(scale))"
         case .skyMAD: return "sky_mad (sky \(offset), sky sigma \(scale))"
         case .noiseMAD: return "noise_mad (sky \(offset), noise sigma \(scale))"
+        case .skyVST: return "sky_vst (sky \(offset), sky sigma \(scale), sky noise \(noiseElectrons) e-)"
         }
     }
 
@@ -65,15 +103,19 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
             for i in 0..<pixels.count where !invalid[i] { let d = Double(pixels[i]) - mean; ss += d * d }
             let sd = n > 1 ? (ss / Double(n)).squareRoot() : 0
             return Normalization(kind: kind, offset: mean, scale: sd > 0 ? sd : 1)
-        case .skyMAD:
+        case .skyMAD, .skyVST:
             let sky = RobustSky.estimate(count: pixels.count) { i in invalid[i] ? nil : Double(pixels[i]) }
-            return Normalization(kind: kind, offset: sky.median.isFinite ? sky.median : 0,
-                                 scale: sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
+            return skyMAD(kind, sky: sky)
         case .noiseMAD:
             let sky = RobustSky.estimate(count: pixels.count) { i in invalid[i] ? nil : Double(pixels[i]) }
             let d = RobustSky.secondDifferences(count: pixels.count, width: width) { i in invalid[i] ? nil : Double(pixels[i]) }
             return noiseMAD(sky: sky, differences: d)
         }
+    }
+
+    /// `sky_mad` or `sky_vst` (q still 0: `resolvingNoise`) from the sky estimate.
+    public static func skyMAD(_ kind: Kind, sky: (median: Double, sigma: Double, pixels: Int)) -> Normalization {
+        Normalization(kind: kind, offset: sky.median.isFinite ? sky.median : 0, scale: sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
     }
 
     /// `noise_mad` from the sky estimate and the sampled second differences (the in-memory and
@@ -92,14 +134,18 @@ public struct Normalization: Equatable, Sendable, CustomStringConvertible {
         for i in 0..<pixels.count where !invalid[i] {
             var v = Double(pixels[i])
             if kind == .clipMax { v = max(v, 0) }
-            out[i] = Float((v - offset) * inv)
+            v = (v - offset) * inv
+            out[i] = Float(kind == .skyVST ? Normalization.stabilise(v, q: noiseElectrons) : v)
         }
         return out
     }
 
     /// Network output back to the image's units.
     public func invert(_ values: [Float]) -> [Float] {
-        values.map { Float(Double($0) * scale + offset) }
+        if kind == .skyVST {
+            return values.map { Float(Normalization.unstabilise(Double($0), q: noiseElectrons) * scale + offset) }
+        }
+        return values.map { Float(Double($0) * scale + offset) }
     }
 }
 

@@ -34,6 +34,9 @@ public enum Restoration {
         /// Overrides the model's normalisation rule (e.g. `.none` for images already in the
         /// units the network was trained on, as in evaluation on simulated degradations).
         public var normalization: Normalization.Kind?
+        /// Electrons per image unit of the input (its gain), for `sky_vst` models: nil uses the
+        /// model's assumed sky noise.
+        public var gain: Double?
         /// Feature-map budget for choosing the tiles of 'same' networks (nil: `TiledRunner`'s
         /// default in memory, `StreamingRestore.defaultBandBudget` when streaming).
         public var memoryBudget: Int?
@@ -75,6 +78,16 @@ public enum Restoration {
         return [t, b, l, r]
     }
 
+    /// The fitted normalisation completed with what the statistics cannot give: `sky_vst`'s sky
+    /// noise in electrons, from the input's gain (`options.gain`, else the header's GAIN, EGAIN,
+    /// CCDGAIN, GAINEFF or BUNIT in electrons) or the model's assumption.
+    public static func resolved(_ fitted: Normalization, network: Network, options: Options,
+                                header: ((String) -> String?)? = nil) -> Normalization {
+        guard fitted.kind == .skyVST else { return fitted }
+        let gain = options.gain ?? header.flatMap { ExposureKeywords(keyword: $0).gain?.value }
+        return fitted.resolvingNoise(gain: gain, fallback: network.assumedNoiseElectrons)
+    }
+
     /// Restores one image held in memory; returns pixels in the input's units (NaN where invalid).
     public static func restore(_ image: FITSImage, network: Network, options: Options = Options()) throws -> (pixels: [Float], report: RestoreReport) {
         let start = Date()
@@ -84,7 +97,8 @@ public enum Restoration {
         let w = image.width, h = image.height
         let pads = try padding(for: network, height: h, width: w)
 
-        let norm = Normalization.fit(options.normalization ?? network.normalization, pixels: image.pixels, invalid: image.invalid, width: image.width)
+        let norm = resolved(Normalization.fit(options.normalization ?? network.normalization, pixels: image.pixels, invalid: image.invalid, width: image.width),
+                            network: network, options: options, header: image.keyword)
         var networkUnits = norm.apply(image.pixels, invalid: image.invalid)
         MaskFill.fill(&networkUnits, invalid: image.invalid, width: w, height: h)
         let padded = ReflectPad.pad(networkUnits, width: w, height: h, top: pads[0], bottom: pads[1], left: pads[2], right: pads[3])

@@ -78,7 +78,7 @@ public enum StreamingRestore {
         // sky_mad: the same regular subsample of the flat pixel index as RobustSky.estimate.
         let stride = max(1, count / 1_000_000)
         var sample: [Double] = [], differences: [Double] = []
-        let robust = kind == .skyMAD || kind == .noiseMAD
+        let robust = kind.usesRobustSky
         if robust { sample.reserveCapacity(count / stride + 1) }
         if kind == .noiseMAD { differences.reserveCapacity(count / stride + 1) }
         var y0 = 0
@@ -131,12 +131,10 @@ public enum StreamingRestore {
             }
             let sd = n > 1 ? (ss / Double(n)).squareRoot() : 0
             norm = Normalization(kind: kind, offset: mean, scale: sd > 0 ? sd : 1)
-        case .skyMAD:
+        case .skyMAD, .skyVST:
             // The subsample holds fewer than 2 million values, so the estimate takes all of them.
             let s = sample
-            let sky = RobustSky.estimate(count: s.count) { s[$0] }
-            norm = Normalization(kind: kind, offset: sky.median.isFinite ? sky.median : 0,
-                                 scale: sky.sigma > 0 && sky.sigma.isFinite ? sky.sigma : 1)
+            norm = Normalization.skyMAD(kind, sky: RobustSky.estimate(count: s.count) { s[$0] })
         case .noiseMAD:
             let s = sample
             norm = Normalization.noiseMAD(sky: RobustSky.estimate(count: s.count) { s[$0] }, differences: differences)
@@ -360,6 +358,7 @@ public enum StreamingRestore {
         if let t = options.tileSize { parts.append("tile=\(t)") }
         if let h = hdu { parts.append("hdu=\(h)") }
         if let n = options.normalization { parts.append("norm=\(n.rawValue)") }
+        if let g = options.gain { parts.append("gain=\(g)") }
         for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) { parts.append("\(k)=\(v)") }
         return parts.joined(separator: ";")
     }
@@ -405,7 +404,9 @@ public enum StreamingRestore {
                                        memoryBudget: options.memoryBudget ?? defaultBandBudget,
                                        wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
         profile.mark("layout (tile choice)")
-        let stats = try statistics(reader, kind: options.normalization ?? network.normalization)
+        var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
+        let cards = reader.headerCards
+        stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
         profile.mark("FITS statistics pass")
         let crc = try inputChecksum ?? fileChecksum(input)
         profile.mark("input file CRC-32C")
@@ -473,7 +474,7 @@ public enum StreamingRestore {
             ("model weights (decoded, packed, Winograd-transformed)", network.weights.values.reduce(0) { $0 + $1.count } * 4 * 6),
             ("base (code, Swift runtime, cfitsio buffers)", 48 << 20),
         ]
-        if network.normalization == .skyMAD { parts.append(("sky_mad subsample", 3 * 8 * min(width * height, 2_000_000))) }
+        if network.normalization == .skyMAD || network.normalization == .skyVST { parts.append(("sky_mad subsample", 3 * 8 * min(width * height, 2_000_000))) }
         if network.normalization == .noiseMAD { parts.append(("noise_mad subsamples", 5 * 8 * min(width * height, 2_000_000))) }
         return parts
     }

@@ -41,21 +41,28 @@ public struct CropSpec: Equatable, Sendable {
 /// Units: the `sky_mad` rule that `restore` applies to its input, (pixel - sky) / sigma, with the
 /// sky median and noise of the whole simulated short exposure of the image at that ratio (measured
 /// once per image and ratio on a regular subsample, exactly as `RobustSky` measures a full image),
-/// applied to both the input and the target, so the network's output inverts the same way.
+/// applied to both the input and the target, so the network's output inverts the same way. With
+/// `sky_vst`, both are then variance-stabilised with q = the short exposure's sky noise in
+/// electrons (its sky sigma x gain / ratio), as `restore` does with the input's gain.
 public final class CropSampler: @unchecked Sendable {
     public let images: [LongExposure]
     public let ratios: [Double]
     public let cropSize: Int
     public let minimumSourceFraction: Double
     public let clipNegative: Bool
+    public let normalization: Normalization.Kind
     let sizes: [(h: Int, w: Int)]
-    /// [image][ratio index] -> (sky median, sky sigma) of the short exposure.
-    public let units: [[(offset: Double, scale: Double)]]
+    /// [image][ratio index] -> (sky median, sky sigma, sky noise in electrons) of the short exposure.
+    public let units: [[(offset: Double, scale: Double, noiseElectrons: Double)]]
     /// [image] -> sky median and sigma of the long exposure (for the empty-crop test).
     let longSky: [(median: Double, sigma: Double)]
 
     public init(images: [LongExposure], ratios: [Double], cropSize: Int, minimumSourceFraction: Double = 0.002,
-                clipNegative: Bool = false, seed: UInt64 = 1) throws {
+                clipNegative: Bool = false, normalization: Normalization.Kind = .skyMAD, seed: UInt64 = 1) throws {
+        guard normalization == .skyMAD || normalization == .skyVST else {
+            throw TrainingError.model("denoiser crops are in sky_mad or sky_vst units, not \(normalization.rawValue)")
+        }
+        self.normalization = normalization
         guard !images.isEmpty else { throw TrainingError.data("no training images") }
         guard !ratios.isEmpty, ratios.allSatisfy({ $0 >= 1 && $0.isFinite }) else { throw TrainingError.data("exposure ratios must be >= 1") }
         (self.images, self.ratios, self.cropSize) = (images, ratios, cropSize)
@@ -67,13 +74,13 @@ public final class CropSampler: @unchecked Sendable {
             }
             if let p = im.noise(ratio: ratios[0]).problem { throw TrainingError.data("\(im.image.name): \(p)") }
         }
-        var u: [[(offset: Double, scale: Double)]] = []
+        var u: [[(offset: Double, scale: Double, noiseElectrons: Double)]] = []
         var ls: [(median: Double, sigma: Double)] = []
         for (i, im) in images.enumerated() {
             let raw = im.image.raw
             let l = RobustSky.estimate(count: raw.count) { raw.pixels[$0] }
             ls.append((l.median, l.sigma))
-            var row: [(offset: Double, scale: Double)] = []
+            var row: [(offset: Double, scale: Double, noiseElectrons: Double)] = []
             for (k, r) in ratios.enumerated() {
                 // The short exposure of the pixels RobustSky would read, each drawn from its own
                 // stream (seeded by image, ratio and index).
@@ -84,7 +91,8 @@ public final class CropSampler: @unchecked Sendable {
                     var g = NoiseStreams.row(j, seed: seed ^ (UInt64(i) << 40) ^ (UInt64(k) << 32))
                     return model.sample(v, &g)
                 }
-                row.append((s.median.isFinite ? s.median : 0, s.sigma > 0 && s.sigma.isFinite ? s.sigma : 1))
+                let scale = s.sigma > 0 && s.sigma.isFinite ? s.sigma : 1
+                row.append((s.median.isFinite ? s.median : 0, scale, scale * im.gain / r))
             }
             u.append(row)
         }
@@ -130,8 +138,9 @@ public final class CropSampler: @unchecked Sendable {
             let raw = images[sp.image].image.raw
             let model = images[sp.image].noise(ratio: sp.ratio, clipNegative: clipNegative)
             let ri = ratios.firstIndex(of: sp.ratio) ?? 0
-            let (offset, scale) = units[sp.image][ri]
+            let (offset, scale, q) = units[sp.image][ri]
             let inv = 1 / scale
+            let vst = normalization == .skyVST
             let ip = inputs + k * s * s, tp = targets + k * s * s
             for i in 0..<s {
                 var g = NoiseStreams.row(i, seed: sp.noiseSeed)
@@ -140,8 +149,9 @@ public final class CropSampler: @unchecked Sendable {
                     let (a, b) = CropSampler.dihedral(sp.variant, i, j, s)
                     var v = raw[sp.y + a, sp.x + b]
                     if !v.isFinite { v = offset }
-                    tp[i * s + j] = Float((v - offset) * inv)
-                    ip[i * s + j] = Float((model.sample(v, &g) - offset) * inv)
+                    let t = (v - offset) * inv, x = (model.sample(v, &g) - offset) * inv
+                    tp[i * s + j] = Float(vst ? Normalization.stabilise(t, q: q) : t)
+                    ip[i * s + j] = Float(vst ? Normalization.stabilise(x, q: q) : x)
                 }
             }
         }

@@ -20,6 +20,9 @@ public protocol CropSource: AnyObject {
     func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]?
     /// The root mean square of the images' loss scales (the loss weights are relative to it).
     var referenceLossScale: Double? { get }
+    /// `sky_vst`: the sky noise in electrons the model assumes for an input without a gain (the
+    /// median over the images at the first ratio), or nil for the other rules.
+    var assumedNoiseElectrons: Double? { get }
 }
 
 extension CropSampler: CropSource {
@@ -30,6 +33,11 @@ extension CropSampler: CropSource {
     public var sampleParameter: String? { "exposure_ratio" }
     public func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]? { nil }
     public var referenceLossScale: Double? { nil }
+    public var assumedNoiseElectrons: Double? {
+        guard normalization == .skyVST else { return nil }
+        var q = units.map { $0[0].noiseElectrons }
+        return SkyStatistics.median(&q)
+    }
 }
 
 /// (degraded, sharp) crop pairs for a deconvolution U-net ('same' convolutions: the input and
@@ -81,6 +89,7 @@ public final class DeconvolutionCropSampler: CropSource {
     public func lossScales(_ specs: ArraySlice<CropSpec>) -> [Double]? { specs.map { units[$0.image].scale } }
 
     public var referenceLossScale: Double? { (units.reduce(0) { $0 + $1.scale * $1.scale } / Double(units.count)).squareRoot() }
+    public var assumedNoiseElectrons: Double? { nil }
 
     public var imageList: String {
         zip(patches.images, units).map { im, u in

@@ -183,10 +183,11 @@ public final class DenoiserSession: ResumableTraining {
             throw TrainingError.data("\(clash.image.name) is both a training and a validation image")
         }
         let train = try CropSampler(images: training, ratios: config.ratios, cropSize: config.cropSize,
-                                    minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative, seed: config.seed)
+                                    minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
+                                    normalization: config.normalization, seed: config.seed)
         let val = try CropSampler(images: validation, ratios: config.ratios, cropSize: config.cropSize,
                                   minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
-                                  seed: config.seed ^ 0x7A11D)
+                                  normalization: config.normalization, seed: config.seed ^ 0x7A11D)
         try self.init(config: config, train: train, validation: val, threads: threads)
     }
 
@@ -411,6 +412,7 @@ public final class DenoiserSession: ResumableTraining {
     func provenance(_ m: inout Model) {
         for (k, v) in config.metadata { m.metadata[k] = v }
         m.metadata["normalization"] = .string(config.normalization.rawValue)
+        if let q = train.assumedNoiseElectrons { m.metadata["normalization.noise_electrons"] = .float(q) }
         if let f = initialisedFrom { m.metadata["training.initialised_from"] = .string(f) }
         if !rateSteps.isEmpty { m.metadata["training.learning_rate_steps"] = .floats(rateSteps.flatMap { [Double($0.epoch), $0.rate] }) }
         m.metadata["training.images"] = .string(train.imageList)

@@ -84,12 +84,12 @@ extension Evaluate {
         ev.threads = threads
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
-        var pairs: [(String, Image2D, Image2D, String)] = []
+        var pairs: [(String, Image2D, Image2D, String, Double?)] = []
         let modes = [!images.isEmpty, denoise.input != nil, !denoise.frames.isEmpty].filter { $0 }.count
         guard modes == 1 else { throw ValidationError("give exactly one of --images (simulated short exposures), --input with --reference (a real pair) or --frames (real frames, each against the mean of the others)") }
         if let input = denoise.input {
             guard !denoise.reference.isEmpty else { throw ValidationError("--input needs --reference LONG.fits") }
-            let (frame, _) = try Evaluate.load(input)
+            let (frame, frameFITS) = try Evaluate.load(input)
             var refs: [Image2D] = []
             for r in denoise.reference { refs.append(try Evaluate.load(r).0) }
             let reference: Image2D
@@ -102,15 +102,18 @@ extension Evaluate {
             let name = (input as NSString).lastPathComponent
             pairs.append((name, a.reference, a.frame, String(format: "real frame vs %@ (shift %.2f, %.2f px, overlap %dx%d)",
                                                                denoise.reference.map { ($0 as NSString).lastPathComponent }.joined(separator: "+"),
-                                                               a.registration.dy, a.registration.dx, a.registration.overlapWidth, a.registration.overlapHeight)))
+                                                               a.registration.dy, a.registration.dx, a.registration.overlapWidth, a.registration.overlapHeight),
+                          denoise.gain ?? ExposureKeywords(keyword: frameFITS.keyword).gain?.value))
         } else if !denoise.frames.isEmpty {
             guard denoise.frames.count >= 2 else { throw ValidationError("--frames needs at least two frames") }
-            let loaded = try denoise.frames.map { try Evaluate.load($0).0 }
+            let files = try denoise.frames.map { try Evaluate.load($0) }
+            let loaded = files.map(\.0)
             for k in loaded.indices {
                 let (mean, _) = try FramePairs.meanOfOthers(loaded, onto: k, threads: threads)
                 let a = try FramePairs.aligned(frame: loaded[k], reference: mean, threads: threads)
                 pairs.append(((denoise.frames[k] as NSString).lastPathComponent, a.reference, a.frame,
-                              "real frame vs the mean of the other \(loaded.count - 1)"))
+                              "real frame vs the mean of the other \(loaded.count - 1)",
+                              denoise.gain ?? ExposureKeywords(keyword: files[k].1.keyword).gain?.value))
             }
         } else {
             let paths = try SourceImage.expand(images)
@@ -139,13 +142,15 @@ extension Evaluate {
                                           exposureTime: header.exposureTime?.value ?? 0, sky: skyLevel, clipNegative: denoise.clip)
                 if let p = model.problem { throw ValidationError("\(path): \(p)") }
                 let noisy = model.apply(truth, seed: seed &+ UInt64(k), threads: threads)
-                pairs.append(((path as NSString).lastPathComponent, truth, noisy, model.description))
+                // The short exposure is on the long exposure's flux scale: gain / ratio electrons per unit.
+                pairs.append(((path as NSString).lastPathComponent, truth, noisy, model.description, g / denoise.ratio))
             }
         }
         var all: [DenoiseResult] = []
         var panelImages: [(title: String, pixels: [Float], marks: [ComparisonPanel.Mark])] = []
         var panelSize = (0, 0), panelRadius = 6.0
-        for (k, (name, truth, noisy, how)) in pairs.enumerated() {
+        for (k, (name, truth, noisy, how, gain)) in pairs.enumerated() {
+            ev.noisyGain = gain
             guard truth.height >= 32 && truth.width >= 32 else {
                 throw ValidationError("\(name): \(truth.width)x\(truth.height) is too small: the background mesh and the metrics need at least 32x32 pixels")
             }

@@ -108,6 +108,9 @@ struct Restore: ParsableCommand {
     @Option(name: .customLong("conv"), help: "Convolution algorithm: auto (per layer: Winograd for layers with >= 16 input channels, F(4x4,3x3) for 3x3 kernels and F(3x3,6x6) for 6x6, direct otherwise; default), direct, winograd (Winograd wherever it applies), winograd2 / winograd6 (as winograd with F(2x2,3x3) / F(6x6,3x3) for 3x3 kernels), or reference (scalar oracle, slow).")
     var conv: String = "auto"
 
+    @Option(help: "Gain of the input, electrons per image unit, for sky_vst models (default: the header's GAIN, EGAIN, CCDGAIN or GAINEFF, else the model's assumed sky noise).")
+    var gain: Double?
+
     @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch (one input only).")
     var preview: String?
 
@@ -124,6 +127,10 @@ struct Restore: ParsableCommand {
         do { network = try Network(path: model) } catch { throw failure(describe(error)) }
         var options = Restoration.Options(threads: threads ?? ParallelFor.availableCores, tileSize: tile, parameters: parameters,
                                           algorithm: algorithm)
+        if let g = gain {
+            guard g > 0, g.isFinite else { throw failure("--gain must be a positive number of electrons per image unit") }
+            options.gain = g
+        }
         let command = CommandLine.arguments.joined(separator: " ")
         if !batch {
             guard let input = inputs.first else { throw failure("no input file") }

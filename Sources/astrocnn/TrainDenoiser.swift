@@ -26,6 +26,8 @@ struct UNetTrainOptions: ParsableArguments {
     var lossUnits: String = "peak"
     @Option(help: "astro-unet, deconv-unet: start from this model's weights (same widths) instead of a random initialisation, e.g. to fine-tune the shipped model for another PSF or noise.")
     var initWeights: String?
+    @Option(help: "astro-unet: the network's units: sky_mad ((pixel - sky) / sky sigma, the default) or sky_vst (then variance-stabilised for Poisson + Gaussian noise with the gain, so a bright pixel's noise is 1 as the sky's).")
+    var normalization: String = "sky_mad"
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
     @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
@@ -129,6 +131,12 @@ extension Train {
             c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
             c.inputSkip = unet.inputSkip || deconvolution
             c.biasFree = unet.biasFree
+            if !deconvolution {
+                guard let n = Normalization.Kind(rawValue: unet.normalization), n == .skyMAD || n == .skyVST else {
+                    throw ValidationError("--normalization must be sky_mad or sky_vst")
+                }
+                c.normalization = n
+            }
             if deconvolution {
                 guard let u = DenoiserConfig.LossUnits(rawValue: unet.lossUnits) else { throw ValidationError("--loss-units must be peak or network") }
                 c.lossUnits = u

@@ -1,5 +1,6 @@
 import Foundation
 import Imaging
+import Runtime
 import ModelFormat
 import XCTest
 

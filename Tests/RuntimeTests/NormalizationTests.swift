@@ -66,4 +66,81 @@ final class NormalizationTests: XCTestCase {
                        Normalization.fit(.skyMAD, pixels: steps, invalid: [Bool](repeating: false, count: 100), width: 10).scale)
         XCTAssertEqual(Normalization.fit(.noiseMAD, pixels: [Float](repeating: 7, count: 100), invalid: [Bool](repeating: false, count: 100), width: 10).scale, 1)
     }
+
+    /// sky_vst: Poisson + read noise at any level comes out with a standard deviation near 1
+    /// (sky_mad's grows as sqrt(1 + v/q)); the transform is continuous with slope 1 at the sky,
+    /// and the inverse gives the pixels back.
+    func testSkyVSTStabilisesPhotonNoiseAndRoundTrips() {
+        var rng = SplitMix64(seed: 11)
+        func normal() -> Double {
+            let u1 = max(Double(rng.next() >> 11) / 9007199254740992, 1e-300), u2 = Double(rng.next() >> 11) / 9007199254740992
+            return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+        }
+        // Gain 2 e-/unit, sky 400 e-, read noise 5 e-: sky noise q = sqrt(425) e-. Five patches
+        // of 4000 pixels: the sky, then sources of 1e3 ... 1e6 electrons per pixel.
+        let gain = 2.0, sky = 400.0, ron = 5.0
+        let levels = [0.0, 1e3, 1e4, 1e5, 1e6], m = 4000
+        var px: [Float] = []
+        for l in levels { for _ in 0..<(l == 0 ? 5 * m : m) {
+            let e = sky + l
+            px.append(Float((e + (e + ron * ron).squareRoot() * normal()) / gain))
+        } }
+        let invalid = [Bool](repeating: false, count: px.count)
+        let fitted = Normalization.fit(.skyVST, pixels: px, invalid: invalid, width: 100)
+        XCTAssertEqual(fitted.noiseElectrons, 0, "q needs the gain")
+        let norm = fitted.resolvingNoise(gain: gain, fallback: 7)
+        XCTAssertEqual(norm.noiseElectrons, (sky + ron * ron).squareRoot(), accuracy: 0.04 * 20.6)
+        XCTAssertEqual(fitted.resolvingNoise(gain: nil, fallback: 7).noiseElectrons, 7)
+        XCTAssertEqual(Normalization.fit(.skyMAD, pixels: px, invalid: invalid, width: 100).resolvingNoise(gain: gain, fallback: 7).noiseElectrons, 0)
+        let u = norm.apply(px, invalid: invalid).map(Double.init)
+        let plain = Normalization.fit(.skyMAD, pixels: px, invalid: invalid, width: 100).apply(px, invalid: invalid).map(Double.init)
+        func sd(_ a: ArraySlice<Double>) -> Double {
+            let mean = a.reduce(0, +) / Double(a.count)
+            return (a.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(a.count - 1)).squareRoot()
+        }
+        var start = 0
+        for l in levels {
+            let n = l == 0 ? 5 * m : m
+            XCTAssertEqual(sd(u[start..<start + n]), 1, accuracy: 0.06, "level \(l) e-")
+            if l >= 1e4 { XCTAssertGreaterThan(sd(plain[start..<start + n]), 4, "sky_mad units keep the photon noise") }
+            start += n
+        }
+        let back = norm.invert(norm.apply(px, invalid: invalid))
+        for i in stride(from: 0, to: px.count, by: 7) { XCTAssertEqual(back[i], px[i], accuracy: 2e-6 * max(1, abs(px[i]))) }
+        for q in [0.5, 20.0, 3000.0] {
+            XCTAssertEqual(Normalization.stabilise(0, q: q), 0)
+            XCTAssertEqual(Normalization.stabilise(1e-7, q: q) / 1e-7, 1, accuracy: 1e-6)
+            for v in [-3.0, 0.25, 7, 1e3, 1e6] { XCTAssertEqual(Normalization.unstabilise(Normalization.stabilise(v, q: q), q: q), v, accuracy: 1e-9 * max(1, abs(v))) }
+        }
+        XCTAssertEqual(Normalization.Kind(rawValue: "sky_vst"), .skyVST)
+    }
+
+    /// restore takes sky_vst's gain from the option, else the header, else the model, records
+    /// q in its report, and an identity network gives the image back in its own units.
+    func testRestoreResolvesTheGainForSkyVST() throws {
+        var b = ModelBuilder(name: "identity-vst", normalization: "sky_vst") { _, shape, _, _ in
+            shape.count == 4 ? [1] : [Float](repeating: 0, count: shape.reduce(1, *))
+        }
+        let y = b.conv(b.input.name, out: 1, kernel: 1, name: "id")
+        var model = try b.build(output: y)
+        model.metadata["normalization.noise_electrons"] = .float(33)
+        let net = try Network(model: model)
+        XCTAssertEqual(net.assumedNoiseElectrons, 33)
+        var rng = SplitMix64(seed: 2)
+        let w = 64, h = 48
+        let px = (0..<(w * h)).map { i in 100 + 4 * rng.float() + (i % 97 == 0 ? 5000 : 0) }
+        let image = FITSImage(width: w, height: h, pixels: px, invalid: [Bool](repeating: false, count: w * h),
+                              headerCards: ["GAIN    =                  2.5 / e-/ADU"])
+        let sigma = Normalization.fit(.skyMAD, pixels: px, invalid: image.invalid, width: w).scale
+        let fromHeader = try Restoration.restore(image, network: net)
+        XCTAssertEqual(fromHeader.report.normalization.noiseElectrons, 2.5 * sigma, accuracy: 1e-9)
+        for i in 0..<px.count { XCTAssertEqual(fromHeader.pixels[i], px[i], accuracy: 1e-3) }
+        var opts = Restoration.Options(threads: 1)
+        opts.gain = 4
+        XCTAssertEqual(try Restoration.restore(image, network: net, options: opts).report.normalization.noiseElectrons, 4 * sigma, accuracy: 1e-9)
+        let bare = FITSImage(width: w, height: h, pixels: px, invalid: image.invalid)
+        XCTAssertEqual(try Restoration.restore(bare, network: net).report.normalization.noiseElectrons, 33)
+        model.metadata["normalization.noise_electrons"] = .float(-1)
+        XCTAssertThrowsError(try Network(model: model))
+    }
 }

@@ -65,7 +65,7 @@ final class StreamingTests: XCTestCase {
         FITSFixture.write(path: path, bitpix: -32, width: w, height: h, values: values, nullMask: mask)
         let image = try FITSIO.readImage(path: path)
         let reader = try FITSReader(path: path)
-        for kind in [Normalization.Kind.none, .clipMax, .minmax, .meanstd, .skyMAD, .noiseMAD] {
+        for kind in [Normalization.Kind.none, .clipMax, .minmax, .meanstd, .skyMAD, .noiseMAD, .skyVST] {
             let s = try StreamingRestore.statistics(reader, kind: kind)
             XCTAssertEqual(s.normalization, Normalization.fit(kind, pixels: image.pixels, invalid: image.invalid, width: w), "\(kind)")
             XCTAssertEqual(s.invalidPixels, image.invalidCount)

@@ -1,6 +1,7 @@
 import Foundation
 import Imaging
 import ModelFormat
+import Runtime
 import Trainer
 import XCTest
 
@@ -29,7 +30,7 @@ final class CropSamplerTests: XCTestCase {
         let src = image()
         let long = LongExposure(image: src, gain: 2, readNoise: 3, sky: 50)
         let s = try CropSampler(images: [long], ratios: [4], cropSize: 32)
-        let (offset, scale) = s.units[0][0]
+        let (offset, scale, _) = s.units[0][0]
         // The short exposure's sky noise at ratio 4: (r/g) sqrt(sky g / r + RON^2) in image units.
         let expectSigma = (4.0 / 2) * (50 * 2 / 4 + 9.0).squareRoot()
         XCTAssertEqual(scale, expectSigma, accuracy: 0.04 * expectSigma)
@@ -55,5 +56,41 @@ final class CropSamplerTests: XCTestCase {
         XCTAssertThrowsError(try CropSampler(images: [long], ratios: [2], cropSize: 200))
         XCTAssertThrowsError(try CropSampler(images: [long], ratios: [0.5], cropSize: 32))
         XCTAssertThrowsError(try CropSampler(images: [LongExposure(image: src, gain: 0)], ratios: [2], cropSize: 32))
+    }
+
+    /// sky_vst crops: the sky_mad crops variance-stabilised with q = the short exposure's sky
+    /// noise in electrons (sky sigma x gain / ratio); the noise on the sources (about 30 sky sigma
+    /// here, where sky_mad units give it a spread of 2.6) is then 1, as on the sky.
+    func testSkyVSTCropsStabiliseTheNoiseOnSources() throws {
+        let long = LongExposure(image: image(), gain: 2, readNoise: 3, sky: 50)
+        let mad = try CropSampler(images: [long], ratios: [4], cropSize: 32)
+        let vst = try CropSampler(images: [long], ratios: [4], cropSize: 32, normalization: .skyVST)
+        let (_, scale, q) = vst.units[0][0]
+        XCTAssertEqual(q, scale * 2 / 4, accuracy: 1e-12)
+        XCTAssertEqual(vst.assumedNoiseElectrons, q)
+        XCTAssertNil(mad.assumedNoiseElectrons)
+        let specs = vst.plan(count: 64, seed: 1, stream: 1)
+        func fill(_ s: CropSampler) -> ([Float], [Float]) {
+            var inputs = [Float](repeating: 0, count: 64 * 32 * 32), targets = inputs
+            inputs.withUnsafeMutableBufferPointer { ib in targets.withUnsafeMutableBufferPointer { tb in
+                s.fill(specs[...], inputs: ib.baseAddress!, targets: tb.baseAddress!)
+            } }
+            return (inputs, targets)
+        }
+        let (mi, mt) = fill(mad), (vi, vt) = fill(vst)
+        var onSources: [Double] = [], plain: [Double] = []
+        for i in 0..<vi.count {
+            XCTAssertEqual(Double(vi[i]), Normalization.stabilise(Double(mi[i]), q: q), accuracy: 1e-4 * max(1, abs(Double(vi[i]))))
+            XCTAssertEqual(Double(vt[i]), Normalization.stabilise(Double(mt[i]), q: q), accuracy: 1e-4 * max(1, abs(Double(vt[i]))))
+            if mt[i] > 10 { onSources.append(Double(vi[i] - vt[i])); plain.append(Double(mi[i] - mt[i])) }
+        }
+        func sd(_ a: [Double]) -> Double {
+            let m = a.reduce(0, +) / Double(a.count)
+            return (a.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(a.count - 1)).squareRoot()
+        }
+        XCTAssertGreaterThan(onSources.count, 300)
+        XCTAssertEqual(sd(onSources), 1, accuracy: 0.12)
+        XCTAssertGreaterThan(sd(plain), 2.2)
+        XCTAssertThrowsError(try CropSampler(images: [long], ratios: [4], cropSize: 32, normalization: .noiseMAD))
     }
 }
