@@ -51,6 +51,12 @@ public final class CropSampler: @unchecked Sendable {
     public let minimumSourceFraction: Double
     public let clipNegative: Bool
     public let normalization: Normalization.Kind
+    /// Brightness augmentation: half of the crops (chosen by their noise seed) have the long
+    /// exposure's signal above its sky median multiplied by a factor drawn log-uniformly in
+    /// [1, brightnessBoost] before the short exposure is drawn, so sources are seen at signal-to-
+    /// noise ratios up to that factor higher than the images have (the sky and its noise stay);
+    /// 1 = off.
+    public let brightnessBoost: Double
     let sizes: [(h: Int, w: Int)]
     /// [image][ratio index] -> (sky median, sky sigma, sky noise in electrons) of the short exposure.
     public let units: [[(offset: Double, scale: Double, noiseElectrons: Double)]]
@@ -58,7 +64,9 @@ public final class CropSampler: @unchecked Sendable {
     let longSky: [(median: Double, sigma: Double)]
 
     public init(images: [LongExposure], ratios: [Double], cropSize: Int, minimumSourceFraction: Double = 0.002,
-                clipNegative: Bool = false, normalization: Normalization.Kind = .skyMAD, seed: UInt64 = 1) throws {
+                clipNegative: Bool = false, normalization: Normalization.Kind = .skyMAD, brightnessBoost: Double = 1, seed: UInt64 = 1) throws {
+        guard brightnessBoost >= 1, brightnessBoost.isFinite else { throw TrainingError.data("the brightness boost must be >= 1") }
+        self.brightnessBoost = brightnessBoost
         guard normalization == .skyMAD || normalization == .skyVST else {
             throw TrainingError.model("denoiser crops are in sky_mad or sky_vst units, not \(normalization.rawValue)")
         }
@@ -141,6 +149,7 @@ public final class CropSampler: @unchecked Sendable {
             let (offset, scale, q) = units[sp.image][ri]
             let inv = 1 / scale
             let vst = normalization == .skyVST
+            let (boost, sky0) = (brightnessFactor(sp), longSky[sp.image].median)
             let ip = inputs + k * s * s, tp = targets + k * s * s
             for i in 0..<s {
                 var g = NoiseStreams.row(i, seed: sp.noiseSeed)
@@ -149,12 +158,21 @@ public final class CropSampler: @unchecked Sendable {
                     let (a, b) = CropSampler.dihedral(sp.variant, i, j, s)
                     var v = raw[sp.y + a, sp.x + b]
                     if !v.isFinite { v = offset }
+                    if boost != 1 && v > sky0 { v = sky0 + (v - sky0) * boost }
                     let t = (v - offset) * inv, x = (model.sample(v, &g) - offset) * inv
                     tp[i * s + j] = Float(vst ? Normalization.stabilise(t, q: q) : t)
                     ip[i * s + j] = Float(vst ? Normalization.stabilise(x, q: q) : x)
                 }
             }
         }
+    }
+
+    /// The brightness factor of a crop (1 for the half left as they are).
+    public func brightnessFactor(_ sp: CropSpec) -> Double {
+        guard brightnessBoost > 1 else { return 1 }
+        var g = SplitMix64(seed: sp.noiseSeed ^ 0xB0057)
+        let pick = g.next(), u = Double(g.next() >> 11) / 9007199254740992
+        return pick & 1 == 0 ? 1 : exp(u * log(brightnessBoost))
     }
 
     /// The source pixel of output (i, j) under symmetry `k` of an n x n square: `k & 3` quarter

@@ -38,6 +38,8 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// (f(λx) = λ f(x) for λ > 0): a star 1000 times brighter than any in the training crops is
     /// processed as the same star at a thousandth of the noise, not extrapolated through biases.
     public var biasFree = false
+    /// `CropSampler.brightnessBoost` (1 = off).
+    public var brightnessBoost = 1.0
     /// Deconvolution instead of denoising: the degradation (PSF and noise, in the units of the
     /// max-normalised truth) the crops are made with; nil for the Astro U-net denoiser.
     public var degradation: Degradation?
@@ -96,7 +98,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.loss": .string(loss.rawValue), "training.init": .string(initialization.rawValue),
             "training.clip_negative": .bool(clipNegative), "training.min_source_fraction": .float(minimumSourceFraction),
             "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
-            "training.bias_free": .bool(biasFree),
+            "training.bias_free": .bool(biasFree), "training.brightness_boost": .float(brightnessBoost),
         ]
         if let d = degradation {
             m["training.task"] = .string("deconvolve")
@@ -137,6 +139,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
         biasFree = m["training.bias_free"].flatMap(bool) ?? false
+        brightnessBoost = m["training.brightness_boost"]?.doubleValue ?? 1
         if m["training.task"]?.stringValue == "deconvolve" { degradation = try TrainingConfig.degradation(metadata: m) }
         guard let nk = Normalization.Kind(rawValue: m["normalization"]?.stringValue ?? "sky_mad") else { throw TrainingError.checkpoint("bad normalization") }
         normalization = nk
@@ -184,7 +187,7 @@ public final class DenoiserSession: ResumableTraining {
         }
         let train = try CropSampler(images: training, ratios: config.ratios, cropSize: config.cropSize,
                                     minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
-                                    normalization: config.normalization, seed: config.seed)
+                                    normalization: config.normalization, brightnessBoost: config.brightnessBoost, seed: config.seed)
         let val = try CropSampler(images: validation, ratios: config.ratios, cropSize: config.cropSize,
                                   minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
                                   normalization: config.normalization, seed: config.seed ^ 0x7A11D)

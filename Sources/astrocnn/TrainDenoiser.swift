@@ -28,6 +28,8 @@ struct UNetTrainOptions: ParsableArguments {
     var initWeights: String?
     @Option(help: "astro-unet: the network's units: sky_mad ((pixel - sky) / sky sigma, the default) or sky_vst (then variance-stabilised for Poisson + Gaussian noise with the gain, so a bright pixel's noise is 1 as the sky's).")
     var normalization: String = "sky_mad"
+    @Option(help: "astro-unet: brightness augmentation: half of the crops have their signal above the sky multiplied by a factor drawn log-uniformly in [1, B] (sources at higher signal-to-noise than the images hold; 1 = off).")
+    var brightnessBoost: Double = 1
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
     @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
@@ -131,6 +133,8 @@ extension Train {
             c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
             c.inputSkip = unet.inputSkip || deconvolution
             c.biasFree = unet.biasFree
+            guard unet.brightnessBoost >= 1, unet.brightnessBoost.isFinite else { throw ValidationError("--brightness-boost must be >= 1") }
+            c.brightnessBoost = unet.brightnessBoost
             if !deconvolution {
                 guard let n = Normalization.Kind(rawValue: unet.normalization), n == .skyMAD || n == .skyVST else {
                     throw ValidationError("--normalization must be sky_mad or sky_vst")

@@ -93,4 +93,45 @@ final class CropSamplerTests: XCTestCase {
         XCTAssertGreaterThan(sd(plain), 2.2)
         XCTAssertThrowsError(try CropSampler(images: [long], ratios: [4], cropSize: 32, normalization: .noiseMAD))
     }
+
+    /// --brightness-boost: half of the crops keep their pixels bit for bit; the others have the
+    /// signal above the sky median multiplied by their factor (log-uniform in [1, B]), the sky
+    /// below it untouched.
+    func testBrightnessBoostScalesTheSignalOfHalfTheCrops() throws {
+        let long = LongExposure(image: image(), gain: 2, readNoise: 3, sky: 50)
+        let plain = try CropSampler(images: [long], ratios: [2], cropSize: 32)
+        let boosted = try CropSampler(images: [long], ratios: [2], cropSize: 32, brightnessBoost: 100)
+        let specs = plain.plan(count: 40, seed: 3, stream: 1)
+        XCTAssertEqual(specs, boosted.plan(count: 40, seed: 3, stream: 1))
+        func fill(_ s: CropSampler) -> ([Float], [Float]) {
+            var inputs = [Float](repeating: 0, count: 40 * 32 * 32), targets = inputs
+            inputs.withUnsafeMutableBufferPointer { ib in targets.withUnsafeMutableBufferPointer { tb in
+                s.fill(specs[...], inputs: ib.baseAddress!, targets: tb.baseAddress!)
+            } }
+            return (inputs, targets)
+        }
+        let (pi, pt) = fill(plain), (bi, bt) = fill(boosted)
+        let (offset, scale, _) = plain.units[0][0]
+        let sky0 = RobustSky.estimate(count: long.image.raw.count) { long.image.raw.pixels[$0] }.median
+        var kept = 0
+        for (k, sp) in specs.enumerated() {
+            let f = boosted.brightnessFactor(sp)
+            XCTAssert(f >= 1 && f <= 100)
+            XCTAssertEqual(plain.brightnessFactor(sp), 1)
+            let r = (k * 1024)..<((k + 1) * 1024)
+            if f == 1 {
+                kept += 1
+                XCTAssertEqual(Array(bi[r]), Array(pi[r])); XCTAssertEqual(Array(bt[r]), Array(pt[r]))
+                continue
+            }
+            let crop = long.image.raw.crop(y: sp.y, x: sp.x, height: 32, width: 32).dihedral(sp.variant)
+            for i in 0..<1024 {
+                let v = crop.pixels[i]
+                let expect = ((v > sky0 ? sky0 + (v - sky0) * f : v) - offset) / scale
+                XCTAssertEqual(Double(bt[k * 1024 + i]), expect, accuracy: 1e-5 * max(1, abs(expect)))
+            }
+        }
+        XCTAssert(kept > 8 && kept < 32, "\(kept) of 40 crops kept")
+        XCTAssertThrowsError(try CropSampler(images: [long], ratios: [2], cropSize: 32, brightnessBoost: 0.5))
+    }
 }
