@@ -143,10 +143,14 @@ public struct ExposureNoise: Equatable, Sendable {
         let lambda = max(level, 0) * gain / ratio
         let eMean = level * gain / ratio            // a negative expectation is kept as is
         let eVar = lambda + gaussianVarianceElectrons
-        let scale = outputScale == .long ? ratio / gain : 1 / gain
+        let scale = 1 / outputGain
         let offset = outputScale == .long ? sky : sky / ratio
         return (eMean * scale - offset, eVar * scale * scale)
     }
+
+    /// Electrons per unit of the simulated short exposure (its gain): gain / ratio on the long
+    /// exposure's flux scale, the gain itself on the short one's.
+    public var outputGain: Double { outputScale == .long ? gain / ratio : gain }
 
     /// One pixel of the short exposure of a pixel of value `v` (NaN stays NaN), drawn from `rng`.
     @inline(__always)

@@ -139,9 +139,7 @@ public enum PlanRunner {
         let reader = try FITSReader(path: input, hdu: hdu)
         let layout = try RestoreLayout(network: network, width: reader.width, height: reader.height, tileSize: options.tileSize,
                                        memoryBudget: options.memoryBudget ?? StreamingRestore.defaultBandBudget)
-        var stats = try StreamingRestore.statistics(reader, kind: options.normalization ?? network.normalization)
-        let cards = reader.headerCards
-        stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
+        let stats = try StreamingRestore.statistics(reader, network: network, options: options)
         let T = layout.tileSize
         let side = (window + T - 1) / T * T
         var units: [PlanManifest.Unit] = []

@@ -142,6 +142,16 @@ public enum StreamingRestore {
         return Statistics(normalization: norm, invalidPixels: bad)
     }
 
+    /// The statistics of the rule `restore` applies (the options' override, else the model's),
+    /// completed with what they cannot measure (`Restoration.resolved`: sky_vst's gain from the
+    /// options or the file's header).
+    public static func statistics(_ reader: FITSReader, network: Network, options: Restoration.Options) throws -> Statistics {
+        var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
+        let cards = reader.headerCards
+        stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
+        return stats
+    }
+
     /// Restores the output rectangle `rows` x `columns` of the image (0-based image
     /// coordinates; lower bounds on the tile grid, upper bounds on it or at the image edge),
     /// one band of tiles at a time. `sink(firstRow, rowCount, pixels)` receives each band's
@@ -404,9 +414,7 @@ public enum StreamingRestore {
                                        memoryBudget: options.memoryBudget ?? defaultBandBudget,
                                        wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
         profile.mark("layout (tile choice)")
-        var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
-        let cards = reader.headerCards
-        stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
+        let stats = try statistics(reader, network: network, options: options)
         profile.mark("FITS statistics pass")
         let crc = try inputChecksum ?? fileChecksum(input)
         profile.mark("input file CRC-32C")

@@ -100,7 +100,7 @@ public final class CropSampler: @unchecked Sendable {
                     return model.sample(v, &g)
                 }
                 let scale = s.sigma > 0 && s.sigma.isFinite ? s.sigma : 1
-                row.append((s.median.isFinite ? s.median : 0, scale, scale * im.gain / r))
+                row.append((s.median.isFinite ? s.median : 0, scale, scale * model.outputGain))
             }
             u.append(row)
         }

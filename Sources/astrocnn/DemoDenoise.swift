@@ -51,7 +51,7 @@ extension Demo {
         var ev = DenoiseEvaluator()
         ev.threads = nThreads
         ev.exposureRatio = ratio
-        ev.noisyGain = noise.gain / ratio   // electrons per unit of the short exposure (on the long one's scale), for sky_vst models
+        ev.noisyGain = noise.outputGain   // for sky_vst models
         let methods: [DenoiseMethod] = [.gaussian(sigmas: [0.3, 0.5, 0.7, 1, 1.4, 2, 2.8]), .median(sizes: [3, 5, 7]),
                                         .starlet(ks: [1.5, 2, 2.5, 3, 3.5, 4], scales: [4, 5]), .network(name: "astro-unet", path: modelPath)]
         print("\(what): short exposure \(noise.description)")

@@ -142,8 +142,7 @@ extension Evaluate {
                                           exposureTime: header.exposureTime?.value ?? 0, sky: skyLevel, clipNegative: denoise.clip)
                 if let p = model.problem { throw ValidationError("\(path): \(p)") }
                 let noisy = model.apply(truth, seed: seed &+ UInt64(k), threads: threads)
-                // The short exposure is on the long exposure's flux scale: gain / ratio electrons per unit.
-                pairs.append(((path as NSString).lastPathComponent, truth, noisy, model.description, g / denoise.ratio))
+                pairs.append(((path as NSString).lastPathComponent, truth, noisy, model.description, model.outputGain))
             }
         }
         var all: [DenoiseResult] = []

@@ -6,6 +6,15 @@ import Trainer
 import XCTest
 
 final class CropSamplerTests: XCTestCase {
+    /// The inputs and targets of `specs` (32 x 32 crops).
+    static func fill(_ s: CropSampler, _ specs: [CropSpec]) -> ([Float], [Float]) {
+        var inputs = [Float](repeating: 0, count: specs.count * 32 * 32), targets = inputs
+        inputs.withUnsafeMutableBufferPointer { ib in targets.withUnsafeMutableBufferPointer { tb in
+            s.fill(specs[...], inputs: ib.baseAddress!, targets: tb.baseAddress!)
+        } }
+        return (inputs, targets)
+    }
+
     /// A sky of level 0 (sky 50 subtracted), noise-free, with bright sources in the top-left
     /// 40 x 40 pixels only.
     func image() -> SourceImage {
@@ -70,14 +79,7 @@ final class CropSamplerTests: XCTestCase {
         XCTAssertEqual(vst.assumedNoiseElectrons, q)
         XCTAssertNil(mad.assumedNoiseElectrons)
         let specs = vst.plan(count: 64, seed: 1, stream: 1)
-        func fill(_ s: CropSampler) -> ([Float], [Float]) {
-            var inputs = [Float](repeating: 0, count: 64 * 32 * 32), targets = inputs
-            inputs.withUnsafeMutableBufferPointer { ib in targets.withUnsafeMutableBufferPointer { tb in
-                s.fill(specs[...], inputs: ib.baseAddress!, targets: tb.baseAddress!)
-            } }
-            return (inputs, targets)
-        }
-        let (mi, mt) = fill(mad), (vi, vt) = fill(vst)
+        let (mi, mt) = Self.fill(mad, specs), (vi, vt) = Self.fill(vst, specs)
         var onSources: [Double] = [], plain: [Double] = []
         for i in 0..<vi.count {
             XCTAssertEqual(Double(vi[i]), Normalization.stabilise(Double(mi[i]), q: q), accuracy: 1e-4 * max(1, abs(Double(vi[i]))))
@@ -103,14 +105,7 @@ final class CropSamplerTests: XCTestCase {
         let boosted = try CropSampler(images: [long], ratios: [2], cropSize: 32, brightnessBoost: 100)
         let specs = plain.plan(count: 40, seed: 3, stream: 1)
         XCTAssertEqual(specs, boosted.plan(count: 40, seed: 3, stream: 1))
-        func fill(_ s: CropSampler) -> ([Float], [Float]) {
-            var inputs = [Float](repeating: 0, count: 40 * 32 * 32), targets = inputs
-            inputs.withUnsafeMutableBufferPointer { ib in targets.withUnsafeMutableBufferPointer { tb in
-                s.fill(specs[...], inputs: ib.baseAddress!, targets: tb.baseAddress!)
-            } }
-            return (inputs, targets)
-        }
-        let (pi, pt) = fill(plain), (bi, bt) = fill(boosted)
+        let (pi, pt) = Self.fill(plain, specs), (bi, bt) = Self.fill(boosted, specs)
         let (offset, scale, _) = plain.units[0][0]
         let sky0 = RobustSky.estimate(count: long.image.raw.count) { long.image.raw.pixels[$0] }.median
         var kept = 0
