@@ -414,6 +414,7 @@ public enum StreamingRestore {
                                        memoryBudget: options.memoryBudget ?? defaultBandBudget,
                                        wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
         profile.mark("layout (tile choice)")
+        try checkMemory(network: network, width: reader.width, height: reader.height, options: options, what: input)
         let stats = try statistics(reader, network: network, options: options)
         profile.mark("FITS statistics pass")
         let crc = try inputChecksum ?? fileChecksum(input)
@@ -439,6 +440,21 @@ public enum StreamingRestore {
         return RestoreReport(width: reader.width, height: reader.height, invalidPixels: stats.invalidPixels,
                              normalization: stats.normalization, padding: layout.padding, tiles: tiles,
                              seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Refuses, before the first pixel is read, a streaming restore whose peak memory
+    /// (`memoryEstimate`, an upper bound) exceeds `MemoryBudget`: it says how much it would need,
+    /// its largest part, and how to proceed.
+    public static func checkMemory(network: Network, width: Int, height: Int, options: Restoration.Options, what: String) throws {
+        let parts = try memoryEstimate(network: network, width: width, height: height, tileSize: options.tileSize,
+                                       threads: options.threads, invalidPixels: true,
+                                       memoryBudget: options.memoryBudget ?? defaultBandBudget,
+                                       wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
+        let need = parts.reduce(0.0) { $0 + Double($1.bytes) }
+        let largest = parts.max { $0.bytes < $1.bytes }!
+        try MemoryBudget.check(need, "restoring \(what) (\(width)x\(height) pixels) with '\(network.name)'",
+                               hint: "its largest part is the \(largest.part) at \(MemoryBudget.describe(Double(largest.bytes)))"
+                                   + (largest.part.hasPrefix("execution plans") || largest.part.hasPrefix("tile") ? "; a smaller --tile or fewer --threads needs less" : ""))
     }
 
     /// Feature-map budget of the tiles of 'same' networks when streaming (the tile working set).
