@@ -211,6 +211,7 @@ public final class FITSReader: @unchecked Sendable {
             ffopen(&f, path, READONLY, &status)
         }
         if status != 0 || f == nil {
+            if f != nil { var s: Int32 = 0; ffclos(f, &s) }
             let msg = FITSIO.errorText(status)
             if status == 104 { throw FITSError.missingFile(path) }  // FILE_NOT_OPENED
             if status == 301 || status == 320 { throw FITSError.noImage(path) }  // BAD_HDU_NUM, NOT_IMAGE

@@ -20,6 +20,9 @@ enum FITSTileCheck {
                                            UnsafeMutablePointer<Int32>?) -> Int32
 
     nonisolated(unsafe) static var bound = 0
+    /// The buffer as last grown: cfitsio drops its pointer when a growth is refused, so it is
+    /// freed from here.
+    nonisolated(unsafe) static var current: UnsafeMutableRawPointer?
     static let lock = NSLock()
     static let uncompress: Uncompress? = {
         guard let s = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "uncompress2mem_from_mem") else { return nil }
@@ -59,15 +62,21 @@ enum FITSTileCheck {
                 ffgcvb(f, col, row, 1, length, 0, &buffer, &anynul, &status)
                 if status != 0 { throw FITSError.cfitsio("\(path): reading compressed tile \(row)", status, FITSIO.errorText(status)) }
                 // The output buffer is ours: malloc'd here, grown only by the bounded realloc.
-                var out: UnsafeMutablePointer<CChar>? = malloc(1024)?.assumingMemoryBound(to: CChar.self)
+                let first = malloc(1024)
+                FITSTileCheck.current = first
+                var out: UnsafeMutablePointer<CChar>? = first?.assumingMemoryBound(to: CChar.self)
                 var size = 1024, produced = 0
                 var s: Int32 = 0
                 _ = buffer.withUnsafeMutableBytes { b in
                     uncompress(b.baseAddress!.assumingMemoryBound(to: CChar.self), Int(length), &out, &size, { p, n in
-                        n > FITSTileCheck.bound ? nil : realloc(p, n)
+                        if n > FITSTileCheck.bound { return nil }
+                        guard let q = realloc(p, n) else { return nil }
+                        FITSTileCheck.current = q
+                        return q
                     }, &produced, &s)
                 }
-                if let o = out { free(o) }
+                if let o = out { free(o) } else { free(FITSTileCheck.current) }
+                FITSTileCheck.current = nil
                 if s != 0 {
                     throw FITSError.notFITS(path, "HDU \(hdu): compressed tile \(row) is damaged (its \(type) stream does not decompress to at most one tile of pixels; cfitsio status \(s))")
                 }

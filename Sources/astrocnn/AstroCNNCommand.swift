@@ -6,9 +6,20 @@ import ModelFormat
 import Reporting
 import Runtime
 
+/// Where to write the peak resident memory at exit (`ASTROCNN_PEAK_RSS_FILE`, for tests).
+nonisolated(unsafe) var peakRSSFile: UnsafeMutablePointer<CChar>?
+
 @main
 struct AstroCNNCommand: ParsableCommand {
     static func main() {
+        if let f = ProcessInfo.processInfo.environment["ASTROCNN_PEAK_RSS_FILE"] {
+            peakRSSFile = strdup(f)
+            atexit {
+                var u = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &u)
+                if let p = peakRSSFile, let fp = fopen(p, "w") { fputs("\(u.ru_maxrss * 1024)\n", fp); fclose(fp) }
+            }
+        }
         _ = PhaseProfile.shared  // starts the clock of ASTROCNN_PROFILE
         // glibc malloc keeps freed memory for the next allocation instead of returning it to the
         // kernel (blocks under 32 MiB come from the heap, which is trimmed only past 256 MiB of
