@@ -440,7 +440,14 @@ public final class FITSWriter: @unchecked Sendable {
         if pixels.isEmpty { return }
         var status: Int32 = 0
         var first = planes > 1 ? [1, y0 + 1, plane + 1] : [1, y0 + 1]
-        ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        if path.hasSuffix(".fz") {
+            // Tile compression quantises floats: NaN must be written as cfitsio nulls (ZBLANK).
+            var nullValue: Float = -9.11912e-36  // cfitsio's FLOATNULLVALUE
+            var copy = pixels.map { $0.isFinite ? $0 : nullValue }
+            ffppxn(f, TFLOAT, &first, Int64(copy.count), &copy, &nullValue, &status)
+        } else {
+            ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        }
         if status != 0 {
             let e = FITSError.cfitsio("writing \(path)", status, FITSIO.errorText(status))
             abort()

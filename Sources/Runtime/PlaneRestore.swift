@@ -129,7 +129,7 @@ public enum PlaneRestore {
                         }
                         var out: [[Float]] = Array(repeating: [Float](repeating: .nan, count: restored.count), count: planes)
                         for i in 0..<restored.count where !restored[i].isNaN {
-                            let l = (planePixels[0][i] + planePixels[1][i] + planePixels[2][i]) / 3
+                            let l = Float((Double(planePixels[0][i]) + Double(planePixels[1][i]) + Double(planePixels[2][i])) / 3)
                             if l.isNaN { continue }
                             let lr = restored[i]
                             for j in 0..<planes {
