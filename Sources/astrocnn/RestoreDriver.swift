@@ -7,7 +7,7 @@ import Runtime
 
 /// The options of every command that restores images (`restore`, `denoise`, `deconvolve`).
 struct RestoreCommonOptions: ParsableArguments {
-    @Option(help: "Batch: output name pattern ({stem}: name without .fits/.fz/.gz, {name}, {dir}). Default: {stem}.fits for restore, {stem}_denoised.fits / {stem}_deconvolved.fits for the task verbs.")
+    @Option(help: "Batch: output name pattern ({stem}: name without .fits/.fz/.gz, {name}, {dir}). Default: {stem}.fits in the -o folder; without -o (task verbs) {stem}_denoised.fits / {stem}_deconvolved.fits next to each input.")
     var name: String?
 
     @Option(help: "Batch: comma-separated globs of the files taken from input directories.")
@@ -112,7 +112,8 @@ struct RestoreDriver {
         }
         let mode = c.quiet ? "none" : c.progress
         let command = CommandLine.arguments.joined(separator: " ")
-        let pattern = c.name ?? defaultName
+        // Next to the inputs the verbs add a suffix; into an output folder names are kept.
+        let pattern = c.name ?? (output == nil ? defaultName : "{stem}.fits")
         if !batch {
             guard let input = inputs.first else { throw failure("no input file") }
             let out = output ?? nextToInput(input, pattern)
