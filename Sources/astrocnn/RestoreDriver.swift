@@ -120,6 +120,9 @@ struct RestoreDriver {
             do {
                 let probe = try FITSProbe(path: input, hdu: c.hdu)
                 let special = PlaneRestore.needed(probe, extras)
+                if c.preview != nil && probe.planes > 1 {
+                    throw ScaleError.badInput("--preview shows 2-D images; this one has \(probe.planes) planes")
+                }
                 if c.inMemory && special {
                     throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq) or --luminance")
                 }
@@ -144,7 +147,6 @@ struct RestoreDriver {
                 print(String(format: "restored %dx%d pixels%@ (%d invalid) with '%@' in %.2f s (%d tiles, %d threads) -> %@",
                              r.width, r.height, planes, r.invalidPixels, network.name, r.seconds, r.tiles, options.threads, out))
                 if let png = c.preview {
-                    guard probe.planes == 1 else { throw ScaleError.badInput("--preview shows 2-D images; this one has \(probe.planes) planes") }
                     let before = try FITSIO.readImage(path: input, hdu: c.hdu), after = try FITSIO.readImage(path: out)
                     try Preview.sideBySide([("input", before.pixels), ("restored: " + network.name, after.pixels)],
                                            width: before.width, height: before.height).write(to: png)

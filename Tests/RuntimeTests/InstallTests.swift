@@ -188,10 +188,51 @@ final class InstallTests: XCTestCase {
         let prefix = try install()
         let work = dir + "/work"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        let (s, out, err) = try runIn(prefix + "/bin/astrocnn", ["demo", "--size", "128", "--output", "demo-output"], cwd: work, env: env)
+        var (s, out, err) = try runIn(prefix + "/bin/astrocnn", ["demo", "--size", "128", "--output", "demo-output"], cwd: work, env: env)
         XCTAssertEqual(s, 0, err)
-        XCTAssertTrue(out.contains(prefix + "/share/astrocnn/models/deconv-unet.acnn") || out.contains("deconv-unet"), out)
-        XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/demo-output"))
+        XCTAssertTrue(out.contains("deconv-unet"), out)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/demo-output/restored.fits"))
+        (s, out, err) = try runIn(prefix + "/bin/astrocnn", ["demo", "--task", "denoise", "--size", "128", "--output", "demo-denoise"], cwd: work, env: env)
+        XCTAssertEqual(s, 0, err)
+        XCTAssertTrue(out.contains("astro-unet"), out)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/demo-denoise/denoised.fits"))
+    }
+
+    /// `restore` with the new options from the build folder: a cube restored plane by plane,
+    /// and bad option values refused with a clear message, a non-zero exit and no output.
+    func testRestoreOptionsAndErrors() throws {
+        let exe = try astrocnnExecutable()
+        let model = dir + "/m.acnn"
+        try ModelWriter.write(try Architectures.unet(widths: [4, 8, 16], normalization: "sky_mad", initializer: randomInit(seed: 3)), to: model)
+        let (w, h) = (32, 32)
+        let grey = dir + "/g.fits", cube = dir + "/c.fits"
+        try FITSIO.writeImage(path: grey, width: w, height: h, pixels: testSky(width: w, height: h, seed: 1), headerCards: [])
+        let wr = try FITSWriter(path: cube, width: w, height: h, planes: 4, headerCards: [card("CTYPE3", "'WAVE'")])
+        for k in 0..<4 { try testSky(width: w, height: h, seed: UInt64(k)).withUnsafeBufferPointer { try wr.writeRows(0, $0, plane: k) } }
+        try wr.commit()
+        var (s, out, err) = try runIn(exe, ["restore", cube, "-m", model, "-o", dir + "/c-out.fits", "--progress", "none"], cwd: dir, env: env)
+        XCTAssertEqual(s, 0, err)
+        XCTAssertTrue(out.contains("x 4 planes"), out)
+        XCTAssertEqual(try FITSProbe(path: dir + "/c-out.fits").axes, [w, h, 4])
+        XCTAssertEqual(try header(dir + "/c-out.fits", "CTYPE3"), "WAVE")
+        let bad: [([String], String)] = [
+            (["--strength", "1.5"], "--strength must be"),
+            (["--progress", "xml"], "--progress must be"),
+            (["--luminance"], "3 planes"),
+            (["--in-memory", "--strength", "0.5"], "--in-memory works on 2-D images"),
+            (["--mask", dir + "/none.fits"], "--mask"),
+        ]
+        for (extra, message) in bad {
+            (s, out, err) = try runIn(exe, ["restore", grey, "-m", model, "-o", dir + "/x.fits"] + extra, cwd: dir, env: env)
+            XCTAssertNotEqual(s, 0, extra.joined(separator: " "))
+            XCTAssertTrue(err.contains(message), "\(extra): \(err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.fits"))
+        }
+        (s, out, err) = try runIn(exe, ["restore", cube, "-m", model, "-o", dir + "/x.fits", "--preview", dir + "/p.png"], cwd: dir, env: env)
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("--preview shows 2-D images"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.fits"))
+        (s, out, err) = try runIn(exe, ["denoise", dir + "/photo.tiff", "--model", model], cwd: dir, env: env)
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("TIFF"), err)
     }
 
     /// Search order and task classification, without running anything.
