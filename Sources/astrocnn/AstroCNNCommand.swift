@@ -34,7 +34,7 @@ struct AstroCNNCommand: ParsableCommand {
         commandName: "astrocnn",
         abstract: "Restore astronomical images with CNNs on the CPU.",
         version: AstroCNN.version,
-        subcommands: [Restore.self, Denoise.self, Deconvolve.self, Models.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
+        subcommands: [Restore.self, Denoise.self, Deconvolve.self, Models.self, Convert.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
                       Plan.self, RunTask.self, Stitch.self, Status.self]
     )
 }

@@ -64,11 +64,8 @@ struct RestoreCommonOptions: ParsableArguments {
 /// Inputs this command cannot read, refused with what to do instead.
 func refuseUnsupportedFormat(_ input: String) throws {
     let plain = (input.firstIndex(of: "[").map { String(input[..<$0]) } ?? input).lowercased()
-    for ext in [".tif", ".tiff"] where plain.hasSuffix(ext) {
-        throw ScaleError.badInput("\(input): TIFF is not read by astrocnn (the runtime reads FITS only); convert it to FITS first, e.g. in Siril (load it, then File > Save As > FITS, or the script command 'savefits NAME'), or with 'convert'/'tiff2fits' tools, and run on the .fits file (colour images become 3-plane FITS, restored plane by plane or with --luminance)")
-    }
-    for ext in [".png", ".jpg", ".jpeg", ".xisf", ".cr2", ".nef"] where plain.hasSuffix(ext) {
-        throw ScaleError.badInput("\(input): astrocnn reads FITS images; convert this file to FITS first (e.g. with Siril)")
+    for ext in [".png", ".jpg", ".jpeg", ".xisf", ".cr2", ".cr3", ".nef", ".arw"] where plain.hasSuffix(ext) {
+        throw ScaleError.badInput("\(input): astrocnn reads FITS and uncompressed TIFF images; convert this file to FITS first (e.g. in Siril: load it, then File > Save As > FITS, or the script command 'savefits NAME')")
     }
 }
 
@@ -114,9 +111,49 @@ struct RestoreDriver {
         let command = CommandLine.arguments.joined(separator: " ")
         // Next to the inputs the verbs add a suffix; into an output folder names are kept.
         let pattern = c.name ?? (output == nil ? defaultName : "{stem}.fits")
+        if batch, let t = inputs.first(where: TIFFImage.isTIFFName) {
+            throw failure("\(t): TIFF files are restored one at a time (or convert them with 'astrocnn convert IN.tif OUT.fits' and run the batch on the FITS files)")
+        }
         if !batch {
-            guard let input = inputs.first else { throw failure("no input file") }
-            let out = output ?? nextToInput(input, pattern)
+            guard let original = inputs.first else { throw failure("no input file") }
+            var input = original
+            var out = output ?? nextToInput(input, pattern)
+            // TIFF in or out: through a temporary FITS file (removed at the end).
+            var tiffIn: TIFFImage?
+            var tiffOut: String?
+            var scratch: String?
+            defer { if let d = scratch { try? FileManager.default.removeItem(atPath: d) } }
+            do {
+                if TIFFImage.isTIFFName(original) || TIFFImage.isTIFFName(out) {
+                    let d = NSTemporaryDirectory() + "astrocnn-tiff-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+                    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+                    scratch = d
+                }
+                if TIFFImage.isTIFFName(original) {
+                    if c.hdu != nil { throw ScaleError.badInput("--hdu applies to FITS inputs, not TIFF") }
+                    let t = try TIFFImage(path: original)
+                    tiffIn = t
+                    input = scratch! + "/input.fits"
+                    try t.writeFITS(to: input, source: original)
+                    if output == nil {
+                        // IN.tif -> IN_denoised.tif next to it.
+                        let plainName = (original as NSString).lastPathComponent
+                        let stem = (plainName as NSString).deletingPathExtension
+                        let name = pattern.replacingOccurrences(of: "{stem}", with: stem).replacingOccurrences(of: "{name}", with: plainName)
+                        let tifName = name.hasSuffix(".fits") ? String(name.dropLast(5)) + "." + (plainName as NSString).pathExtension : name
+                        let dir = (original as NSString).deletingLastPathComponent
+                        out = dir.isEmpty ? tifName : (dir as NSString).appendingPathComponent(tifName)
+                    }
+                }
+                if TIFFImage.isTIFFName(out) {
+                    do { try AtomicFile.checkWritable(out, overwrite: c.overwrite) } catch let e as AtomicFile.Failure {
+                        if case .exists = e { throw FITSError.exists(out) }
+                        throw FITSError.io(e.description)
+                    }
+                    tiffOut = out
+                    out = scratch! + "/output.fits"
+                }
+            } catch { throw failure(describe(error)) }
             do {
                 let probe = try FITSProbe(path: input, hdu: c.hdu)
                 let special = PlaneRestore.needed(probe, extras)
@@ -126,7 +163,7 @@ struct RestoreDriver {
                 if c.inMemory && special {
                     throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq) or --luminance")
                 }
-                let json = mode == "json" ? JSONProgress(files: [input], pixels: [Double(probe.width * probe.height * probe.planes)]) : nil
+                let json = mode == "json" ? JSONProgress(files: [original], pixels: [Double(probe.width * probe.height * probe.planes)]) : nil
                 json?.begin(0)
                 let human = mode == "human" ? ProgressLine(label) : nil
                 if let p = human { options.progress = { p.update($0, $1) } }
@@ -142,12 +179,19 @@ struct RestoreDriver {
                     r = try StreamingRestore.restoreFile(input: input, hdu: c.hdu, output: out, network: network, options: options,
                                                          overwrite: c.overwrite, command: command)
                 }
+                if let t = tiffOut {
+                    let bits = tiffIn?.bits == 16 ? 16 : 32
+                    try TIFFImage(fits: out, bits: bits, isFloat: bits == 32)
+                        .write(to: t, overwrite: c.overwrite, description: "restored by astrocnn \(AstroCNN.version) with model '\(network.name)'")
+                    out = t
+                }
                 json?.finish(0, status: "written", output: out)
                 let planes = probe.planes > 1 ? (extras.luminance ? " x 3 planes (luminance)" : " x \(probe.planes) planes") : ""
                 print(String(format: "restored %dx%d pixels%@ (%d invalid) with '%@' in %.2f s (%d tiles, %d threads) -> %@",
                              r.width, r.height, planes, r.invalidPixels, network.name, r.seconds, r.tiles, options.threads, out))
                 if let png = c.preview {
-                    let before = try FITSIO.readImage(path: input, hdu: c.hdu), after = try FITSIO.readImage(path: out)
+                    let after = try FITSIO.readImage(path: tiffOut == nil ? out : scratch! + "/output.fits")
+                    let before = try FITSIO.readImage(path: input, hdu: c.hdu)
                     try Preview.sideBySide([("input", before.pixels), ("restored: " + network.name, after.pixels)],
                                            width: before.width, height: before.height).write(to: png)
                     print("wrote \(png)")

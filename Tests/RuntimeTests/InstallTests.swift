@@ -132,8 +132,8 @@ final class InstallTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/m31_deconvolved.fits"))
         (s, out, err) = try run("astrocnn deconvolve m31.fits --psf auto")
         XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("pass the PSF"), err)
-        (s, out, err) = try run("astrocnn denoise m31.tif")
-        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("convert it to FITS") && err.contains("Siril"), err)
+        (s, out, err) = try run("astrocnn denoise m31.png")
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("convert this file to FITS") && err.contains("Siril"), err)
         (s, out, err) = try run("astrocnn models")
         XCTAssertEqual(s, 0, err)
 
@@ -231,8 +231,8 @@ final class InstallTests: XCTestCase {
         (s, out, err) = try runIn(exe, ["restore", cube, "-m", model, "-o", dir + "/x.fits", "--preview", dir + "/p.png"], cwd: dir, env: env)
         XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("--preview shows 2-D images"), err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.fits"))
-        (s, out, err) = try runIn(exe, ["denoise", dir + "/photo.tiff", "--model", model], cwd: dir, env: env)
-        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("TIFF"), err)
+        (s, out, err) = try runIn(exe, ["denoise", dir + "/photo.jpg", "--model", model], cwd: dir, env: env)
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("FITS and uncompressed TIFF"), err)
     }
 
     /// Search order and task classification, without running anything.
