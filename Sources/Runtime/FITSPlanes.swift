@@ -128,26 +128,43 @@ public struct FITSProbe: Sendable {
         "\(file)[\(hdu ?? self.hdu)][*,*,\(k + 1):\(k + 1)]"
     }
 
-    /// The plane readers of this HDU: the HDU itself for a 2-D image (read as `path`/`hdu` were
-    /// given), else one reader per NAXIS3 plane. Axes past the third must be 1.
-    public func planeReaders(path: String, hdu: String?) throws -> [FITSReader] {
+    /// Checks that the axes past the third are 1 (a 4-D image is refused).
+    public func checkPlanes(path: String) throws {
         if axes.count > 3, axes.dropFirst(3).contains(where: { $0 > 1 }) { throw FITSError.cube(path, axes) }
-        if planes == 1 { return [try FITSReader(path: path, hdu: hdu)] }
-        return try (0..<planes).map { try FITSReader(path: planePath($0)) }
     }
 
-    /// The readers of the data-quality extension, one per plane (a 2-D DQ serves every plane).
-    public func dqReaders() throws -> [FITSReader]? {
+    /// The reader of plane `k`: the HDU itself for a 2-D image (opened as `path`/`hdu` were
+    /// given), else the plane as an image section (cfitsio holds that plane in memory while the
+    /// reader is open).
+    public func planeReader(_ k: Int, path: String, hdu: String?) throws -> FITSReader {
+        try checkPlanes(path: path)
+        if planes == 1 { return try FITSReader(path: path, hdu: hdu) }
+        return try FITSReader(path: planePath(k))
+    }
+
+    /// Every plane's reader, open at once.
+    public func planeReaders(path: String, hdu: String?) throws -> [FITSReader] {
+        try (0..<planes).map { try planeReader($0, path: path, hdu: hdu) }
+    }
+
+    /// The number of DQ planes (1: one serves every plane), after checking the DQ's size; nil
+    /// without a DQ extension.
+    public func dqPlanes() throws -> Int? {
         guard let d = dqHDU else { return nil }
         guard dqAxes.count >= 2, dqAxes[0] == width, dqAxes[1] == height else {
             throw FITSError.io("\(file): the DQ extension (HDU \(d)) is \(dqAxes.map(String.init).joined(separator: "x")), the image \(axes.map(String.init).joined(separator: "x")); pass --no-dq to ignore it")
         }
-        let dqPlanes = dqAxes.count > 2 ? dqAxes[2] : 1
-        if dqPlanes == 1 { return [try FITSReader(path: "\(file)[\(d)]")] }
-        guard dqPlanes == planes else {
-            throw FITSError.io("\(file): the DQ extension has \(dqPlanes) planes, the image \(planes); pass --no-dq to ignore it")
+        let n = dqAxes.count > 2 ? dqAxes[2] : 1
+        guard n == 1 || n == planes else {
+            throw FITSError.io("\(file): the DQ extension has \(n) planes, the image \(planes); pass --no-dq to ignore it")
         }
-        return try (0..<planes).map { try FITSReader(path: planePath($0, hdu: d)) }
+        return n
+    }
+
+    /// The reader of the data-quality plane for image plane `k`.
+    public func dqReader(_ k: Int) throws -> FITSReader? {
+        guard let n = try dqPlanes(), let d = dqHDU else { return nil }
+        return n == 1 ? try FITSReader(path: "\(file)[\(d)]") : try FITSReader(path: planePath(k, hdu: d))
     }
 }
 

@@ -64,31 +64,40 @@ public enum PlaneRestore {
             throw FITSError.io(e.description)
         }
         let probe = try FITSProbe(path: input, hdu: hdu)
-        let readers = try probe.planeReaders(path: input, hdu: hdu)
-        let planes = readers.count
+        try probe.checkPlanes(path: input)
+        let planes = probe.planes
         if extras.luminance && planes != 3 {
             throw ScaleError.badInput("\(input): --luminance needs a colour image with 3 planes (NAXIS3 = 3); this one has \(planes)")
         }
-        var masks: [[PixelSource]] = Array(repeating: [], count: planes)
         var history: [String] = []
-        if let m = extras.mask {
-            let r = try FITSReader(path: m)
-            for k in 0..<planes { masks[k].append(r) }
-            history.append("Bad-pixel mask \(m): non-zero pixels invalid")
+        let maskReader = try extras.mask.map { try FITSReader(path: $0) }
+        if let m = extras.mask { history.append("Bad-pixel mask \(m): non-zero pixels invalid") }
+        let useDQ = try extras.useDQ && probe.dqPlanes() != nil
+        if useDQ { history.append("Data quality: HDU \(probe.dqHDU!) (DQ, EXTVER \(probe.extver)), non-zero pixels invalid") }
+        // Plane k with its masks, opened when needed (a spectral cube's planes one at a time).
+        func source(_ k: Int) throws -> PixelSource {
+            let r = try probe.planeReader(k, path: input, hdu: hdu)
+            var masks: [PixelSource] = []
+            if let m = maskReader { masks.append(m) }
+            if useDQ, let d = try probe.dqReader(k) { masks.append(d) }
+            return masks.isEmpty ? r : try MaskedSource(r, masks: masks)
         }
-        if extras.useDQ, let dq = try probe.dqReaders() {
-            for k in 0..<planes { masks[k].append(dq.count == 1 ? dq[0] : dq[k]) }
-            history.append("Data quality: HDU \(probe.dqHDU!) (DQ, EXTVER \(probe.extver)), non-zero pixels invalid")
-        }
-        let sources = try (0..<planes).map { k -> PixelSource in
-            masks[k].isEmpty ? readers[k] : try MaskedSource(readers[k], masks: masks[k])
+        // What each run restores: every plane, or the luminance of the three.
+        let runCount = extras.luminance ? 1 : planes
+        func run(_ k: Int) throws -> (PixelSource, [PixelSource]) {
+            if extras.luminance {
+                let all = try (0..<3).map { try source($0) }
+                return (try MeanSource(all), all)
+            }
+            let s = try source(k)
+            return (s, [s])
         }
         let (w, h) = (probe.width, probe.height)
         let layout = try RestoreLayout(network: network, width: w, height: h, tileSize: options.tileSize,
                                        memoryBudget: options.memoryBudget ?? StreamingRestore.defaultBandBudget,
                                        wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
-        let runs: [PixelSource] = extras.luminance ? [try MeanSource(sources)] : sources
-        let stats = try runs.map { try StreamingRestore.statistics($0, network: network, options: options) }
+        // Statistics first (for the header), one plane open at a time.
+        let stats = try (0..<runCount).map { try StreamingRestore.statistics(try run($0).0, network: network, options: options) }
         let crc = try inputChecksum ?? StreamingRestore.fileChecksum(input)
         if planes > 1 {
             history.append(extras.luminance
@@ -99,46 +108,45 @@ public enum PlaneRestore {
             history.append("Strength \(extras.strength): output = \(extras.strength) x restored + \(1 - extras.strength) x input")
         }
         let invalid = stats.reduce(0) { $0 + $1.invalidPixels }
-        let merged = stats[0]
         var prov = StreamingRestore.provenance(input: input, hdu: hdu, readerHDU: probe.hdu, bitpix: probe.bitpix, network: network,
-                                               statistics: StreamingRestore.Statistics(normalization: merged.normalization, invalidPixels: invalid),
+                                               statistics: StreamingRestore.Statistics(normalization: stats[0].normalization, invalidPixels: invalid),
                                                layout: layout, options: options, inputChecksum: crc, command: command, extraHistory: history)
         let extra = signature(probe, extras, maskChecksum: maskChecksum)
         if !extra.isEmpty, let i = prov.keywords.firstIndex(where: { $0.0 == "ACNNOPTS" }) {
             prov.keywords[i].1 = .string(StreamingRestore.optionsSignature(hdu: hdu, options: options) + ";" + extra)
         }
-        let writer = try FITSWriter(path: output, width: w, height: h, planes: probe.planes, headerCards: probe.headerCards,
+        let writer = try FITSWriter(path: output, width: w, height: h, planes: planes, headerCards: probe.headerCards,
                                     provenance: prov, overwrite: overwrite)
         let s = Float(extras.strength)
         var tiles = 0
         do {
             var px = [Float](), inv = [Bool]()
-            var planePixels: [[Float]] = Array(repeating: [], count: planes)
-            for (k, source) in runs.enumerated() {
+            for k in 0..<runCount {
+                let (source, inputs) = try run(k)
                 var o = options
                 if let p = options.progress {
-                    let n = runs.count
-                    o.progress = { d, t in p(k * t + d, n * t) }
+                    o.progress = { d, t in p(k * t + d, runCount * t) }
                 }
                 tiles += try StreamingRestore.restoreWindow(source, network: network, layout: layout, statistics: stats[k],
                                                             rows: 0..<h, columns: 0..<w, options: o) { y0, n, restored in
                     if extras.luminance {
-                        for j in 0..<planes {
-                            try sources[j].readRows(y0, n, pixels: &px, invalid: &inv)
-                            planePixels[j] = px
+                        var planePixels: [[Float]] = []
+                        for j in 0..<3 {
+                            try inputs[j].readRows(y0, n, pixels: &px, invalid: &inv)
+                            planePixels.append(px)
                         }
-                        var out: [[Float]] = Array(repeating: [Float](repeating: .nan, count: restored.count), count: planes)
+                        var out: [[Float]] = Array(repeating: [Float](repeating: .nan, count: restored.count), count: 3)
                         for i in 0..<restored.count where !restored[i].isNaN {
                             let l = Float((Double(planePixels[0][i]) + Double(planePixels[1][i]) + Double(planePixels[2][i])) / 3)
                             if l.isNaN { continue }
                             let lr = restored[i]
-                            for j in 0..<planes {
+                            for j in 0..<3 {
                                 let x = planePixels[j][i]
                                 let v = l > 0 ? x * (lr / l) : x + (lr - l)
                                 out[j][i] = s * v + (1 - s) * x
                             }
                         }
-                        for j in 0..<planes { try out[j].withUnsafeBufferPointer { try writer.writeRows(y0, $0, plane: j) } }
+                        for j in 0..<3 { try out[j].withUnsafeBufferPointer { try writer.writeRows(y0, $0, plane: j) } }
                     } else if s != 1 {
                         try source.readRows(y0, n, pixels: &px, invalid: &inv)
                         var out = restored

@@ -104,12 +104,17 @@ struct TIFFImage: Equatable {
             throw fail("sample format \(format) with \(bits) bits is not supported (unsigned integers or 32-bit float)")
         }
         let planar = tags[284]?.first ?? 1
+        guard planar == 1 || planar == 2 else { throw fail("planar configuration \(planar) is not supported") }
+        guard w <= 1 << 20, h <= 1 << 20, (w * h).multipliedReportingOverflow(by: spp * bits / 8).partialValue < 1 << 34 else {
+            throw fail("image \(w)x\(h) is too large")
+        }
         guard let offsets = tags[273], let counts = tags[279], offsets.count == counts.count, !offsets.isEmpty else {
             throw fail("no strips (StripOffsets/StripByteCounts)")
         }
         // Concatenate the strips: chunky gives rows of interleaved samples, planar gives planes one after the other.
         let bytesPerSample = bits / 8
         let total = w * h * spp * bytesPerSample
+        guard total <= b.count else { throw fail("the image needs \(total) bytes of pixels, the file has \(b.count) (truncated?)") }
         var raw = [UInt8]()
         raw.reserveCapacity(total)
         for (o, c) in zip(offsets, counts) {

@@ -113,6 +113,21 @@ final class TIFFTests: XCTestCase {
         XCTAssertNotEqual(s, 0)
         XCTAssertTrue(err.contains("compression 5") && err.contains("FITS"), err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/lzw.fits"))
+        // Truncated or damaged files: a clear error and exit status 1, never a crash.
+        let good = testTIFF(width: w, height: h, planes: planes(3, integer: true), float: false)
+        var damaged: [[UInt8]] = [10, 40, 200, good.count / 2, good.count - 30].map { Array(good[0..<$0]) }
+        var rng = TestRNG(seed: 5)
+        for _ in 0..<12 {
+            var b = good
+            let at = good.count - 160 + Int(rng.float(0, 150))  // inside the IFD and its arrays
+            b[at] ^= UInt8(1 + Int(rng.float(0, 254)))
+            damaged.append(b)
+        }
+        for (k, b) in damaged.enumerated() {
+            try Data(b).write(to: URL(fileURLWithPath: dir + "/bad.tif"))
+            let (s, _, err) = try runProcess(exe, ["convert", dir + "/bad.tif", dir + "/bad\(k).fits"])
+            XCTAssertTrue(s == 0 || (s == 1 && err.contains("astrocnn: error:")), "damaged file \(k): status \(s) \(err)")
+        }
         // Not a TIFF at all.
         try Data("hello".utf8).write(to: URL(fileURLWithPath: dir + "/fake.tif"))
         let (s2, _, e2) = try runProcess(exe, ["convert", dir + "/fake.tif", dir + "/fake.fits"])
