@@ -4,17 +4,21 @@
 #
 #   bash scripts/install.sh PREFIX            # builds release first (swift build -c release)
 #   bash scripts/install.sh --no-build PREFIX # copies the release binary already built (.build/release)
+#   bash scripts/install.sh --static PREFIX   # Swift runtime linked in (.build-static/): needs only cfitsio
 #   ASTROCNN_BIN=path/astrocnn bash scripts/install.sh PREFIX  # copies that binary (no build)
 #
-# At run time the binary needs cfitsio (libcfitsio) and the Swift runtime libraries of the
-# toolchain it was built with (found through the binary's rpath, or LD_LIBRARY_PATH).
+# At run time the default binary needs cfitsio (libcfitsio) and the Swift runtime libraries of
+# the toolchain it was built with (found through the binary's rpath); the --static one needs
+# only cfitsio, libstdc++ and the C library (a separate full build, a few minutes).
 set -euo pipefail
 build=1
+static=0
 prefix=""
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --static) static=1 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         -*) echo "install.sh: unknown option $a" >&2; exit 2 ;;
         *) if [ -n "$prefix" ]; then echo "install.sh: one PREFIX only" >&2; exit 2; fi; prefix="$a" ;;
     esac
@@ -24,9 +28,13 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 bin="${ASTROCNN_BIN:-}"
 if [ -z "$bin" ]; then
+    flags=(-c release)
+    if [ "$static" = 1 ]; then flags+=(--static-swift-stdlib --scratch-path .build-static); fi
     if [ "$build" = 1 ]; then
-        swift build -c release --product astrocnn
-        bin="$(swift build -c release --show-bin-path)/astrocnn"
+        swift build "${flags[@]}" --product astrocnn
+        bin="$(swift build "${flags[@]}" --show-bin-path)/astrocnn"
+    elif [ "$static" = 1 ]; then
+        bin=".build-static/release/astrocnn"
     else
         bin=".build/release/astrocnn"
     fi

@@ -235,6 +235,29 @@ final class InstallTests: XCTestCase {
         XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("FITS and uncompressed TIFF"), err)
     }
 
+    /// `install.sh --static`'s binary (built by `bash scripts/install.sh --static PREFIX`, a
+    /// separate few-minute build; skipped when absent) links no Swift library and runs with an
+    /// empty environment: only cfitsio, libstdc++ and the C library are needed.
+    func testStaticBinaryNeedsOnlyCfitsio() throws {
+        let built = repositoryRoot + "/.build-static/release/astrocnn"
+        guard FileManager.default.isExecutableFile(atPath: built) else {
+            throw XCTSkip(".build-static/release/astrocnn is absent (bash scripts/install.sh --static PREFIX builds it): test skipped")
+        }
+        let prefix = dir + "/static"
+        let (s, out, err) = try runIn("/bin/bash", [repositoryRoot + "/scripts/install.sh", "--static", "--no-build", prefix], cwd: repositoryRoot, env: env)
+        XCTAssertEqual(s, 0, out + err)
+        let (s1, libs, e1) = try runIn("/usr/bin/ldd", [prefix + "/bin/astrocnn"], cwd: dir, env: env)
+        XCTAssertEqual(s1, 0, e1)
+        XCTAssertTrue(libs.contains("libcfitsio"), libs)
+        XCTAssertFalse(libs.contains("libswift") || libs.contains("libFoundation") || libs.contains("libdispatch"), libs)
+        let work = dir + "/work"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        try FITSIO.writeImage(path: work + "/m31.fits", width: 64, height: 64, pixels: testSky(width: 64, height: 64, seed: 1), headerCards: [])
+        let (s2, _, e2) = try runIn(prefix + "/bin/astrocnn", ["denoise", "m31.fits"], cwd: work, env: ["PATH": "/usr/bin:/bin"])
+        XCTAssertEqual(s2, 0, e2)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/m31_denoised.fits"))
+    }
+
     /// Search order and task classification, without running anything.
     func testSearchOrder() throws {
         let locs = ModelSearch.locations(explicit: ["/x/a"], environment: ["ASTROCNN_MODELS": "/y/b:/y/c"], executable: "/opt/tool/bin/astrocnn")
