@@ -57,7 +57,7 @@ enum ShippedModels {
 
 struct Models: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List the models found on the search path: task, training PSF and noise, size and path.",
+        abstract: "List the models found on the search path: task, training PSF and noise, input units, size, validation loss (at its epoch) and path.",
         discussion: """
         Search order (the first folder holding a file name wins): --model-dir DIR (repeatable), \
         $ASTROCNN_MODELS (folders separated by ':'), BIN/models and BIN/../share/astrocnn/models next to \
@@ -98,9 +98,16 @@ struct Models: ParsableCommand {
             }
             if e.shadowed { flags.append("hidden by an earlier file of this name") }
             let size = e.bytes >= 1 << 20 ? String(format: "%.1f MB", Double(e.bytes) / 1e6) : String(format: "%.0f kB", Double(e.bytes) / 1e3)
-            return [e.file, e.task.rawValue, psf, e.noise ?? "-", e.normalization, String(e.parameters), size, e.path + (flags.isEmpty ? "" : "  [" + flags.joined(separator: "; ") + "]")]
+            // The training figure the model records: its best validation loss (loss, units of the recipe).
+            var figure = "-"
+            if let v = e.metadata["training.validation_loss"]?.doubleValue {
+                figure = String(format: "%@ %.3g", e.metadata["training.loss"]?.stringValue ?? "loss", v)
+                if let b = e.metadata["training.best_epoch"]?.doubleValue { figure += " @\(Int(b))" }
+            }
+            return [e.file, e.task.rawValue, psf, e.noise ?? "-", e.normalization, String(e.parameters), size, figure,
+                    e.path + (flags.isEmpty ? "" : "  [" + flags.joined(separator: "; ") + "]")]
         }
-        let header = ["model", "task", "psf", "noise", "units", "parameters", "size", "path"]
+        let header = ["model", "task", "psf", "noise", "units", "parameters", "size", "validation", "path"]
         let widths = (0..<header.count - 1).map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max() ?? 0 }
         func line(_ r: [String]) -> String {
             (0..<r.count).map { i in i < widths.count ? r[i].padding(toLength: widths[i] + 2, withPad: " ", startingAt: 0) : r[i] }.joined()

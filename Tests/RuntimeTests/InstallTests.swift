@@ -73,7 +73,7 @@ final class InstallTests: XCTestCase {
         let (s0, list, e0) = try runIn(bin, ["models"], cwd: work, env: env)
         XCTAssertEqual(s0, 0, e0)
         for s in ["astro-unet-16-vst.acnn", "denoise", "default for denoise", "deconv-unet-moffat.acnn", "moffat:fwhm=4,beta=3",
-                  "deconv-unet.acnn", "airy:size=64,rings=5", "deconvolve", prefix + "/share/astrocnn/models/astro-unet-16-vst.acnn"] {
+                  "deconv-unet.acnn", "airy:size=64,rings=5", "deconvolve", "validation", "l1 0.26 @85", prefix + "/share/astrocnn/models/astro-unet-16-vst.acnn"] {
             XCTAssertTrue(list.contains(s), "models should list '\(s)':\n\(list)")
         }
         XCTAssertFalse(list.contains(repositoryRoot + "/models"), "the installed binary must not use the source tree:\n\(list)")
