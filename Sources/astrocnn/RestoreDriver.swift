@@ -222,7 +222,7 @@ struct RestoreDriver {
         // Headers only: pixel counts for the progress line (unreadable files count as 0 here and fail below).
         let probes = files.map { try? FITSProbe(path: $0, hdu: c.hdu) }
         let sizes = probes.map { p -> Double in p.map { Double($0.width * $0.height * $0.planes) } ?? 0 }
-        let human = mode == "human" ? BatchProgress(total: files.count, totalPixels: sizes.reduce(0, +)) : nil
+        let human = mode == "human" ? BatchProgress(label, total: files.count, totalPixels: sizes.reduce(0, +)) : nil
         let json = mode == "json" ? JSONProgress(files: files, pixels: sizes) : nil
         if let p = human { options.progress = { p.tile($0, $1) } }
         if let j = json { options.progress = { j.tile($0, $1) } }
@@ -305,7 +305,8 @@ final class BatchProgress: @unchecked Sendable {
     var currentPixels = 0.0
     var currentFraction = 0.0
 
-    init(total: Int, totalPixels: Double) { self.total = total; self.totalPixels = max(1, totalPixels) }
+    let label: String
+    init(_ label: String = "restore", total: Int, totalPixels: Double) { self.label = label; self.total = total; self.totalPixels = max(1, totalPixels) }
 
     func begin(pixels: Double) { lock.lock(); currentPixels = pixels; currentFraction = 0; lock.unlock() }
 
@@ -333,8 +334,8 @@ final class BatchProgress: @unchecked Sendable {
         let frac = min(1, (donePixels + currentPixels * currentFraction) / totalPixels)
         let t = now.timeIntervalSince(start)
         let eta = frac > 0 ? t * (1 - frac) / frac : 0
-        let line = String(format: "restore: %d/%d files (%d skipped, %d failed), %.0f%% of pixels, %.1f s elapsed, ETA %.1f s",
-                          files, total, skipped, failed, 100 * frac, t, eta)
+        let line = String(format: "%@: %d/%d files (%d skipped, %d failed), %.0f%% of pixels, %.1f s elapsed, ETA %.1f s",
+                          label, files, total, skipped, failed, 100 * frac, t, eta)
         FileHandle.standardError.write(Data(((interactive ? "\r" : "") + line + (interactive && !final ? "" : "\n")).utf8))
     }
 }

@@ -142,6 +142,29 @@ final class PlaneRestoreTests: XCTestCase {
                 XCTAssertEqual(got[j][i] * planes[1][i], got[1][i] * planes[j][i], accuracy: 2e-5 * abs(got[1][i] * planes[j][i]) + 1e-3)
             }
         }
+        // A sky-subtracted image (L <= 0 on part of the sky): there each plane is shifted by
+        // L_restored - L, so the mean of the planes is still the restored luminance.
+        let sub = testSky(width: w, height: h, seed: 22, level: 0)
+        let subPlanes = [sub, sub.map { $0 * 0.5 }, sub.map { $0 - 2 }]
+        let subCube = dir + "/sub.fits", subOut = dir + "/sub-lum.fits"
+        try writeCube(subCube, planes: subPlanes)
+        _ = try PlaneRestore.restoreFile(input: subCube, output: subOut, network: net, extras: RestoreExtras(luminance: true))
+        let subGot = try readCube(subOut).planes
+        let subLum = (0..<(w * h)).map { i -> Float in
+            let sum: Double = Double(subPlanes[0][i]) + Double(subPlanes[1][i]) + Double(subPlanes[2][i])
+            return Float(sum / 3)
+        }
+        let subLr = try restore2D(subLum, net, name: "sublum")
+        var shifted = 0
+        for i in 0..<(w * h) {
+            let mean = (subGot[0][i] + subGot[1][i] + subGot[2][i]) / 3
+            XCTAssertEqual(mean, subLr[i], accuracy: 1e-4 * max(1, abs(subLr[i])), "pixel \(i)")
+            if subLum[i] <= 0 {
+                shifted += 1
+                for j in 0..<3 { XCTAssertEqual(subGot[j][i] - subPlanes[j][i], subLr[i] - subLum[i], accuracy: 1e-4 * max(1, abs(subLr[i]))) }
+            }
+        }
+        XCTAssertGreaterThan(shifted, 100, "the test image has pixels with L <= 0")
         // Not a 3-plane image: refused.
         let grey = dir + "/grey.fits"
         try FITSIO.writeImage(path: grey, width: w, height: h, pixels: base, headerCards: [])
