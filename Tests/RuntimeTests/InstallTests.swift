@@ -231,6 +231,12 @@ final class InstallTests: XCTestCase {
         (s, out, err) = try runIn(exe, ["restore", cube, "-m", model, "-o", dir + "/x.fits", "--preview", dir + "/p.png"], cwd: dir, env: env)
         XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("--preview shows 2-D images"), err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.fits"))
+        // deconvolve --model checks the model's training PSF.
+        (s, out, err) = try runIn(exe, ["deconvolve", grey, "--psf", "airy", "--model", model], cwd: dir, env: env)
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("records no training PSF"), err)
+        (s, out, err) = try runIn(exe, ["deconvolve", grey, "--psf", "airy", "--model", repositoryRoot + "/models/deconv-unet-moffat.acnn"], cwd: dir, env: env)
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("was trained for --psf moffat:fwhm=4,beta=3, not airy:size=64,rings=5"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/g_deconvolved.fits"))
         (s, out, err) = try runIn(exe, ["denoise", dir + "/photo.jpg", "--model", model], cwd: dir, env: env)
         XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("FITS and uncompressed TIFF"), err)
     }
