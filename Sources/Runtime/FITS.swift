@@ -458,13 +458,17 @@ public final class FITSWriter: @unchecked Sendable {
     public let path: String
     public let width: Int
     public let height: Int
+    /// NAXIS3 (1: a 2-D image).
+    public let planes: Int
     private let temporary: String
     private let overwrite: Bool
     private var file: UnsafeMutablePointer<fitsfile>?
 
-    public init(path: String, width: Int, height: Int, headerCards: [String],
+    /// `planes` > 1 writes a cube (NAXIS3 = planes). A path ending in `.fz` is written
+    /// tile-compressed (cfitsio's `[compress]`: Rice, floats quantised as fpack does).
+    public init(path: String, width: Int, height: Int, planes: Int = 1, headerCards: [String],
                 provenance: FITSIO.Provenance = FITSIO.Provenance(), overwrite: Bool = false) throws {
-        guard width > 0, height > 0 else { throw FITSError.io("writing \(path): empty \(width)x\(height) image") }
+        guard width > 0, height > 0, planes > 0 else { throw FITSError.io("writing \(path): empty \(width)x\(height) image") }
         do { try AtomicFile.checkWritable(path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
             if case .exists = e { throw FITSError.exists(path) }
             throw FITSError.io(e.description)
@@ -472,15 +476,16 @@ public final class FITSWriter: @unchecked Sendable {
         self.path = path
         self.width = width
         self.height = height
+        self.planes = planes
         self.overwrite = overwrite
         let tmp = AtomicFile.temporaryPath(for: path)
         self.temporary = tmp
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
-        ffinit(&f, tmp, &status)
+        ffinit(&f, path.hasSuffix(".fz") ? tmp + "[compress]" : tmp, &status)
         if status != 0 || f == nil { throw FITSError.cfitsio("creating \(path)", status, FITSIO.errorText(status)) }
-        var naxes = [width, height]
-        ffcrim(f, FLOAT_IMG, 2, &naxes, &status)
+        var naxes = planes > 1 ? [width, height, planes] : [width, height]
+        ffcrim(f, FLOAT_IMG, Int32(naxes.count), &naxes, &status)
         for card in headerCards {
             var c = Array(card.utf8CString)
             let cls = ffgkcl(&c)
@@ -514,15 +519,22 @@ public final class FITSWriter: @unchecked Sendable {
     deinit { abort() }
 
     /// Writes whole rows starting at row `y0` (0-based); `pixels.count` must be a multiple of the width.
-    public func writeRows(_ y0: Int, _ pixels: UnsafeBufferPointer<Float>) throws {
+    public func writeRows(_ y0: Int, _ pixels: UnsafeBufferPointer<Float>, plane: Int = 0) throws {
         guard let f = file else { throw FITSError.io("writing \(path): the file is already closed") }
-        guard pixels.count % width == 0, y0 >= 0, y0 + pixels.count / width <= height else {
+        guard pixels.count % width == 0, y0 >= 0, y0 + pixels.count / width <= height, plane >= 0, plane < planes else {
             throw FITSError.io("writing \(path): \(pixels.count) pixels at row \(y0) do not fit the \(width)x\(height) image")
         }
         if pixels.isEmpty { return }
         var status: Int32 = 0
-        var first = [1, y0 + 1]
-        ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        var first = planes > 1 ? [1, y0 + 1, plane + 1] : [1, y0 + 1]
+        if path.hasSuffix(".fz") {
+            // Tile compression quantises floats: NaN must be written as cfitsio nulls (ZBLANK).
+            var nullValue: Float = -9.11912e-36  // cfitsio's FLOATNULLVALUE
+            var copy = pixels.map { $0.isFinite ? $0 : nullValue }
+            ffppxn(f, TFLOAT, &first, Int64(copy.count), &copy, &nullValue, &status)
+        } else {
+            ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        }
         if status != 0 {
             let e = FITSError.cfitsio("writing \(path)", status, FITSIO.errorText(status))
             abort()

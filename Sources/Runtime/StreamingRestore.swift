@@ -69,7 +69,7 @@ public enum StreamingRestore {
 
     /// The normalisation of the whole image (as `Normalization.fit` on the image in memory) and
     /// its invalid-pixel count, reading the image once in row bands (twice for `meanstd`).
-    public static func statistics(_ reader: FITSReader, kind: Normalization.Kind) throws -> Statistics {
+    public static func statistics(_ reader: some PixelSource, kind: Normalization.Kind) throws -> Statistics {
         let w = reader.width, h = reader.height
         let count = w * h
         let band = statisticsRows(width: w)
@@ -145,7 +145,7 @@ public enum StreamingRestore {
     /// The statistics of the rule `restore` applies (the options' override, else the model's),
     /// completed with what they cannot measure (`Restoration.resolved`: sky_vst's gain from the
     /// options or the file's header).
-    public static func statistics(_ reader: FITSReader, network: Network, options: Restoration.Options) throws -> Statistics {
+    public static func statistics(_ reader: some PixelSource, network: Network, options: Restoration.Options) throws -> Statistics {
         var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
         let cards = reader.headerCards
         stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
@@ -158,7 +158,7 @@ public enum StreamingRestore {
     /// finished rows in file units (NaN where invalid), row-major with the rectangle's width.
     /// Returns the number of tiles run.
     @discardableResult
-    public static func restoreWindow(_ reader: FITSReader, network: Network, layout: RestoreLayout, statistics: Statistics,
+    public static func restoreWindow(_ reader: some PixelSource, network: Network, layout: RestoreLayout, statistics: Statistics,
                                      rows: Range<Int>, columns: Range<Int>, options: Restoration.Options,
                                      sink: (Int, Int, [Float]) throws -> Void) throws -> Int {
         guard network.inputChannels == 1, network.outputChannels == 1 else {

@@ -75,8 +75,8 @@ struct AstroCNNCommand: ParsableCommand {
         abstract: "Restore astronomical images with CNNs on the CPU.",
         discussion: "Global option, for every command: --memory-budget SIZE (e.g. 4G, 512M; default half of physical memory, or ASTROCNN_MEMORY_BUDGET): work that would need more memory (a declared image size, a read, a restore's working set) is refused before it is allocated, with an error saying how much it needs.",
         version: AstroCNN.version,
-        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
-                      Plan.self, RunTask.self, Stitch.self, Status.self, Fuzz.self, MeasurePSF.self, Check.self]
+        subcommands: [Restore.self, Denoise.self, Deconvolve.self, Models.self, Convert.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
+                      Plan.self, RunTask.self, Stitch.self, Status.self, MeasurePSF.self, Check.self, Fuzz.self]
     )
 }
 
