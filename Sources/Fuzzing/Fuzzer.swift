@@ -133,6 +133,10 @@ public final class Fuzzer {
                         + B.table(rows: 5)))
         seeds.append(("cube-1-plane", B.image(bitpix: 16, axes: [24, 24, 1], values: B.sky(24, 24, seed: 8))))
         seeds.append(("cube-2-planes", B.image(bitpix: -32, axes: [12, 12, 2], values: B.sky(12, 24, seed: 9))))
+        seeds.append(("rgb-3-planes", B.image(bitpix: 16, axes: [26, 22, 3], values: B.sky(26, 66, seed: 12))))
+        seeds.append(("sci-with-dq", B.image(bitpix: 8, axes: [], values: [])
+                        + B.image(bitpix: -32, axes: [28, 28], values: B.sky(28, 28, seed: 13), cards: [c("EXTNAME", "'SCI     '"), c("EXTVER", "1")], primary: false)
+                        + B.image(bitpix: 16, axes: [28, 28], values: (0..<784).map { $0 % 37 == 0 ? 4 : 0 }, cards: [c("EXTNAME", "'DQ      '"), c("EXTVER", "1")], primary: false)))
         if let z = B.compressed(directory: directory, name: "seed-rice.fits", spec: "R 16,16", bitpix: 16, width: 40, height: 40,
                                 values: B.sky(40, 40, seed: 10).map { $0 - 1000 }) {
             seeds.append(("rice-int16", z))
@@ -264,6 +268,17 @@ public final class Fuzzer {
         let out = config.directory + "/out.fits"
         unlink(out)
         do {
+            // As `restore` does: the header probe, then planes, masks and blends through
+            // PlaneRestore, or the plain 2-D streaming restore.
+            let probe = try FITSProbe(path: path, hdu: hdu)
+            var extras = RestoreExtras()
+            if rng.next() % 4 == 0 { extras.strength = 0.5 }
+            if probe.planes == 3 && rng.next() % 2 == 0 { extras.luminance = true }
+            if PlaneRestore.needed(probe, extras) {
+                _ = try PlaneRestore.restoreFile(input: path, hdu: hdu, output: out, network: net, options: options, extras: extras, overwrite: true)
+                unlink(out)
+                return nil
+            }
             let reader = try FITSReader(path: path, hdu: hdu)
             _ = try StreamingRestore.statistics(reader, network: net, options: options)
             reader.close()

@@ -48,10 +48,17 @@ public struct FITSProbe: Sendable {
         let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
         file = plain
         if !plain.isEmpty, plain != "-", !plain.contains("://"), access(plain, F_OK) != 0 { throw FITSError.missingFile(plain) }
+        // The checks `FITSReader` makes before cfitsio sees the file (gzip size, headers that
+        // crash cfitsio 4.2).
+        if !plain.isEmpty, plain != "-", !plain.contains("://") {
+            try FITSReader.checkGzipSize(plain)
+            try FITSHeaderScan.check(plain)
+        }
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
         if hdu == nil { ffiopn(&f, path, READONLY, &status) } else { ffopen(&f, path, READONLY, &status) }
         if status != 0 || f == nil {
+            if f != nil { var s: Int32 = 0; ffclos(f, &s) }
             if status == 104 { throw FITSError.missingFile(path) }
             if status == 301 || status == 320 { throw FITSError.noImage(path) }
             throw FITSError.notFITS(path, FITSIO.errorText(status))
@@ -86,7 +93,10 @@ public struct FITSProbe: Sendable {
         let (axes, bp) = try imageAxes()
         if axes.isEmpty { throw FITSError.noImage("\(path) (HDU \(hdunum - 1) has NAXIS = 0)") }
         if axes.count == 1 { throw FITSError.oneDimensional(path) }
+        if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
         if axes.contains(0) { throw FITSError.empty(path) }
+        // Declared data must fit the file (and the pixel cap) before any plane is cut out.
+        try FITSReader.checkDeclaredSize(f!, path: path, axes: axes, bitpix: Int(bp), hdu: Int(hdunum) - 1)
         self.axes = axes
         self.bitpix = bp
         var nkeys: Int32 = 0, more: Int32 = 0
@@ -139,6 +149,9 @@ public struct FITSProbe: Sendable {
     public func planeReader(_ k: Int, path: String, hdu: String?) throws -> FITSReader {
         try checkPlanes(path: path)
         if planes == 1 { return try FITSReader(path: path, hdu: hdu) }
+        // cfitsio copies the plane's section into memory when it opens it.
+        try MemoryBudget.check(Double(width) * Double(height) * Double(abs(bitpix) / 8 + 14),
+                               "\(path): cutting plane \(k + 1) of \(planes) (\(width)x\(height)) into memory")
         return try FITSReader(path: planePath(k))
     }
 

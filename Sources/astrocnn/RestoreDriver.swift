@@ -235,6 +235,9 @@ struct RestoreDriver {
             let out = targets[k]
             human?.begin(pixels: sizes[k])
             json?.begin(k)
+            // A run killed between linking its output into place and removing the temporary
+            // leaves both; the output is whole (and verified below), the temporary is litter.
+            AtomicFile.removeStaleTemporaries(for: out)
             do {
                 let probe = try probes[k] ?? FITSProbe(path: f, hdu: c.hdu)
                 let extra = PlaneRestore.signature(probe, extras, maskChecksum: maskCRC)

@@ -130,8 +130,10 @@ final class InstallTests: XCTestCase {
         XCTAssertNotEqual(s, 0)
         for t in ["gaussian:fwhm=3", "moffat:fwhm=4,beta=3", "airy:size=64,rings=5", "--model"] { XCTAssertTrue(err.contains(t), err) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/m31_deconvolved.fits"))
+        // A 64x64 field of faint random sources: no PSF can be measured, or none a model covers.
         (s, out, err) = try run("astrocnn deconvolve m31.fits --psf auto")
-        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("pass the PSF"), err)
+        XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("--psf"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/m31_deconvolved.fits"))
         (s, out, err) = try run("astrocnn denoise m31.png")
         XCTAssertNotEqual(s, 0); XCTAssertTrue(err.contains("convert this file to FITS") && err.contains("Siril"), err)
         (s, out, err) = try run("astrocnn models")
