@@ -29,8 +29,12 @@ public enum FITSHeaderScan {
             var headerBytes = 0
             var ended = false
             while !ended {
-                if offset + 2880 > size || headerBytes >= maxHeaderBytes { return }
-                guard pread(fd, &block, 2880, off_t(offset)) == 2880 else { return }
+                // A header without END before the end of the file (or the limit): cfitsio may
+                // still parse what is there, so its keywords are checked all the same.
+                if offset + 2880 > size || headerBytes >= maxHeaderBytes || pread(fd, &block, 2880, off_t(offset)) != 2880 {
+                    if cards["ZIMAGE"] == "T" { try checkCompressed(cards, path: path, hdu: hdu) }
+                    return
+                }
                 if hdu == 0 && headerBytes == 0 && !block.starts(with: Array("SIMPLE  ".utf8)) { return }
                 offset += 2880; headerBytes += 2880
                 for c in 0..<36 {

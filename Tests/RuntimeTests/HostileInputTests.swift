@@ -90,6 +90,37 @@ final class HostileInputTests: XCTestCase {
         }
     }
 
+    /// Tile-compressed headers that crash cfitsio 4.2 inside its open (ZTILE1 = 0 divides by
+    /// zero), also when the header has lost its END card, are refused with an error first.
+    func testCompressedHeadersThatCrashCfitsioAreRefused() throws {
+        let exe = try astrocnnExecutable()
+        let model = dir + "/m.acnn"
+        try ModelWriter.write(try Architectures.flamary1(initializer: randomInit(seed: 3)), to: model)
+        let good = dir + "/good.fits.fz"
+        let w = 64, h = 48
+        try FITSIO.writeImage(path: good, width: w, height: h, pixels: (0..<(w * h)).map { Float($0 % 29) }, headerCards: [])
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: good)))
+        func card(_ key: String) -> Int? {
+            stride(from: 0, to: bytes.count - 80, by: 80).first { String(decoding: bytes[$0..<($0 + 8)], as: UTF8.self) == key.padding(toLength: 8, withPad: " ", startingAt: 0) }
+        }
+        guard let ztile = card("ZTILE1"), let end = stride(from: ztile, to: bytes.count - 80, by: 80).first(where: { bytes[$0..<($0 + 3)].elementsEqual("END".utf8) }) else {
+            return XCTFail("the .fz writer made no ZTILE1/END cards")
+        }
+        for (name, removeEnd) in [("zero.fits.fz", false), ("zero-no-end.fits.fz", true)] {
+            var b = bytes
+            let value = Array("ZTILE1  =                    0 / damaged".padding(toLength: 80, withPad: " ", startingAt: 0).utf8)
+            b.replaceSubrange(ztile..<(ztile + 80), with: value)
+            if removeEnd { b.replaceSubrange(end..<(end + 3), with: Array("   ".utf8)) }
+            let path = dir + "/" + name
+            try Data(b).write(to: URL(fileURLWithPath: path))
+            for args in [["restore", path, "-m", model, "-o", dir + "/o.fits"], ["detect", path, "--csv", dir + "/d.csv"], ["psf", path, "-o", dir + "/p.fits"]] {
+                let (s, _, err) = try runProcess(exe, args)
+                XCTAssertEqual(s, 1, "\(args): \(err)")
+                XCTAssertTrue(err.contains("ZTILE1"), "\(args): \(err)")
+            }
+        }
+    }
+
     /// A restore whose working set exceeds --memory-budget is refused before it starts, saying
     /// how much it needs and how to proceed; with the budget raised it runs.
     func testMemoryBudgetRefusesWorkBeforeAllocating() throws {
