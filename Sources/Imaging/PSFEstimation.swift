@@ -189,6 +189,10 @@ public enum PSFEstimation {
         guard total > 0 else { throw Failure(description: "the stacked stars have no flux; give the PSF with --psf SPEC") }
         kernel = kernel.map { $0 / total }
         let fit = fitMoffat(kernel)
+        // A stack of galaxies or blends is not a PSF: its profile is as wide as the stamp.
+        guard fit.fwhm <= Double(side) / 3, fit.error < 0.5 else {
+            throw Failure(description: String(format: "the %d sources stacked are not point-like (fitted FWHM %.1f px in a %d-pixel stamp, misfit %.0f%%): the image has too few clean stars; give the PSF with --psf SPEC", stamps.count, fit.fwhm, side, 100 * fit.error))
+        }
         return MeasuredPSF(kernel: kernel, stars: stamps.count, candidates: cands.count, fwhm: fit.fwhm, beta: fit.beta,
                            fitError: fit.error, ellipticity: ellipticity(kernel, radius: 2 * fit.fwhm))
     }
