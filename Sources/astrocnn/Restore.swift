@@ -34,10 +34,14 @@ struct Restore: ParsableCommand {
     @Option(name: .customLong("model-dir"), help: "Also search this folder for models named without a path (first on the search path; repeatable).")
     var modelDirs: [String] = []
 
+    @Option(help: "With --check: the PSF the model deconvolves (airy:..., gaussian:fwhm=F, moffat:fwhm=F,beta=B, a FITS kernel, or auto: measured from the input's stars).")
+    var psf: String?
+
     @OptionGroup var common: RestoreCommonOptions
 
     func run() throws {
         let network = try loadModel(model, modelDirs: modelDirs)
-        try RestoreDriver(label: "restore", inputs: inputs, output: output, defaultName: "{stem}.fits", network: network, common: common).run()
+        try RestoreDriver(label: "restore", inputs: inputs, output: output, defaultName: "{stem}.fits", network: network, common: common,
+                          checkPSF: psf).run()
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Evaluation
 import Foundation
 import Kernels
 import ModelFormat
@@ -15,6 +16,9 @@ struct RestoreCommonOptions: ParsableArguments {
 
     @Option(help: "HDU to read: index (0 = primary) or EXTNAME. Default: the first HDU holding an image.")
     var hdu: String?
+
+    @Flag(help: "Deconvolution, one 2-D input: check the output without a truth (as 'astrocnn check': re-blurred by the PSF it must reproduce the input within its noise, and show no checkerboard); exit status 3 if a check fails (the output is still written). restore needs --psf with it.")
+    var check = false
 
     @Option(help: "Worker threads (default: all cores).")
     var threads: Int?
@@ -78,9 +82,12 @@ struct RestoreDriver {
     var defaultName: String
     var network: Network
     var common: RestoreCommonOptions
+    /// The PSF `--check` tests against (`deconvolve`'s --psf, `restore`'s --psf).
+    var checkPSF: String? = nil
 
     func run() throws {
         let c = common
+        if c.check && checkPSF == nil { throw failure("--check needs the PSF the image was deconvolved for: --psf SPEC|auto|PSF.fits") }
         if let t = c.threads, t < 1 { throw failure("--threads must be at least 1") }
         if let t = c.tile, t < 1 { throw failure("--tile must be at least 1") }
         guard ["human", "json", "none"].contains(c.progress) else { throw failure("--progress must be human, json or none") }
@@ -199,8 +206,24 @@ struct RestoreDriver {
             } catch {
                 throw failure(describe(error))
             }
+            if c.check, let psf = checkPSF {
+                let report: RestorationCheck
+                do {
+                    guard tiffOut == nil else { throw ScaleError.badInput("--check works on FITS outputs") }
+                    let a = try FITSIO.readImage(path: input, hdu: c.hdu), b = try FITSIO.readImage(path: out)
+                    let (kernel, what) = try resolvePSF(psf, image: a)
+                    let g = c.gain ?? ExposureKeywords(keyword: a.keyword).gain?.value
+                    report = try RestorationCheck.run(input: a.pixels, restored: b.pixels, invalid: a.invalid, width: a.width, height: a.height,
+                                                      psf: kernel, gain: g, threads: options.threads)
+                    print("check: PSF \(what)")
+                    print(report)
+                } catch { throw failure("--check: " + describe(error)) }
+                print(report.passes ? "check: PASS" : "check: FAIL")
+                if !report.passes { throw ExitCode(3) }
+            }
             return
         }
+        if c.check { throw failure("--check works with one input; run 'astrocnn check' on each output of a batch") }
         if c.preview != nil { throw failure("--preview works with one input; run it on the file you want to look at") }
         if c.inMemory { throw failure("--in-memory works with one input") }
         let files: [String]

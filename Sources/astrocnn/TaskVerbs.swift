@@ -83,7 +83,8 @@ struct Deconvolve: ParsableCommand {
         }
         let network: Network
         do { network = try Network(path: chosen) } catch { throw failure(describe(error)) }
-        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common).run()
+        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common,
+                          checkPSF: psf).run()
     }
 
     /// `--psf auto`: the PSF is measured from the stars of each input (`astrocnn psf`), and a
@@ -131,6 +132,7 @@ struct Deconvolve: ParsableCommand {
         }
         let network: Network
         do { network = try Network(path: chosen.path) } catch { throw failure(describe(error)) }
-        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common).run()
+        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common,
+                          checkPSF: psf).run()
     }
 }

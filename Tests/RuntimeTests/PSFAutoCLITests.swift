@@ -66,6 +66,17 @@ final class PSFAutoCLITests: XCTestCase {
         (s, out, err) = try runProcess(exe, ["check", input, restored, "--psf", dir + "/psf.fits"])
         XCTAssertTrue(s == 0 || s == 3, err)
         XCTAssertTrue(out.contains("reduced chi-square") && out.contains("checkerboard test") && out.contains("gain 4"), out)
+        // deconvolve --check and restore --check print the same checks after writing the output.
+        (s, out, err) = try runProcess(exe, ["deconvolve", input, "--psf", "auto", "--check", "-o", dir + "/c1.fits", "--quiet"])
+        XCTAssertTrue(s == 0 || s == 3, err)
+        XCTAssertTrue(out.contains("check: P") && out.contains("checkerboard test") && FileManager.default.fileExists(atPath: dir + "/c1.fits"), out)
+        print("deconvolve --psf auto --check on a Moffat FWHM 4 beta 3 field:\n" + out)
+        (s, out, err) = try runProcess(exe, ["restore", input, "-m", "deconv-unet", "-o", dir + "/c2.fits", "--check", "--quiet"])
+        XCTAssertEqual(s, 1); XCTAssertTrue(err.contains("--check needs the PSF"), err)
+        (s, out, err) = try runProcess(exe, ["restore", input, "-m", "deconv-unet", "-o", dir + "/c2.fits", "--check", "--psf", dir + "/psf.fits", "--quiet"])
+        XCTAssertTrue(s == 0 || s == 3, err)
+        XCTAssertTrue(out.contains("reduced chi-square"), out)
+        print("restore -m deconv-unet (trained for the Airy PSF) --check on the Moffat field:\n" + out)
         // The input itself as a "restoration" fails the data fit on the sources.
         (s, out, err) = try runProcess(exe, ["check", input, input, "--psf", "auto"])
         XCTAssertEqual(s, 3, out + err)
