@@ -207,6 +207,45 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(final.sorted(), (0..<n).map { "f\($0).fits" }, "no temporary may remain: \(final)")
     }
 
+    /// A training killed (SIGKILL) at arbitrary moments, checkpoints being written every epoch,
+    /// always leaves a checkpoint that reads back whole (or none yet), from which `--resume
+    /// --finish` writes a model.
+    func testKilledTrainingLeavesAValidCheckpoint() throws {
+        let exe = try astrocnnExecutable()
+        let n = 256
+        var rng = SplitMix64(seed: 11)
+        let sky = (0..<(n * n)).map { i -> Float in Float(100 + 5 * rng.float() + ((i % n) % 37 == 0 && (i / n) % 41 == 0 ? 3000 : 0)) }
+        try FITSIO.writeImage(path: dir + "/img.fits", width: n, height: n, pixels: sky, headerCards: [])
+        let ckpt = dir + "/m.ckpt.acnn"
+        var sawCheckpoint = 0
+        for (k, delay) in [0.35, 0.6, 0.85, 1.1, 1.5].enumerated() {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: exe)
+            var args = ["train", "--recipe", "flamary1", "--images", dir + "/img.fits", "--samples", "400", "--validation-samples", "100",
+                        "--epochs", "400", "--patience", "400", "--lr", "0.0001", "-o", dir + "/m.acnn", "--threads", "1"]
+            if k > 0 && access(ckpt, F_OK) == 0 { args += ["--resume", ckpt, "--extend-epochs", "2000"] }
+            p.arguments = args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            usleep(useconds_t(delay * 1e6))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            if access(ckpt, F_OK) == 0 {
+                sawCheckpoint += 1
+                XCTAssertNoThrow(try ModelReader(path: ckpt), "checkpoint after kill \(k) must read back whole")
+            }
+        }
+        XCTAssertGreaterThan(sawCheckpoint, 0, "no checkpoint was ever written: the kills came too early")
+        let (s, out, err) = try runProcess(exe, ["train", "--recipe", "flamary1", "--images", dir + "/img.fits", "--resume", ckpt, "--finish",
+                                                 "-o", dir + "/final.acnn"])
+        XCTAssertEqual(s, 0, out + err)
+        XCTAssertNoThrow(try ModelReader(path: dir + "/final.acnn"))
+        // Temporaries of the killed runs are gone once the names were written again.
+        let litter = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".m.ckpt.acnn.tmp-") }
+        XCTAssertTrue(litter.count <= 1, "\(litter)")
+    }
+
     /// Writes into a read-only folder or onto a full file system fail with a clear error and
     /// leave no file. Needs a small tmpfs (as root the permission bits do not stop writes, so a
     /// read-only mount is used); skips where mounting is not allowed.
