@@ -115,11 +115,15 @@ struct TIFFImage: Equatable {
         let bytesPerSample = bits / 8
         let total = w * h * spp * bytesPerSample
         guard total <= b.count else { throw fail("the image needs \(total) bytes of pixels, the file has \(b.count) (truncated?)") }
+        // The pixels as Float planes next to the raw bytes: within the memory budget.
+        try MemoryBudget.check(Double(total) + Double(w) * Double(h) * Double(spp) * 4, "\(path): reading the \(w)x\(h) TIFF image")
         var raw = [UInt8]()
         raw.reserveCapacity(total)
         for (o, c) in zip(offsets, counts) {
             guard o >= 0, c >= 0, o + c <= b.count else { throw fail("a strip lies past the end of the file (truncated?)") }
-            raw += b[o..<(o + c)]
+            // Only the bytes the image needs: strips that repeat or overlap cannot grow this past it.
+            raw += b[o..<(o + min(c, total - raw.count))]
+            if raw.count >= total { break }
         }
         guard raw.count >= total else { throw fail("the strips hold \(raw.count) bytes, the image needs \(total)") }
         var data = [[Float]](repeating: [Float](repeating: 0, count: w * h), count: spp)
