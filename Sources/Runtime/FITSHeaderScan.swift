@@ -39,8 +39,11 @@ public enum FITSHeaderScan {
                 offset += 2880; headerBytes += 2880
                 for c in 0..<36 {
                     let card = block[(c * 80)..<(c * 80 + 80)]
-                    let key = String(decoding: card.prefix(8), as: UTF8.self).trimmingCharacters(in: .whitespaces)
-                    if key == "END" { ended = true; break }
+                    // The keyword as cfitsio matches it: the leading run of keyword characters
+                    // (a damaged byte after "ZTILE2" still names ZTILE2 for it).
+                    let key = String(decoding: card.prefix(8).prefix { ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 95 || $0 == 45 },
+                                     as: UTF8.self)
+                    if card.prefix(8).elementsEqual("END     ".utf8) { ended = true; break }
                     if card.count >= 10, card[card.startIndex + 8] == UInt8(ascii: "="), cards[key] == nil {
                         var v = String(decoding: card.dropFirst(10), as: UTF8.self)
                         if !v.contains("'"), let slash = v.firstIndex(of: "/") { v = String(v[..<slash]) }
