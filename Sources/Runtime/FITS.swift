@@ -195,48 +195,10 @@ public final class FITSReader: @unchecked Sendable {
     /// first HDU holding an image) and reads its header.
     public init(path: String, hdu: String? = nil) throws {
         self.path = path
-        let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
-        if !plain.isEmpty, plain != "-", !plain.contains("://"), access(plain, F_OK) != 0 {
-            throw FITSError.missingFile(plain)
-        }
-        if !plain.isEmpty, plain != "-", !plain.contains("://") {
-            try FITSReader.checkGzipSize(plain)
-            try FITSHeaderScan.check(plain)
-        }
-        var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        if hdu == nil {
-            ffiopn(&f, path, READONLY, &status)  // fits_open_image: first HDU with an image
-        } else {
-            ffopen(&f, path, READONLY, &status)
-        }
-        if status != 0 || f == nil {
-            if f != nil { var s: Int32 = 0; ffclos(f, &s) }
-            let msg = FITSIO.errorText(status)
-            if status == 104 { throw FITSError.missingFile(path) }  // FILE_NOT_OPENED
-            if status == 301 || status == 320 { throw FITSError.noImage(path) }  // BAD_HDU_NUM, NOT_IMAGE
-            throw FITSError.notFITS(path, msg)
-        }
+        let (f, hdunum) = try FITSReader.openImageHDU(path: path, hdu: hdu)
         var ok = false
         defer { if !ok { var s: Int32 = 0; ffclos(f, &s) } }
-        if let hdu = hdu {
-            var type: Int32 = 0
-            if let n = Int(hdu) {
-                if n < 0 { throw FITSError.badHDU(path, hdu) }
-                ffmahd(f, Int32(n + 1), &type, &status)
-            } else {
-                var name = Array(hdu.utf8CString)
-                ffmnhd(f, ANY_HDU, &name, 0, &status)
-            }
-            if status != 0 { throw FITSError.badHDU(path, hdu) }
-        }
-        var hdutype: Int32 = 0
-        ffghdt(f, &hdutype, &status)
-        var hdunum: Int32 = 0
-        ffghdn(f, &hdunum)
-        if hdutype != IMAGE_HDU && fits_is_compressed_image(f, &status) == 0 {
-            throw FITSError.noImage("\(path) (HDU \(hdunum - 1) is a table)")
-        }
+        var status: Int32 = 0
         var bitpix: Int32 = 0, naxis: Int32 = 0
         var naxes = [Int](repeating: 0, count: 9)
         ffgipr(f, 9, &bitpix, &naxis, &naxes, &status)
@@ -247,7 +209,7 @@ public final class FITSReader: @unchecked Sendable {
         if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
         if axes.contains(0) { throw FITSError.empty(path) }
         if axes.dropFirst(2).contains(where: { $0 > 1 }) { throw FITSError.cube(path, axes) }
-        try FITSReader.checkDeclaredSize(f!, path: path, axes: axes, bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
+        try FITSReader.checkDeclaredSize(f, path: path, axes: axes, bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
         var nkeys: Int32 = 0, more: Int32 = 0
         ffghsp(f, &nkeys, &more, &status)
         var cards: [String] = []
@@ -278,6 +240,55 @@ public final class FITSReader: @unchecked Sendable {
     }
 
     deinit { close() }
+
+    /// Opens `path` (cfitsio extended syntax allowed) at HDU `hdu` (index or EXTNAME; nil: the
+    /// first HDU holding an image) after the checks cfitsio cannot survive without (gzip size,
+    /// `FITSHeaderScan`), and refuses tables. Returns the open file (the caller closes it) and
+    /// the 1-based HDU number. Shared by `FITSReader` and `FITSProbe`.
+    static func openImageHDU(path: String, hdu: String?) throws -> (UnsafeMutablePointer<fitsfile>, Int32) {
+        let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
+        let local = !plain.isEmpty && plain != "-" && !plain.contains("://")
+        if local && access(plain, F_OK) != 0 { throw FITSError.missingFile(plain) }
+        if local {
+            try checkGzipSize(plain)
+            try FITSHeaderScan.check(plain)
+        }
+        var status: Int32 = 0
+        var opened: UnsafeMutablePointer<fitsfile>?
+        if hdu == nil {
+            ffiopn(&opened, path, READONLY, &status)  // fits_open_image: first HDU with an image
+        } else {
+            ffopen(&opened, path, READONLY, &status)
+        }
+        guard status == 0, let f = opened else {
+            if opened != nil { var s: Int32 = 0; ffclos(opened, &s) }
+            if status == 104 { throw FITSError.missingFile(path) }  // FILE_NOT_OPENED
+            if status == 301 || status == 320 { throw FITSError.noImage(path) }  // BAD_HDU_NUM, NOT_IMAGE
+            throw FITSError.notFITS(path, FITSIO.errorText(status))
+        }
+        var ok = false
+        defer { if !ok { var s: Int32 = 0; ffclos(f, &s) } }
+        if let hdu = hdu {
+            var type: Int32 = 0
+            if let n = Int(hdu) {
+                if n < 0 { throw FITSError.badHDU(path, hdu) }
+                ffmahd(f, Int32(n + 1), &type, &status)
+            } else {
+                var name = Array(hdu.utf8CString)
+                ffmnhd(f, ANY_HDU, &name, 0, &status)
+            }
+            if status != 0 { throw FITSError.badHDU(path, hdu) }
+        }
+        var hdutype: Int32 = 0
+        ffghdt(f, &hdutype, &status)
+        var hdunum: Int32 = 0
+        ffghdn(f, &hdunum)
+        if hdutype != IMAGE_HDU && fits_is_compressed_image(f, &status) == 0 {
+            throw FITSError.noImage("\(path) (HDU \(hdunum - 1) is a table)")
+        }
+        ok = true
+        return (f, hdunum)
+    }
 
     /// The largest image accepted: 2^40 pixels (a terapixel), each axis below 2^31.
     public static let maxPixels = 1 << 40

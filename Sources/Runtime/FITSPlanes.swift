@@ -45,44 +45,11 @@ public struct FITSProbe: Sendable {
     public var planes: Int { axes.count > 2 ? axes[2] : 1 }
 
     public init(path: String, hdu: String? = nil) throws {
-        let plain = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
-        file = plain
-        if !plain.isEmpty, plain != "-", !plain.contains("://"), access(plain, F_OK) != 0 { throw FITSError.missingFile(plain) }
-        // The checks `FITSReader` makes before cfitsio sees the file (gzip size, headers that
-        // crash cfitsio 4.2).
-        if !plain.isEmpty, plain != "-", !plain.contains("://") {
-            try FITSReader.checkGzipSize(plain)
-            try FITSHeaderScan.check(plain)
-        }
-        var status: Int32 = 0
-        var f: UnsafeMutablePointer<fitsfile>?
-        if hdu == nil { ffiopn(&f, path, READONLY, &status) } else { ffopen(&f, path, READONLY, &status) }
-        if status != 0 || f == nil {
-            if f != nil { var s: Int32 = 0; ffclos(f, &s) }
-            if status == 104 { throw FITSError.missingFile(path) }
-            if status == 301 || status == 320 { throw FITSError.noImage(path) }
-            throw FITSError.notFITS(path, FITSIO.errorText(status))
-        }
+        file = path.firstIndex(of: "[").map { String(path[..<$0]) } ?? path
+        let (f, hdunum) = try FITSReader.openImageHDU(path: path, hdu: hdu)
         defer { var s: Int32 = 0; ffclos(f, &s) }
-        if let hdu = hdu {
-            var type: Int32 = 0
-            if let n = Int(hdu) {
-                if n < 0 { throw FITSError.badHDU(path, hdu) }
-                ffmahd(f, Int32(n + 1), &type, &status)
-            } else {
-                var name = Array(hdu.utf8CString)
-                ffmnhd(f, ANY_HDU, &name, 0, &status)
-            }
-            if status != 0 { throw FITSError.badHDU(path, hdu) }
-        }
-        var hdunum: Int32 = 0
-        ffghdn(f, &hdunum)
+        var status: Int32 = 0
         self.hdu = Int(hdunum) - 1
-        var hdutype: Int32 = 0
-        ffghdt(f, &hdutype, &status)
-        if hdutype != IMAGE_HDU && fits_is_compressed_image(f, &status) == 0 {
-            throw FITSError.noImage("\(path) (HDU \(hdunum - 1) is a table)")
-        }
         func imageAxes() throws -> ([Int], Int) {
             var bp: Int32 = 0, naxis: Int32 = 0
             var naxes = [Int](repeating: 0, count: 9)
@@ -96,7 +63,7 @@ public struct FITSProbe: Sendable {
         if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
         if axes.contains(0) { throw FITSError.empty(path) }
         // Declared data must fit the file (and the pixel cap) before any plane is cut out.
-        try FITSReader.checkDeclaredSize(f!, path: path, axes: axes, bitpix: Int(bp), hdu: Int(hdunum) - 1)
+        try FITSReader.checkDeclaredSize(f, path: path, axes: axes, bitpix: Int(bp), hdu: Int(hdunum) - 1)
         self.axes = axes
         self.bitpix = bp
         var nkeys: Int32 = 0, more: Int32 = 0
