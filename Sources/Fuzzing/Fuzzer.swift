@@ -187,7 +187,7 @@ public final class Fuzzer {
         for target in Target.allCases {
             let n = target == .fits ? config.fitsCases : config.modelCases
             let t0 = Date()
-            let range = config.only.map { $0..<($0 + 1) } ?? 0..<n
+            let range = config.only.map { $0 < n ? $0..<($0 + 1) : 0..<0 } ?? 0..<n
             for k in range {
                 let name: String
                 let path: String
@@ -218,7 +218,9 @@ public final class Fuzzer {
                     report.results[target, default: 0] += 1
                 }
                 if dt > report.slowestCase { report.slowestCase = dt; report.slowestName = name }
-                let rss = Fuzzer.residentBytes()
+                // The process's peak (getrusage) catches what a case held only for a moment; it only
+                // grows, so the case that raised it is the one that used the memory.
+                let rss = max(Fuzzer.residentBytes(), Fuzzer.peakResidentBytes())
                 if rss > report.peakRSS { report.peakRSS = rss; report.peakCase = name }
                 if rss > report.startRSS + report.budget {
                     if let keep = config.keep { copyFile(path, to: keep) }
