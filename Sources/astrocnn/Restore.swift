@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Trainer
+import Imaging
 import Kernels
 import ModelFormat
 import Reporting
@@ -34,13 +36,24 @@ struct Restore: ParsableCommand {
     @Option(name: .customLong("model-dir"), help: "Also search this folder for models named without a path (first on the search path; repeatable).")
     var modelDirs: [String] = []
 
-    @Option(help: "With --check: the PSF the model deconvolves (airy:..., gaussian:fwhm=F, moffat:fwhm=F,beta=B, a FITS kernel, or auto: measured from the input's stars).")
+    @Option(help: "The image's PSF (airy:..., gaussian:fwhm=F, moffat:fwhm=F,beta=B, a FITS kernel, or auto: measured from the input's stars): what --check tests against; a model trained for another PSF gets a warning.")
     var psf: String?
 
     @OptionGroup var common: RestoreCommonOptions
 
     func run() throws {
         let network = try loadModel(model, modelDirs: modelDirs)
+        // A model that says what it is for: a deconvolution model run on another PSF is flagged
+        // before it runs (restore -m stays the expert path that runs any model).
+        if let p = psf, p.lowercased() != "auto", let wanted = try? PSFSpec(parsing: p), let wk = try? wanted.kernel(),
+           network.metadata["training.psf"] != nil || network.metadata["training.psf_size"] != nil,
+           let trained = try? TrainingConfig.degradationSpecs(metadata: network.metadata).psf, let tk = try? trained.kernel() {
+            let a = PSFEstimation.fitMoffat(wk), b = PSFEstimation.fitMoffat(tk)
+            if abs(a.fwhm - b.fwhm) > 0.1 * b.fwhm || abs(a.beta - b.beta) > 0.25 * b.beta {
+                FileHandle.standardError.write(Data(String(format: "astrocnn: warning: '%@' was trained for --psf %@ (Moffat FWHM %.2f, beta %.2f), not for this PSF (FWHM %.2f, beta %.2f): its output will not be a deconvolution by this PSF\n",
+                                                           network.name, trained.description, b.fwhm, b.beta, a.fwhm, a.beta).utf8))
+            }
+        }
         try RestoreDriver(label: "restore", inputs: inputs, output: output, defaultName: "{stem}.fits", network: network, common: common,
                           checkPSF: psf).run()
     }

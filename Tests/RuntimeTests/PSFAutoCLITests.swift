@@ -76,6 +76,7 @@ final class PSFAutoCLITests: XCTestCase {
         (s, out, err) = try runProcess(exe, ["restore", input, "-m", "deconv-unet", "-o", dir + "/c2.fits", "--check", "--psf", dir + "/psf.fits", "--quiet"])
         XCTAssertTrue(s == 0 || s == 3, err)
         XCTAssertTrue(out.contains("reduced chi-square"), out)
+        XCTAssertTrue(err.contains("warning") && err.contains("was trained for --psf airy"), "a model trained for another PSF is flagged: \(err)")
         print("restore -m deconv-unet (trained for the Airy PSF) --check on the Moffat field:\n" + out)
         // The input itself as a "restoration" fails the data fit on the sources.
         (s, out, err) = try runProcess(exe, ["check", input, input, "--psf", "auto"])
