@@ -42,6 +42,8 @@ public final class Fuzzer {
         public var keep: String?
         /// Run only this case of each target (replay).
         public var only: Int?
+        /// Start at this case number (replay of a stretch).
+        public var from = 0
         public var progress: ((String) -> Void)?
         /// Only these mutation kinds (raw values); empty: all.
         public var kinds: Set<String> = []
@@ -187,7 +189,7 @@ public final class Fuzzer {
         for target in Target.allCases {
             let n = target == .fits ? config.fitsCases : config.modelCases
             let t0 = Date()
-            let range = config.only.map { $0 < n ? $0..<($0 + 1) : 0..<0 } ?? 0..<n
+            let range = config.only.map { $0 < n ? $0..<($0 + 1) : 0..<0 } ?? min(config.from, n)..<n
             for k in range {
                 let name: String
                 let path: String

@@ -32,6 +32,9 @@ struct Fuzz: ParsableCommand {
     @Option(name: .customLong("case"), help: "Replay only this case number (of each target).")
     var only: Int?
 
+    @Option(help: "Start at this case number (replay a stretch of a run).")
+    var from: Int = 0
+
     func run() throws {
         let base = FileManager.default.isWritableFile(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
         let dir = directory ?? base + "/astrocnn-fuzz-\(getpid())"
@@ -43,6 +46,7 @@ struct Fuzz: ParsableCommand {
         config.timeLimit = timeLimit
         config.keep = keep
         config.only = only
+        config.from = max(0, from)
         config.kinds = Set((kinds ?? "").split(separator: ",").map(String.init))
         config.progress = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
         if let k = keep { try FileManager.default.createDirectory(atPath: k, withIntermediateDirectories: true) }
