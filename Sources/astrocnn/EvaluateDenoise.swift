@@ -85,6 +85,8 @@ extension Evaluate {
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
         var pairs: [(String, Image2D, Image2D, String, Double?)] = []
+        var plans: [String: InjectionPlan] = [:]   // --inject: per image
+        guard injection.inject >= 0 else { throw ValidationError("--inject must be >= 0") }
         let modes = [!images.isEmpty, denoise.input != nil, !denoise.frames.isEmpty].filter { $0 }.count
         guard modes == 1 else { throw ValidationError("give exactly one of --images (simulated short exposures), --input with --reference (a real pair) or --frames (real frames, each against the mean of the others)") }
         if let input = denoise.input {
@@ -141,10 +143,30 @@ extension Evaluate {
                 let model = ExposureNoise(ratio: denoise.ratio, gain: g, readNoise: ron, darkRate: denoise.dark / 3600,
                                           exposureTime: header.exposureTime?.value ?? 0, sky: skyLevel, clipNegative: denoise.clip)
                 if let p = model.problem { throw ValidationError("\(path): \(p)") }
-                let noisy = model.apply(truth, seed: seed &+ UInt64(k), threads: threads)
-                pairs.append(((path as NSString).lastPathComponent, truth, noisy, model.description, model.outputGain))
+                var noisy = model.apply(truth, seed: seed &+ UInt64(k), threads: threads)
+                var truthIn = truth
+                if injection.inject > 0 {
+                    // The sources go into the long exposure, so the short one has their photon noise too.
+                    let plan = try injectionPlan(psfImage: truth, noisy: noisy, real: [truth, noisy], name: (path as NSString).lastPathComponent)
+                    plans[(path as NSString).lastPathComponent] = plan
+                    truthIn = plan.inject(into: truth)
+                    noisy = model.apply(truthIn, seed: seed &+ UInt64(k), threads: threads)
+                }
+                pairs.append(((path as NSString).lastPathComponent, truthIn, noisy, model.description, model.outputGain))
             }
         }
+        if injection.inject > 0 && images.isEmpty {
+            // Real frames: the same sources (positions, fluxes, PSF measured from the frame's stars)
+            // go into the frame and its reference, so reference-based metrics stay consistent.
+            for i in pairs.indices {
+                let (name, ref, frame, _, _) = pairs[i]
+                let plan = try injectionPlan(psfImage: frame, noisy: frame, real: [frame, ref], name: name)
+                plans[name] = plan
+                pairs[i].1 = plan.inject(into: ref)
+                pairs[i].2 = plan.inject(into: frame)
+            }
+        }
+        var injected: [InjectionScore] = []
         var all: [DenoiseResult] = []
         var panelImages: [(title: String, pixels: [Float], marks: [ComparisonPanel.Mark])] = []
         var panelSize = (0, 0), panelRadius = 6.0
@@ -160,6 +182,7 @@ extension Evaluate {
             FileHandle.standardError.write(Data(String(format: "  reference: %d sources, FWHM %.2f px, match radius %.2f px\n",
                                                        ref.catalogue.count, ref.fwhm, ref.radius).utf8))
             all += results
+            if let plan = plans[name] { injected += try scoreInjection(results, plan: plan, image: name) }
             if k == 0, panel != nil {
                 let z = min(zoom, truth.height, truth.width)
                 let (zy, zx) = brightestWindow(truth.map { $0.isFinite ? $0 : 0 }, side: z)
@@ -183,6 +206,7 @@ extension Evaluate {
             }
         }
         printDenoiseTable(all, methods: ["none"] + list.filter { $0 != .none }.map(\.name))
+        if !injected.isEmpty { printInjection(injected, plans: plans) }
         if let c = csv {
             var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters\n"
             for r in all {
@@ -192,6 +216,7 @@ extension Evaluate {
             try AtomicFile.write(Array(text.utf8), to: c, overwrite: true)
             print("wrote \(c)")
         }
+        if !injected.isEmpty { try writeInjection(injected) }
         if let p = panel, !panelImages.isEmpty {
             try ComparisonPanel.render(panelImages, width: panelSize.0, height: panelSize.1, maxSide: 300, circleRadius: panelRadius,
                                        legend: "green: matched   red: missed (in the reference only)   blue: spurious").write(to: p)
