@@ -14,6 +14,10 @@ public struct InjectedSource: Sendable, Equatable {
     /// Magnitude relative to the 5-sigma limit: -2.5 log10(flux / limitFlux) (0 at the limit,
     /// positive fainter).
     public var magnitude: Double
+
+    public init(x: Double, y: Double, flux: Double, apertureFlux: Double, magnitude: Double) {
+        (self.x, self.y, self.flux, self.apertureFlux, self.magnitude) = (x, y, flux, apertureFlux, magnitude)
+    }
 }
 
 /// Where and how bright the artificial sources are, and the PSF they are drawn with.
@@ -85,37 +89,47 @@ public struct InjectionPlan: Sendable {
         }
     }
 
-    /// Lanczos-3 weight.
-    static func lanczos(_ t: Double) -> Double {
-        let a = abs(t)
-        if a < 1e-12 { return 1 }
-        if a >= 3 { return 0 }
-        let p = Double.pi * t
-        return 3 * sin(p) * sin(p / 3) / (p * p)
+    /// `v` shifted by `f` samples by the Fourier shift theorem (band-limited interpolation:
+    /// sum and centroid move exactly), `v` zero-padded by `pad` at each end first (odd length, so
+    /// there is no Nyquist term).
+    static func fourierShift(_ v: [Double], _ f: Double, pad: Int) -> [Double] {
+        let x = [Double](repeating: 0, count: pad) + v + [Double](repeating: 0, count: pad)
+        let n = x.count
+        precondition(n % 2 == 1)
+        let h = n / 2
+        var out = [Double](repeating: 0, count: n)
+        for k in -h...h {
+            var re = 0.0, im = 0.0
+            for j in 0..<n where x[j] != 0 {
+                let a = -2 * Double.pi * Double(k * j) / Double(n)
+                re += x[j] * cos(a); im += x[j] * sin(a)
+            }
+            // Multiply by exp(-2 pi i k f / n), then the inverse transform's row.
+            let p = -2 * Double.pi * Double(k) * f / Double(n)
+            let (sr, si) = (re * cos(p) - im * sin(p), re * sin(p) + im * cos(p))
+            for j in 0..<n {
+                let a = 2 * Double.pi * Double(k * j) / Double(n)
+                out[j] += (sr * cos(a) - si * sin(a)) / Double(n)
+            }
+        }
+        return out
     }
 
-    /// The PSF shifted by (fx, fy) pixels (|f| <= 0.5) by separable Lanczos-3 resampling, on a
+    /// The PSF shifted by (fx, fy) pixels (|f| <= 0.5) by separable Fourier interpolation, on a
     /// stamp 6 pixels wider, renormalised to sum 1.
     static func shifted(_ k: Image2D, fx: Double, fy: Double) -> Image2D {
         let pad = 3
-        let n = k.width + 2 * pad, c = n / 2, kc = k.width / 2
-        func weights(_ f: Double) -> [[Double]] {
-            // w[i][j]: contribution of kernel index j to output index i.
-            (0..<n).map { i in (0..<k.width).map { j in lanczos(Double(i - c) - f - Double(j - kc)) } }
-        }
-        let wx = weights(fx), wy = weights(fy)
+        let n = k.width + 2 * pad
         var rows = Image2D(height: k.height, width: n)
-        for y in 0..<k.height { for i in 0..<n {
-            var s = 0.0
-            for j in 0..<k.width where wx[i][j] != 0 { s += wx[i][j] * k[y, j] }
-            rows[y, i] = s
-        } }
+        for y in 0..<k.height {
+            let r = fourierShift((0..<k.width).map { k[y, $0] }, fx, pad: pad)
+            for x in 0..<n { rows[y, x] = r[x] }
+        }
         var out = Image2D(height: n, width: n)
-        for i in 0..<n { for x in 0..<n {
-            var s = 0.0
-            for j in 0..<k.height where wy[i][j] != 0 { s += wy[i][j] * rows[j, x] }
-            out[i, x] = s
-        } }
+        for x in 0..<n {
+            let c = fourierShift((0..<k.height).map { rows[$0, x] }, fy, pad: pad)
+            for y in 0..<n { out[y, x] = c[y] }
+        }
         let t = out.pixels.reduce(0, +)
         return out.map { $0 / t }
     }
@@ -342,8 +356,19 @@ public enum InjectionRecovery {
             let key = { (x: ThresholdRecovery) in (x.depth50, x.depth90.isFinite ? x.depth90 : -.infinity, x.threshold) }
             if key(r) > key(a) { chosen = i }
         }
-        // Forced photometry at the true positions.
-        let sub = Image2D(height: image.height, width: image.width, pixels: (0..<image.count).map { image.pixels[$0] - Double(bkg.level[$0]) })
+        // Forced photometry at the true positions, on a background estimated with the real
+        // sources (outside the clean area) and the injected ones (3 FWHM discs) masked, so that
+        // the error measured is the method's, not the background mesh's bias from source wings.
+        var photMask = (0..<image.count).map { invalid[$0] || !plan.clean[$0] }
+        let r3 = 3 * plan.fwhm, ri = Int(r3.rounded(.up))
+        for src in plan.sources {
+            let (cx, cy) = (Int(src.x.rounded()), Int(src.y.rounded()))
+            for y in max(0, cy - ri)...min(plan.height - 1, cy + ri) { for x in max(0, cx - ri)...min(plan.width - 1, cx + ri) {
+                if (Double(x) - src.x) * (Double(x) - src.x) + (Double(y) - src.y) * (Double(y) - src.y) <= r3 * r3 { photMask[y * plan.width + x] = true }
+            } }
+        }
+        let photBkg = (try? SourceDetector.background(image, mask: photMask, options: detection, threads: threads)) ?? bkg
+        let sub = Image2D(height: image.height, width: image.width, pixels: (0..<image.count).map { image.pixels[$0] - Double(photBkg.level[$0]) })
         var errors: [Double] = []
         for s in plan.sources {
             let f = try SourceDetector.sumCircle(sub, x: s.x, y: s.y, radius: settings.apertureRadius, mask: invalid)

@@ -17,6 +17,11 @@ public struct SyntheticSource: Sendable, Equatable {
     public var sersicIndex: Double
     public var axisRatio: Double
 
+    public init(kind: Kind, x: Double, y: Double, flux: Double, fwhm: Double, beta: Double, effectiveRadius: Double, sersicIndex: Double, axisRatio: Double) {
+        (self.kind, self.x, self.y, self.flux, self.fwhm, self.beta) = (kind, x, y, flux, fwhm, beta)
+        (self.effectiveRadius, self.sersicIndex, self.axisRatio) = (effectiveRadius, sersicIndex, axisRatio)
+    }
+
     /// Stars: the flux inside a circle of `radius` px centred on the star, exactly
     /// F (1 - (1 + r^2 / alpha^2)^(1 - beta)); galaxies: NaN.
     public func apertureFlux(radius r: Double) -> Double {

@@ -17,6 +17,7 @@ struct InjectionOptions: ParsableArguments {
     @Option(help: "denoise, --inject: magnitude bins across the flux range.") var injectBins: Int = 10
     @Option(help: "denoise, --inject: CSV, one row per image, method, threshold and magnitude bin.") var injectCsv: String?
     @Option(help: "denoise, --inject: PNG prefix: PREFIX-completeness.png and PREFIX-flux.png.") var injectPlot: String?
+    @Option(help: "denoise, --frames: the equivalent-stack scale: means of 2 ... S real frames (frame k and the next ones) scored as methods, every method against the mean of the other frames - S + 1 (0: off; each frame against the mean of all others).") var stacks: Int = 0
 }
 
 extension Evaluate {

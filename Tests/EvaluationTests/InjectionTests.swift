@@ -95,7 +95,7 @@ final class InjectionTests: XCTestCase {
         let noise = noiseFrame(256, seed: 3)
         let p = try plan(noise)
         let img = p.inject(into: noise)
-        let thresholds = [0.8, 1, 1.5, 2, 3, 4, 6]
+        let thresholds = [0.5, 1, 1.5, 2, 3, 4, 6]
         let s = try InjectionRecovery.score(image: img, imageName: "noise", method: "none", plan: p, settings: settings, detection: DetectionOptions(),
                                             thresholds: thresholds, radius: 1.5, bins: 8)
         let c = try XCTUnwrap(s.chosenRecovery)
