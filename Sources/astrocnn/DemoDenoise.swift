@@ -108,7 +108,7 @@ extension Demo {
     /// where against the noisy long exposure they count as spurious.
     func printExactScores(_ results: [DenoiseResult], clean: Image2D, sources: [SyntheticSource], radius: Double, aperture: Double) {
         let range = (clean.pixels.max() ?? 1) - (clean.pixels.min() ?? 0)
-        print(String(format: "\nagainst the exact truth (%d stars, %d galaxies; star fluxes in the %.0f px aperture from their profiles) and the noiseless sky:",
+        print(String(format: "\nagainst the exact truth (%d stars, %d galaxies; flux error of the isolated stars off galaxies, their exact flux in the %.0f px aperture) and the noiseless sky:",
                      sources.filter { $0.kind == .star }.count, sources.filter { $0.kind == .galaxy }.count, aperture))
         print("method        TPR[%]   prec      F   RFE[%]  bias[%]  PSNR[dB]    SSIM")
         for r in results {
