@@ -97,9 +97,9 @@ extension Evaluate {
                     c.map { String(format: "%.3f", $0.purity) } ?? "-",
                     c.map { "\($0.recoveredTotal)" } ?? "-", c.map { "\($0.spurious)" } ?? "-",
                     c.map { Evaluate.fmtDepth($0.depth50, $0.depth50Bound) } ?? "n/a",
-                    c.flatMap { c in raw.map { String(format: "%+.2f", c.depth50 - $0.depth50) } } ?? "n/a",
+                    c.flatMap { c in raw.map { Evaluate.fmtDepth(c.depth50 - $0.depth50, false) } } ?? "n/a",
                     c.map { Evaluate.fmtDepth($0.depth90, $0.depth90Bound) } ?? "n/a",
-                    c.flatMap { c in raw.map { String(format: "%+.2f", c.depth90 - $0.depth90) } } ?? "n/a",
+                    c.flatMap { c in raw.map { Evaluate.fmtDepth(c.depth90 - $0.depth90, false) } } ?? "n/a",
                     String(format: "%.2f%%", 100 * s.fluxMedianAbsError), String(format: "%+.2f%%", 100 * s.fluxMedianBias),
                     String(format: "%+.2f%%", 100 * s.fluxMeanBias), "\(s.fluxCount)"]
                 print((s.method == "none" ? "raw" : s.method).padding(toLength: 12, withPad: " ", startingAt: 0) + cols.map { $0.leftPad(8) }.joined())
