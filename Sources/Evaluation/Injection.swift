@@ -153,10 +153,19 @@ public struct InjectionPlan: Sendable {
         var clean = valid
         for y in 0..<h { for x in 0..<w where y < border || x < border || y >= h - border || x >= w - border { clean[y * w + x] = false } }
         // Invalid pixels spoil stamps that touch them: dilate the invalid area by the stamp's half size.
+        // (A separable box dilation: rows, then columns, by running counts.)
         let hs = psf.width / 2 + 3
-        for y in 0..<h { for x in 0..<w where !valid[y * w + x] {
-            for yy in max(0, y - hs)...min(h - 1, y + hs) { for xx in max(0, x - hs)...min(w - 1, x + hs) { clean[yy * w + xx] = false } }
-        } }
+        var rowHit = [Bool](repeating: false, count: w * h)
+        for y in 0..<h {
+            var prefix = [Int](repeating: 0, count: w + 1)
+            for x in 0..<w { prefix[x + 1] = prefix[x] + (valid[y * w + x] ? 0 : 1) }
+            for x in 0..<w where prefix[min(w, x + hs + 1)] - prefix[max(0, x - hs)] > 0 { rowHit[y * w + x] = true }
+        }
+        for x in 0..<w {
+            var prefix = [Int](repeating: 0, count: h + 1)
+            for y in 0..<h { prefix[y + 1] = prefix[y] + (rowHit[y * w + x] ? 1 : 0) }
+            for y in 0..<h where prefix[min(h, y + hs + 1)] - prefix[max(0, y - hs)] > 0 { clean[y * w + x] = false }
+        }
         for s in real where s.x.isFinite && s.y.isFinite {
             let r = 3 * (s.a.isFinite ? s.a : 0) + settings.exclusionFWHM * fwhm
             let ri = Int(r.rounded(.up))

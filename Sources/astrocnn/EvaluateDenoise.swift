@@ -183,9 +183,10 @@ extension Evaluate {
                 throw ValidationError("\(name): \(truth.width)x\(truth.height) is too small: the background mesh and the metrics need at least 32x32 pixels")
             }
             FileHandle.standardError.write(Data("\(name): \(truth.width)x\(truth.height), \(how)\n".utf8))
-            var (ref, results) = try ev.evaluate(name: name, truth: truth, noisy: noisy, methods: list) {
+            let (ref, scored) = try ev.evaluate(name: name, truth: truth, noisy: noisy, methods: list) {
                 FileHandle.standardError.write(Data(($0 + "\n").utf8))
             }
+            var results = scored
             for (sname, img) in stacks[name] ?? [] {   // the equivalent-stack scale
                 let r = try ev.score(image: name, method: sname, estimate: img, reference: ref, inputSNR: results[0].detection.meanSNR,
                                      seconds: 0, parameters: "mean of \(sname.dropFirst(5)) registered real frames")

@@ -64,15 +64,26 @@ final class InjectionCLITests: XCTestCase {
 
     func testDenoiseDemoIsScoredAgainstTheExactSourceList() throws {
         let exe = try astrocnnExecutable()
-        let (s, o, e) = try runProcess(exe, ["demo", "--task", "denoise", "--size", "128", "--output", dir + "/demo"])
+        let (s, o, e) = try runProcess(exe, ["demo", "--task", "denoise", "--size", "256", "--output", dir + "/demo"])
         XCTAssertEqual(s, 0, o + e)
-        XCTAssertTrue(o.contains("against the exact truth"), o)
         let lines = o.split(separator: "\n")
-        let start = try XCTUnwrap(lines.firstIndex { $0.contains("against the exact truth") })
-        let noisy = try XCTUnwrap(lines[start...].first { $0.hasPrefix("noisy") })
-        let tpr = try XCTUnwrap(Double(noisy.split(separator: " ")[1]))
-        // The simulated stars are all at least 1,000 e- (SNR > 10 in the short exposure): the
-        // noisy input finds most of them.
-        XCTAssertGreaterThan(tpr, 60, o)
+        let start = try XCTUnwrap(lines.firstIndex { $0.contains("against the exact truth") }, o)
+        XCTAssertTrue(lines[start].contains("300 stars, 12 galaxies"), String(lines[start]))
+        var rows: [String: [Double]] = [:]
+        for l in lines[start...].dropFirst(2) {
+            let f = l.split(separator: " ")
+            guard f.count == 8, let v = Optional(f.dropFirst().compactMap { Double($0) }), v.count == 7 else { continue }
+            rows[String(f[0])] = v
+        }
+        XCTAssertEqual(Set(rows.keys), ["noisy", "gaussian", "median", "starlet", "astro-unet"], o)
+        // At 5 sigma every detection of the short exposure is a listed star or a piece of a
+        // listed galaxy (precision 1); the faintest stars (1,000 e-, peaks about 4 sigma) are
+        // mostly missed, so TPR against the exact list is well under 100%; isolated stars off
+        // galaxies have a measured flux error.
+        let noisy = try XCTUnwrap(rows["noisy"])
+        XCTAssertEqual(noisy[1], 1, o)
+        XCTAssertGreaterThan(noisy[0], 5, o)
+        XCTAssertLessThan(noisy[0], 90, o)
+        XCTAssertTrue(noisy[3].isFinite, o)
     }
 }
