@@ -205,7 +205,7 @@ public struct DenoiseEvaluator {
         return (ref, results)
     }
 
-    func line(_ r: DenoiseResult, _ ref: Reference) -> String {
+    public func line(_ r: DenoiseResult, _ ref: Reference) -> String {
         String(format: "  %@ PSNR %7.2f dB  SSIM %.4f  TPR %5.1f%%  F %.3f  RFE %5.2f%%  SNR gain %.2f  %.2f s  %@",
                r.method.padding(toLength: 10, withPad: " ", startingAt: 0), r.psnr, r.ssim, 100 * r.detection.tpr,
                r.detection.fMeasure, 100 * r.detection.relativeFluxError, r.snrGain, r.seconds, r.parameters)

@@ -40,7 +40,12 @@ public struct SyntheticSky: Sendable {
         return SourceImage(name: "synthetic-\(size)-seed\(seed)", checksum: crc, raw: img)
     }
 
-    public func render() -> Image2D {
+    public func render() -> Image2D { renderWithSources().image }
+
+    /// The rendered sky and the exact list of the stars and galaxies in it (clouds are diffuse
+    /// and not listed), in the order they were drawn.
+    public func renderWithSources() -> (image: Image2D, sources: [SyntheticSource]) {
+        var list: [SyntheticSource] = []
         var rng = SplitMix64(seed: seed)
         func uniform(_ a: Double, _ b: Double) -> Double { a + (b - a) * Double(rng.next() >> 11) * 0x1p-53 }
         let n = size
@@ -69,6 +74,10 @@ public struct SyntheticSky: Sendable {
             let sersic = uniform(0.5, 4), re = uniform(3, 25), q = uniform(0.3, 1), theta = uniform(0, Double.pi)
             let i0 = uniform(0.05, 0.5)
             let bn = 2 * sersic - 1.0 / 3 + 4 / (405 * sersic) + 46 / (25515 * sersic * sersic)
+            // Total flux of the Sersic profile: 2 pi q re^2 I0 n e^bn Gamma(2n) / bn^2n.
+            let total = 2 * Double.pi * q * re * re * i0 * sersic * exp(bn) * tgamma(2 * sersic) / pow(bn, 2 * sersic)
+            list.append(SyntheticSource(kind: .galaxy, x: cx, y: cy, flux: total, fwhm: .nan, beta: .nan,
+                                        effectiveRadius: re, sersicIndex: sersic, axisRatio: q))
             let reach = Int(min(Double(n), re * 8))
             let (ct, st) = (cos(theta), sin(theta))
             for y in max(0, Int(cy) - reach)..<min(n, Int(cy) + reach) {
@@ -88,6 +97,8 @@ public struct SyntheticSky: Sendable {
             let fwhm = uniform(2.2, 2.8)
             let alpha = fwhm / (2 * (pow(2, 1 / beta) - 1).squareRoot())
             let norm = flux * (beta - 1) / (Double.pi * alpha * alpha)
+            list.append(SyntheticSource(kind: .star, x: cx, y: cy, flux: flux, fwhm: fwhm, beta: beta,
+                                        effectiveRadius: .nan, sersicIndex: .nan, axisRatio: .nan))
             let reach = Int(alpha * 12) + 2
             for y in max(0, Int(cy) - reach)..<min(n, Int(cy) + reach + 1) {
                 for x in max(0, Int(cx) - reach)..<min(n, Int(cx) + reach + 1) {
@@ -96,6 +107,6 @@ public struct SyntheticSky: Sendable {
                 }
             }
         }
-        return img
+        return (img, list)
     }
 }

@@ -48,6 +48,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Threads (default: all cores).") var threads: Int?
 
     @OptionGroup var denoise: DenoiseOptions
+    @OptionGroup var injection: InjectionOptions
 
     func run() throws {
         do {

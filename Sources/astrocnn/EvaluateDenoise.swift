@@ -85,6 +85,10 @@ extension Evaluate {
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
         var pairs: [(String, Image2D, Image2D, String, Double?)] = []
+        var plans: [String: InjectionPlan] = [:]   // --inject: per image
+        var stacks: [String: [(String, Image2D)]] = [:]   // --stacks: per image
+        guard injection.inject >= 0 else { throw ValidationError("--inject must be >= 0") }
+        guard injection.stacks == 0 || !denoise.frames.isEmpty else { throw ValidationError("--stacks needs --frames") }
         let modes = [!images.isEmpty, denoise.input != nil, !denoise.frames.isEmpty].filter { $0 }.count
         guard modes == 1 else { throw ValidationError("give exactly one of --images (simulated short exposures), --input with --reference (a real pair) or --frames (real frames, each against the mean of the others)") }
         if let input = denoise.input {
@@ -108,7 +112,11 @@ extension Evaluate {
             guard denoise.frames.count >= 2 else { throw ValidationError("--frames needs at least two frames") }
             let files = try denoise.frames.map { try Evaluate.load($0) }
             let loaded = files.map(\.0)
-            for k in loaded.indices {
+            if injection.stacks > 0 {
+                (pairs, stacks) = try stackPairs(loaded, names: denoise.frames.map { ($0 as NSString).lastPathComponent },
+                                                 gains: files.map { denoise.gain ?? ExposureKeywords(keyword: $0.1.keyword).gain?.value }, threads: threads)
+            }
+            for k in loaded.indices where injection.stacks == 0 {
                 let (mean, _) = try FramePairs.meanOfOthers(loaded, onto: k, threads: threads)
                 let a = try FramePairs.aligned(frame: loaded[k], reference: mean, threads: threads)
                 pairs.append(((denoise.frames[k] as NSString).lastPathComponent, a.reference, a.frame,
@@ -141,10 +149,31 @@ extension Evaluate {
                 let model = ExposureNoise(ratio: denoise.ratio, gain: g, readNoise: ron, darkRate: denoise.dark / 3600,
                                           exposureTime: header.exposureTime?.value ?? 0, sky: skyLevel, clipNegative: denoise.clip)
                 if let p = model.problem { throw ValidationError("\(path): \(p)") }
-                let noisy = model.apply(truth, seed: seed &+ UInt64(k), threads: threads)
-                pairs.append(((path as NSString).lastPathComponent, truth, noisy, model.description, model.outputGain))
+                var noisy = model.apply(truth, seed: seed &+ UInt64(k), threads: threads)
+                var truthIn = truth
+                if injection.inject > 0 {
+                    // The sources go into the long exposure, so the short one has their photon noise too.
+                    let plan = try injectionPlan(psfImage: truth, noisy: noisy, real: [truth, noisy], name: (path as NSString).lastPathComponent)
+                    plans[(path as NSString).lastPathComponent] = plan
+                    truthIn = plan.inject(into: truth)
+                    noisy = model.apply(truthIn, seed: seed &+ UInt64(k), threads: threads)
+                }
+                pairs.append(((path as NSString).lastPathComponent, truthIn, noisy, model.description, model.outputGain))
             }
         }
+        if injection.inject > 0 && images.isEmpty {
+            // Real frames: the same sources (positions, fluxes, PSF measured from the frame's stars)
+            // go into the frame and its reference, so reference-based metrics stay consistent.
+            for i in pairs.indices {
+                let (name, ref, frame, _, _) = pairs[i]
+                let plan = try injectionPlan(psfImage: frame, noisy: frame, real: [frame, ref], name: name)
+                plans[name] = plan
+                pairs[i].1 = plan.inject(into: ref)
+                pairs[i].2 = plan.inject(into: frame)
+                stacks[name] = stacks[name]?.map { ($0.0, plan.inject(into: $0.1)) }
+            }
+        }
+        var injected: [InjectionScore] = []
         var all: [DenoiseResult] = []
         var panelImages: [(title: String, pixels: [Float], marks: [ComparisonPanel.Mark])] = []
         var panelSize = (0, 0), panelRadius = 6.0
@@ -154,12 +183,20 @@ extension Evaluate {
                 throw ValidationError("\(name): \(truth.width)x\(truth.height) is too small: the background mesh and the metrics need at least 32x32 pixels")
             }
             FileHandle.standardError.write(Data("\(name): \(truth.width)x\(truth.height), \(how)\n".utf8))
-            let (ref, results) = try ev.evaluate(name: name, truth: truth, noisy: noisy, methods: list) {
+            let (ref, scored) = try ev.evaluate(name: name, truth: truth, noisy: noisy, methods: list) {
                 FileHandle.standardError.write(Data(($0 + "\n").utf8))
+            }
+            var results = scored
+            for (sname, img) in stacks[name] ?? [] {   // the equivalent-stack scale
+                let r = try ev.score(image: name, method: sname, estimate: img, reference: ref, inputSNR: results[0].detection.meanSNR,
+                                     seconds: 0, parameters: "mean of \(sname.dropFirst(5)) registered real frames")
+                FileHandle.standardError.write(Data((ev.line(r, ref) + "\n").utf8))
+                results.append(r)
             }
             FileHandle.standardError.write(Data(String(format: "  reference: %d sources, FWHM %.2f px, match radius %.2f px\n",
                                                        ref.catalogue.count, ref.fwhm, ref.radius).utf8))
             all += results
+            if let plan = plans[name] { injected += try scoreInjection(results, plan: plan, image: name) }
             if k == 0, panel != nil {
                 let z = min(zoom, truth.height, truth.width)
                 let (zy, zx) = brightestWindow(truth.map { $0.isFinite ? $0 : 0 }, side: z)
@@ -182,7 +219,8 @@ extension Evaluate {
                 }
             }
         }
-        printDenoiseTable(all, methods: ["none"] + list.filter { $0 != .none }.map(\.name))
+        printDenoiseTable(all, methods: ["none"] + list.filter { $0 != .none }.map(\.name) + (2...max(2, injection.stacks)).map { "stack\($0)" }.filter { s in all.contains { $0.method == s } })
+        if !injected.isEmpty { printInjection(injected, plans: plans) }
         if let c = csv {
             var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters\n"
             for r in all {
@@ -192,6 +230,7 @@ extension Evaluate {
             try AtomicFile.write(Array(text.utf8), to: c, overwrite: true)
             print("wrote \(c)")
         }
+        if !injected.isEmpty { try writeInjection(injected) }
         if let p = panel, !panelImages.isEmpty {
             try ComparisonPanel.render(panelImages, width: panelSize.0, height: panelSize.1, maxSide: 300, circleRadius: panelRadius,
                                        legend: "green: matched   red: missed (in the reference only)   blue: spurious").write(to: p)
