@@ -57,6 +57,12 @@ public struct InjectionPlan: Sendable {
     public var width: Int
     public var height: Int
 
+    public init(sources: [InjectedSource], psf: Image2D, fwhm: Double, psfNote: String, sigma: Double, effectiveArea: Double,
+                limitFlux: Double, zeropoint: Double, clean: [Bool], width: Int, height: Int) {
+        (self.sources, self.psf, self.fwhm, self.psfNote, self.sigma) = (sources, psf, fwhm, psfNote, sigma)
+        (self.effectiveArea, self.limitFlux, self.zeropoint, self.clean, self.width, self.height) = (effectiveArea, limitFlux, zeropoint, clean, width, height)
+    }
+
     public struct Failure: Error, CustomStringConvertible { public let description: String }
 
     /// A normalised circular Gaussian stamp of the given FWHM (odd side about 4 FWHM, at least 9).
@@ -117,7 +123,7 @@ public struct InjectionPlan: Sendable {
 
     /// The PSF shifted by (fx, fy) pixels (|f| <= 0.5) by separable Fourier interpolation, on a
     /// stamp 6 pixels wider, renormalised to sum 1.
-    static func shifted(_ k: Image2D, fx: Double, fy: Double) -> Image2D {
+    public static func shifted(_ k: Image2D, fx: Double, fy: Double) -> Image2D {
         let pad = 3
         let n = k.width + 2 * pad
         var rows = Image2D(height: k.height, width: n)

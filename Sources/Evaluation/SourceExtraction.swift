@@ -875,6 +875,12 @@ public struct DetectedSource: Sendable, Equatable {
     public var a: Double, b: Double, theta: Double
     /// Sum of the background-subtracted values of the object's pixels.
     public var isoFlux: Double
+
+    public init(x: Double, y: Double, flux: Double, fluxErr: Double, snr: Double, npix: Int, peak: Double, flags: Int,
+                a: Double, b: Double, theta: Double, isoFlux: Double) {
+        (self.x, self.y, self.flux, self.fluxErr, self.snr, self.npix) = (x, y, flux, fluxErr, snr, npix)
+        (self.peak, self.flags, self.a, self.b, self.theta, self.isoFlux) = (peak, flags, a, b, theta, isoFlux)
+    }
 }
 
 public struct DetectionResult: Sendable {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import Evaluation
+import Evaluation
 import Foundation
 import ModelFormat
 import Imaging
@@ -64,7 +64,9 @@ final class InjectionTests: XCTestCase {
         let exclusion = 3 * 4 + 3 * 3.0
         let border = p.psf.width / 2 + 3
         for s in p.sources {
-            XCTAssertGreaterThan(((s.x - 60) * (s.x - 60) + (s.y - 60) * (s.y - 60)).squareRoot(), exclusion - 0.5)
+            let dx: Double = s.x - 60, dy: Double = s.y - 60
+            let distance: Double = (dx * dx + dy * dy).squareRoot()
+            XCTAssertGreaterThan(distance, exclusion - 0.5)
             XCTAssertGreaterThanOrEqual(s.x, Double(border) - 0.5)
             XCTAssertLessThanOrEqual(s.x, Double(200 - border) - 0.5)
             XCTAssertGreaterThanOrEqual(s.y, Double(border) - 0.5)
