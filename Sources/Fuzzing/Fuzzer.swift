@@ -220,7 +220,7 @@ public final class Fuzzer {
                     report.results[target, default: 0] += 1
                 }
                 if dt > report.slowestCase { report.slowestCase = dt; report.slowestName = name }
-                // The process's peak (getrusage) catches what a case held only for a moment; it only
+                // The program's peak (VmHWM) catches what a case held only for a moment; it only
                 // grows, so the case that raised it is the one that used the memory.
                 let rss = max(Fuzzer.residentBytes(), Fuzzer.peakResidentBytes())
                 if rss > report.peakRSS { report.peakRSS = rss; report.peakCase = name }
@@ -326,8 +326,14 @@ public final class Fuzzer {
         return f.count > 1 ? (Int(f[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
     }
 
-    /// Peak resident set size of the process (getrusage), bytes.
+    /// Peak resident set size of this program (VmHWM of /proc/self/status; getrusage's
+    /// ru_maxrss would also count the parent's pages at the fork before exec), bytes.
     public static func peakResidentBytes() -> Int {
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+           let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+           let kb = line.split(separator: " ").compactMap({ Int($0) }).first {
+            return kb * 1024
+        }
         var u = rusage()
         getrusage(RUSAGE_SELF.rawValue, &u)
         return u.ru_maxrss * 1024

@@ -15,9 +15,16 @@ struct AstroCNNCommand: ParsableCommand {
         if let f = ProcessInfo.processInfo.environment["ASTROCNN_PEAK_RSS_FILE"] {
             peakRSSFile = strdup(f)
             atexit {
-                var u = rusage()
-                getrusage(RUSAGE_SELF.rawValue, &u)
-                if let p = peakRSSFile, let fp = fopen(p, "w") { fputs("\(u.ru_maxrss * 1024)\n", fp); fclose(fp) }
+                // VmHWM: this program's own peak (getrusage's ru_maxrss also counts the pages of
+                // the parent this process was forked from, before exec).
+                var peak = -1
+                if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+                   let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+                   let kb = line.split(separator: " ").compactMap({ Int($0) }).first {
+                    peak = kb * 1024
+                }
+                if peak < 0 { var u = rusage(); getrusage(RUSAGE_SELF.rawValue, &u); peak = u.ru_maxrss * 1024 }
+                if let p = peakRSSFile, let fp = fopen(p, "w") { fputs("\(peak)\n", fp); fclose(fp) }
             }
         }
         _ = PhaseProfile.shared  // starts the clock of ASTROCNN_PROFILE
