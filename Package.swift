@@ -44,10 +44,11 @@ let package = Package(
         .target(name: "Imaging", dependencies: ["ModelFormat", "Runtime"]),
         .target(name: "Trainer", dependencies: ["ModelFormat", "Kernels", "Runtime", "Imaging"]),
         .target(name: "Evaluation", dependencies: ["Imaging", "Runtime", "ModelFormat", "Reporting"]),
+        .target(name: "Fuzzing", dependencies: ["Runtime", "ModelFormat", "CFITSIO", "CPUFeatures"]),
         .executableTarget(
             name: "astrocnn",
             dependencies: [
-                "Runtime", "ModelFormat", "Kernels", "Reporting", "Imaging", "Trainer", "Evaluation", "CPUFeatures",
+                "Runtime", "ModelFormat", "Kernels", "Reporting", "Imaging", "Trainer", "Evaluation", "CPUFeatures", "Fuzzing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

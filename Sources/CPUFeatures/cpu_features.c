@@ -29,3 +29,12 @@ int acnn_malloc_keep_freed(long mmap_threshold, long trim_threshold) {
     return 0;
 #endif
 }
+
+long acnn_malloc_in_use(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    struct mallinfo2 m = mallinfo2();
+    return (long)(m.uordblks + m.hblkhd);
+#else
+    return -1;
+#endif
+}

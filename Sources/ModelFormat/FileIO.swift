@@ -62,8 +62,31 @@ public enum AtomicFile {
         return "\(dir).\(base).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     }
 
-    /// Checks up front that `path` may be written (so long computations fail early).
+    /// Removes temporary files next to `path` left by processes that no longer run (killed
+    /// mid-write: their `.NAME.tmp-PID-N` files were never renamed into place).
+    public static func removeStaleTemporaries(for path: String) {
+        let dir: String, base: String
+        if let slash = path.lastIndex(of: "/") {
+            dir = String(path[...slash]); base = String(path[path.index(after: slash)...])
+        } else {
+            dir = ""; base = path
+        }
+        let prefix = ".\(base).tmp-"
+        guard let d = opendir(dir.isEmpty ? "." : dir) else { return }
+        defer { closedir(d) }
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix(prefix) else { continue }
+            let rest = name.dropFirst(prefix.count)
+            guard let dash = rest.firstIndex(of: "-"), let pid = Int32(rest[..<dash]), pid > 0 else { continue }
+            if pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH { unlink(dir + name) }
+        }
+    }
+
+    /// Checks up front that `path` may be written (so long computations fail early), and
+    /// removes temporaries of `path` that killed processes left.
     public static func checkWritable(_ path: String, overwrite: Bool) throws {
+        removeStaleTemporaries(for: path)
         if !overwrite && access(path, F_OK) == 0 { throw Failure.exists(path) }
         let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
         if access(dir.isEmpty ? "/" : dir, W_OK) != 0 {
@@ -107,6 +130,7 @@ public enum AtomicFile {
 
     /// Writes `bytes` to `path` atomically.
     public static func write(_ bytes: [UInt8], to path: String, overwrite: Bool) throws {
+        removeStaleTemporaries(for: path)
         let tmp = temporaryPath(for: path)
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0o644)
         if fd < 0 { throw Failure.io("cannot create \(tmp): \(String(cString: strerror(errno)))") }

@@ -367,5 +367,10 @@ public struct GraphAnalysis: Sendable {
         if !["none", "clip_max", "minmax", "meanstd", "sky_mad", "noise_mad", "sky_vst"].contains(norm) {
             throw ModelFormatError.invalid("unknown normalization '\(norm)'")
         }
+        if let t = metadata["default_tile"] {
+            guard let v = t.intValue, (1...65536).contains(v) else {
+                throw ModelFormatError.invalid("metadata 'default_tile' is \(t); it must be an integer from 1 to 65536 pixels")
+            }
+        }
     }
 }

@@ -82,7 +82,7 @@ public struct ModelReader: @unchecked Sendable {
         if dataOffset % UInt64(ModelFile.alignment) != 0 || dataOffset < UInt64(headerLength) || dataOffset > UInt64(size) {
             throw ModelFormatError.invalid("data offset \(dataOffset) is not a 64-aligned offset after the header")
         }
-        if dataOffset + dataLength != UInt64(size) {
+        if dataLength != UInt64(size) - dataOffset {
             throw ModelFormatError.invalid("data offset \(dataOffset) + length \(dataLength) != file size \(size)")
         }
 

@@ -65,6 +65,11 @@ public enum FITSError: Error, CustomStringConvertible, Equatable {
     case cfitsio(String, Int32, String)
     case exists(String)
     case io(String)
+    /// An HDU whose header declares more data than the file holds: (path, HDU, declared bytes,
+    /// bytes after the header).
+    case truncated(String, Int, Double, Double)
+    /// An image larger than this program handles.
+    case tooLarge(String, String)
 
     public var description: String {
         switch self {
@@ -79,6 +84,9 @@ public enum FITSError: Error, CustomStringConvertible, Equatable {
         case .cfitsio(let what, let code, let msg): return "\(what): cfitsio error \(code): \(msg)"
         case .exists(let p): return "\(p) already exists (pass --overwrite to replace it)"
         case .io(let s): return s
+        case .truncated(let p, let hdu, let need, let have):
+            return "\(p): HDU \(hdu) declares \(MemoryBudget.describe(need)) of data but the file holds only \(MemoryBudget.describe(have)) after its header: the file is truncated or its NAXISn/BITPIX keywords are damaged"
+        case .tooLarge(let p, let why): return "\(p): \(why)"
         }
     }
 }
@@ -91,8 +99,9 @@ public enum FITSIO {
     public static func readImage(path: String, hdu: String? = nil) throws -> FITSImage {
         let reader = try FITSReader(path: path, hdu: hdu)
         let (width, height) = (reader.width, reader.height)
-        let (count, overflow) = width.multipliedReportingOverflow(by: height)
-        if overflow || count > 1 << 33 { throw FITSError.io("\(path): image \(width)x\(height) is too large") }
+        // Read buffers (Float64 values, null flags) and the image's Float32 pixels and mask.
+        try MemoryBudget.check(Double(width) * Double(height) * 14, "\(path): reading the whole \(width)x\(height) image into memory",
+                               hint: "`restore` (without --in-memory) streams images of any height in row bands")
         var pixels = [Float](), invalid = [Bool]()
         try reader.readRows(0, height, pixels: &pixels, invalid: &invalid)
         return FITSImage(width: width, height: height, pixels: pixels, invalid: invalid, headerCards: reader.headerCards,
@@ -136,7 +145,9 @@ public enum FITSIO {
             if !m.isEmpty { stack.append(m) }
         }
         if !stack.isEmpty { text += " (" + stack.prefix(3).joined(separator: "; ") + ")" }
-        return text
+        // cfitsio quotes header bytes in its messages; a damaged header must not put control
+        // characters or invalid UTF-8 on the user's terminal.
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { $0.isASCII && $0.value >= 32 && $0.value < 127 ? $0 : "?" }))
     }
 }
 
@@ -188,6 +199,10 @@ public final class FITSReader: @unchecked Sendable {
         if !plain.isEmpty, plain != "-", !plain.contains("://"), access(plain, F_OK) != 0 {
             throw FITSError.missingFile(plain)
         }
+        if !plain.isEmpty, plain != "-", !plain.contains("://") {
+            try FITSReader.checkGzipSize(plain)
+            try FITSHeaderScan.check(plain)
+        }
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
         if hdu == nil {
@@ -196,6 +211,7 @@ public final class FITSReader: @unchecked Sendable {
             ffopen(&f, path, READONLY, &status)
         }
         if status != 0 || f == nil {
+            if f != nil { var s: Int32 = 0; ffclos(f, &s) }
             let msg = FITSIO.errorText(status)
             if status == 104 { throw FITSError.missingFile(path) }  // FILE_NOT_OPENED
             if status == 301 || status == 320 { throw FITSError.noImage(path) }  // BAD_HDU_NUM, NOT_IMAGE
@@ -228,8 +244,10 @@ public final class FITSReader: @unchecked Sendable {
         let axes = Array(naxes[0..<Int(min(naxis, 9))])
         if naxis == 0 { throw FITSError.noImage("\(path) (HDU \(hdunum - 1) has NAXIS = 0)") }
         if naxis == 1 { throw FITSError.oneDimensional(path) }
+        if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
         if axes.contains(0) { throw FITSError.empty(path) }
         if axes.dropFirst(2).contains(where: { $0 > 1 }) { throw FITSError.cube(path, axes) }
+        try FITSReader.checkDeclaredSize(f!, path: path, axes: axes, bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
         var nkeys: Int32 = 0, more: Int32 = 0
         ffghsp(f, &nkeys, &more, &status)
         var cards: [String] = []
@@ -261,6 +279,71 @@ public final class FITSReader: @unchecked Sendable {
 
     deinit { close() }
 
+    /// The largest image accepted: 2^40 pixels (a terapixel), each axis below 2^31.
+    public static let maxPixels = 1 << 40
+
+    /// Refuses, before any pixel is read, an HDU whose header declares more than the file can
+    /// hold or than this program may allocate: an uncompressed image whose data would end past
+    /// the end of the file (truncated, or a damaged NAXISn), a tile-compressed image whose table
+    /// and heap do not fit the file or whose tiles alone exceed the memory budget, and any image
+    /// over `maxPixels`.
+    static func checkDeclaredSize(_ f: UnsafeMutablePointer<fitsfile>, path: String, axes: [Int], bitpix: Int, hdu: Int) throws {
+        var pixels = 1.0
+        for a in axes { pixels *= Double(a) }
+        let shape = axes.map(String.init).joined(separator: "x")
+        if axes[0] >= Int(Int32.max) || axes[1] >= Int(Int32.max) || pixels > Double(maxPixels) {
+            throw FITSError.tooLarge(path, "its header declares \(shape) pixels, more than the \(maxPixels) (2^40) this program handles; the header is probably damaged")
+        }
+        var status: Int32 = 0
+        var headStart: Int64 = 0, dataStart: Int64 = 0, dataEnd: Int64 = 0
+        ffghadll(f, &headStart, &dataStart, &dataEnd, &status)
+        let fileSize = Double(f.pointee.Fptr.pointee.logfilesize)
+        if status != 0 { throw FITSError.cfitsio(path, status, FITSIO.errorText(status)) }
+        var cs: Int32 = 0
+        if fits_is_compressed_image(f, &cs) != 0 {
+            // The binary table holding the compressed tiles, and its heap.
+            func key(_ name: String) -> Double {
+                var v: Int64 = 0, s: Int32 = 0
+                ffgkyjj(f, name, &v, nil, &s)
+                return s == 0 ? Double(v) : 0
+            }
+            let table = key("NAXIS1") * key("NAXIS2") + key("PCOUNT")
+            if Double(dataStart) + table > fileSize {
+                throw FITSError.truncated(path, hdu, table, max(0, fileSize - Double(dataStart)))
+            }
+            var tile = 1.0
+            for (i, a) in axes.enumerated() {
+                let t = key("ZTILE\(i + 1)")
+                tile *= t > 0 ? t : (i == 0 ? Double(a) : 1)
+            }
+            // cfitsio decompresses one tile at a time into buffers of a few bytes per pixel.
+            try MemoryBudget.check(tile * 16, "\(path): decompressing its \(shape) image in tiles of \(String(format: "%.0f", tile)) pixels",
+                                   hint: "the ZTILEn keywords are probably damaged")
+            try FITSTileCheck.check(f, path: path, hdu: hdu, tilePixels: tile)
+        } else {
+            let bytes = pixels * Double(abs(bitpix) / 8)
+            if Double(dataStart) + bytes > fileSize {
+                throw FITSError.truncated(path, hdu, bytes, max(0, fileSize - Double(dataStart)))
+            }
+        }
+    }
+
+    /// A gzip file is decompressed into memory by cfitsio when opened: its declared size (the
+    /// trailer's ISIZE, the size modulo 4 GiB) must fit the memory budget.
+    static func checkGzipSize(_ plain: String) throws {
+        let fd = open(plain, O_RDONLY)
+        if fd < 0 { return }
+        defer { Glibc.close(fd) }
+        var magic = [UInt8](repeating: 0, count: 2)
+        guard read(fd, &magic, 2) == 2, magic == [0x1f, 0x8b] else { return }
+        let end = lseek(fd, -4, SEEK_END)
+        var trailer = [UInt8](repeating: 0, count: 4)
+        guard end > 0, read(fd, &trailer, 4) == 4 else { throw FITSError.notFITS(plain, "a truncated gzip file") }
+        let isize = Double(UInt32(trailer[0]) | UInt32(trailer[1]) << 8 | UInt32(trailer[2]) << 16 | UInt32(trailer[3]) << 24)
+        try MemoryBudget.check(isize * 1.5, "\(plain): decompressing this gzip file (\(MemoryBudget.describe(isize)) of FITS) into memory",
+                               hint: "decompress it to disk first (gunzip), then restore streams it")
+    }
+
     public func close() {
         if file != nil { var s: Int32 = 0; ffclos(file, &s); file = nil }
     }
@@ -279,6 +362,10 @@ public final class FITSReader: @unchecked Sendable {
             throw FITSError.io("\(path): window rows \(rows) columns \(columns) lies outside the \(width)x\(height) image")
         }
         let count = rows.count * columns.count
+        // Values as read (8 bytes), null flags, pixels and the invalid mask, while they are copied.
+        try MemoryBudget.check(Double(rows.count) * Double(columns.count) * 14,
+                               "\(path): reading \(columns.count)x\(rows.count) pixels at once",
+                               hint: "use streaming restore or smaller tiles")
         if plainFloat {
             try readFloatWindow(f, rows: rows, columns: columns, count: count, pixels: &pixels, invalid: &invalid)
             return
@@ -371,13 +458,17 @@ public final class FITSWriter: @unchecked Sendable {
     public let path: String
     public let width: Int
     public let height: Int
+    /// NAXIS3 (1: a 2-D image).
+    public let planes: Int
     private let temporary: String
     private let overwrite: Bool
     private var file: UnsafeMutablePointer<fitsfile>?
 
-    public init(path: String, width: Int, height: Int, headerCards: [String],
+    /// `planes` > 1 writes a cube (NAXIS3 = planes). A path ending in `.fz` is written
+    /// tile-compressed (cfitsio's `[compress]`: Rice, floats quantised as fpack does).
+    public init(path: String, width: Int, height: Int, planes: Int = 1, headerCards: [String],
                 provenance: FITSIO.Provenance = FITSIO.Provenance(), overwrite: Bool = false) throws {
-        guard width > 0, height > 0 else { throw FITSError.io("writing \(path): empty \(width)x\(height) image") }
+        guard width > 0, height > 0, planes > 0 else { throw FITSError.io("writing \(path): empty \(width)x\(height) image") }
         do { try AtomicFile.checkWritable(path, overwrite: overwrite) } catch let e as AtomicFile.Failure {
             if case .exists = e { throw FITSError.exists(path) }
             throw FITSError.io(e.description)
@@ -385,15 +476,16 @@ public final class FITSWriter: @unchecked Sendable {
         self.path = path
         self.width = width
         self.height = height
+        self.planes = planes
         self.overwrite = overwrite
         let tmp = AtomicFile.temporaryPath(for: path)
         self.temporary = tmp
         var status: Int32 = 0
         var f: UnsafeMutablePointer<fitsfile>?
-        ffinit(&f, tmp, &status)
+        ffinit(&f, path.hasSuffix(".fz") ? tmp + "[compress]" : tmp, &status)
         if status != 0 || f == nil { throw FITSError.cfitsio("creating \(path)", status, FITSIO.errorText(status)) }
-        var naxes = [width, height]
-        ffcrim(f, FLOAT_IMG, 2, &naxes, &status)
+        var naxes = planes > 1 ? [width, height, planes] : [width, height]
+        ffcrim(f, FLOAT_IMG, Int32(naxes.count), &naxes, &status)
         for card in headerCards {
             var c = Array(card.utf8CString)
             let cls = ffgkcl(&c)
@@ -427,15 +519,22 @@ public final class FITSWriter: @unchecked Sendable {
     deinit { abort() }
 
     /// Writes whole rows starting at row `y0` (0-based); `pixels.count` must be a multiple of the width.
-    public func writeRows(_ y0: Int, _ pixels: UnsafeBufferPointer<Float>) throws {
+    public func writeRows(_ y0: Int, _ pixels: UnsafeBufferPointer<Float>, plane: Int = 0) throws {
         guard let f = file else { throw FITSError.io("writing \(path): the file is already closed") }
-        guard pixels.count % width == 0, y0 >= 0, y0 + pixels.count / width <= height else {
+        guard pixels.count % width == 0, y0 >= 0, y0 + pixels.count / width <= height, plane >= 0, plane < planes else {
             throw FITSError.io("writing \(path): \(pixels.count) pixels at row \(y0) do not fit the \(width)x\(height) image")
         }
         if pixels.isEmpty { return }
         var status: Int32 = 0
-        var first = [1, y0 + 1]
-        ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        var first = planes > 1 ? [1, y0 + 1, plane + 1] : [1, y0 + 1]
+        if path.hasSuffix(".fz") {
+            // Tile compression quantises floats: NaN must be written as cfitsio nulls (ZBLANK).
+            var nullValue: Float = -9.11912e-36  // cfitsio's FLOATNULLVALUE
+            var copy = pixels.map { $0.isFinite ? $0 : nullValue }
+            ffppxn(f, TFLOAT, &first, Int64(copy.count), &copy, &nullValue, &status)
+        } else {
+            ffppx(f, TFLOAT, &first, Int64(pixels.count), UnsafeMutableRawPointer(mutating: pixels.baseAddress!), &status)
+        }
         if status != 0 {
             let e = FITSError.cfitsio("writing \(path)", status, FITSIO.errorText(status))
             abort()

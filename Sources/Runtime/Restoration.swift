@@ -106,6 +106,10 @@ public enum Restoration {
 
         let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm, isa: options.isa,
                                  memoryBudget: options.memoryBudget)
+        // The image's copies (network units, padded, output, restored) and the tile maps.
+        let maps = min(Double(runner.wholeImageBudget), Double(ph) * Double(pw) * network.bytesPerInputPixel)
+        try MemoryBudget.check(Double(ph) * Double(pw) * 4 * 4 + maps, "restoring the \(w)x\(h) image in memory with '\(network.name)'",
+                               hint: "`restore` without --in-memory streams it in row bands")
         let out = try runner.run(padded: padded, height: ph, width: pw, parameters: options.parameters, progress: options.progress)
 
         var restored = [Float](repeating: 0, count: w * h)

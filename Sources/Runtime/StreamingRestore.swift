@@ -69,7 +69,7 @@ public enum StreamingRestore {
 
     /// The normalisation of the whole image (as `Normalization.fit` on the image in memory) and
     /// its invalid-pixel count, reading the image once in row bands (twice for `meanstd`).
-    public static func statistics(_ reader: FITSReader, kind: Normalization.Kind) throws -> Statistics {
+    public static func statistics(_ reader: some PixelSource, kind: Normalization.Kind) throws -> Statistics {
         let w = reader.width, h = reader.height
         let count = w * h
         let band = statisticsRows(width: w)
@@ -145,7 +145,7 @@ public enum StreamingRestore {
     /// The statistics of the rule `restore` applies (the options' override, else the model's),
     /// completed with what they cannot measure (`Restoration.resolved`: sky_vst's gain from the
     /// options or the file's header).
-    public static func statistics(_ reader: FITSReader, network: Network, options: Restoration.Options) throws -> Statistics {
+    public static func statistics(_ reader: some PixelSource, network: Network, options: Restoration.Options) throws -> Statistics {
         var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
         let cards = reader.headerCards
         stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
@@ -158,7 +158,7 @@ public enum StreamingRestore {
     /// finished rows in file units (NaN where invalid), row-major with the rectangle's width.
     /// Returns the number of tiles run.
     @discardableResult
-    public static func restoreWindow(_ reader: FITSReader, network: Network, layout: RestoreLayout, statistics: Statistics,
+    public static func restoreWindow(_ reader: some PixelSource, network: Network, layout: RestoreLayout, statistics: Statistics,
                                      rows: Range<Int>, columns: Range<Int>, options: Restoration.Options,
                                      sink: (Int, Int, [Float]) throws -> Void) throws -> Int {
         guard network.inputChannels == 1, network.outputChannels == 1 else {
@@ -414,6 +414,7 @@ public enum StreamingRestore {
                                        memoryBudget: options.memoryBudget ?? defaultBandBudget,
                                        wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
         profile.mark("layout (tile choice)")
+        try checkMemory(network: network, width: reader.width, height: reader.height, options: options, what: input)
         let stats = try statistics(reader, network: network, options: options)
         profile.mark("FITS statistics pass")
         let crc = try inputChecksum ?? fileChecksum(input)
@@ -439,6 +440,21 @@ public enum StreamingRestore {
         return RestoreReport(width: reader.width, height: reader.height, invalidPixels: stats.invalidPixels,
                              normalization: stats.normalization, padding: layout.padding, tiles: tiles,
                              seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Refuses, before the first pixel is read, a streaming restore whose peak memory
+    /// (`memoryEstimate`, an upper bound) exceeds `MemoryBudget`: it says how much it would need,
+    /// its largest part, and how to proceed.
+    public static func checkMemory(network: Network, width: Int, height: Int, options: Restoration.Options, what: String) throws {
+        let parts = try memoryEstimate(network: network, width: width, height: height, tileSize: options.tileSize,
+                                       threads: options.threads, invalidPixels: true,
+                                       memoryBudget: options.memoryBudget ?? defaultBandBudget,
+                                       wholeImageBudget: options.memoryBudget == nil ? TiledRunner.defaultMemoryBudget : nil)
+        let need = parts.reduce(0.0) { $0 + Double($1.bytes) }
+        let largest = parts.max { $0.bytes < $1.bytes }!
+        try MemoryBudget.check(need, "restoring \(what) (\(width)x\(height) pixels) with '\(network.name)'",
+                               hint: "its largest part is the \(largest.part) at \(MemoryBudget.describe(Double(largest.bytes)))"
+                                   + (largest.part.hasPrefix("execution plans") || largest.part.hasPrefix("tile") ? "; a smaller --tile or fewer --threads needs less" : ""))
     }
 
     /// Feature-map budget of the tiles of 'same' networks when streaming (the tile working set).

@@ -53,7 +53,8 @@ public struct TiledRunner: Sendable {
         let g = network.analysis.geometry
         let m = g.sizeMultiple
         func roundUp(_ v: Int) -> Int { max(m, (v + m - 1) / m * m) }
-        if let t = requestedTile { return roundUp(max(t, 1)) }
+        // A tile larger than the output is one tile, the whole output (the same result).
+        if let t = requestedTile { return roundUp(min(max(t, 1), max(oh, ow))) }
         let shrink = (try? network.analysis.shrink()) ?? [0, 0]
         if shrink[0] > 0 || shrink[1] > 0 {
             // Images under four 256-pixel tiles use 128-pixel ones so that two threads (or more)

@@ -6,9 +6,20 @@ import ModelFormat
 import Reporting
 import Runtime
 
+/// Where to write the peak resident memory at exit (`ASTROCNN_PEAK_RSS_FILE`, for tests).
+nonisolated(unsafe) var peakRSSFile: UnsafeMutablePointer<CChar>?
+
 @main
 struct AstroCNNCommand: ParsableCommand {
     static func main() {
+        if let f = ProcessInfo.processInfo.environment["ASTROCNN_PEAK_RSS_FILE"] {
+            peakRSSFile = strdup(f)
+            atexit {
+                var u = rusage()
+                getrusage(RUSAGE_SELF.rawValue, &u)
+                if let p = peakRSSFile, let fp = fopen(p, "w") { fputs("\(u.ru_maxrss * 1024)\n", fp); fclose(fp) }
+            }
+        }
         _ = PhaseProfile.shared  // starts the clock of ASTROCNN_PROFILE
         // glibc malloc keeps freed memory for the next allocation instead of returning it to the
         // kernel (blocks under 32 MiB come from the heap, which is trimmed only past 256 MiB of
@@ -21,7 +32,8 @@ struct AstroCNNCommand: ParsableCommand {
         // Line-buffered standard output, so logs of long runs (train > log) show each line as it comes.
         setvbuf(stdout, nil, _IOLBF, 0)
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(try takeMemoryBudget())
+            MemoryBudget.limitAddressSpace()
             PhaseProfile.shared.mark("parse arguments")
             try command.run()
             if PhaseProfile.shared.enabled { FileHandle.standardError.write(Data((PhaseProfile.shared.report() + "\n").utf8)) }
@@ -30,12 +42,41 @@ struct AstroCNNCommand: ParsableCommand {
         }
     }
 
+    /// The arguments without the global `--memory-budget SIZE` (any position, any subcommand),
+    /// whose value is applied to `MemoryBudget`.
+    static func takeMemoryBudget() throws -> [String] {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var i = 0
+        while i < args.count {
+            let a = args[i]
+            if a == "--" { break }
+            var value: String?
+            if a == "--memory-budget" {
+                guard i + 1 < args.count else { throw ValidationError("--memory-budget needs a size, e.g. 4G or 512M") }
+                value = args[i + 1]
+                args.removeSubrange(i...(i + 1))
+            } else if a.hasPrefix("--memory-budget=") {
+                value = String(a.dropFirst("--memory-budget=".count))
+                args.remove(at: i)
+            } else {
+                i += 1
+                continue
+            }
+            guard let v = value, let b = MemoryBudget.parse(v) else {
+                throw ValidationError("--memory-budget must be a positive size such as 4G, 512M or 300000000 (got '\(value ?? "")')")
+            }
+            MemoryBudget.bytes = b
+        }
+        return args
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "astrocnn",
         abstract: "Restore astronomical images with CNNs on the CPU.",
+        discussion: "Global option, for every command: --memory-budget SIZE (e.g. 4G, 512M; default half of physical memory, or ASTROCNN_MEMORY_BUDGET): work that would need more memory (a declared image size, a read, a restore's working set) is refused before it is allocated, with an error saying how much it needs.",
         version: AstroCNN.version,
-        subcommands: [Restore.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
-                      Plan.self, RunTask.self, Stitch.self, Status.self]
+        subcommands: [Restore.self, Denoise.self, Deconvolve.self, Models.self, Convert.self, Inspect.self, Bench.self, Init.self, Train.self, Evaluate.self, BenchClassical.self, Demo.self, Degrade.self, Detect.self,
+                      Plan.self, RunTask.self, Stitch.self, Status.self, MeasurePSF.self, Check.self, Fuzz.self]
     )
 }
 

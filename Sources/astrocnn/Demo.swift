@@ -41,23 +41,18 @@ struct Demo: ParsableCommand {
         } catch let e as ExitCode { throw e } catch let e as ValidationError { throw e } catch { throw failure(describe(error)) }
     }
 
+    /// A shipped model by file name: ./models first (the working directory), then the model
+    /// search path (astrocnn models: $ASTROCNN_MODELS, next to the executable, the installed
+    /// prefix, the source tree).
     static func defaultModel(_ file: String = "flamary3.acnn") -> String? {
-        var candidates = ["models/" + file]
-        if let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-            // The repository the executable was built in: .build/<triple>/<config>/astrocnn.
-            var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
-            for _ in 0..<5 {
-                candidates.append(dir.appendingPathComponent("models/" + file).path)
-                dir = dir.deletingLastPathComponent()
-            }
-        }
-        return candidates.first { FileManager.default.fileExists(atPath: $0) }
+        if FileManager.default.fileExists(atPath: "models/" + file) { return "models/" + file }
+        return ModelSearch.find(file, in: ModelSearch.locations())
     }
 
     func demo() throws {
         guard size >= 128 else { throw ValidationError("--size must be at least 128 (the PSNR excludes a 32-pixel border)") }
         guard let modelPath = model ?? Demo.defaultModel("deconv-unet.acnn") ?? Demo.defaultModel() else {
-            throw ValidationError("no model: models/deconv-unet.acnn or models/flamary3.acnn not found (run from the repository, or give --model)")
+            throw ValidationError("no model: models/deconv-unet.acnn or models/flamary3.acnn not found on the model search path (see astrocnn models --paths; install with scripts/install.sh PREFIX, or give --model)")
         }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
         let t0 = monotonicSeconds()

@@ -14,7 +14,7 @@ extension Demo {
     /// paper's noise model, every denoiser, the Table 2 metrics and PNGs.
     func denoiseDemo() throws {
         guard let modelPath = model ?? Demo.defaultModel(Demo.shippedDenoiser) else {
-            throw ValidationError("no model: models/\(Demo.shippedDenoiser) not found (run from the repository, or give --model)")
+            throw ValidationError("no model: models/\(Demo.shippedDenoiser) not found on the model search path (see astrocnn models --paths; install with scripts/install.sh PREFIX, or give --model)")
         }
         guard ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)

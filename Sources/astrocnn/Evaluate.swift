@@ -28,7 +28,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Comma-separated methods (deconvolve: none,wiener,rl,tv,flamary1,flamary3; denoise: none,gaussian,median,starlet and models).")
     var methods: String?
 
-    @Option(name: .long, parsing: .upToNextOption, help: "CNN models as NAME=PATH (default flamary1, flamary3 from models/).")
+    @Option(name: .long, parsing: .upToNextOption, help: "CNN models as NAME=PATH (default flamary1, flamary3 from models/ or the model search path).")
     var models: [String] = []
 
     @Option(help: "Degradation: paper (simulate and score against the truth) or none (images are already degraded; no truth).")
@@ -71,7 +71,8 @@ struct Evaluate: ParsableCommand {
         let degradation = try DegradationOptions.make(psf: psf, noise: noise, sigma: sigma)
         let paths = try SourceImage.expand(images)
         guard !paths.isEmpty else { throw ValidationError("no FITS images in \(images)") }
-        var modelPaths = ["flamary1": "models/flamary1.acnn", "flamary3": "models/flamary3.acnn"]
+        var modelPaths = ["flamary1": Demo.defaultModel("flamary1.acnn") ?? "models/flamary1.acnn",
+                          "flamary3": Demo.defaultModel("flamary3.acnn") ?? "models/flamary3.acnn"]
         for m in models {
             let parts = m.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { throw ValidationError("--models takes NAME=PATH, got \(m)") }

@@ -7,4 +7,6 @@ int acnn_cpu_level(void);
 /// trimmed only past trim_threshold free bytes (mallopt M_MMAP_THRESHOLD / M_TRIM_THRESHOLD), so
 /// freed memory is kept for later allocations. Returns 1 when applied, 0 elsewhere.
 int acnn_malloc_keep_freed(long mmap_threshold, long trim_threshold);
+/// Bytes malloc has handed out and not had back (glibc 2.33+), or -1.
+long acnn_malloc_in_use(void);
 #endif
