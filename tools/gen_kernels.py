@@ -73,14 +73,14 @@ def micro(name, vec, vw, nx, fma, no=4):
     init, body, stores = block_parts(vec, vw, nx, fma, " " * 16, no)
     w2 = " _ w2: UnsafePointer<Float>," if no == 8 else ""
     lines = ["@inline(__always)",
-             f"func {name}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,",
+             f"func {name}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,",
              f"    _ w: UnsafePointer<Float>,{w2} _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,",
              "    _ act: Int, _ alpha: Float) {"]
     lines += init
     lines += ["    var wp = w"] + (["    var wq = w2"] if no == 8 else []) + ["    var plane = inp", "    for _ in 0..<c {", "        var row = plane",
               "        for _ in 0..<kh {", "            var p = row", "            for _ in 0..<kw {"]
     lines += body
-    lines += ["                p += 1", "            }", "            row += inRow", "        }", "        plane += inPlane", "    }"]
+    lines += ["                p += dx", "            }", "            row += inRow", "        }", "        plane += inPlane", "    }"]
     lines += activate_lines(vec, [f"a{o}{x}" for o in range(no) for x in range(nx)])
     lines += stores
     lines.append("}")
@@ -161,7 +161,7 @@ def single(prefix, vec, vw, nx, fma):
     packed 4-lane block with stride 4, so no lane is wasted on zero weights."""
     def micro1(n):
         lines = ["@inline(__always)",
-                 f"func {prefix}Micro1x{n}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,",
+                 f"func {prefix}Micro1x{n}(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,",
                  f"    _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {{",
                  f"    let b = {vec}(repeating: bias)",
                  "    var " + ", ".join(f"a{x} = b" for x in range(n)),
@@ -170,7 +170,7 @@ def single(prefix, vec, vw, nx, fma):
                  f"                let wv = {vec}(repeating: wp[0])"]
         for x in range(n):
             lines.append("                " + fma_line(f"a{x}", f"UnsafeRawPointer(p + {x * vw}).loadUnaligned(as: {vec}.self)", "wv", fma))
-        lines += ["                wp += 4", "                p += 1", "            }", "            row += inRow", "        }",
+        lines += ["                wp += 4", "                p += dx", "            }", "            row += inRow", "        }",
                   "        plane += inPlane", "    }"]
         for x in range(n):
             lines.append(f"    UnsafeMutableRawPointer(out + {x * vw}).storeBytes(of: a{x}, as: {vec}.self)")
@@ -181,17 +181,17 @@ def single(prefix, vec, vw, nx, fma):
 /// output rows rowStart..<rowEnd, `vectors` vectors of {vw} columns per row. `w` points at the
 /// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
 public func {prefix}DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {{
     for y in rowStart..<rowEnd {{
         let ip = input + y * inRow, op = out + y * outRow
         var xv = 0
         while xv + {nx} <= vectors {{
-            {prefix}Micro1x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, w, bias, op + xv * {vw})
+            {prefix}Micro1x{nx}(ip + xv * {vw}, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * {vw})
             xv += {nx}
         }}
         while xv < vectors {{
-            {prefix}Micro1x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, w, bias, op + xv * {vw})
+            {prefix}Micro1x1(ip + xv * {vw}, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * {vw})
             xv += 1
         }}
     }}
@@ -204,14 +204,16 @@ def layer(prefix, vec, vw, nx, nx8=None):
     block = max(step, (256 // vw) // step * step)
     setup = lambda i: [f"{i}let wb = w + ob * blockWeights", f"{i}let bb = bias + ob * 4", f"{i}let op = out + ob * 4 * outPlane + y * outRow"]
     loops = block_loops(" " * 12, "outBlocks", nx, nx8, "strip", "stripEnd", setup,
-                        lambda off: f"ip + {off}, inPlane, inRow, c, kh, kw, wb, bb, op + {off}, outPlane, act, alpha",
-                        lambda off: f"ip + {off}, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + {off}, outPlane, act, alpha",
+                        lambda off: f"ip + {off}, inPlane, inRow, c, kh, kw, dx, wb, bb, op + {off}, outPlane, act, alpha",
+                        lambda off: f"ip + {off}, inPlane, inRow, c, kh, kw, dx, wb, wb + blockWeights, bb, op + {off}, outPlane, act, alpha",
                         f"{prefix}Micro", f"{prefix}Micro").replace("VW", str(vw))
     blocking = (f"Pairs of output channel blocks go through an 8 x {nx8} register block (8 x 1 on the last\n/// columns), an odd last block through 4 x {nx} / 4 x 1."
                 if nx8 else f"Each output channel block goes through a 4 x {nx} register block (4 x 1 on the last columns).")
     return f"""
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of {vw} columns per row.
+/// Horizontally adjacent kernel taps are `dx` floats apart in the input row (1 for ordinary
+/// maps; g for maps whose rows interleave g images pixel by pixel, as the trainer's batches do).
 /// Columns are processed in strips of {block} vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
 /// them. {blocking} Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
@@ -220,7 +222,7 @@ def layer(prefix, vec, vw, nx, nx8=None):
 /// before they are stored: no second pass over the output.
 @inline(__always)
 func {prefix}Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {{
     let blockWeights = c * kh * kw * 4
@@ -344,10 +346,10 @@ def peak(name, vec, vw, n, fma):
 ENTRY = """
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func {name}(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                    _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {{
-    {prefix}Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
+    {prefix}Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, dx, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }}
 
 /// Vector width in floats of this ISA's kernels.

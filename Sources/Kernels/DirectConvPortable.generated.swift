@@ -10,7 +10,7 @@ func fmaOrMulAdd(_ a: SIMD8<Float>, _ x: SIMD8<Float>, _ w: SIMD8<Float>) -> SIM
     #endif
 }
 @inline(__always)
-func portableMicro4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func portableMicro4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD8<Float>(repeating: bias[0])
@@ -43,7 +43,7 @@ func portableMicro4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
                 a30 = fmaOrMulAdd(a30, x0, w3)
                 a31 = fmaOrMulAdd(a31, x1, w3)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -81,7 +81,7 @@ func portableMicro4x2(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 }
 
 @inline(__always)
-func portableMicro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func portableMicro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD8<Float>(repeating: bias[0])
@@ -109,7 +109,7 @@ func portableMicro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
                 let w3 = SIMD8<Float>(repeating: wp[3])
                 a30 = fmaOrMulAdd(a30, x0, w3)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -136,6 +136,8 @@ func portableMicro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of 8 columns per row.
+/// Horizontally adjacent kernel taps are `dx` floats apart in the input row (1 for ordinary
+/// maps; g for maps whose rows interleave g images pixel by pixel, as the trainer's batches do).
 /// Columns are processed in strips of 32 vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
 /// them. Each output channel block goes through a 4 x 2 register block (4 x 1 on the last columns). Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
@@ -144,7 +146,7 @@ func portableMicro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 /// before they are stored: no second pass over the output.
 @inline(__always)
 func portableConv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
     let blockWeights = c * kh * kw * 4
@@ -160,11 +162,11 @@ func portableConv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + 2 <= stripEnd {
-                    portableMicro4x2(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane, act, alpha)
+                    portableMicro4x2(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, wb, bb, op + xv * 8, outPlane, act, alpha)
                     xv += 2
                 }
                 while xv < stripEnd {
-                    portableMicro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane, act, alpha)
+                    portableMicro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, wb, bb, op + xv * 8, outPlane, act, alpha)
                     xv += 1
                 }
                 ob += 1
@@ -269,7 +271,7 @@ public func portableGemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ 
     }
 }
 @inline(__always)
-func portableMicro1x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func portableMicro1x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
     let b = SIMD8<Float>(repeating: bias)
     var a0 = b, a1 = b, a2 = b, a3 = b
@@ -286,7 +288,7 @@ func portableMicro1x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
                 a2 = fmaOrMulAdd(a2, UnsafeRawPointer(p + 16).loadUnaligned(as: SIMD8<Float>.self), wv)
                 a3 = fmaOrMulAdd(a3, UnsafeRawPointer(p + 24).loadUnaligned(as: SIMD8<Float>.self), wv)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -299,7 +301,7 @@ func portableMicro1x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 }
 
 @inline(__always)
-func portableMicro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func portableMicro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
     let b = SIMD8<Float>(repeating: bias)
     var a0 = b
@@ -313,7 +315,7 @@ func portableMicro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
                 let wv = SIMD8<Float>(repeating: wp[0])
                 a0 = fmaOrMulAdd(a0, UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD8<Float>.self), wv)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -326,17 +328,17 @@ func portableMicro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int,
 /// output rows rowStart..<rowEnd, `vectors` vectors of 8 columns per row. `w` points at the
 /// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
 public func portableDirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
     for y in rowStart..<rowEnd {
         let ip = input + y * inRow, op = out + y * outRow
         var xv = 0
         while xv + 4 <= vectors {
-            portableMicro1x4(ip + xv * 8, inPlane, inRow, c, kh, kw, w, bias, op + xv * 8)
+            portableMicro1x4(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * 8)
             xv += 4
         }
         while xv < vectors {
-            portableMicro1x1(ip + xv * 8, inPlane, inRow, c, kh, kw, w, bias, op + xv * 8)
+            portableMicro1x1(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * 8)
             xv += 1
         }
     }
@@ -344,10 +346,10 @@ public func portableDirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: I
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func portableDirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                    _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
-    portableConv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
+    portableConv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, dx, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }
 
 /// Vector width in floats of this ISA's kernels.

@@ -157,8 +157,16 @@ public enum FastOps {
     /// blocks of 4 through the register-blocked kernel; the last 1-3 (when the count is not a
     /// multiple of 4, e.g. a 1-channel output layer) through a single-channel kernel with the
     /// same operations per pixel. Disjoint row ranges may run on different threads.
+    ///
+    /// `tapStep` is the distance in floats between horizontally adjacent kernel taps: 1 for
+    /// ordinary maps; g for a map whose rows interleave g images pixel by pixel (element
+    /// (c, y, x * g + n) is pixel x of image n), which convolves each image on its own while
+    /// every vector is full whatever the image width (the trainer's batches). With g > 1 the
+    /// widths are in floats (pixels x g) and padding must be 'valid'.
     public static func conv2d(_ input: PlanarView, _ output: PlanarView, _ w: PackedConv, padding: ConvPadding,
-                              activation: Activation, isa: KernelISA = .best, rows: Range<Int>? = nil) {
+                              activation: Activation, isa: KernelISA = .best, rows: Range<Int>? = nil, tapStep: Int = 1) {
+        precondition(tapStep >= 1 && (tapStep == 1 || padding == .valid), "conv2d: interleaved maps take 'valid' padding")
+        let dx = tapStep
         precondition(input.channels == w.inChannels && output.channels == w.outChannels)
         let (pt, pl) = padding == .same ? ((w.kh - 1) / 2, (w.kw - 1) / 2) : (0, 0)
         precondition(input.layout.margin >= max(pt, pl), "conv2d: input margin too small for 'same' padding")
@@ -169,13 +177,13 @@ public enum FastOps {
         let full = w.outChannels / 4
         let (act, alpha) = activation.kernelCode
         if full > 0 {
-            run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw,
+            run(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights, w.bias, full, w.kh, w.kw, dx,
                 output.base, output.planeStride, output.rowStride, r.lowerBound, r.upperBound, vectors, act, alpha)
         }
         let blockOffset = full * w.inChannels * w.kh * w.kw * 4
         for lane in 0..<(w.outChannels - full * 4) {
             let o = full * 4 + lane
-            single(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset + lane, w.bias[o], w.kh, w.kw,
+            single(isa, src, input.planeStride, input.rowStride, w.inChannels, w.weights + blockOffset + lane, w.bias[o], w.kh, w.kw, dx,
                    output.pointer(o, 0, 0), output.rowStride, r.lowerBound, r.upperBound, vectors)
         }
         // The blocked kernel activated its channels in registers; the single-channel ones here.
@@ -184,36 +192,36 @@ public enum FastOps {
 
     @inline(__always)
     static func single(_ isa: KernelISA, _ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                       _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                       _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int, _ dx: Int,
                        _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ r0: Int, _ r1: Int, _ vectors: Int) {
         switch isa {
         #if arch(x86_64)
-        case .avx512: avx512DirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
-        case .avx2: avx2DirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        case .avx512: avx512DirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, dx, out, outRow, r0, r1, vectors)
+        case .avx2: avx2DirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, dx, out, outRow, r0, r1, vectors)
         #else
-        case .avx512, .avx2: portableDirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        case .avx512, .avx2: portableDirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, dx, out, outRow, r0, r1, vectors)
         #endif
-        case .portable: portableDirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, out, outRow, r0, r1, vectors)
+        case .portable: portableDirectConvSingle(input, inPlane, inRow, c, w, bias, kh, kw, dx, out, outRow, r0, r1, vectors)
         }
     }
 
     @inline(__always)
     static func run(_ isa: KernelISA, _ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ blocks: Int, _ kh: Int, _ kw: Int,
+                    _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ blocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                     _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int, _ r0: Int, _ r1: Int, _ vectors: Int,
                     _ act: Int, _ alpha: Float) {
         switch isa {
         #if arch(x86_64)
         case .avx512:
-            avx512DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
+            avx512DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, dx, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         case .avx2:
-            avx2DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
+            avx2DirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, dx, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         #else
         case .avx512, .avx2:
-            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
+            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, dx, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         #endif
         case .portable:
-            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, out, outPlane, outRow, r0, r1, vectors, act, alpha)
+            portableDirectConv(input, inPlane, inRow, c, w, bias, blocks, kh, kw, dx, out, outPlane, outRow, r0, r1, vectors, act, alpha)
         }
     }
 

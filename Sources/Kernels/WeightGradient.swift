@@ -22,12 +22,14 @@ public enum WeightGradient {
 
     /// Offsets of the taps (c, u, v) from the input's element (0, 0, 0), padded to
     /// `paddedTaps` with the last tap (the padding rows of the accumulator are ignored).
-    public static func tapOffsets(_ layout: PlanarLayout, kh: Int, kw: Int) -> [Int] {
+    /// `tapStep` is the distance in floats between horizontally adjacent taps (1, or g for rows
+    /// that interleave g images pixel by pixel; see `FastOps.conv2d`).
+    public static func tapOffsets(_ layout: PlanarLayout, kh: Int, kw: Int, tapStep: Int = 1) -> [Int] {
         let taps = layout.channels * kh * kw
         return (0..<paddedTaps(taps)).map { t in
             let k = min(t, taps - 1)
             let (c, r) = (k / (kh * kw), k % (kh * kw))
-            return c * layout.planeStride + (r / kw) * layout.rowStride + r % kw
+            return c * layout.planeStride + (r / kw) * layout.rowStride + (r % kw) * tapStep
         }
     }
 
@@ -38,25 +40,36 @@ public enum WeightGradient {
     public static func accumulate(input: PlanarView, offsets: [Int], outHeight: Int, outWidth: Int,
                                   dYT: UnsafePointer<Float>, ldb: Int, acc: UnsafeMutablePointer<Float>,
                                   isa: KernelISA = .best) {
+        offsets.withUnsafeBufferPointer { off in
+            accumulate(input: UnsafePointer(input.base), rowStride: input.rowStride, offsets: off, outHeight: outHeight,
+                       outWidth: outWidth, dYT: dYT, ldb: ldb, acc: acc, isa: isa)
+        }
+    }
+
+    /// The same for the taps whose offsets `offsets` holds (a multiple of 12 of them, e.g. a
+    /// slice of `tapOffsets`), into `acc`'s rows for those taps; `input` points at element
+    /// (0, 0, 0) of the rows the outputs start at. Callers may split the taps (disjoint
+    /// accumulator rows) or the output rows (consecutive calls into one accumulator give the same
+    /// sums as one call) between calls and threads.
+    public static func accumulate(input: UnsafePointer<Float>, rowStride: Int, offsets: UnsafeBufferPointer<Int>,
+                                  outHeight: Int, outWidth: Int, dYT: UnsafePointer<Float>, ldb: Int,
+                                  acc: UnsafeMutablePointer<Float>, isa: KernelISA = .best) {
         let vw = isa.vectorWidth
         precondition(ldb % vw == 0 && offsets.count % 12 == 0)
         let padded = offsets.count
-        let base = UnsafePointer(input.base)
         let vectors = ldb / vw
-        offsets.withUnsafeBufferPointer { off in
-            var j = 0
-            while j < vectors {
-                let nr: Int
-                if isa == .avx512 && vectors - j >= 4 { nr = 4 } else if vectors - j >= 2 { nr = 2 } else { nr = 1 }
-                let mr = 12 / nr
-                var t = 0
-                while t < padded {
-                    micro(isa, mr, nr, base, off.baseAddress! + t, outHeight, outWidth, input.rowStride,
-                          dYT + j * vw, ldb, acc + t * ldb + j * vw, ldb)
-                    t += mr
-                }
-                j += nr
+        var j = 0
+        while j < vectors {
+            let nr: Int
+            if isa == .avx512 && vectors - j >= 4 { nr = 4 } else if vectors - j >= 2 { nr = 2 } else { nr = 1 }
+            let mr = 12 / nr
+            var t = 0
+            while t < padded {
+                micro(isa, mr, nr, input, offsets.baseAddress! + t, outHeight, outWidth, rowStride,
+                      dYT + j * vw, ldb, acc + t * ldb + j * vw, ldb)
+                t += mr
             }
+            j += nr
         }
     }
 

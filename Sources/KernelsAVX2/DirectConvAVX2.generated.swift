@@ -2,7 +2,7 @@
 // Direct convolution micro-kernels for x86-64 AVX2+FMA: vector SIMD8<Float>, register blocks 4 x 3 and 4 x 1.
 #if arch(x86_64)
 @inline(__always)
-func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD8<Float>(repeating: bias[0])
@@ -40,7 +40,7 @@ func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
                 a31 = a31.addingProduct(x1, w3)
                 a32 = a32.addingProduct(x2, w3)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -90,7 +90,7 @@ func avx2Micro4x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 }
 
 @inline(__always)
-func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD8<Float>(repeating: bias[0])
@@ -118,7 +118,7 @@ func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
                 let w3 = SIMD8<Float>(repeating: wp[3])
                 a30 = a30.addingProduct(x0, w3)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -145,6 +145,8 @@ func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of 8 columns per row.
+/// Horizontally adjacent kernel taps are `dx` floats apart in the input row (1 for ordinary
+/// maps; g for maps whose rows interleave g images pixel by pixel, as the trainer's batches do).
 /// Columns are processed in strips of 30 vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
 /// them. Each output channel block goes through a 4 x 3 register block (4 x 1 on the last columns). Weights are packed [outBlock][c][kh][kw][4] (see `PackedConv`), bias padded to a
@@ -153,7 +155,7 @@ func avx2Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 /// before they are stored: no second pass over the output.
 @inline(__always)
 func avx2Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
     let blockWeights = c * kh * kw * 4
@@ -169,11 +171,11 @@ func avx2Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + 3 <= stripEnd {
-                    avx2Micro4x3(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane, act, alpha)
+                    avx2Micro4x3(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, wb, bb, op + xv * 8, outPlane, act, alpha)
                     xv += 3
                 }
                 while xv < stripEnd {
-                    avx2Micro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 8, outPlane, act, alpha)
+                    avx2Micro4x1(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, wb, bb, op + xv * 8, outPlane, act, alpha)
                     xv += 1
                 }
                 ob += 1
@@ -287,7 +289,7 @@ public func avx2Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w: U
     }
 }
 @inline(__always)
-func avx2Micro1x6(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx2Micro1x6(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
     let b = SIMD8<Float>(repeating: bias)
     var a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b
@@ -306,7 +308,7 @@ func avx2Micro1x6(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
                 a4 = a4.addingProduct(UnsafeRawPointer(p + 32).loadUnaligned(as: SIMD8<Float>.self), wv)
                 a5 = a5.addingProduct(UnsafeRawPointer(p + 40).loadUnaligned(as: SIMD8<Float>.self), wv)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -321,7 +323,7 @@ func avx2Micro1x6(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 }
 
 @inline(__always)
-func avx2Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx2Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
     let b = SIMD8<Float>(repeating: bias)
     var a0 = b
@@ -335,7 +337,7 @@ func avx2Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
                 let wv = SIMD8<Float>(repeating: wp[0])
                 a0 = a0.addingProduct(UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD8<Float>.self), wv)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -348,17 +350,17 @@ func avx2Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c
 /// output rows rowStart..<rowEnd, `vectors` vectors of 8 columns per row. `w` points at the
 /// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
 public func avx2DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
     for y in rowStart..<rowEnd {
         let ip = input + y * inRow, op = out + y * outRow
         var xv = 0
         while xv + 6 <= vectors {
-            avx2Micro1x6(ip + xv * 8, inPlane, inRow, c, kh, kw, w, bias, op + xv * 8)
+            avx2Micro1x6(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * 8)
             xv += 6
         }
         while xv < vectors {
-            avx2Micro1x1(ip + xv * 8, inPlane, inRow, c, kh, kw, w, bias, op + xv * 8)
+            avx2Micro1x1(ip + xv * 8, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * 8)
             xv += 1
         }
     }
@@ -366,10 +368,10 @@ public func avx2DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, 
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func avx2DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                    _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
-    avx2Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
+    avx2Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, dx, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }
 
 /// Vector width in floats of this ISA's kernels.

@@ -2,7 +2,7 @@
 // Direct convolution micro-kernels for x86-64 AVX-512: vector SIMD16<Float>, register blocks 8 x 3, 8 x 1, 4 x 4 and 4 x 1.
 #if arch(x86_64)
 @inline(__always)
-func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD16<Float>(repeating: bias[0])
@@ -45,7 +45,7 @@ func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 a32 = a32.addingProduct(x2, w3)
                 a33 = a33.addingProduct(x3, w3)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -107,7 +107,7 @@ func avx512Micro4x4(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 }
 
 @inline(__always)
-func avx512Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx512Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD16<Float>(repeating: bias[0])
@@ -135,7 +135,7 @@ func avx512Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 let w3 = SIMD16<Float>(repeating: wp[3])
                 a30 = a30.addingProduct(x0, w3)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -160,7 +160,7 @@ func avx512Micro4x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
     UnsafeMutableRawPointer(out + 3 * outPlane + 0).storeBytes(of: a30, as: SIMD16<Float>.self)
 }
 @inline(__always)
-func avx512Micro8x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx512Micro8x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ w2: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD16<Float>(repeating: bias[0])
@@ -224,7 +224,7 @@ func avx512Micro8x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 a72 = a72.addingProduct(x2, w7)
                 wp += 4
                 wq += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -310,7 +310,7 @@ func avx512Micro8x3(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 }
 
 @inline(__always)
-func avx512Micro8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx512Micro8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ w2: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, _ outPlane: Int,
     _ act: Int, _ alpha: Float) {
     let b0 = SIMD16<Float>(repeating: bias[0])
@@ -356,7 +356,7 @@ func avx512Micro8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 a70 = a70.addingProduct(x0, w7)
                 wp += 4
                 wq += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -395,6 +395,8 @@ func avx512Micro8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 
 /// One direct-convolution layer (stride 1, 'valid' on the given input view) for output rows
 /// rowStart..<rowEnd, all output channel blocks, `vectors` vectors of 16 columns per row.
+/// Horizontally adjacent kernel taps are `dx` floats apart in the input row (1 for ordinary
+/// maps; g for maps whose rows interleave g images pixel by pixel, as the trainer's batches do).
 /// Columns are processed in strips of 15 vectors so that the input rows a strip reads
 /// (channels x kernel rows x strip width) stay in L2 while every row and output block reuses
 /// them. Pairs of output channel blocks go through an 8 x 3 register block (8 x 1 on the last
@@ -404,7 +406,7 @@ func avx512Micro8x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 /// before they are stored: no second pass over the output.
 @inline(__always)
 func avx512Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                  _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                   _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                   _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
     let blockWeights = c * kh * kw * 4
@@ -420,11 +422,11 @@ func avx512Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + 3 <= stripEnd {
-                    avx512Micro8x3(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + xv * 16, outPlane, act, alpha)
+                    avx512Micro8x3(ip + xv * 16, inPlane, inRow, c, kh, kw, dx, wb, wb + blockWeights, bb, op + xv * 16, outPlane, act, alpha)
                     xv += 3
                 }
                 while xv < stripEnd {
-                    avx512Micro8x1(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, wb + blockWeights, bb, op + xv * 16, outPlane, act, alpha)
+                    avx512Micro8x1(ip + xv * 16, inPlane, inRow, c, kh, kw, dx, wb, wb + blockWeights, bb, op + xv * 16, outPlane, act, alpha)
                     xv += 1
                 }
                 ob += 2
@@ -435,11 +437,11 @@ func avx512Conv2d(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 let op = out + ob * 4 * outPlane + y * outRow
                 var xv = strip
                 while xv + 4 <= stripEnd {
-                    avx512Micro4x4(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 16, outPlane, act, alpha)
+                    avx512Micro4x4(ip + xv * 16, inPlane, inRow, c, kh, kw, dx, wb, bb, op + xv * 16, outPlane, act, alpha)
                     xv += 4
                 }
                 while xv < stripEnd {
-                    avx512Micro4x1(ip + xv * 16, inPlane, inRow, c, kh, kw, wb, bb, op + xv * 16, outPlane, act, alpha)
+                    avx512Micro4x1(ip + xv * 16, inPlane, inRow, c, kh, kw, dx, wb, bb, op + xv * 16, outPlane, act, alpha)
                     xv += 1
                 }
                 ob += 1
@@ -717,7 +719,7 @@ public func avx512Gemm(_ v: UnsafePointer<Float>, _ inPlane: Int, _ c: Int, _ w:
     }
 }
 @inline(__always)
-func avx512Micro1x8(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx512Micro1x8(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
     let b = SIMD16<Float>(repeating: bias)
     var a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b
@@ -738,7 +740,7 @@ func avx512Micro1x8(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 a6 = a6.addingProduct(UnsafeRawPointer(p + 96).loadUnaligned(as: SIMD16<Float>.self), wv)
                 a7 = a7.addingProduct(UnsafeRawPointer(p + 112).loadUnaligned(as: SIMD16<Float>.self), wv)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -755,7 +757,7 @@ func avx512Micro1x8(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 }
 
 @inline(__always)
-func avx512Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int,
+func avx512Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int, _ kh: Int, _ kw: Int, _ dx: Int,
     _ w: UnsafePointer<Float>, _ bias: Float, _ out: UnsafeMutablePointer<Float>) {
     let b = SIMD16<Float>(repeating: bias)
     var a0 = b
@@ -769,7 +771,7 @@ func avx512Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
                 let wv = SIMD16<Float>(repeating: wp[0])
                 a0 = a0.addingProduct(UnsafeRawPointer(p + 0).loadUnaligned(as: SIMD16<Float>.self), wv)
                 wp += 4
-                p += 1
+                p += dx
             }
             row += inRow
         }
@@ -782,17 +784,17 @@ func avx512Micro1x1(_ inp: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _
 /// output rows rowStart..<rowEnd, `vectors` vectors of 16 columns per row. `w` points at the
 /// channel's lane of a packed 4-channel block (weights 4 floats apart, see `PackedConv`).
 public func avx512DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: Float, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outRow: Int, _ rowStart: Int, _ rowEnd: Int, _ vectors: Int) {
     for y in rowStart..<rowEnd {
         let ip = input + y * inRow, op = out + y * outRow
         var xv = 0
         while xv + 8 <= vectors {
-            avx512Micro1x8(ip + xv * 16, inPlane, inRow, c, kh, kw, w, bias, op + xv * 16)
+            avx512Micro1x8(ip + xv * 16, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * 16)
             xv += 8
         }
         while xv < vectors {
-            avx512Micro1x1(ip + xv * 16, inPlane, inRow, c, kh, kw, w, bias, op + xv * 16)
+            avx512Micro1x1(ip + xv * 16, inPlane, inRow, c, kh, kw, dx, w, bias, op + xv * 16)
             xv += 1
         }
     }
@@ -800,10 +802,10 @@ public func avx512DirectConvSingle(_ input: UnsafePointer<Float>, _ inPlane: Int
 
 /// C-callable-style entry point (no generics, no existentials) used by the dispatcher in Kernels.
 public func avx512DirectConv(_ input: UnsafePointer<Float>, _ inPlane: Int, _ inRow: Int, _ c: Int,
-                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int,
+                   _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>, _ outBlocks: Int, _ kh: Int, _ kw: Int, _ dx: Int,
                    _ out: UnsafeMutablePointer<Float>, _ outPlane: Int, _ outRow: Int,
                    _ rowStart: Int, _ rowEnd: Int, _ vectors: Int, _ act: Int, _ alpha: Float) {
-    avx512Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
+    avx512Conv2d(input, inPlane, inRow, c, w, bias, outBlocks, kh, kw, dx, out, outPlane, outRow, rowStart, rowEnd, vectors, act, alpha)
 }
 
 /// Vector width in floats of this ISA's kernels.

@@ -37,9 +37,19 @@ public enum Loss: String, Sendable, CaseIterable {
 /// Training of networks that are chains of 'valid' convolutions, each optionally followed by a
 /// ReLU (the Flamary 3-CNN and 1-CNN), on the fast kernels: forward with the direct-convolution
 /// micro-kernels, data gradients as 'full' convolutions with the flipped, transposed weights
-/// through the same kernels, weight gradients with `WeightGradient`. One image at a time per
-/// thread; a batch is cut into fixed chunks of `chunkSize` samples whose gradients are summed in
-/// chunk order, so results are bitwise independent of the thread count.
+/// through the same kernels, weight gradients with `WeightGradient`.
+///
+/// Training patches are small (32 pixels wide, outputs 23, 18 and 14 wide for the 3-CNN), so one
+/// image per call would leave most vector lanes idle (18 pixels in two 16-lane vectors). A batch
+/// is cut instead into groups of at most `maxGroup` samples (sizes as equal as possible, fixed
+/// by the batch size alone) whose feature maps are interleaved pixel by pixel: element
+/// (c, y, x * g + n) is pixel (y, x) of sample n, and the kernels step g floats between
+/// horizontal taps (`FastOps.conv2d(tapStep:)`), so every vector holds real pixels. Each group
+/// runs forward and backward on one thread, in buffers of its own (which stay in that core's
+/// caches; splitting a group's layers between threads made every kernel 20% slower from the
+/// traffic between cores, and the barriers left cores idle), into an accumulator of its own;
+/// the groups' gradients are summed in group order, so results are bitwise independent of the
+/// thread count.
 public final class ConvChainTrainer: @unchecked Sendable {
     public struct Layer: Sendable {
         public let inChannels: Int, outChannels: Int, kernel: Int
@@ -53,11 +63,13 @@ public final class ConvChainTrainer: @unchecked Sendable {
     public let inputSize: Int
     public let outputSize: Int
     public let isa: KernelISA
-    public static let chunkSize = 2
+    /// The most samples interleaved in one group.
+    public static let maxGroup = 8
 
     private var forwardWeights: [PackedConv] = []
     private var backwardWeights: [PackedConv?] = []
-    private let pool = WorkspacePool()
+    private var workspaces: [Int: [Workspace]] = [:]
+    private let workspaceLock = NSLock()
 
     /// nil if `model` is not a chain of valid convolutions (+ ReLU) on a single input.
     public init?(model: Model, inputSize: Int, isa: KernelISA = .best) {
@@ -98,6 +110,18 @@ public final class ConvChainTrainer: @unchecked Sendable {
     /// Output channels of the last layer (1 for the Flamary networks).
     public var outputChannels: Int { layers.last!.outChannels }
 
+    /// The sizes of the groups a batch of `count` samples is cut into: ceil(count / maxGroup)
+    /// groups, made even when there are several (so two cores share them equally), whose sizes
+    /// differ by at most one (the larger ones first): 50 samples run as 7, 7 and six groups of 6. They
+    /// depend on the batch size only, never on the thread count.
+    public static func groupSizes(_ count: Int) -> [Int] {
+        var groups = (count + maxGroup - 1) / maxGroup
+        if groups == 0 { return [] }
+        if groups > 1 && groups % 2 == 1 && groups < count { groups += 1 }
+        let base = count / groups, extra = count % groups
+        return (0..<groups).map { $0 < extra ? base + 1 : base }
+    }
+
     /// Loads parameters (flat, `layout` order) into the packed forward and backward weights.
     public func setParameters(_ p: [Float]) {
         forwardWeights = layers.map { l in
@@ -117,57 +141,112 @@ public final class ConvChainTrainer: @unchecked Sendable {
         }
     }
 
-    /// Per-thread buffers: activations, gradients (with the margin the next data-gradient
-    /// convolution reads as zero padding) and the transposed output gradient.
+    /// The layout of a map of `channels` x `height` x `pixels` pixels of g interleaved samples
+    /// (rows of pixels * g floats, element (c, y, x * g + n) is pixel x of sample n) with a zero
+    /// frame of `margin` pixels: `margin` rows above and below, margin * g floats left and right.
+    static func interleavedLayout(channels: Int, height: Int, pixels: Int, group g: Int, margin m: Int) -> PlanarLayout {
+        var l = PlanarLayout(channels: channels, height: height, width: pixels * g, margin: m * g)
+        l.planeStride = l.rowStride * (height + 2 * m)
+        l.origin = m * l.rowStride + m * g
+        l.allocation = l.planeStride * channels + 2 * l.rowStride + 64
+        return l
+    }
+
+    /// Buffers for one group of `g` samples: interleaved activations, output gradients (with
+    /// the zero frame the next data-gradient convolution reads as padding), the targets and dY^T
+    /// (pixel-major).
     final class Workspace {
+        let g: Int
         let input: PlanarBuffer
         let acts: [PlanarBuffer]
         let grads: [PlanarBuffer]
-        let dYT: [UnsafeMutablePointer<Float>]
+        let targets: PlanarBuffer
         let ldb: [Int]
+        let dYT: [UnsafeMutablePointer<Float>]
+        let dYTCount: [Int]
         /// Per layer, the weight-gradient kernel's tap offsets into that layer's input.
-        let tapOffsets: [[Int]]
+        let tapOffsets: [UnsafeMutablePointer<Int>]
+        let tapCount: [Int]
+        /// Per layer, the output rows of each weight-gradient row block (a block's dY^T is at most
+        /// 512 KiB, so it stays in L2 while every tap block reads it).
+        let rowBlocks: [[Range<Int>]]
 
-        init(_ t: ConvChainTrainer) {
-            input = PlanarBuffer(PlanarLayout(channels: t.layers[0].inChannels, height: t.inputSize, width: t.inputSize))
-            acts = t.layers.map { PlanarBuffer(PlanarLayout(channels: $0.outChannels, height: $0.outSize, width: $0.outSize)) }
-            grads = t.layers.map { PlanarBuffer(PlanarLayout(channels: $0.outChannels, height: $0.outSize, width: $0.outSize,
-                                                             margin: $0.kernel - 1)) }
-            ldb = t.layers.map { WeightGradient.paddedChannels($0.outChannels, isa: t.isa) }
+        init(_ t: ConvChainTrainer, group g: Int) {
+            self.g = g
+            let ls = t.layers
+            input = PlanarBuffer(interleavedLayout(channels: ls[0].inChannels, height: t.inputSize, pixels: t.inputSize, group: g, margin: 0))
+            acts = ls.map { PlanarBuffer(interleavedLayout(channels: $0.outChannels, height: $0.outSize, pixels: $0.outSize, group: g, margin: 0)) }
+            grads = ls.enumerated().map { (i, l) in
+                PlanarBuffer(interleavedLayout(channels: l.outChannels, height: l.outSize, pixels: l.outSize, group: g,
+                                               margin: i == 0 ? 0 : l.kernel - 1))
+            }
+            let last = ls[ls.count - 1]
+            targets = PlanarBuffer(interleavedLayout(channels: last.outChannels, height: last.outSize, pixels: last.outSize, group: g, margin: 0))
+            let ldb = ls.map { WeightGradient.paddedChannels($0.outChannels, isa: t.isa) }
+            self.ldb = ldb
             let inputs = [input.layout] + acts.dropLast().map { $0.layout }
-            tapOffsets = zip(inputs, t.layers).map { WeightGradient.tapOffsets($0, kh: $1.kernel, kw: $1.kernel) }
-            dYT = zip(t.layers, ldb).map { (l, ldb) in
-                let n = l.outSize * l.outSize * ldb
+            let offsets = zip(inputs, ls).map { WeightGradient.tapOffsets($0, kh: $1.kernel, kw: $1.kernel, tapStep: g) }
+            tapCount = offsets.map(\.count)
+            tapOffsets = offsets.map { o in
+                let p = UnsafeMutablePointer<Int>.allocate(capacity: o.count)
+                p.initialize(from: o, count: o.count)
+                return p
+            }
+            dYTCount = zip(ls, ldb).map { $0.outSize * $0.outSize * g * $1 }
+            let rowBlocks = zip(ls, ldb).map { (l, ldb) in
+                let rowBytes = l.outSize * g * ldb * MemoryLayout<Float>.stride
+                let rows = max(1, min(l.outSize, (512 << 10) / rowBytes))
+                return stride(from: 0, to: l.outSize, by: rows).map { $0..<min(l.outSize, $0 + rows) }
+            }
+            self.rowBlocks = rowBlocks
+            func zeroed(_ n: Int) -> UnsafeMutablePointer<Float> {
                 let p = UnsafeMutablePointer<Float>.allocate(capacity: n)
                 p.initialize(repeating: 0, count: n)
                 return p
             }
+            dYT = dYTCount.map(zeroed)
         }
 
-        deinit { for p in dYT { p.deallocate() } }
-    }
-
-    final class WorkspacePool: @unchecked Sendable {
-        private var free: [Workspace] = []
-        private let lock = NSLock()
-        func take(_ t: ConvChainTrainer) -> Workspace {
-            lock.lock()
-            if let w = free.popLast() { lock.unlock(); return w }
-            lock.unlock()
-            return Workspace(t)
+        deinit {
+            for p in dYT { p.deallocate() }
+            for p in tapOffsets { p.deallocate() }
         }
-        func give(_ w: Workspace) { lock.lock(); free.append(w); lock.unlock() }
     }
 
-    /// Runs the network on one sample (inputSize^2 x inChannels floats, CHW) in `ws`.
-    private func forward(_ sample: UnsafePointer<Float>, _ ws: Workspace) {
+    /// A free workspace for groups of `g` (made on first need; kept for later batches).
+    private func takeWorkspace(_ g: Int) -> Workspace {
+        workspaceLock.lock()
+        if let w = workspaces[g]?.popLast() { workspaceLock.unlock(); return w }
+        workspaceLock.unlock()
+        return Workspace(self, group: g)
+    }
+
+    private func giveWorkspace(_ w: Workspace) {
+        workspaceLock.lock()
+        workspaces[w.g, default: []].append(w)
+        workspaceLock.unlock()
+    }
+
+    /// Copies g samples (channels x size x size floats each, CHW) into an interleaved view.
+    private static func interleave(_ src: UnsafePointer<Float>, into v: PlanarView, channels: Int, size s: Int, group g: Int) {
+        let stride = channels * s * s
+        for c in 0..<channels { for y in 0..<s {
+            let row = v.pointer(c, y, 0)
+            for n in 0..<g {
+                let sp = src + n * stride + (c * s + y) * s
+                for x in 0..<s { row[x * g + n] = sp[x] }
+            }
+        } }
+    }
+
+    /// Runs the network on the group's samples (CHW each, consecutive) in `ws`.
+    private func forward(_ samples: UnsafePointer<Float>, _ ws: Workspace) {
         let iv = ws.input.view()
-        let s = inputSize
-        for c in 0..<iv.channels { for y in 0..<s { iv.pointer(c, y, 0).update(from: sample + (c * s + y) * s, count: s) } }
+        ConvChainTrainer.interleave(samples, into: iv, channels: layers[0].inChannels, size: inputSize, group: ws.g)
         var x = iv
         for (i, l) in layers.enumerated() {
             let out = ws.acts[i].view()
-            FastOps.conv2d(x, out, forwardWeights[i], padding: .valid, activation: l.relu ? .relu : .none, isa: isa)
+            FastOps.conv2d(x, out, forwardWeights[i], padding: .valid, activation: l.relu ? .relu : .none, isa: isa, tapStep: ws.g)
             x = out
         }
     }
@@ -175,21 +254,27 @@ public final class ConvChainTrainer: @unchecked Sendable {
     /// Network outputs for `count` samples (outputChannels x outputSize^2 floats each).
     public func predict(_ inputs: [Float], count: Int, threads: Int) -> [Float] {
         let inStride = layers[0].inChannels * inputSize * inputSize
-        let outStride = outputChannels * outputSize * outputSize
+        let ow = outputSize
+        let outStride = outputChannels * ow * ow
         var out = [Float](repeating: 0, count: count * outStride)
+        let sizes = ConvChainTrainer.groupSizes(count)
+        let starts = sizes.indices.map { sizes[0..<$0].reduce(0, +) }
         inputs.withUnsafeBufferPointer { ib in
             out.withUnsafeMutableBufferPointer { ob in
                 nonisolated(unsafe) let ip = ib.baseAddress!, op = ob.baseAddress!
-                ParallelFor.run((count + 7) / 8, threads: threads) { chunk in
-                    let ws = self.pool.take(self)
-                    defer { self.pool.give(ws) }
-                    for n in chunk * 8..<min(count, chunk * 8 + 8) {
-                        self.forward(ip + n * inStride, ws)
-                        let v = ws.acts.last!.view()
-                        for c in 0..<v.channels { for y in 0..<v.height {
-                            (op + n * outStride + (c * v.height + y) * v.width).update(from: v.pointer(c, y, 0), count: v.width)
-                        } }
-                    }
+                ParallelFor.run(sizes.count, threads: threads) { gi in
+                    let (g, start) = (sizes[gi], starts[gi])
+                    let ws = self.takeWorkspace(g)
+                    defer { self.giveWorkspace(ws) }
+                    self.forward(ip + start * inStride, ws)
+                    let v = ws.acts[self.layers.count - 1].view()
+                    for c in 0..<v.channels { for y in 0..<ow {
+                        let row = v.pointer(c, y, 0)
+                        for n in 0..<g {
+                            let dst = op + (start + n) * outStride + (c * ow + y) * ow
+                            for x in 0..<ow { dst[x] = row[x * g + n] }
+                        }
+                    } }
                 }
             }
         }
@@ -197,18 +282,20 @@ public final class ConvChainTrainer: @unchecked Sendable {
     }
 
     /// Loss and dL/dp (flat, `layout` order) of a batch: `inputs` holds `count` samples,
-    /// `targets` their outputSize^2 x outputChannels targets.
+    /// `targets` their outputSize^2 x outputChannels targets. Each group (`groupSizes`) adds its
+    /// weight and bias gradients to an accumulator of its own; they are summed in group order.
     public func lossAndGradient(inputs: [Float], targets: [Float], count: Int, loss: Loss, threads: Int)
         -> (loss: Double, gradient: [Float]) {
-        let chunks = (count + ConvChainTrainer.chunkSize - 1) / ConvChainTrainer.chunkSize
         let accSizes = layers.map { l in
             WeightGradient.paddedTaps(l.inChannels * l.kernel * l.kernel) * WeightGradient.paddedChannels(l.outChannels, isa: isa)
         }
-        let perChunk = accSizes.reduce(0, +) + layers.reduce(0) { $0 + $1.outChannels }
-        // Each layer's block in a chunk's accumulator: dW^T (accSizes[i]) then the bias sums.
+        // Each layer's block in a group's accumulator: dW^T (accSizes[i]) then the bias sums.
         let accOffsets: [Int] = layers.indices.map { i in (0..<i).reduce(0) { $0 + accSizes[$1] + layers[$1].outChannels } }
-        var acc = [Float](repeating: 0, count: chunks * perChunk)
-        var losses = [Double](repeating: 0, count: chunks)
+        let perGroup = accSizes.reduce(0, +) + layers.reduce(0) { $0 + $1.outChannels }
+        let sizes = ConvChainTrainer.groupSizes(count)
+        let starts = sizes.indices.map { sizes[0..<$0].reduce(0, +) }
+        var acc = [Float](repeating: 0, count: sizes.count * perGroup)
+        var losses = [Double](repeating: 0, count: sizes.count)
         let inStride = layers[0].inChannels * inputSize * inputSize
         let outStride = outputChannels * outputSize * outputSize
         let total = count * outStride
@@ -217,23 +304,19 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 acc.withUnsafeMutableBufferPointer { ab in
                     losses.withUnsafeMutableBufferPointer { lb in
                         nonisolated(unsafe) let ip = ib.baseAddress!, tp = tb.baseAddress!, ap = ab.baseAddress!, lp = lb.baseAddress!
-                        ParallelFor.run(chunks, threads: threads) { chunk in
-                            let ws = self.pool.take(self)
-                            defer { self.pool.give(ws) }
-                            let a = ap + chunk * perChunk
-                            var l = 0.0
-                            for n in chunk * ConvChainTrainer.chunkSize..<min(count, (chunk + 1) * ConvChainTrainer.chunkSize) {
-                                l += self.sampleGradient(ip + n * inStride, tp + n * outStride, loss, total, ws, a, accSizes, accOffsets)
-                            }
-                            lp[chunk] = l
+                        ParallelFor.run(sizes.count, threads: threads) { gi in
+                            let ws = self.takeWorkspace(sizes[gi])
+                            defer { self.giveWorkspace(ws) }
+                            lp[gi] = self.groupGradient(ip + starts[gi] * inStride, tp + starts[gi] * outStride, loss, total, ws,
+                                                        ap + gi * perGroup, accSizes, accOffsets)
                         }
                     }
                 }
             }
         }
-        // Reduce the chunks in order, then unpack dW^T into OIHW.
-        var sum = [Float](repeating: 0, count: perChunk)
-        for c in 0..<chunks { for i in 0..<perChunk { sum[i] += acc[c * perChunk + i] } }
+        // Sum the groups in order, then unpack dW^T into OIHW.
+        var sum = [Float](repeating: 0, count: perGroup)
+        for gi in 0..<sizes.count { for i in 0..<perGroup { sum[i] += acc[gi * perGroup + i] } }
         var grad = [Float](repeating: 0, count: layout.count)
         var off = 0
         for (li, l) in layers.enumerated() {
@@ -251,57 +334,88 @@ public final class ConvChainTrainer: @unchecked Sendable {
         return (losses.reduce(0, +) / Double(total), grad)
     }
 
-    /// Forward and backward of one sample; adds its weight and bias gradients to `acc`.
-    private func sampleGradient(_ x: UnsafePointer<Float>, _ target: UnsafePointer<Float>, _ loss: Loss, _ total: Int,
-                                _ ws: Workspace, _ acc: UnsafeMutablePointer<Float>, _ accSizes: [Int],
-                                _ accOffsets: [Int]) -> Double {
+    /// Forward and backward of one group; adds its weight and bias gradients to `acc`.
+    private func groupGradient(_ x: UnsafePointer<Float>, _ target: UnsafePointer<Float>, _ loss: Loss, _ total: Int,
+                               _ ws: Workspace, _ acc: UnsafeMutablePointer<Float>, _ accSizes: [Int], _ accOffsets: [Int]) -> Double {
         forward(x, ws)
+        let g = ws.g
         let last = layers.count - 1
-        // dL/dy of the output, masked by its ReLU.
-        let yv = ws.acts[last].view(), gv = ws.grads[last].view()
+        // dL/dy of the output (interleaved like it), masked by its ReLU.
+        let yv = ws.acts[last].view(), tv = ws.targets.view(), gv = ws.grads[last].view()
+        ConvChainTrainer.interleave(target, into: tv, channels: outputChannels, size: outputSize, group: g)
         var l = 0.0
-        let ow = outputSize
         for c in 0..<yv.channels { for y in 0..<yv.height {
-            l += loss.accumulate(yv.pointer(c, y, 0), target + (c * ow + y) * ow, ow, total: total, grad: gv.pointer(c, y, 0))
+            l += loss.accumulate(yv.pointer(c, y, 0), tv.pointer(c, y, 0), yv.width, total: total, grad: gv.pointer(c, y, 0))
         } }
-        if layers[last].relu { mask(gv, by: yv) }
+        if layers[last].relu { ConvChainTrainer.mask(gv, by: yv) }
         for i in stride(from: last, through: 0, by: -1) {
-            let l = layers[i]
-            let g = ws.grads[i].view()
-            let ldb = ws.ldb[i]
-            // Transpose dY to pixel-major for the weight-gradient kernel; bias gradient on the way.
+            let li = layers[i]
+            let dy = ws.grads[i].view()
+            let ldb = ws.ldb[i], width = dy.width
+            // dY^T (pixel-major) for the weight gradient; the bias gradient.
             let dyt = ws.dYT[i]
-            let bias = acc + accOffsets[i] + accSizes[i]
-            for c in 0..<l.outChannels {
-                var s: Float = 0
-                for y in 0..<l.outSize {
-                    let row = g.pointer(c, y, 0)
-                    for xx in 0..<l.outSize { let v = row[xx]; s += v; dyt[(y * l.outSize + xx) * ldb + c] = v }
+            for y in 0..<li.outSize {
+                let d = dyt + y * width * ldb
+                for c in 0..<li.outChannels {
+                    let row = dy.pointer(c, y, 0)
+                    for xx in 0..<width { d[xx * ldb + c] = row[xx] }
                 }
-                bias[c] += s
             }
+            let bias = acc + accOffsets[i] + accSizes[i]
+            for c in 0..<li.outChannels { bias[c] += ConvChainTrainer.channelSum(dy, c) }
+            // dW^T by row blocks (each block's dY^T stays in L2 while every tap reads it); the
+            // rows of each tap are summed in order, as in one call over the whole map.
             let xin = i == 0 ? ws.input.view() : ws.acts[i - 1].view()
-            WeightGradient.accumulate(input: xin, offsets: ws.tapOffsets[i], outHeight: l.outSize, outWidth: l.outSize,
-                                      dYT: dyt, ldb: ldb, acc: acc + accOffsets[i], isa: isa)
+            let offsets = UnsafePointer(ws.tapOffsets[i])
+            let a = acc + accOffsets[i]
+            for rows in ws.rowBlocks[i] {
+                WeightGradient.accumulate(input: UnsafePointer(xin.base + rows.lowerBound * xin.rowStride), rowStride: xin.rowStride,
+                                          offsets: UnsafeBufferPointer(start: offsets, count: ws.tapCount[i]),
+                                          outHeight: rows.count, outWidth: width, dYT: dyt + rows.lowerBound * width * ldb,
+                                          ldb: ldb, acc: a, isa: isa)
+            }
             if i > 0 {
-                // dX = full convolution of dY with the flipped, transposed kernel.
-                let k = l.kernel
-                var padded = g.layout
-                padded.height += 2 * (k - 1); padded.width += 2 * (k - 1); padded.margin = 0
-                let src = PlanarView(base: g.pointer(0, -(k - 1), -(k - 1)), layout: padded, owner: ws.grads[i])
+                // dX = full convolution of dY with the flipped, transposed kernel, masked by the
+                // previous layer's ReLU.
+                let k = li.kernel
+                var padded = dy.layout
+                padded.height += 2 * (k - 1); padded.width += 2 * (k - 1) * g; padded.margin = 0
+                let src = PlanarView(base: dy.pointer(0, -(k - 1), -(k - 1) * g), layout: padded, owner: ws.grads[i])
                 let dst = ws.grads[i - 1].view()
-                FastOps.conv2d(src, dst, backwardWeights[i]!, padding: .valid, activation: .none, isa: isa)
-                if layers[i - 1].relu { mask(dst, by: ws.acts[i - 1].view()) }
+                FastOps.conv2d(src, dst, backwardWeights[i]!, padding: .valid, activation: .none, isa: isa, tapStep: g)
+                if layers[i - 1].relu { ConvChainTrainer.mask(dst, by: ws.acts[i - 1].view()) }
             }
         }
         return l
     }
 
-    /// g = 0 where the ReLU output is 0.
-    private func mask(_ g: PlanarView, by y: PlanarView) {
+    /// The sum of one channel of a map, in a fixed order (16 running sums over each row's
+    /// vectors, then the rest).
+    private static func channelSum(_ v: PlanarView, _ c: Int) -> Float {
+        var s = SIMD16<Float>(repeating: 0)
+        var tail: Float = 0
+        for y in 0..<v.height {
+            let p = v.pointer(c, y, 0)
+            var x = 0
+            while x + 16 <= v.width { s += UnsafeRawPointer(p + x).loadUnaligned(as: SIMD16<Float>.self); x += 16 }
+            while x < v.width { tail += p[x]; x += 1 }
+        }
+        return s.sum() + tail
+    }
+
+    /// g = 0 where the ReLU output is 0 (16 at a time, then the rest).
+    private static func mask(_ g: PlanarView, by y: PlanarView) {
+        let zero = SIMD16<Float>(repeating: 0)
         for c in 0..<g.channels { for r in 0..<g.height {
             let gp = g.pointer(c, r, 0), yp = y.pointer(c, r, 0)
-            for x in 0..<g.width where yp[x] <= 0 { gp[x] = 0 }
+            var x = 0
+            while x + 16 <= g.width {
+                let yv = UnsafeRawPointer(yp + x).loadUnaligned(as: SIMD16<Float>.self)
+                let gv = UnsafeRawPointer(gp + x).loadUnaligned(as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(gp + x).storeBytes(of: gv.replacing(with: zero, where: yv .<= zero), as: SIMD16<Float>.self)
+                x += 16
+            }
+            while x < g.width { if yp[x] <= 0 { gp[x] = 0 }; x += 1 }
         } }
     }
 }

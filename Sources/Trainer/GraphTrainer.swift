@@ -38,7 +38,7 @@ public struct GraphTrainerError: Error, CustomStringConvertible, Equatable {
 /// Threads: a batch is cut into fixed chunks of `chunkSize` samples; each chunk's gradient is
 /// accumulated in its own workspace and added to the batch sum in chunk order, so results are the
 /// same bits for any thread count (and equal to `ConvChainTrainer`'s on a chain of valid
-/// convolutions). Workspaces are made on first use and kept for the trainer's life. One call at a
+/// convolutions up to rounding: that trainer interleaves samples and sums in another order). Workspaces are made on first use and kept for the trainer's life. One call at a
 /// time: `setParameters` must not run during `lossAndGradient` or `predict`.
 public final class GraphTrainer: @unchecked Sendable {
     public static let chunkSize = 2

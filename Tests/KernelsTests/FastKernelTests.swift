@@ -88,6 +88,61 @@ final class FastKernelTests: XCTestCase {
         }
     }
 
+    /// Interleaved maps (`tapStep` g: element (c, y, x * g + n) is pixel x of sample n), as the
+    /// chain trainer runs a group of samples: every sample's output equals, bit for bit, the same
+    /// kernel run on that sample alone (and the reference within rounding), for random shapes,
+    /// odd sizes, several group sizes and the output rows cut into pieces as threads would.
+    func testInterleavedConvEqualsPerSampleConv() {
+        var rng = TestRNG(seed: 31)
+        var cases: [(c: Int, o: Int, k: Int, h: Int, w: Int, g: Int)] = [
+            (1, 64, 10, 10, 33, 8), (64, 16, 6, 6, 24, 3), (16, 1, 5, 5, 19, 8), (1, 1, 19, 19, 25, 2), (3, 5, 3, 7, 7, 1)]
+        for _ in 0..<14 {
+            let k = Int.random(in: 1...7, using: &rng)
+            cases.append((Int.random(in: 1...9, using: &rng), Int.random(in: 1...11, using: &rng), k,
+                          k + Int.random(in: 0...12, using: &rng), k + Int.random(in: 0...30, using: &rng),
+                          [1, 2, 3, 5, 7, 8][Int.random(in: 0..<6, using: &rng)]))
+        }
+        for t in cases {
+            let oh = t.h - t.k + 1, ow = t.w - t.k + 1
+            let samples = (0..<t.g).map { _ in FeatureMap(channels: t.c, height: t.h, width: t.w, data: rng.floats(t.c * t.h * t.w)) }
+            let wt = rng.floats(t.o * t.c * t.k * t.k), b = rng.floats(t.o)
+            let packed = PackedConv(weight: wt, bias: b, outChannels: t.o, inChannels: t.c, kh: t.k, kw: t.k)
+            let input = PlanarBuffer(PlanarLayout(channels: t.c, height: t.h, width: t.w * t.g))
+            let iv = input.view()
+            for (n, m) in samples.enumerated() { for c in 0..<t.c { for y in 0..<t.h { for x in 0..<t.w {
+                iv.pointer(c, y, x * t.g + n)[0] = m[c, y, x]
+            } } } }
+            for isa in isas {
+                for act in [Activation.none, .relu] {
+                    let out = PlanarBuffer(PlanarLayout(channels: t.o, height: oh, width: ow * t.g))
+                    // Rows in up to three pieces, as the threads of a parallel run would take them.
+                    let cuts = [0, oh / 3, (2 * oh) / 3, oh]
+                    for i in 0..<3 where cuts[i] < cuts[i + 1] {
+                        FastOps.conv2d(iv, out.view(), packed, padding: .valid, activation: act, isa: isa,
+                                       rows: cuts[i]..<cuts[i + 1], tapStep: t.g)
+                    }
+                    let v = out.view()
+                    for (n, m) in samples.enumerated() {
+                        let alone = PlanarBuffer(PlanarLayout(channels: t.o, height: oh, width: ow))
+                        FastOps.conv2d(planar(m, margin: 0).view(), alone.view(), packed, padding: .valid, activation: act, isa: isa)
+                        var ref = Reference.conv2d(m, weight: wt, bias: b, outChannels: t.o, kh: t.k, kw: t.k, padding: .valid)
+                        if case .relu = act { ref = Reference.relu(ref) }
+                        let a = alone.view()
+                        var worst: Float = 0, mismatches = 0
+                        for c in 0..<t.o { for y in 0..<oh { for x in 0..<ow {
+                            let got = v.pointer(c, y, x * t.g + n)[0]
+                            if got.bitPattern != a.pointer(c, y, x)[0].bitPattern { mismatches += 1 }
+                            worst = max(worst, abs(got - ref[c, y, x]))
+                        } } }
+                        XCTAssertEqual(mismatches, 0, "\(isa) \(t) \(act) sample \(n): differs from the sample run alone")
+                        XCTAssertLessThanOrEqual(worst, tolerance(t.c * t.k * t.k), "\(isa) \(t) \(act) sample \(n)")
+                    }
+                    for c in 0..<t.o { for y in 0..<oh { XCTAssertEqual(v.pointer(c, y, ow * t.g)[0], 0, "\(isa) \(t): column past the width") } }
+                }
+            }
+        }
+    }
+
     /// The transposed convolution on random shapes: narrow maps (several rows per GEMM chunk),
     /// rows wider than a chunk, odd sizes, row ranges run as separate pieces (as threads do);
     /// columns past the width stay zero.

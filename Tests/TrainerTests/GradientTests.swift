@@ -96,7 +96,9 @@ final class GradientTests: XCTestCase {
     }
 
     /// The fast trainer's loss and gradient equal the reference graph gradient (Float), for
-    /// several shapes and thread counts, and are bitwise identical across thread counts.
+    /// several shapes, batch sizes that run as one group or several (samples interleaved within a
+    /// group) and thread counts, and are bitwise identical across thread counts; predictions
+    /// equal the reference network per sample.
     func testFastChainMatchesReference() throws {
         for (seed, size, spec) in [(UInt64(5), 20, [(8, 5, true), (5, 3, true), (1, 3, true)]),
                                    (6, 19, [(1, 7, false)]),
@@ -109,42 +111,67 @@ final class GradientTests: XCTestCase {
             let t = try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size))
             let p = t.layout.flatten(m)
             t.setParameters(p)
-            var rng = SplitMix64(seed: seed)
-            let batch = 5
-            let inputs = (0..<(batch * size * size)).map { _ in rng.float(0, 1) }
-            let outN = t.outputChannels * t.outputSize * t.outputSize
-            let targets = (0..<(batch * outN)).map { _ in rng.float(0, 1) }
-            let fast1 = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 1)
-            let fast2 = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 2)
-            XCTAssertEqual(fast1.gradient, fast2.gradient, "thread count changed the gradient")
-            XCTAssertEqual(fast1.loss, fast2.loss)
-            // Reference in Double.
             let g = try GraphGradient<Double>(model: m)
             let pd = p.map(Double.init)
-            var ref = [Double](repeating: 0, count: p.count)
-            var refLoss = 0.0
-            for n in 0..<batch {
-                let x = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[n * size * size..<(n + 1) * size * size].map(Double.init))
-                let v = g.forward(x, pd)
-                let y = v[m.graph.outputs[0]]!
-                var dy = y
-                for i in 0..<outN {
-                    let d = y.data[i] - Double(targets[n * outN + i])
-                    refLoss += d * d
-                    dy.data[i] = 2 * d / Double(batch * outN)
+            for batch in [5, 17] {
+                var rng = SplitMix64(seed: seed &+ UInt64(batch))
+                let inputs = (0..<(batch * size * size)).map { _ in rng.float(0, 1) }
+                let outN = t.outputChannels * t.outputSize * t.outputSize
+                let targets = (0..<(batch * outN)).map { _ in rng.float(0, 1) }
+                let fast1 = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 1)
+                for threads in [2, 3] {
+                    let f = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: threads)
+                    XCTAssertEqual(f.gradient.map(\.bitPattern), fast1.gradient.map(\.bitPattern), "\(threads) threads changed the gradient")
+                    XCTAssertEqual(f.loss.bitPattern, fast1.loss.bitPattern)
                 }
-                g.backward(v, outputGradient: dy, pd, into: &ref)
+                // Reference in Double.
+                var ref = [Double](repeating: 0, count: p.count)
+                var refLoss = 0.0
+                var refOutputs = [Double]()
+                for n in 0..<batch {
+                    let x = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[n * size * size..<(n + 1) * size * size].map(Double.init))
+                    let v = g.forward(x, pd)
+                    let y = v[m.graph.outputs[0]]!
+                    refOutputs += y.data
+                    var dy = y
+                    for i in 0..<outN {
+                        let d = y.data[i] - Double(targets[n * outN + i])
+                        refLoss += d * d
+                        dy.data[i] = 2 * d / Double(batch * outN)
+                    }
+                    g.backward(v, outputGradient: dy, pd, into: &ref)
+                }
+                refLoss /= Double(batch * outN)
+                XCTAssertEqual(fast1.loss, refLoss, accuracy: 1e-5 * max(1, refLoss))
+                let scale = ref.map(abs).max()!
+                for i in 0..<p.count {
+                    XCTAssertEqual(Double(fast1.gradient[i]), ref[i], accuracy: 2e-5 * scale, "batch \(batch): parameter \(i) of \(t.layout.names)")
+                }
+                let pred = t.predict(inputs, count: batch, threads: 2)
+                XCTAssertEqual(pred.count, refOutputs.count)
+                var worst = 0.0
+                for i in 0..<pred.count { worst = max(worst, abs(Double(pred[i]) - refOutputs[i])) }
+                XCTAssertLessThan(worst, 1e-4, "batch \(batch): predictions")
+                XCTAssertEqual(t.predict(inputs, count: batch, threads: 1), pred)
             }
-            refLoss /= Double(batch * outN)
-            XCTAssertEqual(fast1.loss, refLoss, accuracy: 1e-5 * max(1, refLoss))
-            let scale = ref.map(abs).max()!
-            for i in 0..<p.count {
-                XCTAssertEqual(Double(fast1.gradient[i]), ref[i], accuracy: 2e-5 * scale, "parameter \(i) of \(t.layout.names)")
-            }
-            let pred = t.predict(inputs, count: batch, threads: 2)
-            let x0 = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[0..<size * size].map(Double.init))
-            let y0 = g.forward(x0, pd)[m.graph.outputs[0]]!
-            for i in 0..<outN { XCTAssertEqual(Double(pred[i]), y0.data[i], accuracy: 1e-4) }
+        }
+    }
+
+    /// Groups: ceil(count / maxGroup) of them, an even number when several, sizes differing by at
+    /// most one, larger first, covering the batch; independent of anything but the count.
+    func testGroupSizes() {
+        XCTAssertEqual(ConvChainTrainer.groupSizes(0), [])
+        XCTAssertEqual(ConvChainTrainer.groupSizes(1), [1])
+        let mg = ConvChainTrainer.maxGroup
+        XCTAssertEqual(ConvChainTrainer.groupSizes(mg), [mg])
+        for count in 1...300 {
+            let s = ConvChainTrainer.groupSizes(count)
+            XCTAssertEqual(s.reduce(0, +), count)
+            XCTAssertTrue(s.allSatisfy { $0 >= 1 && $0 <= mg }, "\(count): \(s)")
+            XCTAssertLessThanOrEqual(s.max()! - s.min()!, 1)
+            XCTAssertEqual(s, s.sorted(by: >))
+            if s.count > 1 { XCTAssertEqual(s.count % 2, 0, "\(count): \(s)") }
+            XCTAssertGreaterThanOrEqual(s.count, (count + mg - 1) / mg)
         }
     }
 

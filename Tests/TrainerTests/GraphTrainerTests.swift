@@ -247,7 +247,7 @@ final class GraphTrainerTests: XCTestCase {
 
     // MARK: Flamary chains, determinism, training
 
-    func testFlamaryChainEqualsConvChainTrainer() throws {
+    func testFlamaryChainAgreesWithConvChainTrainer() throws {
         let flamary = try Architectures.flamary3(initializer: Initialization.glorot.initializer(seed: 2))
         let small = try model({ b, x in
             var y = b.conv(x, out: 8, kernel: 5); y = b.relu(y)
@@ -264,8 +264,12 @@ final class GraphTrainerTests: XCTestCase {
             for loss in [Loss.mse, .l1] {
                 let a = chain.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 5, loss: loss, threads: 2)
                 let g = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 5, loss: loss, threads: 2)
-                XCTAssertEqual(g.loss, a.loss, "\(m.name) \(loss)")
-                XCTAssertEqual(g.gradient, a.gradient, "\(m.name) \(loss): gradients differ")
+                // The chain trainer interleaves samples and sums the weight gradient in another
+                // order, so the two agree to rounding, not bit for bit.
+                XCTAssertEqual(g.loss, a.loss, accuracy: 1e-5 * max(1, abs(a.loss)), "\(m.name) \(loss)")
+                let scale = max(a.gradient.map { abs($0) }.max() ?? 0, 1e-12)
+                let worst = zip(g.gradient, a.gradient).map { abs($0 - $1) }.max() ?? 0
+                XCTAssertLessThan(worst / scale, 1e-4, "\(m.name) \(loss): gradients differ")
             }
             XCTAssertEqual(try t.predict(inputs: b.inputs, count: 5, threads: 2), chain.predict(b.inputs, count: 5, threads: 2))
         }
