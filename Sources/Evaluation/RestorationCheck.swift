@@ -197,7 +197,6 @@ public struct RestorationCheck: Sendable, CustomStringConvertible {
         var n = 8
         for c in Swift.stride(from: min(1024, min(w, h)) & ~1, through: 8, by: -2) where FFTPlan.fastSize(atLeast: c) == c { n = c; break }
         let y0 = (h - n) / 2, x0 = (w - n) / 2
-        let edge = 0.5 - 1.5 / Double(n)
         func power(_ value: (Int) -> Double) -> Double {
             var mean = 0.0
             for y in 0..<n { for x in 0..<n { mean += value((y0 + y) * w + x0 + x) } }

@@ -204,24 +204,9 @@ public final class FITSReader: @unchecked Sendable {
         ffgipr(f, 9, &bitpix, &naxis, &naxes, &status)
         if status != 0 { throw FITSError.cfitsio(path, status, FITSIO.errorText(status)) }
         let axes = Array(naxes[0..<Int(min(naxis, 9))])
-        if naxis == 0 { throw FITSError.noImage("\(path) (HDU \(hdunum - 1) has NAXIS = 0)") }
-        if naxis == 1 { throw FITSError.oneDimensional(path) }
-        if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
-        if axes.contains(0) { throw FITSError.empty(path) }
-        if axes.dropFirst(2).contains(where: { $0 > 1 }) { throw FITSError.cube(path, axes) }
-        try FITSReader.checkDeclaredSize(f, path: path, axes: axes, bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
-        var nkeys: Int32 = 0, more: Int32 = 0
-        ffghsp(f, &nkeys, &more, &status)
-        var cards: [String] = []
-        var buf = [CChar](repeating: 0, count: 96)
-        if nkeys > 0 {
-            for i in 1...nkeys {
-                ffgrec(f, i, &buf, &status)
-                if status != 0 { break }
-                cards.append(String(cString: buf))
-            }
-        }
-        if status != 0 { throw FITSError.cfitsio("\(path): reading the header", status, FITSIO.errorText(status)) }
+        if axes.dropFirst(2).contains(where: { $0 > 1 }) && axes.allSatisfy({ $0 > 0 }) { throw FITSError.cube(path, axes) }
+        try FITSReader.checkImage(f, path: path, axes: axes, bitpix: Int(bitpix), hdu: Int(hdunum) - 1)
+        let cards = try FITSReader.headerCards(f, path: path)
         self.width = axes[0]
         self.height = axes[1]
         self.bitpix = Int(bitpix)
@@ -288,6 +273,35 @@ public final class FITSReader: @unchecked Sendable {
         }
         ok = true
         return (f, hdunum)
+    }
+
+    /// Refuses an image HDU without 2-D pixels (NAXIS 0 or 1, a negative or zero axis) or whose
+    /// declared data the file cannot hold (`checkDeclaredSize`). Shared by `FITSReader` and
+    /// `FITSProbe`.
+    static func checkImage(_ f: UnsafeMutablePointer<fitsfile>, path: String, axes: [Int], bitpix: Int, hdu: Int) throws {
+        if axes.isEmpty { throw FITSError.noImage("\(path) (HDU \(hdu) has NAXIS = 0)") }
+        if axes.count == 1 { throw FITSError.oneDimensional(path) }
+        if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
+        if axes.contains(0) { throw FITSError.empty(path) }
+        try checkDeclaredSize(f, path: path, axes: axes, bitpix: bitpix, hdu: hdu)
+    }
+
+    /// The 80-character records of the current HDU's header, in order.
+    static func headerCards(_ f: UnsafeMutablePointer<fitsfile>, path: String) throws -> [String] {
+        var status: Int32 = 0
+        var nkeys: Int32 = 0, more: Int32 = 0
+        ffghsp(f, &nkeys, &more, &status)
+        var cards: [String] = []
+        var buf = [CChar](repeating: 0, count: 96)
+        if nkeys > 0 {
+            for i in 1...nkeys {
+                ffgrec(f, i, &buf, &status)
+                if status != 0 { break }
+                cards.append(String(cString: buf))
+            }
+        }
+        if status != 0 { throw FITSError.cfitsio("\(path): reading the header", status, FITSIO.errorText(status)) }
+        return cards
     }
 
     /// The largest image accepted: 2^40 pixels (a terapixel), each axis below 2^31.

@@ -58,26 +58,11 @@ public struct FITSProbe: Sendable {
             return (Array(naxes[0..<Int(min(naxis, 9))]), Int(bp))
         }
         let (axes, bp) = try imageAxes()
-        if axes.isEmpty { throw FITSError.noImage("\(path) (HDU \(hdunum - 1) has NAXIS = 0)") }
-        if axes.count == 1 { throw FITSError.oneDimensional(path) }
-        if axes.contains(where: { $0 < 0 }) { throw FITSError.notFITS(path, "negative axis length in \(axes)") }
-        if axes.contains(0) { throw FITSError.empty(path) }
         // Declared data must fit the file (and the pixel cap) before any plane is cut out.
-        try FITSReader.checkDeclaredSize(f, path: path, axes: axes, bitpix: Int(bp), hdu: Int(hdunum) - 1)
+        try FITSReader.checkImage(f, path: path, axes: axes, bitpix: Int(bp), hdu: Int(hdunum) - 1)
         self.axes = axes
         self.bitpix = bp
-        var nkeys: Int32 = 0, more: Int32 = 0
-        ffghsp(f, &nkeys, &more, &status)
-        var cards: [String] = []
-        var buf = [CChar](repeating: 0, count: 96)
-        if nkeys > 0 {
-            for i in 1...nkeys {
-                ffgrec(f, i, &buf, &status)
-                if status != 0 { break }
-                cards.append(String(cString: buf))
-            }
-        }
-        if status != 0 { throw FITSError.cfitsio("\(path): reading the header", status, FITSIO.errorText(status)) }
+        let cards = try FITSReader.headerCards(f, path: path)
         headerCards = cards
         extname = FITSHeader.value("EXTNAME", in: cards)
         extver = FITSHeader.value("EXTVER", in: cards).flatMap { Int($0) } ?? 1
