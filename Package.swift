@@ -54,7 +54,7 @@ let package = Package(
         ),
         .testTarget(name: "ModelFormatTests", dependencies: ["ModelFormat"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "ModelFormat"]),
-        .testTarget(name: "ImagingTests", dependencies: ["Imaging", "ModelFormat"]),
+        .testTarget(name: "ImagingTests", dependencies: ["Imaging", "ModelFormat", "Runtime"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Imaging", "Runtime"]),
         .testTarget(name: "TrainerTests", dependencies: ["Trainer", "Imaging", "Runtime", "ModelFormat", "Kernels"]),
         .testTarget(name: "ReportingTests", dependencies: ["Reporting"]),

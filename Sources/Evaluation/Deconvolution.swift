@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 import Imaging
 
 /// The classical deconvolution methods of Flamary 2017's Table I, on the same operator as the

@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 import Imaging
 
 /// The result of a parameter search: the best image, its parameters (e.g. `sigma=1.25`) and its

@@ -98,6 +98,11 @@ public struct Evaluator {
             return (best!.0, "mu=\(best!.1),iterations=\(iters)")
         case .network(_, let path):
             let net = try Network(path: path)
+            if net.wienerContext != nil {
+                // A PSF-aware model deconvolves with the degradation's own PSF, given at run time.
+                try net.bind(psf: PSFKernel(height: psf.height, width: psf.width, values: psf.pixels),
+                             description: degradation.psfSpec.exactDescription)
+            }
             let fits = FITSImage(width: observed.width, height: observed.height, pixels: observed.pixels.map { Float($0) })
             var opts = Restoration.Options(threads: threads)
             // A max-normalised model (clip_max) gets the degraded image as it is, already in its

@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 
 /// 'same'-size linear convolution with zero boundary, through the FFT:
 ///     out[i, j] = sum_(u, v) image[i + oy - u, j + ox - v] * kernel[u, v]

@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 
 /// Registration of two frames of one field by a translation: FFT phase correlation for the whole
 /// pixel shift, refined to 0.01 px by evaluating the inverse transform of the normalised cross-power

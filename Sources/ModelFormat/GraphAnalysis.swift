@@ -46,7 +46,11 @@ public struct GraphAnalysis: Sendable {
     public static let knownAttributes: [Op: Set<String>] = [
         .conv2d: ["padding", "stride"], .relu: [], .leakyRelu: ["alpha"], .maxpool2d: ["size"],
         .convTranspose2d: ["stride"], .concat: ["axis"], .constantChannel: ["value", "parameter"],
+        .wienerDeconvolution: ["context"],
     ]
+
+    /// The largest `context` of a `wiener_deconvolution` node.
+    public static let maxWienerContext = 256
 
     public init(graph: Graph, tensorShapes: [String: [Int]]) throws {
         self.graph = graph
@@ -248,6 +252,22 @@ public struct GraphAnalysis: Sendable {
                 var (ay, axx) = axes[n.inputs[0]]!
                 ay.constant = true; axx.constant = true
                 ax = (ay, axx)
+            case .wienerDeconvolution:
+                try arity(1); try noParams()
+                if inC[0] != 1 { throw fail("node '\(n.name)': wiener_deconvolution takes a one-channel map, its input has \(inC[0])") }
+                guard let c = n.attributes["context"]?.intValue, c >= 1, c <= Int64(GraphAnalysis.maxWienerContext) else {
+                    throw fail("node '\(n.name)': wiener_deconvolution needs an integer attribute 'context' from 1 to \(GraphAnalysis.maxWienerContext)")
+                }
+                outC = 1
+                // Geometry as a 'same' convolution of side 2 context + 1: an output pixel reads
+                // `context` pixels each side (the PSF's reach and the filter's borders).
+                let (ay, axx) = axes[n.inputs[0]]!
+                func reach(_ a: Axis) -> Axis {
+                    var r = a
+                    r.lo = a.lo - a.s * Double(c); r.hi = a.hi + a.s * Double(c)
+                    return r
+                }
+                ax = (reach(ay), reach(axx))
             }
             if outC > 1 << 16 { throw fail("node '\(n.name)' produces \(outC) channels") }
             channels[n.output] = outC
@@ -317,7 +337,7 @@ public struct GraphAnalysis: Sendable {
                     c += t.channels
                 }
                 out = MapShape(channels: c, height: s.height, width: s.width)
-            case .constantChannel:
+            case .constantChannel, .wienerDeconvolution:
                 out = MapShape(channels: 1, height: s.height, width: s.width)
             }
             if out.height < 1 || out.width < 1 {

@@ -42,6 +42,14 @@ public enum MetaValue: Equatable, Sendable, CustomStringConvertible {
         }
     }
     public var intsValue: [Int64]? { if case .ints(let v) = self { return v }; return nil }
+    /// A float array, or an integer array widened to floats.
+    public var doubleArray: [Double]? {
+        switch self {
+        case .floats(let v): return v
+        case .ints(let v): return v.map(Double.init)
+        default: return nil
+        }
+    }
 }
 
 /// Storage type of a tensor in the file. Tensors are always float32 in memory.
@@ -52,7 +60,7 @@ public enum DType: UInt8, Sendable {
     public var name: String { self == .float32 ? "float32" : "float16" }
 }
 
-/// The operators of format version 1.
+/// The operators of format version 1 (`wiener_deconvolution` from 1.1).
 public enum Op: String, Sendable, CaseIterable {
     case conv2d
     case relu
@@ -61,6 +69,12 @@ public enum Op: String, Sendable, CaseIterable {
     case convTranspose2d = "conv_transpose2d"
     case concat
     case constantChannel = "constant_channel"
+    /// Format 1.1: Wiener-Tikhonov deconvolution of a one-channel map with the PSF given at run
+    /// time, lambda by generalised cross-validation on the map (`WienerDeconvolution`).
+    case wienerDeconvolution = "wiener_deconvolution"
+
+    /// The first minor version of format 1 that has the op.
+    public var minorVersion: UInt16 { self == .wienerDeconvolution ? 1 : 0 }
 }
 
 /// Padding of a `conv2d` node.
@@ -95,6 +109,8 @@ public struct Node: Equatable, Sendable {
     public var alpha: Float { Float(attributes["alpha"]?.doubleValue ?? 0) }
     public var constantValue: Float { Float(attributes["value"]?.doubleValue ?? 0) }
     public var runtimeParameter: String? { attributes["parameter"]?.stringValue }
+    /// `wiener_deconvolution`: the context (pixels each side) the step needs beyond an output pixel.
+    public var context: Int { Int(attributes["context"]?.intValue ?? 0) }
 }
 
 public struct GraphInput: Equatable, Sendable {
@@ -144,6 +160,21 @@ public struct Model: Equatable, Sendable {
 
     public var name: String { metadata["name"]?.stringValue ?? "unnamed" }
     public var parameterCount: Int { tensors.values.reduce(0) { $0 + $1.count } }
+
+    /// The model without its input step: a `wiener_deconvolution` reading the graph input is
+    /// removed and what read its output reads the input. Trainers use it: their crop sources apply
+    /// that step themselves (on each crop with its context), so the trainable graph starts from
+    /// the step's output. Other models are returned as they are.
+    public func withoutInputStep() -> Model {
+        let input = graph.inputs[0].name
+        guard let k = graph.nodes.firstIndex(where: { $0.op == .wienerDeconvolution && $0.inputs == [input] }) else { return self }
+        let removed = graph.nodes[k].output
+        var m = self
+        m.graph.nodes.remove(at: k)
+        for i in m.graph.nodes.indices { m.graph.nodes[i].inputs = m.graph.nodes[i].inputs.map { $0 == removed ? input : $0 } }
+        m.graph.outputs = m.graph.outputs.map { $0 == removed ? input : $0 }
+        return m
+    }
 }
 
 /// Constants of the file layout.
@@ -151,7 +182,9 @@ public enum ModelFile {
     public static let magic: [UInt8] = [0x41, 0x43, 0x4E, 0x4E, 0x0D, 0x0A, 0x1A, 0x0A]
     public static let byteOrderMark: UInt32 = 0x0A0B_0C0D
     public static let majorVersion: UInt16 = 1
-    public static let minorVersion: UInt16 = 0
+    /// The newest minor version this code writes and reads; a file is written with the lowest
+    /// minor version its graph needs (1.0 unless it uses a 1.1 op).
+    public static let minorVersion: UInt16 = 1
     public static let preambleLength = 64
     public static let alignment = 64
     static let tagMeta: UInt32 = fourCC("META")

@@ -94,6 +94,11 @@ public struct ModelBuilder {
         return add(.constantChannel, [x], name: name, attributes: attrs, outChannels: 1)
     }
 
+    /// Format 1.1: Wiener deconvolution of a one-channel map with the run-time PSF.
+    public mutating func wienerDeconvolution(_ x: String, context: Int, name: String? = nil) -> String {
+        add(.wienerDeconvolution, [x], name: name, attributes: ["context": .int(Int64(context))], outChannels: 1)
+    }
+
     /// The finished model with `output` as the graph output (derived metadata filled in).
     public func build(output: String) throws -> Model {
         let graph = Graph(inputs: [input], outputs: [output], nodes: nodes)
@@ -133,14 +138,18 @@ public enum Architectures {
     /// linear head sees the input itself: it can pass what needs no change (bright sources)
     /// straight through and learn the correction (residual learning with only the format's ops).
     /// `ratioChannel: false` leaves the constant channel out (a U-net for deconvolution, which has
-    /// no exposure ratio).
+    /// no exposure ratio). `wienerContext` puts a `wiener_deconvolution` step (format 1.1) with
+    /// that context first: the U-net then corrects the Wiener deconvolution with the run-time PSF
+    /// (Tikhonet, Sureau, Lechat & Starck 2020), and the input skip carries the Wiener output.
     public static func unet(name: String = "astro-unet", widths: [Int] = [32, 64, 128, 256, 512], alpha: Double = 0.02,
                             exposureRatio: Double = 1, normalization: String = "none", inputSkip: Bool = false,
-                            ratioChannel: Bool = true,
+                            ratioChannel: Bool = true, wienerContext: Int? = nil,
                             initializer: @escaping ModelBuilder.Initializer) throws -> Model {
         precondition(widths.count >= 2)
         var b = ModelBuilder(name: name, normalization: normalization, initializer: initializer)
         var x = b.input.name
+        if let c = wienerContext { x = b.wienerDeconvolution(x, context: c, name: "wiener") }
+        let first = x
         var skips: [String] = []
         func block(_ b: inout ModelBuilder, _ x: String, _ c: Int, _ tag: String) -> String {
             var y = b.conv(x, out: c, kernel: 3, padding: .same, name: "\(tag).conv1")
@@ -163,7 +172,7 @@ public enum Architectures {
             x = b.concat([skips[level], x], name: "up\(level).concat")
             x = block(&b, x, c, "up\(level)")
         }
-        if inputSkip { x = b.concat([x, b.input.name], name: "head.concat") }
+        if inputSkip { x = b.concat([x, first], name: "head.concat") }
         x = b.conv(x, out: 1, kernel: 1, name: "head")
         return try b.build(output: x)
     }

@@ -76,7 +76,7 @@ public enum ModelWriter {
         out.bytes.append(contentsOf: ModelFile.magic)
         out.u32(ModelFile.byteOrderMark)
         out.u16(ModelFile.majorVersion)
-        out.u16(ModelFile.minorVersion)
+        out.u16(model.graph.nodes.map { $0.op.minorVersion }.max() ?? 0)
         out.u32(UInt32(ModelFile.preambleLength))
         out.u32(0)  // headerLength, patched
         out.u64(0)  // fileLength

@@ -105,11 +105,14 @@ final class ExecutionPlan {
         case convTranspose(PlanarView, PlanarView, PackedConv)
         case fill(PlanarView, Float, String?)
         case copy(PlanarView, PlanarView)
+        /// `wiener_deconvolution` with the PSF bound when the plan was made (nil in layout-only plans).
+        case wiener(PlanarView, PlanarView, PSFKernel?)
 
         /// Every view the step reads or writes.
         var views: [PlanarView] {
             switch self {
-            case let .conv(x, y, _, _, _), let .winograd(x, y, _, _), let .activation(x, y, _), let .pool(x, y), let .convTranspose(x, y, _), let .copy(x, y):
+            case let .conv(x, y, _, _, _), let .winograd(x, y, _, _), let .activation(x, y, _), let .pool(x, y), let .convTranspose(x, y, _), let .copy(x, y),
+                 let .wiener(x, y, _):
                 return [x, y]
             case let .fill(y, _, _): return [y]
             }
@@ -125,6 +128,7 @@ final class ExecutionPlan {
             case let .convTranspose(x, y, p): return .convTranspose(f(x), f(y), p)
             case let .fill(y, v, name): return .fill(f(y), v, name)
             case let .copy(x, y): return .copy(f(x), f(y))
+            case let .wiener(x, y, psf): return .wiener(f(x), f(y), psf)
             }
         }
     }
@@ -266,6 +270,8 @@ final class ExecutionPlan {
                 }
             case .constantChannel:
                 steps.append(.fill(allocate(n.output), n.constantValue, n.runtimeParameter))
+            case .wienerDeconvolution:
+                steps.append(.wiener(x, allocate(n.output), network.psf))
             }
             let out = shapes[n.output]!
             var flops = 0.0
@@ -412,6 +418,10 @@ final class ExecutionPlan {
                 FastOps.fill(y, value: parameter.flatMap { parameters[$0] } ?? value)
             case let .copy(x, y):
                 Self.rows(y.height, threads) { FastOps.copy(x, y, rows: $0) }
+            case let .wiener(x, y, psf):
+                let fixed = parameters[WienerDeconvolution.lambdaParameter].flatMap { $0 > 0 ? Double($0) : nil }
+                WienerDeconvolution.apply(x.pointer(0, 0, 0), inputStride: x.rowStride, height: y.height, width: y.width, psf: psf!,
+                                          output: y.pointer(0, 0, 0), outputStride: y.rowStride, lambda: fixed, threads: threads)
             }
         }
         return outputView.featureMap()

@@ -124,6 +124,13 @@ public enum ModelSearch {
                         psf = "airy:size=\(Int(s)),rings=\(k == k.rounded() ? String(Int(k)) : String(k))"
                     }
                     var noise = m["training.noise"]?.stringValue
+                    if let f = m["training.psf_family"]?.stringValue {
+                        // A PSF-aware model (Wiener step): any member of its family, given at run time.
+                        let parts = f.split(separator: ":", maxSplits: 1)
+                        psf = "given at run time: " + String(parts[0])
+                            + (m["deconvolution.psf_fwhm"]?.doubleArray.map { " FWHM \($0[0])-\($0[1]) px" } ?? "")
+                        if let r = m["deconvolution.noise"]?.doubleArray, r.count == 2 { noise = "gaussian:sigma=\(r[0])-\(r[1]) of the peak" }
+                    }
                     if noise == nil, let s = m["training.noise_sigma"]?.doubleValue { noise = "gaussian:sigma=\(s)" }
                     if noise == nil, m["training.noise_model"] != nil {
                         let ratios = m["training.ratios"].map { "\($0)" } ?? "?"

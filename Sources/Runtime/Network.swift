@@ -48,6 +48,58 @@ public final class Network: @unchecked Sendable {
         return Array(caches.prefix(count))
     }
 
+    /// The PSF of the `wiener_deconvolution` step (format 1.1 models), bound by `bind(psf:)`
+    /// before the first run; nil until then.
+    public private(set) var psf: PSFKernel?
+    /// What the bound PSF is (a spec or a file and how it was made), for headers and messages.
+    public private(set) var psfDescription: String?
+
+    /// The context of the model's `wiener_deconvolution` step, or nil when it has none: such a
+    /// model needs the PSF of the image at run time.
+    public var wienerContext: Int? { graph.nodes.first { $0.op == .wienerDeconvolution }?.context }
+
+    /// The PSF sizes the model was trained for (`deconvolution.psf_fwhm`: [min, max] pixels), if declared.
+    public var psfFWHMRange: ClosedRange<Double>? {
+        guard let r = metadata["deconvolution.psf_fwhm"]?.doubleArray, r.count == 2, r[0] > 0, r[0] <= r[1] else { return nil }
+        return r[0]...r[1]
+    }
+
+    /// Binds the PSF the model's Wiener step deconvolves with: cut to the step's square
+    /// (2 context + 1; refused if that loses over 2% of its flux) and checked against the sizes
+    /// the model declares it was trained for (10% margin). Call before running; rebinding drops
+    /// the cached plans. Throws for a model without the step.
+    public func bind(psf kernel: PSFKernel, description: String = "given") throws {
+        guard let c = wienerContext else {
+            throw RuntimeError.badParameter("\(name) has no Wiener step: it does not take a PSF at run time (it was trained for \(metadata["psf"]?.stringValue ?? "one PSF"))")
+        }
+        let k = try kernel.fitting(side: 2 * c + 1)
+        if let r = psfFWHMRange {
+            let f = k.fwhm
+            if f < r.lowerBound / 1.1 || f > r.upperBound * 1.1 {
+                throw RuntimeError.badParameter(String(format: "the PSF's FWHM is %.2f px; %@ covers %.3g to %.3g px (deconvolution.psf_fwhm): it was not trained for this PSF", f, name, r.lowerBound, r.upperBound))
+            }
+        }
+        runLock.lock(); defer { runLock.unlock() }
+        psf = k
+        psfDescription = description
+        caches = [PlanCache()]
+    }
+
+    /// `parameters` completed with the Wiener step's lambda for a whole image (GCV on its central
+    /// square, `WienerDeconvolution.imageLambda`), unless the model has no step, no PSF is bound
+    /// or the caller fixed it. `window(rows, columns)` gives the pixels and invalid flags of a
+    /// rectangle in any affine units of the image.
+    public func imageParameters(_ parameters: [String: Float], height: Int, width: Int, threads: Int,
+                                window: (Range<Int>, Range<Int>) throws -> ([Float], [Bool])) rethrows -> [String: Float] {
+        guard wienerContext != nil, let k = psf, parameters[WienerDeconvolution.lambdaParameter] == nil else { return parameters }
+        let r = WienerDeconvolution.lambdaRegion(height: height, width: width)
+        let (px, bad) = try window(r.rows, r.columns)
+        var p = parameters
+        p[WienerDeconvolution.lambdaParameter] = Float(WienerDeconvolution.imageLambda(window: px, invalid: bad, height: r.rows.count,
+                                                                                       width: r.columns.count, psf: k, threads: threads))
+        return p
+    }
+
     /// Frees the feature maps kept for the next image.
     public func releaseCaches() {
         runLock.lock(); defer { runLock.unlock() }
@@ -119,6 +171,8 @@ public final class Network: @unchecked Sendable {
         for n in graph.nodes where n.op == .constantChannel {
             if let name = n.runtimeParameter { p[name] = n.constantValue }
         }
+        // The Wiener step's lambda for the whole image (0: each tile chooses its own by GCV).
+        if graph.nodes.contains(where: { $0.op == .wienerDeconvolution }) { p[WienerDeconvolution.lambdaParameter] = 0 }
         return p
     }
 
@@ -150,6 +204,9 @@ public final class Network: @unchecked Sendable {
             throw RuntimeError.unsupportedModel("the model takes \(inputChannels) input channel(s), got \(input.channels)")
         }
         try checkParameters(parameters)
+        if wienerContext != nil && psf == nil {
+            throw RuntimeError.badParameter("\(name) deconvolves with the image's PSF: give it (--psf SPEC, --psf FILE.fits or --psf auto)")
+        }
         _ = try analysis.shapes(height: input.height, width: input.width)  // clear error for bad sizes
     }
 
@@ -185,6 +242,10 @@ public final class Network: @unchecked Sendable {
             case .constantChannel:
                 let v = n.runtimeParameter.flatMap { parameters[$0] } ?? n.constantValue
                 y = Reference.constantChannel(height: x.height, width: x.width, value: v)
+            case .wienerDeconvolution:
+                let fixed = parameters[WienerDeconvolution.lambdaParameter].flatMap { $0 > 0 ? Double($0) : nil }
+                y = FeatureMap(channels: 1, height: x.height, width: x.width,
+                               data: WienerDeconvolution.apply(x.data, height: x.height, width: x.width, psf: psf!, lambda: fixed).image)
             }
             values[n.output] = y
             for v in n.inputs where lastUse[v] == step && !graph.outputs.contains(v) { values[v] = nil }

@@ -17,6 +17,9 @@ public struct RestoreReport: Sendable {
     public var padding: [Int]
     public var tiles: Int
     public var seconds: Double
+    /// The run-time parameters the network ran with (the options' and those the image set: the
+    /// Wiener step's lambda).
+    public var parameters: [String: Float] = [:]
 }
 
 /// The restoration pipeline, one place for each step:
@@ -40,6 +43,9 @@ public enum Restoration {
         /// Feature-map budget for choosing the tiles of 'same' networks (nil: `TiledRunner`'s
         /// default in memory, `StreamingRestore.defaultBandBudget` when streaming).
         public var memoryBudget: Int?
+        /// The PSF bound to the model's Wiener step (`Network.psfDescription`), for the options
+        /// signature that decides whether a batch output is up to date.
+        public var psf: String?
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
                     algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
@@ -89,6 +95,8 @@ public enum Restoration {
     }
 
     /// Restores one image held in memory; returns pixels in the input's units (NaN where invalid).
+    /// A model with a Wiener step gets one lambda for the whole image (`Network.imageParameters`);
+    /// it is in `RestoreReport.parameters`.
     public static func restore(_ image: FITSImage, network: Network, options: Options = Options()) throws -> (pixels: [Float], report: RestoreReport) {
         let start = Date()
         if network.inputChannels != 1 || network.outputChannels != 1 {
@@ -110,7 +118,12 @@ public enum Restoration {
         let maps = min(Double(runner.wholeImageBudget), Double(ph) * Double(pw) * network.bytesPerInputPixel)
         try MemoryBudget.check(Double(ph) * Double(pw) * 4 * 4 + maps, "restoring the \(w)x\(h) image in memory with '\(network.name)'",
                                hint: "`restore` without --in-memory streams it in row bands")
-        let out = try runner.run(padded: padded, height: ph, width: pw, parameters: options.parameters, progress: options.progress)
+        let parameters = network.imageParameters(options.parameters, height: h, width: w, threads: options.threads) { rows, cols in
+            var px = [Float](), bad = [Bool]()
+            for y in rows { for x in cols { px.append(networkUnits[y * w + x]); bad.append(image.invalid[y * w + x]) } }
+            return (px, bad)
+        }
+        let out = try runner.run(padded: padded, height: ph, width: pw, parameters: parameters, progress: options.progress)
 
         var restored = [Float](repeating: 0, count: w * h)
         for y in 0..<h {
@@ -120,7 +133,7 @@ public enum Restoration {
         for i in 0..<restored.count where image.invalid[i] { restored[i] = .nan }
         let tiles = runner.tileCount(outputHeight: out.height, outputWidth: out.width)
         let report = RestoreReport(width: w, height: h, invalidPixels: image.invalidCount, normalization: norm, padding: pads,
-                                   tiles: tiles, seconds: Date().timeIntervalSince(start))
+                                   tiles: tiles, seconds: Date().timeIntervalSince(start), parameters: parameters)
         return (restored, report)
     }
 
@@ -144,7 +157,7 @@ public enum Restoration {
         if let crc = network.fileChecksum {
             keywords.insert(("ACNNCRC", .string(checksumString(crc)), "CRC-32C of the model file"), at: 2)
         }
-        for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) {
+        for (k, v) in report.parameters.sorted(by: { $0.key < $1.key }) {
             keywords.append(("ACNNP\(keywords.count)", .string("\(k)=\(v)"), "run-time model parameter"))
         }
         var history = [
@@ -155,6 +168,9 @@ public enum Restoration {
         if report.invalidPixels > 0 {
             history.append("\(report.invalidPixels) invalid pixels were filled by neighbour inpainting for the network and are NaN here")
         }
+        let (pk, ph) = network.psfProvenance
+        keywords += pk
+        history += ph
         if let c = command { history.append("Command: \(c)") }
         try FITSIO.writeImage(path: output, width: image.width, height: image.height, pixels: pixels, headerCards: image.headerCards,
                               provenance: .init(keywords: keywords, history: history), overwrite: overwrite)

@@ -65,6 +65,8 @@ public enum StreamingRestore {
     public struct Statistics: Sendable, Equatable {
         public var normalization: Normalization
         public var invalidPixels: Int
+        /// Run-time parameters the image sets (the Wiener step's lambda), added to the options'.
+        public var parameters: [String: Float] = [:]
     }
 
     /// The normalisation of the whole image (as `Normalization.fit` on the image in memory) and
@@ -147,6 +149,12 @@ public enum StreamingRestore {
     /// options or the file's header).
     public static func statistics(_ reader: some PixelSource, network: Network, options: Restoration.Options) throws -> Statistics {
         var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
+        let full = try network.imageParameters(options.parameters, height: reader.height, width: reader.width, threads: options.threads) { rows, cols in
+            var px: [Float] = [], bad: [Bool] = []
+            try reader.readWindow(rows: rows, columns: cols, pixels: &px, invalid: &bad)
+            return (px, bad)
+        }
+        for (k, v) in full where options.parameters[k] == nil { stats.parameters[k] = v }
         let cards = reader.headerCards
         stats.normalization = Restoration.resolved(stats.normalization, network: network, options: options) { FITSHeader.value($0, in: cards) }
         return stats
@@ -185,7 +193,8 @@ public enum StreamingRestore {
         let outW = columns.count
         let totalTiles = (ty1 - ty0) * (tx1 - tx0)
         let threads = max(1, options.threads)
-        let algorithm = options.algorithm, isa = options.isa, parameters = options.parameters
+        let algorithm = options.algorithm, isa = options.isa
+        let parameters = options.parameters.merging(statistics.parameters) { given, _ in given }
 
         // The input window of a tile, exactly as TiledRunner.run computes it.
         func span(_ start: Int, _ len: Int, _ off: Int, _ lo: Int, _ hi: Int, _ limit: Int) -> (Int, Int) {
@@ -344,7 +353,7 @@ public enum StreamingRestore {
             ("ACNNNBAD", .int(Int64(statistics.invalidPixels)), "invalid input pixels (NaN in output)"),
             ("ACNNTILE", .int(Int64(layout.tileSize)), "[px] output tile side"),
         ]
-        for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) {
+        for (k, v) in options.parameters.merging(statistics.parameters, uniquingKeysWith: { a, _ in a }).sorted(by: { $0.key < $1.key }) {
             keywords.append(("ACNNP\(keywords.count)", .string("\(k)=\(v)"), "run-time model parameter"))
         }
         var history = [
@@ -356,6 +365,9 @@ public enum StreamingRestore {
         if statistics.invalidPixels > 0 {
             history.append("\(statistics.invalidPixels) invalid pixels were filled by neighbour inpainting for the network and are NaN here")
         }
+        let (pk, ph) = network.psfProvenance
+        keywords += pk
+        history += ph
         history += extraHistory
         if let c = command { history.append("Command: \(c)") }
         return FITSIO.Provenance(keywords: keywords, history: history)
@@ -370,6 +382,7 @@ public enum StreamingRestore {
         if let n = options.normalization { parts.append("norm=\(n.rawValue)") }
         if let g = options.gain { parts.append("gain=\(g)") }
         for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) { parts.append("\(k)=\(v)") }
+        if let p = options.psf { parts.append("psf=\(p)") }
         return parts.joined(separator: ";")
     }
 
@@ -439,7 +452,8 @@ public enum StreamingRestore {
         }
         return RestoreReport(width: reader.width, height: reader.height, invalidPixels: stats.invalidPixels,
                              normalization: stats.normalization, padding: layout.padding, tiles: tiles,
-                             seconds: Date().timeIntervalSince(start))
+                             seconds: Date().timeIntervalSince(start),
+                             parameters: options.parameters.merging(stats.parameters) { a, _ in a })
     }
 
     /// Refuses, before the first pixel is read, a streaming restore whose peak memory

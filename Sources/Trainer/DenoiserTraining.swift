@@ -51,8 +51,14 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// The input normalisation the model declares and the crops are made in: `sky_mad` for the
     /// denoiser, `noise_mad` for deconvolution (a nebula filling the frame is not noise).
     public var normalization = Normalization.Kind.skyMAD
+    /// `deconv-psf`: the PSFs and noise levels the crops are drawn from (one model for all of
+    /// them, the PSF given at run time to the model's Wiener step); nil otherwise.
+    public var psfFamily: PSFFamily?
+    /// `deconv-psf`: the context (pixels each side) of the model's Wiener step.
+    public var wienerContext = 32
 
-    public enum LossUnits: String, Sendable { case network, peak }
+    /// `wiener`: each crop's squared error relative to its Wiener input's (`deconv-psf`).
+    public enum LossUnits: String, Sendable { case network, peak, wiener }
 
     public init() {}
 
@@ -70,16 +76,39 @@ public struct DenoiserConfig: Equatable, Sendable {
         return c
     }
 
-    public var isDeconvolution: Bool { degradation != nil }
+    /// The `deconv-psf` recipe (issue 24): a Wiener step with the run-time PSF, then the U-net
+    /// (no ratio channel, input skip of the Wiener output), trained over `family`, MSE relative to
+    /// each crop's Wiener error.
+    public static func psfAware(_ family: PSFFamily, context: Int = 32) -> DenoiserConfig {
+        var c = DenoiserConfig()
+        c.recipe = "deconv-psf"
+        c.psfFamily = family
+        c.wienerContext = context
+        c.loss = .mse
+        c.inputSkip = true
+        c.ratios = [1]
+        c.lossUnits = .wiener
+        c.normalization = .noiseMAD
+        return c
+    }
+
+    public var isDeconvolution: Bool { degradation != nil || psfFamily != nil }
 
     public func initialModel() throws -> Model {
         guard widths.count >= 2, widths.allSatisfy({ $0 > 0 }) else { throw TrainingError.model("--widths needs at least two positive widths") }
         let m = 1 << (widths.count - 1)
         guard cropSize % m == 0 else { throw TrainingError.model("crops of \(cropSize) px are not a multiple of \(m), the size multiple of \(widths.count) levels") }
-        let prefix = isDeconvolution ? "deconv-unet-" : "astro-unet-"
+        let prefix = psfFamily != nil ? "deconv-psf-" : isDeconvolution ? "deconv-unet-" : "astro-unet-"
         var model = try Architectures.unet(name: prefix + widths.map(String.init).joined(separator: "-") + (inputSkip ? "-skip" : "") + (biasFree ? "-bf" : ""),
                                            widths: widths, alpha: alpha, exposureRatio: ratios[0], normalization: normalization.rawValue,
-                                           inputSkip: inputSkip, ratioChannel: !isDeconvolution, initializer: initialization.initializer(seed: seed))
+                                           inputSkip: inputSkip, ratioChannel: !isDeconvolution,
+                                           wienerContext: psfFamily != nil ? wienerContext : nil, initializer: initialization.initializer(seed: seed))
+        if let f = psfFamily {
+            model.metadata["deconvolution.psf_family"] = .string(f.description)
+            model.metadata["deconvolution.psf_fwhm"] = .floats([f.fwhm.lowerBound, f.fwhm.upperBound])
+            model.metadata["deconvolution.noise"] = .floats([f.noise.lowerBound, f.noise.upperBound])
+            model.metadata["description"] = .string("Deconvolution with the image's own PSF (given at run time: --psf SPEC|FILE|auto): a Wiener step (lambda by GCV) then a U-net correcting it, trained over \(f.kinds.map(\.rawValue).joined(separator: ", ")) PSFs of FWHM \(f.fwhm.lowerBound)-\(f.fwhm.upperBound) px at Gaussian noise \(f.noise.lowerBound)-\(f.noise.upperBound) of the peak")
+        }
         if biasFree {
             for n in ParameterLayout.biasNames(model) { model.tensors[n]!.values = [Float](repeating: 0, count: model.tensors[n]!.values.count) }
         }
@@ -100,7 +129,12 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
             "training.bias_free": .bool(biasFree), "training.brightness_boost": .float(brightnessBoost),
         ]
-        if let d = degradation {
+        if let f = psfFamily {
+            m["training.task"] = .string("deconvolve")
+            m["training.psf_family"] = .string(f.description)
+            m["training.wiener_context"] = .int(Int64(wienerContext))
+            m["training.loss_units"] = .string(lossUnits.rawValue)
+        } else if let d = degradation {
             m["training.task"] = .string("deconvolve")
             m["training.psf"] = .string(d.psfSpec.exactDescription)
             m["training.noise"] = .string(d.noise.description)
@@ -140,7 +174,12 @@ public struct DenoiserConfig: Equatable, Sendable {
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
         biasFree = m["training.bias_free"].flatMap(bool) ?? false
         brightnessBoost = m["training.brightness_boost"]?.doubleValue ?? 1
-        if m["training.task"]?.stringValue == "deconvolve" { degradation = try TrainingConfig.degradation(metadata: m) }
+        if let f = m["training.psf_family"]?.stringValue {
+            psfFamily = try PSFFamily(parsing: f)
+            wienerContext = Int(try get("training.wiener_context") { $0.intValue })
+        } else if m["training.task"]?.stringValue == "deconvolve" {
+            degradation = try TrainingConfig.degradation(metadata: m)
+        }
         guard let nk = Normalization.Kind(rawValue: m["normalization"]?.stringValue ?? "sky_mad") else { throw TrainingError.checkpoint("bad normalization") }
         normalization = nk
         lossUnits = try m["training.loss_units"].map { v in
@@ -196,12 +235,21 @@ public final class DenoiserSession: ResumableTraining {
 
     /// A deconvolution U-net (`config.degradation` set) on real images, validated on held-out ones.
     public convenience init(config: DenoiserConfig, trainingImages: [SourceImage], validationImages: [SourceImage], threads: Int) throws {
-        guard let d = config.degradation else { throw TrainingError.model("a denoising recipe trains on long exposures") }
+        guard config.isDeconvolution else { throw TrainingError.model("a denoising recipe trains on long exposures") }
         guard !validationImages.isEmpty else { throw TrainingError.data("no validation images: hold one or more out by name (--validate NAME)") }
         let trainNames = Set(trainingImages.map(\.name))
         if let clash = validationImages.first(where: { trainNames.contains($0.name) }) {
             throw TrainingError.data("\(clash.name) is both a training and a validation image")
         }
+        if let f = config.psfFamily {
+            let train = try PSFFamilyCropSampler(images: trainingImages, family: f, context: config.wienerContext, cropSize: config.cropSize,
+                                                 validation: false, threads: threads)
+            let val = try PSFFamilyCropSampler(images: validationImages, family: f, context: config.wienerContext, cropSize: config.cropSize,
+                                               validation: true, threads: threads)
+            try self.init(config: config, train: train, validation: val, threads: threads)
+            return
+        }
+        let d = config.degradation!
         let train = try DeconvolutionCropSampler(images: trainingImages, degradation: d, cropSize: config.cropSize, validation: false,
                                                  normalization: config.normalization, seed: config.seed, threads: threads)
         let val = try DeconvolutionCropSampler(images: validationImages, degradation: d, cropSize: config.cropSize, validation: true,
@@ -322,7 +370,7 @@ public final class DenoiserSession: ResumableTraining {
     /// Per-sample loss weights for `peak` loss units (relative to the training images' RMS sky
     /// sigma, for training and validation alike), else nil.
     func lossWeights(_ sampler: CropSource, _ specs: ArraySlice<CropSpec>) -> [Float]? {
-        guard config.lossUnits == .peak, let ref = train.referenceLossScale, ref > 0, let s = sampler.lossScales(specs) else { return nil }
+        guard config.lossUnits == .peak || config.lossUnits == .wiener, let ref = train.referenceLossScale, ref > 0, let s = sampler.lossScales(specs) else { return nil }
         return s.map { v in
             let r = v / ref
             return Float(config.loss == .mse ? r * r : r)

@@ -205,7 +205,8 @@ public struct GraphGradient<T: BinaryFloatingPoint> {
     /// Values for runtime parameters of constant channels (e.g. "exposure_ratio").
     public var runtimeParameters: [String: Double] = [:]
 
-    public init(model: Model) throws {
+    public init(model full: Model) throws {
+        let model = full.withoutInputStep()
         self.model = model
         layout = ParameterLayout(model: model)
         analysis = try GraphAnalysis(graph: model.graph, tensorShapes: model.tensors.mapValues { $0.shape })
@@ -232,6 +233,8 @@ public struct GraphGradient<T: BinaryFloatingPoint> {
             case .constantChannel:
                 let value = n.runtimeParameter.flatMap { runtimeParameters[$0] } ?? Double(n.constantValue)
                 y = Tensor(channels: 1, height: x.height, width: x.width, repeating: T(value))
+            case .wienerDeconvolution:
+                preconditionFailure("the input step is removed at init")
             }
             v[n.output] = y
         }
@@ -270,6 +273,7 @@ public struct GraphGradient<T: BinaryFloatingPoint> {
                 let parts = ReferenceGrad.concatBackward(n.inputs.map { values[$0]!.channels }, dy)
                 for (name, d) in zip(n.inputs, parts) { add(name, d) }
             case .constantChannel: break  // the output does not depend on the input's values
+            case .wienerDeconvolution: preconditionFailure("the input step is removed at init")
             }
         }
     }

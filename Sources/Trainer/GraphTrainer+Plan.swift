@@ -280,6 +280,8 @@ extension GraphTrainer {
                 plan.argmaxBytes += (out.count + 63) / 64 * 64
             case .convTranspose2d:
                 step = .convTranspose(x: x, y: fwd(n.output), weight: weightIndex[k]!)
+            case .wienerDeconvolution:
+                throw GraphTrainerError("node '\(n.name)': a Wiener step is trained from its output (Model.withoutInputStep); it must read the graph input")
             case .constantChannel:
                 reads = []
                 step = .fill(y: fwd(n.output), value: n.constantValue, parameter: n.runtimeParameter)
@@ -413,7 +415,7 @@ extension GraphTrainer {
                     let (g, m) = contribute(v, t)
                     plan.backward.append((t, "\(n.name) backward \(v)", .copy(dy: part, dx: g, mode: m)))
                 }
-            case .constantChannel:
+            case .constantChannel, .wienerDeconvolution:
                 continue
             }
         }

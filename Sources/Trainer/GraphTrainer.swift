@@ -69,7 +69,9 @@ public final class GraphTrainer: @unchecked Sendable {
     /// Compiles `model` for inputs of `inputHeight` x `inputWidth` (multiples of the graph's size
     /// multiple) and loads the model's own weights. Throws for invalid graphs, graphs with more
     /// than one input or output, unsupported sizes or an ISA this CPU lacks.
-    public init(model: Model, inputHeight: Int, inputWidth: Int, isa: KernelISA = .best) throws {
+    public init(model full: Model, inputHeight: Int, inputWidth: Int, isa: KernelISA = .best) throws {
+        // A Wiener input step is applied by the crop source: training starts from its output.
+        let model = full.withoutInputStep()
         guard isa.supported else { throw GraphTrainerError("this CPU does not support \(isa.rawValue)") }
         let g = model.graph
         guard g.inputs.count == 1, g.outputs.count == 1 else {

@@ -20,6 +20,28 @@ func resolvePSF(_ spec: String, image: FITSImage) throws -> (kernel: Image2D, wh
     return (k, p.description)
 }
 
+/// Binds the PSF of `spec` to a model with a Wiener step (format 1.1): a spec, a FITS kernel, or
+/// `auto` (measured from the stars of the one input). Returns what was bound.
+@discardableResult
+func bindPSF(_ network: Network, spec: String, inputs: [String], hdu: String?) throws -> String {
+    let kernel: Image2D, what: String
+    do {
+        if spec.lowercased() == "auto" {
+            guard inputs.count == 1, !FileManager.default.fileExists(atPath: inputs[0] + "/.") else {
+                throw ScaleError.badInput("--psf auto measures the PSF of one image; give one input file (images of one camera share a PSF: measure it once with 'astrocnn psf', then pass --psf PSF.fits for a batch)")
+            }
+            (kernel, what) = try resolvePSF(spec, image: try FITSIO.readImage(path: inputs[0], hdu: hdu))
+        } else {
+            let p = try PSFSpec(parsing: spec)
+            guard let k = try p.kernel() else { throw ScaleError.badInput("\(network.name) deconvolves: --psf none gives it no PSF") }
+            (kernel, what) = (k, p.description)
+        }
+        try network.bind(psf: PSFKernel(height: kernel.height, width: kernel.width, values: kernel.pixels), description: what)
+    } catch { throw failure("--psf: " + describe(error)) }
+    print("PSF for \(network.name): \(what)" + String(format: " (FWHM %.2f px)", network.psf!.fwhm))
+    return what
+}
+
 struct MeasurePSF: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "psf",

@@ -43,6 +43,12 @@ struct Restore: ParsableCommand {
 
     func run() throws {
         let network = try loadModel(model, modelDirs: modelDirs)
+        if network.wienerContext != nil {
+            guard let p = psf else {
+                throw failure("\(network.name) deconvolves with the image's own PSF: give it with --psf SPEC, --psf PSF.fits or --psf auto")
+            }
+            try bindPSF(network, spec: p, inputs: inputs, hdu: common.hdu)
+        }
         // A model that says what it is for: a deconvolution model run on another PSF is flagged
         // before it runs (restore -m stays the expert path that runs any model).
         if let p = psf, p.lowercased() != "auto", let wanted = try? PSFSpec(parsing: p), let wk = try? wanted.kernel(),

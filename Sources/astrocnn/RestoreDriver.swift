@@ -102,6 +102,7 @@ struct RestoreDriver {
         let batch = inputs.count > 1 || anyDirInput || outputIsDir || (output?.hasSuffix("/") ?? false)
         var options = Restoration.Options(threads: c.threads ?? ParallelFor.availableCores, tileSize: c.tile, parameters: parameters,
                                           algorithm: algorithm)
+        options.psf = network.psfDescription
         if let g = c.gain {
             guard g > 0, g.isFinite else { throw failure("--gain must be a positive number of electrons per image unit") }
             options.gain = g

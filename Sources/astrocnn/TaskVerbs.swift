@@ -56,6 +56,11 @@ struct Deconvolve: ParsableCommand {
     @OptionGroup var common: RestoreCommonOptions
 
     func run() throws {
+        if let network = try psfAwareModel() {
+            try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network,
+                              common: common, checkPSF: psf).run()
+            return
+        }
         if psf.lowercased() == "auto" { try runAuto(); return }
         let wanted: PSFSpec
         do { wanted = try PSFSpec(parsing: psf) } catch { throw failure("--psf: \(describe(error))") }
@@ -85,6 +90,34 @@ struct Deconvolve: ParsableCommand {
         do { network = try Network(path: chosen) } catch { throw failure(describe(error)) }
         try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common,
                           checkPSF: psf).run()
+    }
+
+    /// A model with a Wiener step (`deconv-psf`: one model for a family of PSFs, the PSF given at
+    /// run time) with this PSF bound: the one given with --model, else the first on the search
+    /// path whose family covers the PSF; nil when there is none (then the fixed-PSF models are
+    /// looked at, and a PSF outside every family is reported).
+    func psfAwareModel() throws -> Network? {
+        if let m = model {
+            let path = resolveModelPath(m, modelDirs: modelDirs)
+            let network: Network
+            do { network = try Network(path: path) } catch { throw failure("\(path): \(describe(error))") }
+            guard network.wienerContext != nil else { return nil }
+            try bindPSF(network, spec: psf, inputs: inputs, hdu: common.hdu)
+            return network
+        }
+        let aware = ModelSearch.catalog(modelLocations(modelDirs)).entries.filter {
+            !$0.shadowed && $0.task == .deconvolve && $0.metadata["training.psf_family"] != nil
+        }
+        for e in aware {
+            let network: Network
+            do { network = try Network(path: e.path) } catch { continue }
+            do { try bindPSF(network, spec: psf, inputs: inputs, hdu: common.hdu) } catch {
+                FileHandle.standardError.write(Data("astrocnn: \(e.file) does not take this PSF: \(describe(error))\n".utf8))
+                continue
+            }
+            return network
+        }
+        return nil
     }
 
     /// `--psf auto`: the PSF is measured from the stars of each input (`astrocnn psf`), and a

@@ -19,7 +19,7 @@ struct Train: ParsableCommand {
         and on Ctrl-C; --resume continues to the same bits as an uninterrupted run.
         """)
 
-    @Option(help: "Recipe: flamary3 (the 3-layer CNN), flamary1 (the linear 19x19 CNN), astro-unet (the Astro U-net denoiser) or deconv-unet (a U-net for deconvolution with --psf and --noise, sky_mad units, input skip, MSE).")
+    @Option(help: "Recipe: flamary3 (the 3-layer CNN), flamary1 (the linear 19x19 CNN), astro-unet (the Astro U-net denoiser) deconv-unet (a U-net for deconvolution with --psf and --noise, sky_mad units, input skip, MSE) or deconv-psf (one model for a family of PSFs and noise levels, --psf-family: a Wiener step with the PSF given at run time, then a U-net).")
     var recipe: String = "flamary3"
 
     @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
@@ -85,7 +85,7 @@ struct Train: ParsableCommand {
     }
 
     func train() throws {
-        if recipe == "astro-unet" || recipe == "deconv-unet" { return try trainUNet() }
+        if recipe == "astro-unet" || recipe == "deconv-unet" || recipe == "deconv-psf" { return try trainUNet() }
         let degradation = try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: sigma)
         if resume != nil && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("--resume continues with the checkpoint's PSF and noise: drop --psf, --noise and --sigma")

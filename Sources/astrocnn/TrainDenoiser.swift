@@ -32,6 +32,10 @@ struct UNetTrainOptions: ParsableArguments {
     var brightnessBoost: Double = 1
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
+    @Option(help: "deconv-psf: the PSFs and noise levels to train over, e.g. airy,gaussian,moffat:fwhm=1.5-8,beta=1.5-6,e=0.15,noise=1e-06-0.1,side=65 (keys left out keep these defaults).")
+    var psfFamily: String = PSFFamily().description
+    @Option(help: "deconv-psf: context in pixels each side of the model's Wiener step (at least the PSF's half-side).")
+    var wienerContext: Int = 32
     @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
 }
 
@@ -56,7 +60,10 @@ extension Train {
     }
 
     func trainUNet() throws {
-        let deconvolution = recipe == "deconv-unet"
+        let deconvolution = recipe == "deconv-unet" || recipe == "deconv-psf"
+        if recipe == "deconv-psf" && (psf != nil || noise != nil || sigma != nil) {
+            throw ValidationError("deconv-psf draws every crop's PSF and noise from --psf-family: drop --psf, --noise and --sigma")
+        }
         guard !images.isEmpty else { throw ValidationError("give training images with --images DIR|FILES") }
         guard synthetic == 0 else { throw ValidationError("--synthetic is for the flamary recipes") }
         if !deconvolution && (psf != nil || noise != nil || sigma != nil) {
@@ -119,9 +126,19 @@ extension Train {
             if let r = resumeLr { try session.continueWith(learningRate: r) }
             if !quiet { print("resuming \(r) at epoch \(session.epoch + 1), batch \(session.batch)") }
         } else {
-            var c = deconvolution
-                ? DenoiserConfig.deconvolution(try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: sigma))
-                : DenoiserConfig()
+            var c: DenoiserConfig
+            if recipe == "deconv-psf" {
+                let f: PSFFamily
+                do { f = try PSFFamily(parsing: unet.psfFamily) } catch { throw ValidationError("--psf-family: \(error)") }
+                guard unet.wienerContext >= f.side / 2, unet.wienerContext <= GraphAnalysis.maxWienerContext else {
+                    throw ValidationError("--wiener-context must be at least the PSF half-side \(f.side / 2) and at most \(GraphAnalysis.maxWienerContext)")
+                }
+                c = DenoiserConfig.psfAware(f, context: unet.wienerContext)
+            } else {
+                c = deconvolution
+                    ? DenoiserConfig.deconvolution(try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: sigma))
+                    : DenoiserConfig()
+            }
             let w = unet.widths.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard w.count == unet.widths.split(separator: ",").count else { throw ValidationError("--widths: comma-separated integers") }
             let rs = unet.ratios.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
@@ -141,8 +158,8 @@ extension Train {
                 }
                 c.normalization = n
             }
-            if deconvolution {
-                guard let u = DenoiserConfig.LossUnits(rawValue: unet.lossUnits) else { throw ValidationError("--loss-units must be peak or network") }
+            if recipe == "deconv-unet" {
+                guard let u = DenoiserConfig.LossUnits(rawValue: unet.lossUnits), u != .wiener else { throw ValidationError("--loss-units must be peak or network") }
                 c.lossUnits = u
             }
             guard let l = Loss(rawValue: loss ?? (deconvolution ? "mse" : "l1")) else { throw ValidationError("--loss must be mse or l1") }
@@ -162,7 +179,8 @@ extension Train {
         }
         let c = session.config
         if !quiet {
-            let what = c.degradation.map { "psf \($0.psfSpec.exactDescription), noise \($0.noise)" } ?? "ratios \(c.ratios)"
+            let what = c.psfFamily.map { "PSF family \($0), Wiener context \(c.wienerContext), loss relative to the Wiener step's" }
+                ?? c.degradation.map { "psf \($0.psfSpec.exactDescription), noise \($0.noise)" } ?? "ratios \(c.ratios)"
             print("training \(c.recipe) \(c.widths.map(String.init).joined(separator: "-")) on \(trainPaths.count) images, validating on \(valPaths.count): "
                   + "\(c.trainSamples) crops of \(c.cropSize)^2/epoch, batch \(c.batchSize), adam lr \(c.learningRate), \(what), "
                   + "\(c.loss.rawValue) loss, \(nThreads) threads, \(session.trainer.peakBytes(threads: nThreads) >> 20) MiB planned")

@@ -1,4 +1,3 @@
-import Runtime
 
 /// Splits 0..<count into contiguous ranges run on up to `threads` threads. Callers make each
 /// index's result independent of the split.

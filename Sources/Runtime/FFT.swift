@@ -1,5 +1,4 @@
 import Foundation
-import Runtime
 
 /// A complex discrete Fourier transform of one length, any length (mixed radix 4, 2, 3, 5 and a
 /// generic odd-radix butterfly for other prime factors), in Float64 with split real/imaginary
