@@ -7,6 +7,9 @@ import Imaging
 public enum Method: Sendable, Equatable {
     case none
     case wiener(lambdas: [Double])
+    /// Wiener with lambda by generalised cross-validation on the image (no truth): the runtime's
+    /// own Wiener step (`WienerDeconvolution`), what a PSF-aware model starts from.
+    case wienerGCV
     case richardsonLucy(maxIterations: Int)
     case proxTV(mus: [Double], iterations: Int)
     /// A CNN from an `.acnn` file, run by the runtime on the degraded image (truth normalised to
@@ -17,6 +20,7 @@ public enum Method: Sendable, Equatable {
         switch self {
         case .none: return "none"
         case .wiener: return "wiener"
+        case .wienerGCV: return "wiener-gcv"
         case .richardsonLucy: return "rl"
         case .proxTV: return "tv"
         case .network(let n, _): return n
@@ -82,6 +86,16 @@ public struct Evaluator {
                 return (r.image, "lambda=\(r.lambda)")
             }
             return (Deconvolution.wiener(observed, psf: psf, lambda: lambdas[0], boundary: .reflect, threads: threads), "lambda=\(lambdas[0])")
+        case .wienerGCV:
+            let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
+            let px = observed.pixels.map { Float($0) }
+            let r = WienerDeconvolution.lambdaRegion(height: observed.height, width: observed.width)
+            var window = [Float]()
+            for y in r.rows { for x in r.columns { window.append(px[y * observed.width + x]) } }
+            let lambda = WienerDeconvolution.imageLambda(window: window, invalid: [Bool](repeating: false, count: window.count),
+                                                         height: r.rows.count, width: r.columns.count, psf: k, threads: threads)
+            let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
+            return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)

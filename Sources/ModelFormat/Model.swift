@@ -173,6 +173,8 @@ public struct Model: Equatable, Sendable {
         m.graph.nodes.remove(at: k)
         for i in m.graph.nodes.indices { m.graph.nodes[i].inputs = m.graph.nodes[i].inputs.map { $0 == removed ? input : $0 } }
         m.graph.outputs = m.graph.outputs.map { $0 == removed ? input : $0 }
+        // The geometry changes: readers derive it again from the graph.
+        for k in ["receptive_field", "output_offset", "size_multiple"] { m.metadata[k] = nil }
         return m
     }
 }

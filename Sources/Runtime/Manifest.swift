@@ -23,6 +23,9 @@ public struct PlanManifest: Codable, Sendable, Equatable {
         public var tile: Int?
         public var parameters: [String: Float]
         public var hdu: String?
+        /// The PSF bound to a model with a Wiener step (a spec or an absolute FITS path), as
+        /// `Network.psfDescription` says it; absent for other models.
+        public var psf: String?
     }
 
     public struct Norm: Codable, Sendable, Equatable {
@@ -80,6 +83,7 @@ public struct PlanManifest: Codable, Sendable, Equatable {
     public func restorationOptions(threads: Int) throws -> Restoration.Options {
         guard let algorithm = ConvAlgorithm(rawValue: options.conv) else { throw ScaleError.badInput("manifest: unknown convolution algorithm '\(options.conv)'") }
         var o = Restoration.Options(threads: threads, tileSize: options.tile, parameters: options.parameters, algorithm: algorithm)
+        o.psf = options.psf
         // Planned tasks run within the memory the plan requested (`memoryEstimate`, from the band
         // budget), on whatever node they land: 'same' networks tile from the band budget even
         // where a whole frame would fit the node's in-memory budget.
@@ -140,6 +144,9 @@ public enum PlanRunner {
         let layout = try RestoreLayout(network: network, width: reader.width, height: reader.height, tileSize: options.tileSize,
                                        memoryBudget: options.memoryBudget ?? StreamingRestore.defaultBandBudget)
         let stats = try StreamingRestore.statistics(reader, network: network, options: options)
+        // What the image sets (the Wiener step's lambda) is fixed for every task, as the normalisation.
+        var options = options
+        for (k, v) in stats.parameters where options.parameters[k] == nil { options.parameters[k] = v }
         let T = layout.tileSize
         let side = (window + T - 1) / T * T
         var units: [PlanManifest.Unit] = []
@@ -201,7 +208,8 @@ public enum PlanRunner {
         var m = PlanManifest(format: PlanManifest.formatName, version: PlanManifest.formatVersion, astrocnn: AstroCNN.version, id: "",
                              mode: mode, workdir: absolute(workdir),
                              model: .init(path: absolute(modelPath), name: network.name, crc: checksumString(crc)),
-                             options: .init(conv: options.algorithm.rawValue, tile: options.tileSize, parameters: options.parameters, hdu: hdu),
+                             options: .init(conv: options.algorithm.rawValue, tile: options.tileSize, parameters: options.parameters, hdu: hdu,
+                                            psf: network.psfDescription),
                              receptiveField: g.receptiveField, halo: g.halo, images: images, tasks: tasks)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
@@ -221,7 +229,7 @@ public enum PlanRunner {
             .replacingOccurrences(of: "{dir}", with: dir)
     }
 
-    static func absolute(_ p: String) -> String {
+    public static func absolute(_ p: String) -> String {
         if p.hasPrefix("/") { return (p as NSString).standardizingPath }
         return ((FileManager.default.currentDirectoryPath + "/" + p) as NSString).standardizingPath
     }

@@ -25,7 +25,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "deconvolve (Flamary 2017's protocol, Table I) or denoise (the Astro U-net's, Table 2).")
     var task: String = "deconvolve"
 
-    @Option(help: "Comma-separated methods (deconvolve: none,wiener,rl,tv,flamary1,flamary3; denoise: none,gaussian,median,starlet and models).")
+    @Option(help: "Comma-separated methods (deconvolve: none,wiener,wiener-gcv,rl,tv,flamary1,flamary3; denoise: none,gaussian,median,starlet and models).")
     var methods: String?
 
     @Option(name: .long, parsing: .upToNextOption, help: "CNN models as NAME=PATH (default flamary1, flamary3 from models/ or the model search path).")
@@ -84,6 +84,7 @@ struct Evaluate: ParsableCommand {
             switch name {
             case "none": list.append(.none)
             case "wiener": list.append(.wiener(lambdas: try parseList(wienerLambdas, "--wiener-lambdas")))
+            case "wiener-gcv": list.append(.wienerGCV)
             case "rl": list.append(.richardsonLucy(maxIterations: rlIterations))
             case "tv": list.append(.proxTV(mus: try parseList(tvMus, "--tv-mus"), iterations: tvIterations))
             default:

@@ -180,6 +180,9 @@ struct Plan: ParsableCommand {
     @Option(name: .customLong("conv"), help: "Convolution algorithm (as restore).")
     var conv: String = "auto"
 
+    @Option(help: "Models with a Wiener step (deconv-psf): the PSF, a spec (moffat:fwhm=F,beta=B, ...) or a FITS kernel; 'auto' (tiles mode) measures it from the image's stars and writes it into the work directory.")
+    var psf: String?
+
     @Option(name: .customLong("param"), help: "Run-time model parameter NAME=VALUE. Repeatable.")
     var params: [String] = []
 
@@ -210,7 +213,25 @@ struct Plan: ParsableCommand {
         guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }
         do {
             let network = try Network(path: model)
+            try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirectories: true)
+            if network.wienerContext != nil {
+                guard var spec = psf else { throw ScaleError.badInput("\(network.name) deconvolves with the image's PSF: give it with --psf SPEC|PSF.fits|auto") }
+                if spec.lowercased() == "auto" {
+                    guard let big = image else { throw ScaleError.badInput("--psf auto measures one image's PSF (tiles mode); for files measure it once with 'astrocnn psf' and pass --psf PSF.fits") }
+                    let img = try FITSIO.readImage(path: big, hdu: hdu)
+                    let (kernel, what) = try resolvePSF("auto", image: img)
+                    spec = PlanRunner.absolute(workdir + "/psf.fits")
+                    try FITSIO.writeImage(path: spec, width: kernel.width, height: kernel.height, pixels: kernel.pixels.map(Float.init), headerCards: [],
+                                          provenance: .init(history: ["PSF \(what) of \(big), measured by astrocnn plan --psf auto"]), overwrite: true)
+                } else if FileManager.default.fileExists(atPath: spec) {
+                    spec = PlanRunner.absolute(spec)   // tasks may run in another directory
+                }
+                try bindPSF(network, spec: spec, inputs: [], hdu: nil)
+            } else if psf != nil {
+                throw ScaleError.badInput("\(network.name) has no Wiener step: it does not take --psf")
+            }
             var options = Restoration.Options(threads: 1, tileSize: networkTile, parameters: try parseParameters(params), algorithm: algorithm)
+            options.psf = network.psfDescription
             options.memoryBudget = nil
             let maxTasks = maxArray ?? SlurmScripts.maxArraySize() ?? 1001
             try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirectories: true)
@@ -281,6 +302,7 @@ struct RunTask: ParsableCommand {
         }
         do {
             let network = try Network(path: m.model.path)
+            if let p = m.options.psf { try bindPSF(network, spec: p, inputs: [], hdu: nil) }
             let start = Date()
             try PlanRunner.runTask(m, index: index, network: network, threads: max(1, threads),
                                    command: CommandLine.arguments.joined(separator: " "))
@@ -302,6 +324,7 @@ struct Stitch: ParsableCommand {
         do {
             let m = try PlanManifest.load(plan)
             let network = try? Network(path: m.model.path)
+            if let n = network, let p = m.options.psf { try bindPSF(n, spec: p, inputs: [], hdu: nil) }
             let out = try PlanRunner.stitch(m, network: network, command: CommandLine.arguments.joined(separator: " "))
             print("stitched plan \(m.id): \(out)")
         } catch {

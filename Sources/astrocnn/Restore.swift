@@ -28,7 +28,7 @@ struct Restore: ParsableCommand {
     var inputs: [String]
 
     @Option(name: [.short, .long], help: "Model file (.acnn), or the name of a model on the search path (astrocnn models).")
-    var model: String
+    var model: String?
 
     @Option(name: [.short, .long], help: "Output FITS file (one input; ending in .fz: tile-compressed), or output directory (several inputs, a directory input, or an existing directory).")
     var output: String
@@ -42,8 +42,20 @@ struct Restore: ParsableCommand {
     @OptionGroup var common: RestoreCommonOptions
 
     func run() throws {
-        let network = try loadModel(model, modelDirs: modelDirs)
-        if network.wienerContext != nil {
+        let network: Network
+        if let m = model {
+            network = try loadModel(m, modelDirs: modelDirs)
+        } else {
+            // Without -m: with --psf, the shipped model that takes the PSF at run time.
+            guard let p = psf else {
+                throw failure("give the model with -m MODEL (astrocnn models lists them), or use 'astrocnn denoise' / 'astrocnn deconvolve --psf SPEC|auto', which choose the shipped one")
+            }
+            guard let chosen = try ShippedModels.psfAwareNetwork(spec: p, inputs: inputs, hdu: common.hdu, modelDirs: modelDirs) else {
+                throw failure("no model that takes the PSF at run time was found on the search path (\(searchedText(modelLocations(modelDirs)))) for --psf \(p); pass one with -m")
+            }
+            network = chosen
+        }
+        if network.wienerContext != nil && network.psf == nil {
             guard let p = psf else {
                 throw failure("\(network.name) deconvolves with the image's own PSF: give it with --psf SPEC, --psf PSF.fits or --psf auto")
             }

@@ -105,19 +105,7 @@ struct Deconvolve: ParsableCommand {
             try bindPSF(network, spec: psf, inputs: inputs, hdu: common.hdu)
             return network
         }
-        let aware = ModelSearch.catalog(modelLocations(modelDirs)).entries.filter {
-            !$0.shadowed && $0.task == .deconvolve && $0.metadata["training.psf_family"] != nil
-        }
-        for e in aware {
-            let network: Network
-            do { network = try Network(path: e.path) } catch { continue }
-            do { try bindPSF(network, spec: psf, inputs: inputs, hdu: common.hdu) } catch {
-                FileHandle.standardError.write(Data("astrocnn: \(e.file) does not take this PSF: \(describe(error))\n".utf8))
-                continue
-            }
-            return network
-        }
-        return nil
+        return try ShippedModels.psfAwareNetwork(spec: psf, inputs: inputs, hdu: common.hdu, modelDirs: modelDirs)
     }
 
     /// `--psf auto`: the PSF is measured from the stars of each input (`astrocnn psf`), and a

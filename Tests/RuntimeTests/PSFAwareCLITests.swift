@@ -1,0 +1,98 @@
+import Foundation
+import ModelFormat
+import Runtime
+import XCTest
+
+/// The command line with a model that takes the PSF at run time (format 1.1 Wiener step): restore
+/// needs --psf and records it; deconvolve picks the model from the search path for PSFs in its
+/// family and refuses others; inspect says what it covers; a Slurm plan binds the PSF in every
+/// task and stitches to the bits of the single-process restore.
+final class PSFAwareCLITests: XCTestCase {
+    var dir = ""
+    override func setUp() { dir = temporaryDirectory() }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func writeModel(_ path: String) throws {
+        var m = try Architectures.unet(name: "tiny-psf", widths: [4, 6], normalization: "noise_mad", inputSkip: true, ratioChannel: false,
+                                       wienerContext: 16, initializer: randomInit(seed: 2))
+        m.metadata["training.task"] = .string("deconvolve")
+        m.metadata["training.psf_family"] = .string("gaussian,moffat:fwhm=2-4,beta=2-3,e=0.1,noise=0.001-0.01,side=33")
+        m.metadata["deconvolution.psf_fwhm"] = .floats([2, 4])
+        try ModelWriter.write(m, to: path, overwrite: true)
+    }
+
+    func writeSky(_ path: String, _ w: Int, _ h: Int, seed: UInt64) throws {
+        var rng = TestRNG(seed: seed)
+        var v = [Float](repeating: 0, count: w * h)
+        for y in 0..<h { for x in 0..<w { v[y * w + x] = 100 + 20 * Float(sin(Double(x) / 13) * cos(Double(y) / 17)) + rng.float(-3, 3) } }
+        for _ in 0..<40 {
+            let cy = Int(rng.float(3, Float(h - 3))), cx = Int(rng.float(3, Float(w - 3))), a = rng.float(100, 2000)
+            for dy in -2...2 { for dx in -2...2 { v[(cy + dy) * w + cx + dx] += a * Float(exp(-Double(dy * dy + dx * dx) / 1.5)) } }
+        }
+        try FITSIO.writeImage(path: path, width: w, height: h, pixels: v, headerCards: [], overwrite: true)
+    }
+
+    func testRestoreDeconvolveInspectAndPlan() throws {
+        let exe = try astrocnnExecutable()
+        let models = dir + "/models"
+        try FileManager.default.createDirectory(atPath: models, withIntermediateDirectories: true)
+        let model = models + "/tiny-psf.acnn"
+        try writeModel(model)
+        let img = dir + "/sky.fits"
+        try writeSky(img, 300, 260, seed: 4)
+
+        var (st, out, err) = try runProcess(exe, ["restore", img, "-m", model, "-o", dir + "/a.fits", "--quiet"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("--psf"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/a.fits"))
+
+        (st, out, err) = try runProcess(exe, ["restore", img, "-m", model, "--psf", "moffat:fwhm=3,beta=2.5", "-o", dir + "/a.fits", "--quiet"])
+        XCTAssertEqual(st, 0, err)
+        let a = try FITSIO.readImage(path: dir + "/a.fits")
+        XCTAssertTrue(a.pixels.allSatisfy { $0.isFinite })
+        let header = a.headerCards.joined(separator: "\n")
+        XCTAssertTrue(header.contains("ACNNPSF") && header.contains("moffat:fwhm=3,beta=2.5"), header)
+        XCTAssertTrue(header.contains("wiener_lambda="), "the image's lambda is recorded")
+        XCTAssertTrue(header.contains("Deconvolved with the PSF"), header)
+        // The same run on one thread: the same bits.
+        (st, _, err) = try runProcess(exe, ["restore", img, "-m", model, "--psf", "moffat:fwhm=3,beta=2.5", "-o", dir + "/a1.fits", "--quiet", "--threads", "1"])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertEqual(try FITSIO.readImage(path: dir + "/a1.fits").pixels.map(\.bitPattern), a.pixels.map(\.bitPattern))
+
+        // deconvolve finds the model on the search path for a PSF of its family ...
+        (st, out, err) = try runProcess(exe, ["deconvolve", img, "--psf", "gaussian:fwhm=2.5", "--model-dir", models, "-o", dir + "/d.fits", "--quiet"])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertTrue(out.contains("tiny-psf"), out)
+        // ... and refuses one outside it.
+        (st, out, err) = try runProcess(exe, ["deconvolve", img, "--psf", "gaussian:fwhm=7", "-m", model, "-o", dir + "/e.fits", "--quiet"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("not trained for this PSF"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/e.fits"))
+
+        (st, out, err) = try runProcess(exe, ["inspect", model])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertTrue(out.contains("format 1.1") && out.contains("given at run time") && out.contains("fwhm=2-4"), out)
+
+        // Slurm plan (tiles mode, no scheduler): every task binds the plan's PSF and uses the
+        // plan's lambda; the stitched file equals the streaming restore.
+        let work = dir + "/w"
+        (st, out, err) = try runProcess(exe, ["plan", "--image", img, "--tile", "128", "-m", model, "--psf", "moffat:fwhm=3,beta=2.5",
+                                              "-o", dir + "/p.fits", "--workdir", work, "--max-array", "2"])
+        XCTAssertEqual(st, 0, err)
+        let manifest = try String(contentsOfFile: work + "/manifest.json", encoding: .utf8)
+        XCTAssertTrue(manifest.contains("wiener_lambda") && manifest.contains("moffat"), manifest)
+        let planLine = out.split(separator: "\n").first { $0.hasPrefix("plan ") }.map(String.init) ?? ""
+        let tasks = Int(planLine.components(separatedBy: ": ").dropFirst().first?.split(separator: " ").first ?? "0") ?? 0
+        XCTAssertGreaterThan(tasks, 0, out)
+        for i in 0..<tasks {
+            (st, _, err) = try runProcess(exe, ["run-task", "--plan", work, "--index", "\(i)"])
+            XCTAssertEqual(st, 0, err)
+        }
+        (st, _, err) = try runProcess(exe, ["stitch", "--plan", work])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertEqual(try FITSIO.readImage(path: dir + "/p.fits").pixels.map(\.bitPattern), a.pixels.map(\.bitPattern))
+        (st, _, err) = try runProcess(exe, ["plan", "--image", img, "-m", model, "-o", dir + "/q.fits", "--workdir", dir + "/w2"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("--psf"), err)
+    }
+}
