@@ -10,6 +10,8 @@ public enum Method: Sendable, Equatable {
     /// Wiener with lambda by generalised cross-validation on the image (no truth): the runtime's
     /// own Wiener step (`WienerDeconvolution`), what a PSF-aware model starts from.
     case wienerGCV
+    /// Wiener with lambda by the discrepancy principle (noise from the image, no truth).
+    case wienerDP
     case richardsonLucy(maxIterations: Int)
     case proxTV(mus: [Double], iterations: Int)
     /// A CNN from an `.acnn` file, run by the runtime on the degraded image (truth normalised to
@@ -21,6 +23,7 @@ public enum Method: Sendable, Equatable {
         case .none: return "none"
         case .wiener: return "wiener"
         case .wienerGCV: return "wiener-gcv"
+        case .wienerDP: return "wiener-dp"
         case .richardsonLucy: return "rl"
         case .proxTV: return "tv"
         case .network(let n, _): return n
@@ -96,6 +99,12 @@ public struct Evaluator {
                                                          height: r.rows.count, width: r.columns.count, psf: k, threads: threads)
             let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
             return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
+        case .wienerDP:
+            let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
+            let px = observed.pixels.map { Float($0) }
+            let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
+            let r = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, noiseVariance: nm.scale * nm.scale, threads: threads)
+            return (Image2D(height: observed.height, width: observed.width, pixels: r.image.map(Double.init)), "lambda=\(r.lambda)")
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)

@@ -87,7 +87,7 @@ public enum WienerDeconvolution {
     @discardableResult
     public static func apply(_ input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int, psf: PSFKernel,
                              output: UnsafeMutablePointer<Float>, outputStride: Int, lambda given: Double? = nil,
-                             lambdaFactor: Double = 1, threads: Int = 1) -> Double {
+                             lambdaFactor: Double = 1, noiseVariance: Double? = nil, threads: Int = 1) -> Double {
         let ph = FFTPlan.fastSize(atLeast: h + 2 * psf.height), pw = FFTPlan.fastSize(atLeast: w + 2 * psf.width)
         let top = (ph - h) / 2, left = (pw - w) / 2
         func mirror(_ i: Int, _ n: Int) -> Int {
@@ -125,7 +125,21 @@ public enum WienerDeconvolution {
             l2[i] = l * l
         } }
         var best = (lambda: given ?? 1.0, gcv: Double.infinity)
-        for e in lambdaExponents where given == nil {
+        if given == nil, let v = noiseVariance {
+            // Morozov's discrepancy principle: the largest lambda whose residual |y - h * x|^2 per
+            // pixel does not exceed the noise variance.
+            best.lambda = pow(10, Double(lambdaExponents.lowerBound) / 4)
+            for e in lambdaExponents {
+                let lambda = pow(10, Double(e) / 4)
+                var num = 0.0
+                for i in 0..<n {
+                    let q = lambda * l2[i] / (h2[i] + lambda * l2[i] + 1e-300)
+                    num += y2[i] * q * q
+                }
+                if num / (Double(n) * Double(n)) <= v { best.lambda = lambda } else { break }
+            }
+        }
+        for e in lambdaExponents where given == nil && noiseVariance == nil {
             let lambda = pow(10, Double(e) / 4)
             var num = 0.0, tr = 0.0
             for i in 0..<n {
@@ -160,12 +174,12 @@ public enum WienerDeconvolution {
     /// `apply` on an array (row-major `height` x `width`), returning the deconvolved array and
     /// the lambda used.
     public static func apply(_ input: [Float], height: Int, width: Int, psf: PSFKernel, lambda: Double? = nil, lambdaFactor: Double = 1,
-                             threads: Int = 1) -> (image: [Float], lambda: Double) {
+                             noiseVariance: Double? = nil, threads: Int = 1) -> (image: [Float], lambda: Double) {
         var out = [Float](repeating: 0, count: height * width)
         let used = input.withUnsafeBufferPointer { ib in
             out.withUnsafeMutableBufferPointer { ob in
                 apply(ib.baseAddress!, inputStride: width, height: height, width: width, psf: psf, output: ob.baseAddress!,
-                      outputStride: width, lambda: lambda, lambdaFactor: lambdaFactor, threads: threads)
+                      outputStride: width, lambda: lambda, lambdaFactor: lambdaFactor, noiseVariance: noiseVariance, threads: threads)
             }
         }
         return (out, used)

@@ -104,6 +104,17 @@ public struct DenoiserConfig: Equatable, Sendable {
                                            inputSkip: inputSkip, ratioChannel: !isDeconvolution,
                                            wienerContext: psfFamily != nil ? wienerContext : nil, initializer: initialization.initializer(seed: seed))
         if let f = psfFamily {
+            // The head starts as the identity on the Wiener estimate (its weight on the skip, the
+            // last input channel, 1; on the features 0; bias 0): training starts from the Wiener
+            // step's quality on every crop and learns corrections from there (a residual block
+            // with a zero-initialised last layer), instead of first learning to pass bright
+            // sources through a random head.
+            if inputSkip, var head = model.tensors["head.weight"] {
+                head.values = [Float](repeating: 0, count: head.values.count)
+                head.values[head.values.count - 1] = 1
+                model.tensors["head.weight"] = head
+                if var b = model.tensors["head.bias"] { b.values = [Float](repeating: 0, count: b.values.count); model.tensors["head.bias"] = b }
+            }
             model.metadata["deconvolution.psf_family"] = .string(f.description)
             model.metadata["deconvolution.psf_fwhm"] = .floats([f.fwhm.lowerBound, f.fwhm.upperBound])
             model.metadata["deconvolution.noise"] = .floats([f.noise.lowerBound, f.noise.upperBound])

@@ -94,6 +94,30 @@ final class WienerStepTests: XCTestCase {
         XCTAssertEqual(lj, 3 * la, accuracy: 1e-12 * la)
     }
 
+    /// The discrepancy principle (`noiseVariance`): the largest lambda of the grid whose residual
+    /// per pixel stays within the noise variance; more noise, larger lambda.
+    func testDiscrepancyPrinciple() throws {
+        let n = 80
+        let psf = try gaussianKernel(fwhm: 3, side: 17)
+        var lambdas: [Double] = []
+        for sigma in [0.3, 3.0] {
+            let s = scene(n, psf: psf, sigma: sigma, seed: 5)
+            let (w, l) = WienerDeconvolution.apply(s.observed, height: n, width: n, psf: psf, noiseVariance: sigma * sigma)
+            // The residual of the reblurred estimate stays within the noise (measured inside the
+            // image: the padded grid's mirror seams add residual the image does not have).
+            var r = 0.0
+            for y in 8..<(n - 8) { for x in 8..<(n - 8) {
+                var acc = 0.0
+                for u in 0..<17 { for v in 0..<17 { acc += psf.values[u * 17 + v] * Double(w[(min(n - 1, max(0, y + u - 8))) * n + min(n - 1, max(0, x + v - 8))]) } }
+                r += (acc - Double(s.observed[y * n + x])) * (acc - Double(s.observed[y * n + x]))
+            } }
+            let perPixel = r / Double((n - 16) * (n - 16))
+            XCTAssertLessThan(perPixel, 1.3 * sigma * sigma, "sigma \(sigma)")
+            lambdas.append(l)
+        }
+        XCTAssertLessThan(lambdas[0], lambdas[1])
+    }
+
     /// PSFKernel: unit sum; a cut keeps the origin pixel and refuses to lose flux; the FWHM of
     /// sampled Gaussians within 5%.
     func testPSFKernel() throws {

@@ -36,7 +36,7 @@ final class PSFFamilyTests: XCTestCase {
             let (m1, s1, l1) = f.draw(&a), (m2, s2, l2) = f.draw(&b)
             XCTAssertEqual(m1, m2); XCTAssertEqual(s1, s2); XCTAssertEqual(l1, l2)
             XCTAssertTrue(f.fwhm.contains(m1.fwhm) && f.noise.contains(s1) && m1.ellipticity <= f.maxEllipticity)
-            XCTAssertTrue(l1 >= 1 / 3.0 - 1e-12 && l1 <= 3 + 1e-12)
+            XCTAssertTrue(l1 >= 1 / 10.0 - 1e-12 && l1 <= 10 + 1e-12)
         }
     }
 
