@@ -41,8 +41,15 @@ struct Bench: ParsableCommand {
     @Option(help: "Write a PNG plot of time per pixel against image size here.")
     var plot: String?
 
+    @Option(help: "Models with a Wiener step (deconv-psf): the PSF to bind (default moffat:fwhm=3,beta=2.5; the step's cost depends on the tile, not the PSF).")
+    var psf: String = "moffat:fwhm=3,beta=2.5"
+
     func loadNetwork() throws -> Network {
-        if let m = model { return try Network(path: m) }
+        if let m = model {
+            let n = try Network(path: m)
+            if n.wienerContext != nil { try bindPSF(n, spec: psf, inputs: [], hdu: nil) }
+            return n
+        }
         return try Network(model: try builtinModel(builtin ?? "flamary3", seed: 1))
     }
 

@@ -30,6 +30,8 @@ struct Demo: ParsableCommand {
     @Option(help: "denoise: a real FITS image to use as the long exposure instead of the simulated sky (its header gain, else sky-limited).")
     var input: String?
     @Option(help: "denoise: exposure-time ratio of the short exposure.") var ratio: Double = 2
+    @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the PSF that blurs the sky (default the paper's airy:size=64,rings=5; a model that takes the PSF at run time is given it). " + DegradationOptions.psfHelp)) var psf: String?
+    @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the noise (default the paper's gaussian:sigma=0.01). " + DegradationOptions.noiseHelp)) var noise: String?
 
     func run() throws {
         do {
@@ -44,6 +46,9 @@ struct Demo: ParsableCommand {
     /// A shipped model by file name: ./models first (the working directory), then the model
     /// search path (astrocnn models: $ASTROCNN_MODELS, next to the executable, the installed
     /// prefix, the source tree).
+    /// The deconvolution models `demo` prefers, in order (then flamary3).
+    static let defaultDeconvolutionModels = ["deconv-unet.acnn"]
+
     static func defaultModel(_ file: String = "flamary3.acnn") -> String? {
         if FileManager.default.fileExists(atPath: "models/" + file) { return "models/" + file }
         return ModelSearch.find(file, in: ModelSearch.locations())
@@ -51,17 +56,23 @@ struct Demo: ParsableCommand {
 
     func demo() throws {
         guard size >= 128 else { throw ValidationError("--size must be at least 128 (the PSNR excludes a 32-pixel border)") }
-        guard let modelPath = model ?? Demo.defaultModel("deconv-unet.acnn") ?? Demo.defaultModel() else {
+        guard let modelPath = model ?? Demo.defaultDeconvolutionModels.lazy.compactMap({ Demo.defaultModel($0) }).first ?? Demo.defaultModel() else {
             throw ValidationError("no model: models/deconv-unet.acnn or models/flamary3.acnn not found on the model search path (see astrocnn models --paths; install with scripts/install.sh PREFIX, or give --model)")
         }
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
         let t0 = monotonicSeconds()
         let sky = SyntheticSky(size: size, seed: seed).render()
-        let degradation = Degradation()
+        let degradation = psf == nil && noise == nil ? Degradation() : try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: nil)
         let (truth, observed) = degradation.degrade(sky, seed: seed &+ 1000, threads: nThreads)
         let tSim = monotonicSeconds()
 
         let network = try Network(path: modelPath)
+        if network.wienerContext != nil {
+            let k = degradation.psf
+            do {
+                try network.bind(psf: PSFKernel(height: k.height, width: k.width, values: k.pixels), description: degradation.psfSpec.exactDescription)
+            } catch { throw ValidationError("\(modelPath): \(describe(error))") }
+        }
         var opts = Restoration.Options(threads: nThreads)
         // The degraded image is already in a max-normalised model's units; a sky_mad or
         // noise_mad model (deconv-unet) normalises it by its own sky and noise, as restore does.
