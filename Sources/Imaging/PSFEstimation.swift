@@ -188,6 +188,7 @@ public enum PSFEstimation {
         let total = kernel.pixels.reduce(0, +)
         guard total > 0 else { throw Failure(description: "the stacked stars have no flux; give the PSF with --psf SPEC") }
         kernel = kernel.map { $0 / total }
+        kernel = cleanWings(kernel)
         let fit = fitMoffat(kernel)
         // A stack of galaxies or blends is not a PSF: its profile is as wide as the stamp.
         guard fit.fwhm <= Double(side) / 3, fit.error < 0.5 else {
@@ -195,6 +196,44 @@ public enum PSFEstimation {
         }
         return MeasuredPSF(kernel: kernel, stars: stamps.count, candidates: cands.count, fwhm: fit.fwhm, beta: fit.beta,
                            fitError: fit.error, ellipticity: ellipticity(kernel, radius: 2 * fit.fwhm))
+    }
+
+    /// The stack with its background noise removed: pixels under 3 sigma of the noise of its
+    /// outer 2-pixel frame (the stack is clipped at 0: sigma from the frame's mean square as
+    /// half-normal noise) are set to 0, and so is
+    /// everything not 8-connected to the central pixel through pixels above that level; then
+    /// normalised to sum 1 again. A stack of a few stars keeps noise in its wings, and that noise
+    /// is a floor under |H|^2 at high frequencies which a deconvolution then inverts (the
+    /// runtime's Wiener step, with lambda by GCV, lost 17 dB on a synthetic sky with an
+    /// uncleaned 14-star stack, against the same stack cleaned). Wings under the noise are
+    /// lost, as they are not measured.
+    public static func cleanWings(_ k: Image2D) -> Image2D {
+        let h = k.height, w = k.width
+        var frame: [Double] = []
+        for y in 0..<h { for x in 0..<w where y < 2 || x < 2 || y >= h - 2 || x >= w - 2 { frame.append(k[y, x]) } }
+        guard frame.count >= 8 else { return k }
+        // The stack is clipped at 0, so its frame holds half-normal noise: E[x^2] = sigma^2 / 2.
+        let sigma = (2 * frame.reduce(0) { $0 + $1 * $1 } / Double(frame.count)).squareRoot()
+        let t = 3 * sigma
+        guard t > 0 else { return k }
+        var keep = [Bool](repeating: false, count: h * w)
+        let c = (h / 2) * w + w / 2
+        guard k.pixels[c] > t else { return k }
+        var stack = [c]
+        keep[c] = true
+        while let i = stack.popLast() {
+            let y = i / w, x = i % w
+            for dy in -1...1 { for dx in -1...1 where dy != 0 || dx != 0 {
+                let yy = y + dy, xx = x + dx
+                guard yy >= 0, yy < h, xx >= 0, xx < w else { continue }
+                let j = yy * w + xx
+                if !keep[j] && k.pixels[j] > t { keep[j] = true; stack.append(j) }
+            } }
+        }
+        var out = k
+        var sum = 0.0
+        for i in 0..<(h * w) { out.pixels[i] = keep[i] ? k.pixels[i] : 0; sum += out.pixels[i] }
+        return sum > 0 ? out.map { $0 / sum } : k
     }
 
     /// Lanczos-3 interpolation at (y, x); nil if a needed pixel is masked or outside.

@@ -85,18 +85,20 @@ public final class Network: @unchecked Sendable {
         caches = [PlanCache()]
     }
 
-    /// `parameters` completed with the Wiener step's lambda for a whole image (GCV on its central
-    /// square, `WienerDeconvolution.imageLambda`), unless the model has no step, no PSF is bound
+    /// `parameters` completed with the Wiener step's lambda for a whole image (on its central
+    /// square, `WienerDeconvolution.imageLambda`: the discrepancy principle with the window's
+    /// noise variance when the caller knows it, else GCV), unless the model has no step, no PSF is bound
     /// or the caller fixed it. `window(rows, columns)` gives the pixels and invalid flags of a
     /// rectangle in any affine units of the image.
-    public func imageParameters(_ parameters: [String: Float], height: Int, width: Int, threads: Int,
+    public func imageParameters(_ parameters: [String: Float], height: Int, width: Int, threads: Int, noiseVariance: Double? = nil,
                                 window: (Range<Int>, Range<Int>) throws -> ([Float], [Bool])) rethrows -> [String: Float] {
         guard wienerContext != nil, let k = psf, parameters[WienerDeconvolution.lambdaParameter] == nil else { return parameters }
         let r = WienerDeconvolution.lambdaRegion(height: height, width: width)
         let (px, bad) = try window(r.rows, r.columns)
         var p = parameters
         p[WienerDeconvolution.lambdaParameter] = Float(WienerDeconvolution.imageLambda(window: px, invalid: bad, height: r.rows.count,
-                                                                                       width: r.columns.count, psf: k, threads: threads))
+                                                                                       width: r.columns.count, psf: k, noiseVariance: noiseVariance,
+                                                                                       threads: threads))
         return p
     }
 

@@ -118,7 +118,10 @@ public enum Restoration {
         let maps = min(Double(runner.wholeImageBudget), Double(ph) * Double(pw) * network.bytesPerInputPixel)
         try MemoryBudget.check(Double(ph) * Double(pw) * 4 * 4 + maps, "restoring the \(w)x\(h) image in memory with '\(network.name)'",
                                hint: "`restore` without --in-memory streams it in row bands")
-        let parameters = network.imageParameters(options.parameters, height: h, width: w, threads: options.threads) { rows, cols in
+        // noise_mad units: the pixel noise is 1 by construction.
+        let noiseVariance: Double? = norm.kind == .noiseMAD ? 1 : nil
+        let parameters = network.imageParameters(options.parameters, height: h, width: w, threads: options.threads,
+                                                 noiseVariance: noiseVariance) { rows, cols in
             var px = [Float](), bad = [Bool]()
             for y in rows { for x in cols { px.append(networkUnits[y * w + x]); bad.append(image.invalid[y * w + x]) } }
             return (px, bad)

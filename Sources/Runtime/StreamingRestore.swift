@@ -149,7 +149,10 @@ public enum StreamingRestore {
     /// options or the file's header).
     public static func statistics(_ reader: some PixelSource, network: Network, options: Restoration.Options) throws -> Statistics {
         var stats = try statistics(reader, kind: options.normalization ?? network.normalization)
-        let full = try network.imageParameters(options.parameters, height: reader.height, width: reader.width, threads: options.threads) { rows, cols in
+        // noise_mad: the file's pixel noise is the normalisation's scale.
+        let noiseVariance: Double? = stats.normalization.kind == .noiseMAD ? stats.normalization.scale * stats.normalization.scale : nil
+        let full = try network.imageParameters(options.parameters, height: reader.height, width: reader.width, threads: options.threads,
+                                               noiseVariance: noiseVariance) { rows, cols in
             var px: [Float] = [], bad: [Bool] = []
             try reader.readWindow(rows: rows, columns: cols, pixels: &px, invalid: &bad)
             return (px, bad)

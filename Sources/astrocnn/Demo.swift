@@ -30,7 +30,7 @@ struct Demo: ParsableCommand {
     @Option(help: "denoise: a real FITS image to use as the long exposure instead of the simulated sky (its header gain, else sky-limited).")
     var input: String?
     @Option(help: "denoise: exposure-time ratio of the short exposure.") var ratio: Double = 2
-    @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the PSF that blurs the sky (default the paper's airy:size=64,rings=5; a model that takes the PSF at run time is given it). " + DegradationOptions.psfHelp)) var psf: String?
+    @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the PSF that blurs the sky (default the paper's airy:size=64,rings=5; a model that takes the PSF at run time is given it); 'auto': blur by the paper's PSF and deconvolve with the PSF measured from the degraded sky's stars. " + DegradationOptions.psfHelp)) var psf: String?
     @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the noise (default the paper's gaussian:sigma=0.01). " + DegradationOptions.noiseHelp)) var noise: String?
 
     func run() throws {
@@ -62,15 +62,29 @@ struct Demo: ParsableCommand {
         let nThreads = max(1, threads ?? ParallelFor.availableCores)
         let t0 = monotonicSeconds()
         let sky = SyntheticSky(size: size, seed: seed).render()
-        let degradation = psf == nil && noise == nil ? Degradation() : try DegradationOptions.make(psf: psf ?? PSFSpec.paper.description, noise: noise, sigma: nil)
+        // --psf auto: the sky is blurred by the paper's PSF, and every method deconvolves with the
+        // PSF measured from the degraded sky's own stars (as on a real image).
+        let autoPSF = psf?.lowercased() == "auto"
+        let degradation = psf == nil && noise == nil ? Degradation()
+            : try DegradationOptions.make(psf: autoPSF ? PSFSpec.paper.description : psf ?? PSFSpec.paper.description, noise: noise, sigma: nil)
         let (truth, observed) = degradation.degrade(sky, seed: seed &+ 1000, threads: nThreads)
+        var methodPSF = degradation.psf, psfText = degradation.psfSpec.exactDescription
+        if autoPSF {
+            let px = observed.pixels.map { Float($0) }
+            let m: MeasuredPSF
+            do { m = try PSFEstimation.measure(pixels: px, invalid: [Bool](repeating: false, count: px.count), width: size, height: size) }
+            catch { throw ValidationError("--psf auto: \(describe(error))") }
+            methodPSF = m.kernel
+            psfText = String(format: "measured from %d stars of the degraded sky: Moffat FWHM %.2f px, beta %.2f", m.stars, m.fwhm, m.beta)
+            print("PSF \(psfText) (the sky was blurred by \(degradation.psfSpec.exactDescription))")
+        }
         let tSim = monotonicSeconds()
 
         let network = try Network(path: modelPath)
         if network.wienerContext != nil {
-            let k = degradation.psf
+            let k = methodPSF
             do {
-                try network.bind(psf: PSFKernel(height: k.height, width: k.width, values: k.pixels), description: degradation.psfSpec.exactDescription)
+                try network.bind(psf: PSFKernel(height: k.height, width: k.width, values: k.pixels), description: psfText)
             } catch { throw ValidationError("\(modelPath): \(describe(error))") }
         }
         var opts = Restoration.Options(threads: nThreads)
@@ -82,9 +96,9 @@ struct Demo: ParsableCommand {
         let restored = Image2D(height: size, width: size, pixels: restoredPixels.map(Double.init))
         let tCNN = monotonicSeconds()
         let lambdas = [1e-4, 1e-3, 1e-2, 0.1, 1, 10]
-        let wiener = Deconvolution.wienerBest(observed, truth: truth, psf: degradation.psf, lambdas: lambdas, threads: nThreads)
+        let wiener = Deconvolution.wienerBest(observed, truth: truth, psf: methodPSF, lambdas: lambdas, threads: nThreads)
         let tWiener = monotonicSeconds()
-        let rl = Deconvolution.richardsonLucyBest(observed, truth: truth, psf: degradation.psf, maxIterations: 50, threads: nThreads)
+        let rl = Deconvolution.richardsonLucyBest(observed, truth: truth, psf: methodPSF, maxIterations: 50, threads: nThreads)
         let tRL = monotonicSeconds()
         let pDeg = Metrics.paperPSNR(truth, observed), pCNN = Metrics.paperPSNR(truth, restored)
         let pW = Metrics.paperPSNR(truth, wiener.image), pRL = Metrics.paperPSNR(truth, rl.image)

@@ -35,7 +35,7 @@ struct Evaluate: ParsableCommand {
     var degrade: String = "paper"
 
     @Option(help: "Noise seed (image k uses seed + k).") var seed: UInt64 = 1
-    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.psfHelp + " Wiener, RL and Prox-TV deconvolve with the same kernel.")) var psf: String = "airy:size=64,rings=5"
+    @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.psfHelp + " Wiener, RL and Prox-TV deconvolve with the same kernel (and a model that takes the PSF at run time is given it). With --degrade none, 'auto' measures each image's PSF from its stars.")) var psf: String = "airy:size=64,rings=5"
     @Option(help: ArgumentHelp(stringLiteral: DegradationOptions.noiseHelp + " A range is drawn once per image.")) var noise: String?
     @Option(help: "Gaussian noise standard deviation: the same as --noise gaussian:sigma=S.") var sigma: Double?
     @Option(help: "Wiener lambdas to sweep (comma-separated; the best is refined twice between its neighbours).") var wienerLambdas: String = "1e-4,1e-3,1e-2,0.1,1,10"
@@ -69,7 +69,14 @@ struct Evaluate: ParsableCommand {
     func evaluate() throws {
         guard !images.isEmpty else { throw ValidationError("give images with --images FILES|DIR") }
         guard degrade == "paper" || degrade == "none" else { throw ValidationError("--degrade must be paper or none") }
-        let degradation = try DegradationOptions.make(psf: psf, noise: noise, sigma: sigma)
+        // --psf auto: each image's PSF measured from its own stars (images as they are, no truth).
+        let autoPSF = psf.lowercased() == "auto"
+        if autoPSF && degrade != "none" {
+            throw ValidationError("--psf auto measures each image's PSF from its stars: it works on images as they are (--degrade none); a simulated degradation needs the PSF it blurs with")
+        }
+        let degradation = try DegradationOptions.make(psf: autoPSF ? PSFSpec.paper.description : psf, noise: noise, sigma: sigma)
+        let scratch = NSTemporaryDirectory() + "astrocnn-evaluate-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
         let paths = try SourceImage.expand(images)
         guard !paths.isEmpty else { throw ValidationError("no FITS images in \(images)") }
         var modelPaths = ["flamary1": Demo.defaultModel("flamary1.acnn") ?? "models/flamary1.acnn",
@@ -117,6 +124,19 @@ struct Evaluate: ParsableCommand {
                 }
             } else {
                 (truth, observed) = (nil, Degradation.normalise(src.raw))
+                if autoPSF {
+                    let px = src.raw.pixels.map { Float($0) }
+                    let m: MeasuredPSF
+                    do { m = try PSFEstimation.measure(pixels: px, invalid: px.map { !$0.isFinite }, width: src.raw.width, height: src.raw.height) }
+                    catch { throw ValidationError("\(src.name): --psf auto: \(describe(error))") }
+                    try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+                    let file = scratch + "/psf-\(k).fits"
+                    try FITSIO.writeImage(path: file, width: m.kernel.width, height: m.kernel.height, pixels: m.kernel.pixels.map(Float.init),
+                                          headerCards: [], overwrite: true)
+                    ev.degradation = try Degradation(psf: .file(file), noise: degradation.noise)
+                    FileHandle.standardError.write(Data(String(format: "%@: PSF measured from %d stars: Moffat FWHM %.2f px, beta %.2f\n",
+                                                               src.name, m.stars, m.fwhm, m.beta).utf8))
+                }
             }
             FileHandle.standardError.write(Data("\(src.name): \(observed.width)x\(observed.height)\n".utf8))
             // The zoom region: centred on the brightest smoothed area of the truth (or observation).
