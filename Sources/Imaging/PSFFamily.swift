@@ -19,8 +19,34 @@ public struct PSFFamily: Equatable, Sendable, CustomStringConvertible {
     public var maxEllipticity = 0.15
     public var noise: ClosedRange<Double> = 1e-6...1e-1
     public var side = 65
+    /// The PSF each crop is deconvolved with differs from the one that blurred it by up to this
+    /// much (0: the same): FWHM times a factor log-uniform in [1/(1+e), 1+e], Moffat beta times
+    /// another, ellipticity plus a uniform draw in [-e/2, e/2] (clamped to [0, 0.9)), angle plus
+    /// up to 30 degrees x e/0.1: the network learns to live with the errors of a measured PSF
+    /// (`--psf auto`). Text key `psf_error`.
+    public var psfError = 0.0
+    /// How each crop's Wiener lambda is chosen before the jitter: by GCV (the crop alone), or by
+    /// the discrepancy principle with the noise variance 1 of `noise_mad` units (what `restore`
+    /// does for the whole image). Text key `lambda`.
+    public var lambdaRule = LambdaRule.gcv
+
+    public enum LambdaRule: String, Sendable { case gcv, dp }
 
     public init() {}
+
+    /// The member the crop is deconvolved with: `member` perturbed as `psfError` says (draws from
+    /// `g` only when `psfError` > 0, so runs without it keep their bits).
+    public func deconvolutionMember(_ member: Member, _ g: inout SplitMix64) -> Member {
+        guard psfError > 0 else { return member }
+        func uniform() -> Double { NoiseStreams.uniform(&g) }
+        func factor() -> Double { exp((uniform() * 2 - 1) * log(1 + psfError)) }
+        var m = member
+        m.fwhm *= factor()
+        m.beta = max(1.05, m.beta * factor())
+        m.ellipticity = min(0.89, max(0, m.ellipticity + (uniform() - 0.5) * psfError))
+        m.angle += (uniform() * 2 - 1) * (Double.pi / 6) * psfError / 0.1
+        return m
+    }
 
     /// One member: the profile's parameters.
     public struct Member: Equatable, Sendable, CustomStringConvertible {
@@ -101,6 +127,7 @@ public struct PSFFamily: Equatable, Sendable, CustomStringConvertible {
         return kinds.map(\.rawValue).joined(separator: ",")
             + ":fwhm=\(g(fwhm.lowerBound))-\(g(fwhm.upperBound)),beta=\(g(beta.lowerBound))-\(g(beta.upperBound))"
             + ",e=\(g(maxEllipticity)),noise=\(g(noise.lowerBound))-\(g(noise.upperBound)),side=\(side)"
+            + (psfError > 0 ? ",psf_error=\(g(psfError))" : "") + (lambdaRule != .gcv ? ",lambda=\(lambdaRule.rawValue)" : "")
     }
 
     public struct ParseError: Error, CustomStringConvertible { public let description: String }
@@ -137,10 +164,16 @@ public struct PSFFamily: Equatable, Sendable, CustomStringConvertible {
                 case "e":
                     guard let e = Double(p[1]), e >= 0, e < 0.9 else { throw ParseError(description: "PSF family: e must be in [0, 0.9)") }
                     maxEllipticity = e
+                case "psf_error":
+                    guard let e = Double(p[1]), e >= 0, e <= 1 else { throw ParseError(description: "PSF family: psf_error must be in [0, 1]") }
+                    psfError = e
+                case "lambda":
+                    guard let r = LambdaRule(rawValue: p[1]) else { throw ParseError(description: "PSF family: lambda must be gcv or dp") }
+                    lambdaRule = r
                 case "side":
                     guard let s = Int(p[1]), s >= 3, s % 2 == 1, s <= 513 else { throw ParseError(description: "PSF family: side must be odd, 3 to 513") }
                     side = s
-                default: throw ParseError(description: "PSF family: unknown key '\(p[0])' (fwhm, beta, e, noise, side)")
+                default: throw ParseError(description: "PSF family: unknown key '\(p[0])' (fwhm, beta, e, noise, side, psf_error, lambda)")
                 }
             }
         }

@@ -117,8 +117,11 @@ public final class PSFFamilyCropSampler: CropSource {
         let norm = Normalization.fit(.noiseMAD, pixels: observed, invalid: [Bool](repeating: false, count: observed.count), width: o)
         let off = Float(norm.offset), inv = Float(1 / norm.scale)
         for i in observed.indices { observed[i] = (observed[i] - off) * inv }
-        let kernel = try! PSFKernel(height: k, width: k, values: psf.pixels)
-        let w = WienerDeconvolution.apply(observed, height: o, width: o, psf: kernel, lambdaFactor: lambdaFactor).image
+        // The PSF the crop is deconvolved with: the blur's, or a perturbed one (a measured PSF's errors).
+        let used = family.psfError > 0 ? family.deconvolutionMember(member, &g).kernel(side: k) : psf
+        let kernel = try! PSFKernel(height: k, width: k, values: used.pixels)
+        let w = WienerDeconvolution.apply(observed, height: o, width: o, psf: kernel, lambdaFactor: lambdaFactor,
+                                          noiseVariance: family.lambdaRule == .dp ? 1 : nil).image
         let n = cropSize, c = context
         var input = [Float](repeating: 0, count: n * n), target = input
         var se = 0.0

@@ -16,7 +16,13 @@ final class PSFFamilyTests: XCTestCase {
         XCTAssertEqual(g.fwhm, 2...4)
         XCTAssertEqual(g.noise, 1e-5...1e-2)
         XCTAssertEqual(g.side, 33)
-        for bad in ["", "lorentz", "moffat:fwhm=4-2", "moffat:side=32", "moffat:beta=0.5-2", "gaussian:size=3"] {
+        XCTAssertEqual(f.description, "airy,gaussian,moffat:fwhm=1.5-8,beta=1.5-6,e=0.15,noise=1e-06-0.1,side=65",
+                       "the default text (recorded in checkpoints) is unchanged by the later keys")
+        let h = try PSFFamily(parsing: "gaussian:psf_error=0.1,lambda=dp")
+        XCTAssertEqual(h.psfError, 0.1)
+        XCTAssertEqual(h.lambdaRule, .dp)
+        XCTAssertEqual(try PSFFamily(parsing: h.description), h)
+        for bad in ["", "lorentz", "moffat:fwhm=4-2", "moffat:side=32", "moffat:beta=0.5-2", "gaussian:size=3", "gaussian:psf_error=2", "gaussian:lambda=sure"] {
             XCTAssertThrowsError(try PSFFamily(parsing: bad), bad)
         }
         // Round members have the FWHM they were drawn with (measured as the runtime measures it).
@@ -37,6 +43,37 @@ final class PSFFamilyTests: XCTestCase {
             XCTAssertEqual(m1, m2); XCTAssertEqual(s1, s2); XCTAssertEqual(l1, l2)
             XCTAssertTrue(f.fwhm.contains(m1.fwhm) && f.noise.contains(s1) && m1.ellipticity <= f.maxEllipticity)
             XCTAssertTrue(l1 >= 1 / 10.0 - 1e-12 && l1 <= 10 + 1e-12)
+        }
+    }
+
+    /// `psf_error`: the deconvolution PSF is the blur's perturbed within the stated factors (no
+    /// draw at all without it); `lambda=dp` and `psf_error` change the input, not the target.
+    func testPSFErrorAndLambdaRule() throws {
+        var g = SplitMix64(seed: 4)
+        let m = PSFFamily.Member(kind: .moffat, fwhm: 3, beta: 2.5, ellipticity: 0.05, angle: 0.3)
+        XCTAssertEqual(PSFFamily().deconvolutionMember(m, &g), m)
+        XCTAssertEqual(g.state, SplitMix64(seed: 4).state, "no draw without psf_error")
+        let e = try PSFFamily(parsing: "moffat:psf_error=0.1")
+        for _ in 0..<50 {
+            let p = e.deconvolutionMember(m, &g)
+            XCTAssertTrue(p.fwhm >= 3 / 1.1 - 1e-12 && p.fwhm <= 3 * 1.1 + 1e-12 && p.beta >= 2.5 / 1.1 - 1e-12 && p.beta <= 2.5 * 1.1 + 1e-12)
+            XCTAssertTrue(abs(p.ellipticity - 0.05) <= 0.05 + 1e-12 && p.ellipticity >= 0)
+        }
+        let im = DeconvolutionUNetTests.sky(120, 120, seed: 6)
+        let base = try PSFFamily(parsing: "gaussian,moffat:fwhm=2-4,noise=1e-03-0.01,side=17")
+        var errFam = base; errFam.psfError = 0.1
+        var dpFam = base; dpFam.lambdaRule = .dp
+        let specs = try PSFFamilyCropSampler(images: [im], family: base, context: 8, cropSize: 32, validation: false).plan(count: 6, seed: 1, stream: 1)
+        let a = try PSFFamilyCropSampler(images: [im], family: base, context: 8, cropSize: 32, validation: false)
+        for f in [errFam, dpFam] {
+            let b = try PSFFamilyCropSampler(images: [im], family: f, context: 8, cropSize: 32, validation: false)
+            var differ = 0
+            for sp in specs {
+                let (x, y) = (a.sample(sp), b.sample(sp))
+                XCTAssertTrue(x.target == y.target, "the target does not change")
+                if x.input != y.input { differ += 1 }
+            }
+            XCTAssertGreaterThan(differ, 0, f.description)
         }
     }
 
