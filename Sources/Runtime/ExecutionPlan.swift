@@ -271,6 +271,9 @@ final class ExecutionPlan {
             case .constantChannel:
                 steps.append(.fill(allocate(n.output), n.constantValue, n.runtimeParameter))
             case .wienerDeconvolution:
+                if network.psf == nil && !measureOnly {
+                    throw RuntimeError.badParameter("\(network.name) deconvolves with the image's PSF: give it (--psf SPEC, --psf FILE.fits or --psf auto)")
+                }
                 steps.append(.wiener(x, allocate(n.output), network.psf))
             }
             let out = shapes[n.output]!

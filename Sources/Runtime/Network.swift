@@ -18,7 +18,8 @@ public enum RuntimeError: Error, CustomStringConvertible {
 }
 
 /// A loaded model ready to run: validated graph, decoded weights and the metadata the
-/// pipeline needs. Immutable and shareable between threads.
+/// pipeline needs. Shareable between threads; immutable but for the PSF a format 1.1 model's
+/// Wiener step is given (`bind(psf:description:)`, before running it).
 public final class Network: @unchecked Sendable {
     public let metadata: [String: MetaValue]
     public let graph: Graph

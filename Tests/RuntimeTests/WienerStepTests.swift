@@ -179,6 +179,8 @@ final class WienerStepTests: XCTestCase {
         var rng = TestRNG(seed: 8)
         let input = FeatureMap(channels: 1, height: 48, width: 40, data: (0..<(48 * 40)).map { _ in rng.float(-1, 30) })
         XCTAssertThrowsError(try net.forward(input)) { e in XCTAssertTrue("\(e)".contains("PSF"), "\(e)") }
+        let image = FITSImage(width: 40, height: 48, pixels: input.data)
+        XCTAssertThrowsError(try Restoration.restore(image, network: net, options: .init(threads: 1))) { e in XCTAssertTrue("\(e)".contains("PSF"), "\(e)") }
         XCTAssertThrowsError(try net.bind(psf: try gaussianKernel(fwhm: 10, side: 61))) { e in XCTAssertTrue("\(e)".contains("flux"), "\(e)") }
         XCTAssertThrowsError(try net.bind(psf: try gaussianKernel(fwhm: 5.5, side: 17))) { e in XCTAssertTrue("\(e)".contains("not trained"), "\(e)") }
         try net.bind(psf: try gaussianKernel(fwhm: 2.5, side: 17), description: "gaussian:fwhm=2.5")
