@@ -271,6 +271,9 @@ final class ExecutionPlan {
             case .constantChannel:
                 steps.append(.fill(allocate(n.output), n.constantValue, n.runtimeParameter))
             case .wienerDeconvolution:
+                let side = 2 * n.context + 1
+                wienerScratch = max(wienerScratch, WienerDeconvolution.workBytes(height: shapes[n.inputs[0]]!.height,
+                                                                                  width: shapes[n.inputs[0]]!.width, psfSide: side))
                 if network.psf == nil && !measureOnly {
                     throw RuntimeError.badParameter("\(network.name) deconvolves with the image's PSF: give it (--psf SPEC, --psf FILE.fits or --psf auto)")
                 }
@@ -353,7 +356,7 @@ final class ExecutionPlan {
             for sp in spans { placed.append((at + sp.r0, at + sp.r1, sp.first, sp.last)) }
         }
         arenaFloats = placed.map(\.end).max() ?? 0
-        unsharedBytes = order.reduce(0) { $0 + ($1.layout.allocation + 15) / 16 * 16 } * 4
+        unsharedBytes = order.reduce(0) { $0 + ($1.layout.allocation + 15) / 16 * 16 } * 4 + wienerScratch
         if !measureOnly { PhaseProfile.shared.mark("plan: memory layout") }
         let arena = PlanarBuffer(arenaOf: measureOnly ? 0 : arenaFloats)
         if !measureOnly { PhaseProfile.shared.mark("plan: arena allocation") }
@@ -444,7 +447,11 @@ final class ExecutionPlan {
     }
 
     /// Bytes of feature-map memory the plan holds.
-    var bytes: Int { arenaFloats * 4 }
+    var bytes: Int { arenaFloats * 4 + wienerScratch }
+
+    /// Float64 work memory of the largest Wiener step (`WienerDeconvolution.workBytes`), which
+    /// tiles must leave room for as for feature maps.
+    private(set) var wienerScratch = 0
 
     /// Bytes the plan's maps would take without sharing memory.
     let unsharedBytes: Int

@@ -75,6 +75,12 @@ public enum WienerDeconvolution {
     /// The lambda grid: 10^(e/4) for e in -36...12.
     public static let lambdaExponents = -36...12
 
+    /// Bytes of Float64 work memory `apply` takes for a map of this size and a PSF of up to
+    /// `psfSide` pixels a side: seven arrays on the padded grid (two spectra, |H|^2, |Y|^2, L^2).
+    public static func workBytes(height: Int, width: Int, psfSide: Int) -> Int {
+        7 * 8 * FFTPlan.fastSize(atLeast: height + 2 * psfSide) * FFTPlan.fastSize(atLeast: width + 2 * psfSide)
+    }
+
     /// The run-time parameter that fixes lambda for a whole image (`restore` sets it from the
     /// image's central square, `imageLambda`, so that every tile deconvolves alike); absent or
     /// not positive: each map chooses its own by GCV.
