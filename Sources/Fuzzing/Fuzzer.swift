@@ -175,7 +175,10 @@ public final class Fuzzer {
         [("flamary1", try ModelWriter.encode(Architectures.flamary1(initializer: initializer(1)))),
          ("unet-2-4", try ModelWriter.encode(Architectures.unet(name: "u", widths: [2, 4], normalization: "noise_mad", initializer: initializer(2)))),
          ("unet-input-skip", try ModelWriter.encode(Architectures.unet(name: "u2", widths: [3, 5, 6], normalization: "clip_max", inputSkip: true,
-                                                                       ratioChannel: false, initializer: initializer(3))))]
+                                                                       ratioChannel: false, initializer: initializer(3)))),
+         // Format 1.1: a Wiener step that needs the PSF at run time.
+         ("unet-wiener", try ModelWriter.encode(Architectures.unet(name: "u3", widths: [2, 4], normalization: "noise_mad", inputSkip: true,
+                                                                   ratioChannel: false, wienerContext: 4, initializer: initializer(4))))]
     }
 
     // MARK: running
@@ -307,6 +310,11 @@ public final class Fuzzer {
                 reader = try ModelReader(bytes: [UInt8](FileManager.default.contents(atPath: path) ?? Data()))
             }
             let net = try Network(model: try reader.model(), fileChecksum: reader.fileChecksum)
+            if net.wienerContext != nil && rng.next() % 4 != 0 {
+                // A 5x5 Gaussian PSF (sometimes none: the run must then be refused).
+                let k = (0..<25).map { i -> Double in let y = Double(i / 5 - 2), x = Double(i % 5 - 2); return exp(-(x * x + y * y) / 2) }
+                try net.bind(psf: PSFKernel(height: 5, width: 5, values: k))
+            }
             let side = 24 + Int(rng.next() % 24)
             let img = FITSImage(width: side, height: side, pixels: FITSBytes.sky(side, side, seed: rng.next()).map(Float.init))
             var options = Restoration.Options(threads: 1 + Int(rng.next() % 2))
