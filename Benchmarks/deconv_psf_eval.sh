@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 24's targets: the PSF-aware deconvolution model against Wiener, Richardson-Lucy and
 # Prox-TV with parameters chosen against the truth over wide sweeps, and against the runtime's own
-# Wiener step (lambda by GCV, no truth), on images never used in training or validation, for
+# Wiener step (wiener-dp: lambda by the discrepancy principle, no truth: the model's input), on
+# images never used in training or validation, for
 # three PSFs not used in training (the family is continuous: no member is drawn twice) at the
 # paper's noise (sigma 0.01 of the peak) and at each image's own pixel noise (noise:k=1).
 # Usage: Benchmarks/deconv_psf_eval.sh [MODEL] [OUTDIR]   (needs ../shared/data; ~15 min on 2 cores)
@@ -21,7 +22,7 @@ for psf in "airy:size=64,rings=5" "moffat:fwhm=3,beta=2.5" "gaussian:fwhm=2.2"; 
   for noise in "gaussian:sigma=0.01" "noise:k=1"; do
     tag=$(echo "${psf%%:*}-${noise%%:*}")
     echo "== $psf, $noise"
-    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-gcv,rl,tv,psf \
+    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,rl,tv,psf \
       --models psf="$MODEL" $SWEEPS --csv "$OUT/$tag.csv" --panel "$OUT/$tag.png" | tee "$OUT/$tag.txt"
   done
 done

@@ -10,7 +10,8 @@ public enum Method: Sendable, Equatable {
     /// Wiener with lambda by generalised cross-validation on the image (no truth): the runtime's
     /// own Wiener step (`WienerDeconvolution`), what a PSF-aware model starts from.
     case wienerGCV
-    /// Wiener with lambda by the discrepancy principle (noise from the image, no truth).
+    /// Wiener with the runtime's image lambda for noise_mad models (the larger of GCV's and the
+    /// discrepancy principle's, the noise from the image; no truth): a PSF-aware model's input.
     case wienerDP
     case richardsonLucy(maxIterations: Int)
     case proxTV(mus: [Double], iterations: Int)
@@ -103,8 +104,14 @@ public struct Evaluator {
             let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
             let px = observed.pixels.map { Float($0) }
             let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
-            let r = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, noiseVariance: nm.scale * nm.scale, threads: threads)
-            return (Image2D(height: observed.height, width: observed.width, pixels: r.image.map(Double.init)), "lambda=\(r.lambda)")
+            let r = WienerDeconvolution.lambdaRegion(height: observed.height, width: observed.width)
+            var window = [Float]()
+            for y in r.rows { for x in r.columns { window.append(px[y * observed.width + x]) } }
+            let lambda = WienerDeconvolution.imageLambda(window: window, invalid: [Bool](repeating: false, count: window.count),
+                                                         height: r.rows.count, width: r.columns.count, psf: k, noiseVariance: nm.scale * nm.scale,
+                                                         threads: threads)
+            let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
+            return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)

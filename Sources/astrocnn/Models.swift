@@ -47,24 +47,6 @@ enum ShippedModels {
         return visible.enumerated().sorted { (rank($0.element), $0.offset) < (rank($1.element), $1.offset) }.map(\.element)
     }
 
-    /// The first model on the search path with a Wiener step (`deconv-psf`: the PSF given at run
-    /// time) that takes this PSF, with it bound; nil when none does (each refusal is printed).
-    static func psfAwareNetwork(spec: String, inputs: [String], hdu: String?, modelDirs: [String]) throws -> Network? {
-        let aware = ModelSearch.catalog(modelLocations(modelDirs)).entries.filter {
-            !$0.shadowed && $0.task == .deconvolve && $0.metadata["training.psf_family"] != nil
-        }
-        for e in aware {
-            let network: Network
-            do { network = try Network(path: e.path) } catch { continue }
-            do { try bindPSF(network, spec: spec, inputs: inputs, hdu: hdu) } catch {
-                FileHandle.standardError.write(Data("astrocnn: \(e.file) does not take this PSF: \(describe(error))\n".utf8))
-                continue
-            }
-            return network
-        }
-        return nil
-    }
-
     /// The PSFs the deconvolution models cover, one line each, for messages.
     static func coveredText(_ entries: [ModelSearch.Entry]) -> String {
         let d = deconvolutionModels(entries)

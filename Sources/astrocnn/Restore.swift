@@ -46,14 +46,7 @@ struct Restore: ParsableCommand {
         if let m = model {
             network = try loadModel(m, modelDirs: modelDirs)
         } else {
-            // Without -m: with --psf, the shipped model that takes the PSF at run time.
-            guard let p = psf else {
-                throw failure("give the model with -m MODEL (astrocnn models lists them), or use 'astrocnn denoise' / 'astrocnn deconvolve --psf SPEC|auto', which choose the shipped one")
-            }
-            guard let chosen = try ShippedModels.psfAwareNetwork(spec: p, inputs: inputs, hdu: common.hdu, modelDirs: modelDirs) else {
-                throw failure("no model that takes the PSF at run time was found on the search path (\(searchedText(modelLocations(modelDirs)))) for --psf \(p); pass one with -m")
-            }
-            network = chosen
+            throw failure("give the model with -m MODEL (astrocnn models lists them; deconv-psf takes any PSF of its family with --psf), or use 'astrocnn denoise' / 'astrocnn deconvolve --psf SPEC|auto', which choose the shipped one")
         }
         if network.wienerContext != nil && network.psf == nil {
             guard let p = psf else {

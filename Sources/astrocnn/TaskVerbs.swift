@@ -56,7 +56,10 @@ struct Deconvolve: ParsableCommand {
     @OptionGroup var common: RestoreCommonOptions
 
     func run() throws {
-        if let network = try psfAwareModel() {
+        // A model that takes the PSF at run time (format 1.1, `deconv-psf`) is used when it is
+        // given with --model; it is not chosen on its own: it does not yet beat the classical
+        // methods (docs/EVALUATION.md, Part 1d).
+        if model != nil, let network = try psfAwareModel() {
             try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network,
                               common: common, checkPSF: psf).run()
             return
@@ -92,20 +95,16 @@ struct Deconvolve: ParsableCommand {
                           checkPSF: psf).run()
     }
 
-    /// A model with a Wiener step (`deconv-psf`: one model for a family of PSFs, the PSF given at
-    /// run time) with this PSF bound: the one given with --model, else the first on the search
-    /// path whose family covers the PSF; nil when there is none (then the fixed-PSF models are
-    /// looked at, and a PSF outside every family is reported).
+    /// The --model given, with this PSF bound, when it has a Wiener step (`deconv-psf`: one model
+    /// for a family of PSFs, the PSF given at run time); nil for a fixed-PSF model.
     func psfAwareModel() throws -> Network? {
-        if let m = model {
-            let path = resolveModelPath(m, modelDirs: modelDirs)
-            let network: Network
-            do { network = try Network(path: path) } catch { throw failure("\(path): \(describe(error))") }
-            guard network.wienerContext != nil else { return nil }
-            try bindPSF(network, spec: psf, inputs: inputs, hdu: common.hdu)
-            return network
-        }
-        return try ShippedModels.psfAwareNetwork(spec: psf, inputs: inputs, hdu: common.hdu, modelDirs: modelDirs)
+        guard let m = model else { return nil }
+        let path = resolveModelPath(m, modelDirs: modelDirs)
+        let network: Network
+        do { network = try Network(path: path) } catch { throw failure("\(path): \(describe(error))") }
+        guard network.wienerContext != nil else { return nil }
+        try bindPSF(network, spec: psf, inputs: inputs, hdu: common.hdu)
+        return network
     }
 
     /// `--psf auto`: the PSF is measured from the stars of each input (`astrocnn psf`), and a

@@ -4,8 +4,8 @@ import Runtime
 import XCTest
 
 /// The command line with a model that takes the PSF at run time (format 1.1 Wiener step): restore
-/// needs --psf and records it; deconvolve picks the model from the search path for PSFs in its
-/// family and refuses others; inspect says what it covers; a Slurm plan binds the PSF in every
+/// needs --psf and records it; deconvolve runs it when given with -m for PSFs in its family and
+/// refuses others; inspect says what it covers; a Slurm plan binds the PSF in every
 /// task and stitches to the bits of the single-process restore.
 final class PSFAwareCLITests: XCTestCase {
     var dir = ""
@@ -59,10 +59,14 @@ final class PSFAwareCLITests: XCTestCase {
         XCTAssertEqual(st, 0, err)
         XCTAssertEqual(try FITSIO.readImage(path: dir + "/a1.fits").pixels.map(\.bitPattern), a.pixels.map(\.bitPattern))
 
-        // deconvolve finds the model on the search path for a PSF of its family ...
-        (st, out, err) = try runProcess(exe, ["deconvolve", img, "--psf", "gaussian:fwhm=2.5", "--model-dir", models, "-o", dir + "/d.fits", "--quiet"])
+        // deconvolve runs the model given by name for a PSF of its family ...
+        (st, out, err) = try runProcess(exe, ["deconvolve", img, "--psf", "gaussian:fwhm=2.5", "--model-dir", models, "-m", "tiny-psf", "-o", dir + "/d.fits", "--quiet"])
         XCTAssertEqual(st, 0, err)
         XCTAssertTrue(out.contains("tiny-psf"), out)
+        // ... does not pick it on its own, and restore needs -m.
+        (st, out, err) = try runProcess(exe, ["restore", img, "--psf", "gaussian:fwhm=2.5", "-o", dir + "/r.fits", "--quiet"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("-m MODEL"), err)
         // ... and refuses one outside it.
         (st, out, err) = try runProcess(exe, ["deconvolve", img, "--psf", "gaussian:fwhm=7", "-m", model, "-o", dir + "/e.fits", "--quiet"])
         XCTAssertNotEqual(st, 0)
