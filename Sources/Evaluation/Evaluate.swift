@@ -91,27 +91,11 @@ public struct Evaluator {
             }
             return (Deconvolution.wiener(observed, psf: psf, lambda: lambdas[0], boundary: .reflect, threads: threads), "lambda=\(lambdas[0])")
         case .wienerGCV:
-            let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
-            let px = observed.pixels.map { Float($0) }
-            let r = WienerDeconvolution.lambdaRegion(height: observed.height, width: observed.width)
-            var window = [Float]()
-            for y in r.rows { for x in r.columns { window.append(px[y * observed.width + x]) } }
-            let lambda = WienerDeconvolution.imageLambda(window: window, invalid: [Bool](repeating: false, count: window.count),
-                                                         height: r.rows.count, width: r.columns.count, psf: k, threads: threads)
-            let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
-            return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
+            return try runtimeWiener(observed, psf: psf, noiseVariance: nil)
         case .wienerDP:
-            let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
             let px = observed.pixels.map { Float($0) }
             let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
-            let r = WienerDeconvolution.lambdaRegion(height: observed.height, width: observed.width)
-            var window = [Float]()
-            for y in r.rows { for x in r.columns { window.append(px[y * observed.width + x]) } }
-            let lambda = WienerDeconvolution.imageLambda(window: window, invalid: [Bool](repeating: false, count: window.count),
-                                                         height: r.rows.count, width: r.columns.count, psf: k, noiseVariance: nm.scale * nm.scale,
-                                                         threads: threads)
-            let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
-            return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
+            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale)
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)
@@ -142,6 +126,22 @@ public struct Evaluator {
             return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
                     "model=\((path as NSString).lastPathComponent)")
         }
+    }
+
+    /// The runtime's Wiener step on the whole image with the lambda `restore` chooses on its
+    /// central square (`WienerDeconvolution.imageLambda`; with a noise variance, the larger of
+    /// GCV's and the discrepancy principle's).
+    func runtimeWiener(_ observed: Image2D, psf: Image2D, noiseVariance: Double?) throws -> (Image2D, String) {
+        let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
+        let px = observed.pixels.map { Float($0) }
+        let r = WienerDeconvolution.lambdaRegion(height: observed.height, width: observed.width)
+        var window = [Float]()
+        for y in r.rows { for x in r.columns { window.append(px[y * observed.width + x]) } }
+        let lambda = WienerDeconvolution.imageLambda(window: window, invalid: [Bool](repeating: false, count: window.count),
+                                                     height: r.rows.count, width: r.columns.count, psf: k, noiseVariance: noiseVariance,
+                                                     threads: threads)
+        let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
+        return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
     }
 
     /// Scores `estimate` against `truth` (paper conventions).

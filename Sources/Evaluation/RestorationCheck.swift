@@ -119,7 +119,7 @@ public struct RestorationCheck: Sendable, CustomStringConvertible {
         let inner = (y: (cy + ry)..<max(cy + ry, cy + side - ry), x: (cx + rx)..<max(cx + rx, cx + side - rx))
         let central = fitStatistics(input: input, reblurred: reblurred.pixels, near: near, width: w, y: inner.y, x: inner.x,
                                     noise: noise, gain: gain, sky: sky)
-        let reference = wienerReference(crop, psf: psf, offset: (cy, cx), input: input, near: near, width: w, height: h, inner: inner,
+        let reference = try wienerReference(crop, psf: psf, offset: (cy, cx), input: input, near: near, width: w, height: h, inner: inner,
                                         noise: noise, gain: gain, sky: sky, threads: threads)
         let ratio = nyquistRatio(input: input, restored: out.pixels, bad: bad, width: w, height: h, sky: sky, threads: threads)
         return RestorationCheck(reducedChiSquare: full.reduced, robustChiSquare: full.robust, sourceChiSquare: full.source,
@@ -155,36 +155,19 @@ public struct RestorationCheck: Sendable, CustomStringConvertible {
     }
 
     /// Wiener (Laplacian regulariser, mirror-padded) of the central square, lambda chosen without
-    /// a truth by generalised cross-validation (Golub, Heath & Wahba 1979), the textbook rule
-    /// for Tikhonov filters: GCV(lambda) = |(I - A) y|^2 / trace(I - A)^2 with A the filter's
-    /// influence operator, evaluated exactly on the spectra for lambda up to 1e3 in
-    /// quarter decades from 1e-9; the classical method at its best without a truth.
+    /// a truth by generalised cross-validation (Golub, Heath & Wahba 1979), the textbook rule for
+    /// Tikhonov filters, over quarter decades from 1e-9 to 1e3: the runtime's own Wiener step
+    /// (`WienerDeconvolution`, GCV on the square); the classical method at its best without a truth.
     static func wienerReference(_ crop: Image2D, psf: Image2D, offset: (Int, Int), input: [Float], near: [Bool], width w: Int, height h: Int,
                                 inner: (y: Range<Int>, x: Range<Int>), noise: Double, gain: Double?, sky: Double,
-                                threads: Int) -> (lambda: Double, stats: FitStatistics) {
+                                threads: Int) throws -> (lambda: Double, stats: FitStatistics) {
         let side = crop.height
-        let g = Deconvolution.padGeometry(crop, psf, .reflect)
-        let hs = Deconvolution.transfer(psf, g.ph, g.pw, .same, threads: threads)
-        let y = Deconvolution.spectrum(Deconvolution.mirrorPad(crop, g.ph, g.pw, g.top, g.left), threads: threads)
-        let lap = Deconvolution.laplacian2(g.ph, g.pw)
-        let n = g.ph * g.pw
-        var h2 = [Double](repeating: 0, count: n), y2 = [Double](repeating: 0, count: n)
-        for i in 0..<n { h2[i] = hs.re[i] * hs.re[i] + hs.im[i] * hs.im[i]; y2[i] = y.re[i] * y.re[i] + y.im[i] * y.im[i] }
-        var best = (lambda: 1.0, gcv: Double.infinity)
-        for e in stride(from: -36, through: 12, by: 1) {
-            let lambda = pow(10, Double(e) / 4)
-            var num = 0.0, tr = 0.0
-            for i in 0..<n {
-                let r = lambda * lap[i] / (h2[i] + lambda * lap[i] + 1e-300)
-                num += y2[i] * r * r; tr += r
-            }
-            let gcv = num / max(1e-300, tr * tr)
-            if gcv < best.gcv { best = (lambda, gcv) }
-        }
-        let x = Deconvolution.wienerApply(y, hs, best.lambda, lap, g.ph, g.pw, threads).crop(y: g.top, x: g.left, height: side, width: side)
+        let kernel = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
+        let (px, lambda) = WienerDeconvolution.apply(crop.pixels.map { Float($0) }, height: side, width: side, psf: kernel, threads: threads)
+        let x = Image2D(height: side, width: side, pixels: px.map(Double.init))
         let re = LinearConvolution(kernel: psf, height: side, width: side, threads: threads).apply(x)
-        return (best.lambda, fitStatistics(input: input, reblurred: re.pixels, near: near, width: w, y: inner.y, x: inner.x, noise: noise,
-                                           gain: gain, sky: sky, offset: offset, stride: side))
+        return (lambda, fitStatistics(input: input, reblurred: re.pixels, near: near, width: w, y: inner.y, x: inner.x, noise: noise,
+                                      gain: gain, sky: sky, offset: offset, stride: side))
     }
 
     /// The checkerboard statistic: on the central square of even 2-3-5-smooth side (at most

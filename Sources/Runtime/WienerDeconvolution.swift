@@ -86,14 +86,18 @@ public enum WienerDeconvolution {
     /// not positive: each map chooses its own by GCV.
     public static let lambdaParameter = "wiener_lambda"
 
-    /// Deconvolves `height` x `width` Float values at `input` (rows `inputStride` apart) into
-    /// `output` (rows `outputStride` apart); non-finite inputs count as 0. Returns the lambda
-    /// used: `lambda` when given (positive), else the GCV choice on this map, times
-    /// `lambdaFactor` (the trainer's jitter; 1 at run time).
-    @discardableResult
-    public static func apply(_ input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int, psf: PSFKernel,
-                             output: UnsafeMutablePointer<Float>, outputStride: Int, lambda given: Double? = nil,
-                             lambdaFactor: Double = 1, noiseVariance: Double? = nil, threads: Int = 1) -> Double {
+    /// The mirror-padded map's spectrum and the filter's ingredients on the padded grid (what
+    /// choosing lambda and applying the filter share).
+    struct Spectra {
+        var y: ComplexImage
+        let t: ComplexImage
+        let h2: [Double], y2: [Double], l2: [Double]
+        let ph: Int, pw: Int, top: Int, left: Int
+        var count: Int { ph * pw }
+    }
+
+    static func spectra(_ input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int, psf: PSFKernel,
+                        threads: Int) -> Spectra {
         let ph = FFTPlan.fastSize(atLeast: h + 2 * psf.height), pw = FFTPlan.fastSize(atLeast: w + 2 * psf.width)
         let top = (ph - h) / 2, left = (pw - w) / 2
         func mirror(_ i: Int, _ n: Int) -> Int {
@@ -130,49 +134,70 @@ public enum WienerDeconvolution {
             let l = cu[r] + cv[c]
             l2[i] = l * l
         } }
-        var best = (lambda: given ?? 1.0, gcv: Double.infinity)
-        if given == nil, let v = noiseVariance {
-            // Morozov's discrepancy principle: the largest lambda whose residual |y - h * x|^2 per
-            // pixel does not exceed the noise variance.
-            best.lambda = pow(10, Double(lambdaExponents.lowerBound) / 4)
-            for e in lambdaExponents {
-                let lambda = pow(10, Double(e) / 4)
-                var num = 0.0
-                for i in 0..<n {
-                    let q = lambda * l2[i] / (h2[i] + lambda * l2[i] + 1e-300)
-                    num += y2[i] * q * q
-                }
-                if num / (Double(n) * Double(n)) <= v { best.lambda = lambda } else { break }
-            }
-        }
-        for e in lambdaExponents where given == nil && noiseVariance == nil {
+        return Spectra(y: y, t: t, h2: h2, y2: y2, l2: l2, ph: ph, pw: pw, top: top, left: left)
+    }
+
+    /// GCV's lambda: the grid value minimising |(I - A) y|^2 / trace(I - A)^2 (first on ties).
+    static func gcvLambda(_ s: Spectra) -> Double {
+        var best = (lambda: 1.0, gcv: Double.infinity)
+        for e in lambdaExponents {
             let lambda = pow(10, Double(e) / 4)
             var num = 0.0, tr = 0.0
-            for i in 0..<n {
-                let q = lambda * l2[i] / (h2[i] + lambda * l2[i] + 1e-300)
-                num += y2[i] * q * q
+            for i in 0..<s.count {
+                let q = lambda * s.l2[i] / (s.h2[i] + lambda * s.l2[i] + 1e-300)
+                num += s.y2[i] * q * q
                 tr += q
             }
             let g = num / max(1e-300, tr * tr)
             if g < best.gcv { best = (lambda, g) }
         }
-        let lambda = best.lambda * lambdaFactor
-        for i in 0..<n {
-            let (a, b) = (t.re[i], t.im[i])
-            let d = h2[i] + lambda * l2[i]
-            let (yr, yi) = (y.re[i], y.im[i])
+        return best.lambda
+    }
+
+    /// Morozov's discrepancy principle: the largest grid lambda whose residual |y - h * x|^2 per
+    /// pixel does not exceed the noise variance (the smallest of the grid when none does).
+    static func discrepancyLambda(_ s: Spectra, noiseVariance v: Double) -> Double {
+        var best = pow(10, Double(lambdaExponents.lowerBound) / 4)
+        let n2 = Double(s.count) * Double(s.count)
+        for e in lambdaExponents {
+            let lambda = pow(10, Double(e) / 4)
+            var num = 0.0
+            for i in 0..<s.count {
+                let q = lambda * s.l2[i] / (s.h2[i] + lambda * s.l2[i] + 1e-300)
+                num += s.y2[i] * q * q
+            }
+            if num / n2 <= v { best = lambda } else { break }
+        }
+        return best
+    }
+
+    /// Deconvolves `height` x `width` Float values at `input` (rows `inputStride` apart) into
+    /// `output` (rows `outputStride` apart); non-finite inputs count as 0. Returns the lambda
+    /// used: `lambda` when given (positive), else the discrepancy principle's with
+    /// `noiseVariance`, else GCV's on this map, times `lambdaFactor` (the trainer's jitter; 1 at
+    /// run time).
+    @discardableResult
+    public static func apply(_ input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int, psf: PSFKernel,
+                             output: UnsafeMutablePointer<Float>, outputStride: Int, lambda given: Double? = nil,
+                             lambdaFactor: Double = 1, noiseVariance: Double? = nil, threads: Int = 1) -> Double {
+        var s = spectra(input, inputStride: inputStride, height: h, width: w, psf: psf, threads: threads)
+        let lambda = (given ?? noiseVariance.map { discrepancyLambda(s, noiseVariance: $0) } ?? gcvLambda(s)) * lambdaFactor
+        for i in 0..<s.count {
+            let (a, b) = (s.t.re[i], s.t.im[i])
+            let d = s.h2[i] + lambda * s.l2[i]
+            let (yr, yi) = (s.y.re[i], s.y.im[i])
             if d > 0 {
-                y.re[i] = (a * yr + b * yi) / d
-                y.im[i] = (a * yi - b * yr) / d
+                s.y.re[i] = (a * yr + b * yi) / d
+                s.y.im[i] = (a * yi - b * yr) / d
             } else {
-                y.re[i] = 0; y.im[i] = 0
+                s.y.re[i] = 0; s.y.im[i] = 0
             }
         }
-        y.transform(inverse: true, threads: threads)
-        let s = 1 / Double(n)
+        s.y.transform(inverse: true, threads: threads)
+        let scale = 1 / Double(s.count)
         for r in 0..<h {
             let o = output + r * outputStride
-            for c in 0..<w { o[c] = Float(y.re[(r + top) * pw + c + left] * s) }
+            for c in 0..<w { o[c] = Float(s.y.re[(r + s.top) * s.pw + c + s.left] * scale) }
         }
         return lambda
     }
@@ -213,9 +238,11 @@ public enum WienerDeconvolution {
         // discrepancy principle where the data hold structure its residual cannot fit), and too
         // small a lambda amplifies noise without bound while too large a one only blurs: with a
         // noise variance, the larger of the two.
-        let gcv = apply(px, height: height, width: width, psf: psf, threads: threads).lambda
+        // One set of spectra for both rules (no filtered image is needed).
+        let s = px.withUnsafeBufferPointer { spectra($0.baseAddress!, inputStride: width, height: height, width: width, psf: psf, threads: threads) }
+        let gcv = gcvLambda(s)
         guard let v = noiseVariance else { return gcv }
-        return max(gcv, apply(px, height: height, width: width, psf: psf, noiseVariance: v, threads: threads).lambda)
+        return max(gcv, discrepancyLambda(s, noiseVariance: v))
     }
 
     /// The central square `imageLambda` reads: (rows, columns) of an image of this size.

@@ -65,13 +65,20 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// The `deconv-unet` recipe: the U-net (no ratio channel, input skip) trained on crops
     /// blurred by `degradation`'s PSF plus its noise, MSE loss.
     public static func deconvolution(_ degradation: Degradation) -> DenoiserConfig {
-        var c = DenoiserConfig()
-        c.recipe = "deconv-unet"
+        var c = deconvolutionBase(recipe: "deconv-unet", lossUnits: .peak)
         c.degradation = degradation
+        return c
+    }
+
+    /// What the deconvolution recipes share: the U-net without a ratio channel, with the input
+    /// skip, MSE, noise_mad units.
+    static func deconvolutionBase(recipe: String, lossUnits: LossUnits) -> DenoiserConfig {
+        var c = DenoiserConfig()
+        c.recipe = recipe
         c.loss = .mse
         c.inputSkip = true
         c.ratios = [1]
-        c.lossUnits = .peak
+        c.lossUnits = lossUnits
         c.normalization = .noiseMAD
         return c
     }
@@ -80,15 +87,9 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// (no ratio channel, input skip of the Wiener output), trained over `family`, MSE relative to
     /// each crop's Wiener error.
     public static func psfAware(_ family: PSFFamily, context: Int = 32) -> DenoiserConfig {
-        var c = DenoiserConfig()
-        c.recipe = "deconv-psf"
+        var c = deconvolutionBase(recipe: "deconv-psf", lossUnits: .wiener)
         c.psfFamily = family
         c.wienerContext = context
-        c.loss = .mse
-        c.inputSkip = true
-        c.ratios = [1]
-        c.lossUnits = .wiener
-        c.normalization = .noiseMAD
         return c
     }
 
