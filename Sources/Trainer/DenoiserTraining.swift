@@ -221,6 +221,9 @@ public final class DenoiserSession: ResumableTraining {
     public private(set) var bestValidation = Double.infinity
     public private(set) var bestEpoch = -1
     public var threads: Int
+    /// Seconds of wall time per part of the training steps run by this session (crop drawing and
+    /// degradation, forward + backward, the optimizer, repacking the weights), for `--profile`.
+    public private(set) var stepSeconds = (data: 0.0, gradient: 0.0, optimizer: 0.0, repack: 0.0)
     /// Parameters held at their value (the biases of a bias-free recipe): their gradient is
     /// zeroed before each step, so Adam never moves them.
     let frozenRanges: [Range<Int>]
@@ -404,7 +407,7 @@ public final class DenoiserSession: ResumableTraining {
     public func run(progress: (TrainingProgress) -> Void, interrupt: () -> Bool, checkpoint: (Model) throws -> Void) throws {
         let bs = config.batchSize
         var inputs: [Float] = [], targets: [Float] = []
-        try trainer.setParameters(parameters)
+        try trainer.setParameters(parameters, threads: threads)
         while !finished {
             optimizer.learningRate = learningRate(epoch: epoch)
             let plan = train.plan(count: config.trainSamples, seed: config.seed, stream: UInt64(epoch + 1))
@@ -412,12 +415,22 @@ public final class DenoiserSession: ResumableTraining {
             var doneSinceStart = 0
             while batch < batchesPerEpoch {
                 let lo = batch * bs, hi = min(config.trainSamples, lo + bs)
+                let s0 = Runtime.monotonicSeconds()
                 let ratios = batchData(train, plan[lo..<hi], &inputs, &targets)
+                let weights = lossWeights(train, plan[lo..<hi])
+                let s1 = Runtime.monotonicSeconds()
                 var (l, g) = try trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads,
-                                                         sampleParameters: ratios, sampleWeights: lossWeights(train, plan[lo..<hi]))
+                                                         sampleParameters: ratios, sampleWeights: weights)
+                let s2 = Runtime.monotonicSeconds()
                 for r in frozenRanges { for i in r { g[i] = 0 } }
-                optimizer.update(&parameters, g)
-                try trainer.setParameters(parameters)
+                optimizer.update(&parameters, g, threads: threads)
+                let s3 = Runtime.monotonicSeconds()
+                try trainer.setParameters(parameters, threads: threads)
+                let s4 = Runtime.monotonicSeconds()
+                stepSeconds.data += s1 - s0
+                stepSeconds.gradient += s2 - s1
+                stepSeconds.optimizer += s3 - s2
+                stepSeconds.repack += s4 - s3
                 epochLossSum += l * Double(hi - lo)
                 batch += 1
                 doneSinceStart += hi - lo

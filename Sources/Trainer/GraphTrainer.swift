@@ -105,39 +105,84 @@ public final class GraphTrainer: @unchecked Sendable {
     }
 
     /// Loads parameters (flat, `layout` order) into the packed forward and backward weights.
-    public func setParameters(_ p: [Float]) throws {
+    /// The packed buffers are made once and rewritten in place (no allocation or page faults per
+    /// step), one task per layer and direction on up to `threads` threads (pure copies: the
+    /// result does not depend on the thread count).
+    public func setParameters(_ p: [Float], threads: Int = ParallelFor.availableCores) throws {
         guard p.count == layout.count else {
             throw GraphTrainerError("expected \(layout.count) parameters, got \(p.count)")
         }
         parameters = p
-        forwardWeights = []
-        backwardWeights = []
-        for w in plan.weighted {
-            let weight = Array(p[layout.range(w.node.params[0])])
-            let bias = w.node.params.count > 1 ? Array(p[layout.range(w.node.params[1])]) : nil
-            let (o, c) = (w.outChannels, w.inChannels)
+        if forwardWeights.isEmpty {
+            for w in plan.weighted {
+                let (o, c) = (w.outChannels, w.inChannels)
+                if w.transposed {
+                    forwardWeights.append(PackedConv(zeroedOutChannels: 4 * o, inChannels: c, kh: 1, kw: 1))
+                    backwardWeights.append(w.dxChannels.isEmpty ? nil : PackedConv(zeroedOutChannels: w.dxChannels.count, inChannels: 4 * o, kh: 1, kw: 1))
+                } else {
+                    forwardWeights.append(PackedConv(zeroedOutChannels: o, inChannels: c, kh: w.kh, kw: w.kw))
+                    backwardWeights.append(w.dxChannels.isEmpty ? nil : PackedConv(zeroedOutChannels: w.dxChannels.count, inChannels: o, kh: w.kh, kw: w.kw))
+                }
+            }
+        }
+        let tasks = plan.weighted.count * 2
+        p.withUnsafeBufferPointer { pb in
+            nonisolated(unsafe) let src = pb.baseAddress!
+            ParallelFor.run(tasks, threads: threads) { k in self.pack(layer: k >> 1, backward: k & 1 == 1, src) }
+        }
+    }
+
+    /// Writes layer `i`'s forward packed weights (and bias), or its backward ones, from the flat
+    /// parameters. Packed layout: output channel o's tap t at `weights[(o / 4) * taps * 4 + 4 t + o % 4]`.
+    private func pack(layer i: Int, backward: Bool, _ p: UnsafePointer<Float>) {
+        let w = plan.weighted[i]
+        let weight = p + layout.range(w.node.params[0]).lowerBound
+        let bias = w.node.params.count > 1 ? p + layout.range(w.node.params[1]).lowerBound : nil
+        let (o, c) = (w.outChannels, w.inChannels)
+        if !backward {
+            let d = forwardWeights[i]
             if w.transposed {
-                forwardWeights.append(FastOps.packTransposed(weight: weight, bias: bias, outChannels: o, inChannels: c))
-                // dX[c] = sum over taps t and channels o of W[o, c, t] * dY_t[o]: a 1x1 convolution
-                // of the 4·O tap planes (plane t·O + o).
-                guard !w.dxChannels.isEmpty else { backwardWeights.append(nil); continue }
-                let dc = w.dxChannels
-                var t = [Float](repeating: 0, count: dc.count * 4 * o)
-                for ci in dc { for oc in 0..<o { for tap in 0..<4 {
-                    t[(ci - dc.lowerBound) * 4 * o + tap * o + oc] = weight[(oc * c + ci) * 4 + tap]
-                } } }
-                backwardWeights.append(PackedConv(weight: t, bias: nil, outChannels: dc.count, inChannels: 4 * o, kh: 1, kw: 1))
+                // Output channel t·O + o (tap t = 2u + v of output channel o), input channel c.
+                for oc in 0..<o { for t in 0..<4 {
+                    let q = t * o + oc
+                    let dst = d.weights + (q / 4) * c * 4 + q % 4
+                    for ci in 0..<c { dst[4 * ci] = weight[(oc * c + ci) * 4 + t] }
+                    d.bias[q] = bias?[oc] ?? 0
+                } }
             } else {
-                let (kh, kw) = (w.kh, w.kw)
-                forwardWeights.append(PackedConv(weight: weight, bias: bias, outChannels: o, inChannels: c, kh: kh, kw: kw))
-                guard !w.dxChannels.isEmpty else { backwardWeights.append(nil); continue }
-                // Flipped, in/out transposed: T[c, o, u, v] = W[o, c, kh-1-u, kw-1-v].
-                let dc = w.dxChannels
-                var t = [Float](repeating: 0, count: dc.count * o * kh * kw)
-                for ci in dc { for oc in 0..<o { for u in 0..<kh { for v in 0..<kw {
-                    t[(((ci - dc.lowerBound) * o + oc) * kh + u) * kw + v] = weight[((oc * c + ci) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)]
-                } } } }
-                backwardWeights.append(PackedConv(weight: t, bias: nil, outChannels: dc.count, inChannels: o, kh: kh, kw: kw))
+                let taps = c * w.kh * w.kw
+                for oc in 0..<o {
+                    let s = weight + oc * taps, dst = d.weights + (oc / 4) * taps * 4 + oc % 4
+                    for t in 0..<taps { dst[4 * t] = s[t] }
+                    d.bias[oc] = bias?[oc] ?? 0
+                }
+            }
+            return
+        }
+        guard let d = backwardWeights[i] else { return }
+        let dc = w.dxChannels
+        if w.transposed {
+            // dX[c] = sum over taps t and channels o of W[o, c, t] * dY_t[o]: a 1x1 convolution of
+            // the 4·O tap planes (plane t·O + o).
+            let taps = 4 * o
+            for ci in dc {
+                let q = ci - dc.lowerBound
+                let dst = d.weights + (q / 4) * taps * 4 + q % 4
+                for oc in 0..<o { for t in 0..<4 { dst[4 * (t * o + oc)] = weight[(oc * c + ci) * 4 + t] } }
+            }
+        } else {
+            // Flipped, in/out transposed: T[c, o, u, v] = W[o, c, kh-1-u, kw-1-v].
+            let (kh, kw) = (w.kh, w.kw)
+            let taps = o * kh * kw
+            for ci in dc {
+                let q = ci - dc.lowerBound
+                let dst = d.weights + (q / 4) * taps * 4 + q % 4
+                for oc in 0..<o {
+                    let s = weight + (oc * c + ci) * kh * kw
+                    for u in 0..<kh { for v in 0..<kw {
+                        dst[4 * ((oc * kh + u) * kw + v)] = s[(kh - 1 - u) * kw + (kw - 1 - v)]
+                    } }
+                }
             }
         }
     }
@@ -312,27 +357,38 @@ public final class GraphTrainer: @unchecked Sendable {
                 }
             }
         }
-        return (losses.reduce(0, +) / Double(total), unpack(sum))
+        return (losses.reduce(0, +) / Double(total), unpack(sum, threads: threads))
     }
 
-    /// The accumulator (dW^T blocks, bias sums) in `layout` order.
-    private func unpack(_ sum: [Float]) -> [Float] {
+    /// The accumulator (dW^T blocks, bias sums) in `layout` order, one task per layer (each
+    /// writes only its own parameters).
+    private func unpack(_ sum: [Float], threads: Int) -> [Float] {
         var grad = [Float](repeating: 0, count: layout.count)
-        for w in plan.weighted {
-            let r = layout.range(w.node.params[0])
-            let (o, c) = (w.outChannels, w.inChannels)
-            if w.transposed {
-                // Accumulator row c, column t·O + o holds dW[o, c, t].
-                for oc in 0..<o { for ci in 0..<c { for t in 0..<4 {
-                    grad[r.lowerBound + (oc * c + ci) * 4 + t] += sum[w.acc + ci * w.ldb + t * o + oc]
-                } } }
-            } else {
-                let taps = c * w.kh * w.kw
-                for oc in 0..<o { for t in 0..<taps { grad[r.lowerBound + oc * taps + t] += sum[w.acc + t * w.ldb + oc] } }
-            }
-            if let b = w.bias {
-                let rb = layout.range(w.node.params[1])
-                for oc in 0..<o { grad[rb.lowerBound + oc] += sum[b + oc] }
+        grad.withUnsafeMutableBufferPointer { gb in
+            sum.withUnsafeBufferPointer { sb in
+                nonisolated(unsafe) let (g, s) = (gb.baseAddress!, sb.baseAddress!)
+                ParallelFor.run(plan.weighted.count, threads: threads) { k in
+                    let w = self.plan.weighted[k]
+                    let r = self.layout.range(w.node.params[0])
+                    let (o, c) = (w.outChannels, w.inChannels)
+                    if w.transposed {
+                        // Accumulator row c, column t·O + o holds dW[o, c, t].
+                        for ci in 0..<c {
+                            let row = s + w.acc + ci * w.ldb
+                            for t in 0..<4 { for oc in 0..<o { g[r.lowerBound + (oc * c + ci) * 4 + t] += row[t * o + oc] } }
+                        }
+                    } else {
+                        let taps = c * w.kh * w.kw
+                        for t in 0..<taps {
+                            let row = s + w.acc + t * w.ldb
+                            for oc in 0..<o { g[r.lowerBound + oc * taps + t] += row[oc] }
+                        }
+                    }
+                    if let b = w.bias {
+                        let rb = self.layout.range(w.node.params[1])
+                        for oc in 0..<o { g[rb.lowerBound + oc] += s[b + oc] }
+                    }
+                }
             }
         }
         return grad

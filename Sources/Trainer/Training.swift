@@ -282,7 +282,7 @@ public final class TrainingSession: ResumableTraining {
                     }
                 }
                 let (l, g) = trainer.lossAndGradient(inputs: inputs, targets: targets, count: hi - lo, loss: config.loss, threads: threads)
-                optimizer.update(&parameters, g)
+                optimizer.update(&parameters, g, threads: threads)
                 trainer.setParameters(parameters)
                 epochLossSum += l * Double(hi - lo)
                 batch += 1

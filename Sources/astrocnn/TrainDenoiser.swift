@@ -36,6 +36,8 @@ struct UNetTrainOptions: ParsableArguments {
     var psfFamily: String = PSFFamily().description
     @Option(help: "deconv-psf: context in pixels each side of the model's Wiener step (at least the PSF's half-side).")
     var wienerContext: Int = 32
+    @Flag(help: "astro-unet, deconv-unet, deconv-psf: after training, print where the steps' time went (data, forward/backward per layer, optimizer, weight repacking).")
+    var profile = false
     @Flag(help: "astro-unet: also concatenate the input to the last level's features before the 1x1 head (residual learning; not in the paper).") var inputSkip = false
 }
 
@@ -192,12 +194,34 @@ extension Train {
                          session.history.count, session.bestValidation))
             return
         }
+        session.trainer.collectTimings = unet.profile
         try runTraining(session, unit: "crops", rateFormat: "%.2f", checkpointPath: ckptPath, logPath: logPath, plotPath: plotPath,
                         title: "\(c.recipe) \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss", quiet: quiet)
+        if unet.profile { Train.printProfile(session) }
         try ModelWriter.write(session.finalModel(), to: output, overwrite: true)
         if !quiet {
             print(String(format: "wrote %@: best epoch %d of %d, validation loss %.4e; log %@, plot %@, checkpoint %@",
                          output, session.bestEpoch, session.history.count, session.bestValidation, logPath, plotPath, ckptPath))
+        }
+    }
+}
+
+extension Train {
+    /// Where the training steps' time went: wall seconds per part of the step, then the
+    /// forward/backward thread-seconds per layer (summed over samples and threads), largest first.
+    static func printProfile(_ session: DenoiserSession) {
+        let t = session.stepSeconds
+        let wall = t.data + t.gradient + t.optimizer + t.repack
+        print(String(format: "profile: %.2f s of steps: data %.1f%%, forward+backward %.1f%%, optimizer %.1f%%, weight repacking %.1f%%",
+                     wall, 100 * t.data / wall, 100 * t.gradient / wall, 100 * t.optimizer / wall, 100 * t.repack / wall))
+        let steps = session.trainer.timings
+        let total = steps.reduce(0) { $0 + $1.seconds }
+        var byPhase: [String: Double] = [:]
+        for s in steps { byPhase[s.phase, default: 0] += s.seconds }
+        print("profile: thread-seconds by phase: " + byPhase.sorted { $0.value > $1.value }
+            .map { String(format: "%@ %.2f s (%.1f%%)", $0.key, $0.value, 100 * $0.value / max(total, 1e-12)) }.joined(separator: ", "))
+        for s in steps.sorted(by: { $0.seconds > $1.seconds }).prefix(30) where s.seconds > 0 {
+            print(String(format: "profile:   %-28@ %-16@ %8.3f s %5.1f%%", s.step, s.phase, s.seconds, 100 * s.seconds / max(total, 1e-12)))
         }
     }
 }

@@ -291,6 +291,25 @@ final class GraphTrainerTests: XCTestCase {
         XCTAssertEqual(again.gradient.map(\.bitPattern), one.gradient.map(\.bitPattern))
     }
 
+    /// Packed weights are rewritten in place by `setParameters` (on any thread count): a trainer
+    /// given parameters A, then B, computes the same bits as one made with B.
+    func testParametersRepackedInPlaceEqualAFreshTrainer() throws {
+        let a = withBiases(try Architectures.unet(name: "u", widths: [4, 8, 16], initializer: Initialization.he.initializer(seed: 3)), seed: 3)
+        let bModel = withBiases(try Architectures.unet(name: "u", widths: [4, 8, 16], initializer: Initialization.he.initializer(seed: 4)), seed: 4)
+        let fresh = try GraphTrainer(model: bModel, inputHeight: 16, inputWidth: 24)
+        let reused = try GraphTrainer(model: a, inputHeight: 16, inputWidth: 24)
+        let b = batch(fresh, count: 3, seed: 6)
+        _ = try reused.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: 2)
+        let want = try fresh.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: 2)
+        for threads in [1, 3] {
+            try reused.setParameters(fresh.layout.flatten(bModel), threads: threads)
+            let got = try reused.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: 2)
+            XCTAssertEqual(got.loss.bitPattern, want.loss.bitPattern)
+            XCTAssertEqual(got.gradient.map(\.bitPattern), want.gradient.map(\.bitPattern), "packed on \(threads) threads")
+            try reused.setParameters(reused.layout.flatten(a), threads: threads)
+        }
+    }
+
     /// Per-sample loss weights: the batch's loss and gradient are the weighted sums of the
     /// samples' own (each over the batch's pixel count).
     func testSampleWeightsScaleEachSamplesLossAndGradient() throws {
