@@ -102,7 +102,8 @@ public final class WinogradConv: @unchecked Sendable {
     public var tileSize: Int { variant.m }
     /// The n^2 transformed weight matrices, packed as 1x1 convolutions.
     let packed: [PackedConv]
-    let bias: [Float]
+    /// Bias per output channel (rewritten by `setWeights`).
+    let bias: UnsafeMutablePointer<Float>
     /// Scratch (transformed inputs, products, phase rows) shared by every Winograd convolution:
     /// layers run one after another on each thread, so one buffer per running thread, of the
     /// largest layer's size, serves them all (a pool per layer would make and first-touch one per
@@ -116,24 +117,51 @@ public final class WinogradConv: @unchecked Sendable {
     }
 
     /// - weight: OIHW r x r cross-correlation weights.
-    public init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, variant: WinogradVariant,
-                padding: ConvPadding = .same) {
-        let (n, r) = (variant.n, variant.r)
-        precondition(weight.count == outChannels * inChannels * r * r && outChannels % 4 == 0)
+    public convenience init(weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, variant: WinogradVariant,
+                            padding: ConvPadding = .same) {
+        let r = variant.r
+        precondition(weight.count == outChannels * inChannels * r * r)
+        self.init(outChannels: outChannels, inChannels: inChannels, variant: variant, padding: padding)
+        weight.withUnsafeBufferPointer { w in
+            if let b = bias {
+                b.withUnsafeBufferPointer { setWeights(w.baseAddress!, bias: $0.baseAddress!) }
+            } else {
+                setWeights(w.baseAddress!, bias: nil)
+            }
+        }
+    }
+
+    /// A convolution of this shape with zero weights, for `setWeights` to fill (and refill: a
+    /// trainer re-transforms its weights after every step without allocating).
+    public init(outChannels: Int, inChannels: Int, variant: WinogradVariant, padding: ConvPadding = .same) {
+        precondition(outChannels % 4 == 0)
+        let n = variant.n
         self.variant = variant
         self.padding = padding
         self.outChannels = outChannels
         self.inChannels = inChannels
-        self.bias = bias ?? [Float](repeating: 0, count: outChannels)
+        bias = .allocate(capacity: outChannels)
+        bias.initialize(repeating: 0, count: outChannels)
+        packed = (0..<(n * n)).map { _ in PackedConv(zeroedOutChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1) }
+    }
+
+    deinit { bias.deallocate() }
+
+    /// Transforms OIHW r x r weights (`outChannels * inChannels * r * r` floats) and the bias
+    /// (`outChannels` floats, nil: zero) into this convolution's matrices, replacing the old
+    /// ones. Each (o, c) pair's result is the same whatever the split over cores. Must not run
+    /// while `run` does.
+    public func setWeights(_ weight: UnsafePointer<Float>, bias b: UnsafePointer<Float>?) {
+        let (n, r) = (variant.n, variant.r)
+        for o in 0..<outChannels { bias[o] = b?[o] ?? 0 }
         // U[xi][nu][o][c] = (G w G^T)[xi][nu], in Float64, written straight into the n^2 packed
         // 1x1 weight matrices (element (o, c) of matrix k at (o / 4) * 4c + 4 c + o % 4, the
         // layout `PackedConv` gives o x c weights): no intermediate copies of the 4-16x larger
         // transformed weights.
         let pairs = outChannels * inChannels
-        let matrices = (0..<(n * n)).map { _ in PackedConv(zeroedOutChannels: outChannels, inChannels: inChannels, kh: 1, kw: 1) }
         let bases = UnsafeMutablePointer<UnsafeMutablePointer<Float>>.allocate(capacity: n * n)
         defer { bases.deallocate() }
-        for k in 0..<(n * n) { bases[k] = matrices[k].weights }
+        for k in 0..<(n * n) { bases[k] = packed[k].weights }
         let gTable = UnsafeMutablePointer<Double>.allocate(capacity: n * r)
         defer { gTable.deallocate() }
         gTable.initialize(from: variant.g.flatMap { $0 }, count: n * r)
@@ -143,59 +171,56 @@ public final class WinogradConv: @unchecked Sendable {
         let chunks = max(1, min(64, pairs / 4096))
         nonisolated(unsafe) let out = bases
         let cin = inChannels
-        weight.withUnsafeBufferPointer { wp in
-            nonisolated(unsafe) let w0 = wp.baseAddress!
-            DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
-                // Pairs in sub-blocks of 256: results gathered per pair, then written out as
-                // contiguous runs of each of the n^2 matrices.
-                let sub = 256
-                let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)  // G w (n x r)
-                let wv = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: r * r)  // the 4 pairs' weights
-                let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)  // sub is a multiple of 4
-                defer { t4.deallocate(); wv.deallocate(); local.deallocate() }
-                var start = chunk * pairs / chunks
-                let end = (chunk + 1) * pairs / chunks
-                while start < end {
-                    let count = min(sub, end - start)
-                    // Four pairs at a time in SIMD4 lanes (independent dependency chains); past
-                    // the last pair the lanes repeat it and their results are not used.
+        nonisolated(unsafe) let w0 = weight
+        DispatchQueue.concurrentPerform(iterations: chunks) { chunk in
+            // Pairs in sub-blocks of 256: results gathered per pair, then written out as
+            // contiguous runs of each of the n^2 matrices.
+            let sub = 256
+            let t4 = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: n * r)  // G w (n x r)
+            let wv = UnsafeMutablePointer<SIMD4<Double>>.allocate(capacity: r * r)  // the 4 pairs' weights
+            let local = UnsafeMutablePointer<Float>.allocate(capacity: sub * n * n)  // sub is a multiple of 4
+            defer { t4.deallocate(); wv.deallocate(); local.deallocate() }
+            var start = chunk * pairs / chunks
+            let end = (chunk + 1) * pairs / chunks
+            while start < end {
+                let count = min(sub, end - start)
+                // Four pairs at a time in SIMD4 lanes (independent dependency chains); past
+                // the last pair the lanes repeat it and their results are not used.
+                var q = 0
+                while q < count {
+                    func pair(_ l: Int) -> UnsafePointer<Float> { w0 + (start + min(q + l, count - 1)) * r * r }
+                    let w = (pair(0), pair(1), pair(2), pair(3))
+                    // Widened once per 4 pairs (not once per row of G).
+                    for x in 0..<(r * r) { wv[x] = SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x])) }
+                    for i in 0..<n { for j in 0..<r {
+                        var s = SIMD4<Double>()
+                        for k in 0..<r { s += g[i * r + k] * wv[k * r + j] }
+                        t4[i * r + j] = s
+                    } }
+                    for i in 0..<n { for j in 0..<n {
+                        var s = SIMD4<Double>()
+                        for k in 0..<r { s += t4[i * r + k] * g[j * r + k] }
+                        let d = local + (i * n + j) * sub + q
+                        d[0] = Float(s[0]); d[1] = Float(s[1]); d[2] = Float(s[2]); d[3] = Float(s[3])
+                    } }
+                    q += 4
+                }
+                // Pair p = o * cin + c goes to (o / 4) * 4 cin + 4 c + o % 4 of each matrix.
+                for k in 0..<(n * n) {
+                    let dst = out[k], src = local + k * sub
                     var q = 0
                     while q < count {
-                        func pair(_ l: Int) -> UnsafePointer<Float> { w0 + (start + min(q + l, count - 1)) * r * r }
-                        let w = (pair(0), pair(1), pair(2), pair(3))
-                        // Widened once per 4 pairs (not once per row of G).
-                        for x in 0..<(r * r) { wv[x] = SIMD4<Double>(Double(w.0[x]), Double(w.1[x]), Double(w.2[x]), Double(w.3[x])) }
-                        for i in 0..<n { for j in 0..<r {
-                            var s = SIMD4<Double>()
-                            for k in 0..<r { s += g[i * r + k] * wv[k * r + j] }
-                            t4[i * r + j] = s
-                        } }
-                        for i in 0..<n { for j in 0..<n {
-                            var s = SIMD4<Double>()
-                            for k in 0..<r { s += t4[i * r + k] * g[j * r + k] }
-                            let d = local + (i * n + j) * sub + q
-                            d[0] = Float(s[0]); d[1] = Float(s[1]); d[2] = Float(s[2]); d[3] = Float(s[3])
-                        } }
-                        q += 4
+                        let p = start + q
+                        let o = p / cin, c = p - o * cin
+                        let run = min(count - q, cin - c)  // pairs of this output channel
+                        let d = dst + (o / 4) * 4 * cin + 4 * c + o % 4
+                        for t in 0..<run { d[4 * t] = src[q + t] }
+                        q += run
                     }
-                    // Pair p = o * cin + c goes to (o / 4) * 4 cin + 4 c + o % 4 of each matrix.
-                    for k in 0..<(n * n) {
-                        let dst = out[k], src = local + k * sub
-                        var q = 0
-                        while q < count {
-                            let p = start + q
-                            let o = p / cin, c = p - o * cin
-                            let run = min(count - q, cin - c)  // pairs of this output channel
-                            let d = dst + (o / 4) * 4 * cin + 4 * c + o % 4
-                            for t in 0..<run { d[4 * t] = src[q + t] }
-                            q += run
-                        }
-                    }
-                    start += count
                 }
+                start += count
             }
         }
-        packed = matrices
     }
 
     /// Tiles per column block for an ISA: one row of the GEMM micro-kernel's register block

@@ -77,7 +77,16 @@ extension GraphTrainer {
         WeightGradient.accumulate(input: shifted, offsets: s.tapOffsets, outHeight: s.outHeight, outWidth: s.outWidth,
                                   dYT: UnsafePointer(dyt), ldb: s.ldb, acc: ws.acc + s.acc, isa: isa)
         lap(1)
-        guard let target = s.dx, let w = backwardWeights[s.weight] else { return }
+        guard let target = s.dx else { return }
+        if let wb = winogradBackward[s.weight] {
+            // 'same' 3x3: dX is the 'same' correlation of dY with the flipped weights T.
+            let dst = ws.view(s.mode == .write ? target : s.scratch!)
+            wb.run(g, dst, activation: .none, isa: isa, tileRows: 0..<(dst.height + wb.tileSize - 1) / wb.tileSize)
+            if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
+            lap(2)
+            return
+        }
+        guard let w = backwardWeights[s.weight] else { return }
         // dX[c, i, j] = sum of T[c, o, u, v] dY[o, i + u - top, j + v - left] with the flipped
         // weights T: a 'valid' convolution of dY read from (-top, -left) through its zero margin.
         let (top, left) = (s.kh - 1 - pt, s.kw - 1 - pl)

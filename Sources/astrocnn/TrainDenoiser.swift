@@ -220,6 +220,10 @@ extension Train {
         for s in steps { byPhase[s.phase, default: 0] += s.seconds }
         print("profile: thread-seconds by phase: " + byPhase.sorted { $0.value > $1.value }
             .map { String(format: "%@ %.2f s (%.1f%%)", $0.key, $0.value, 100 * $0.value / max(total, 1e-12)) }.joined(separator: ", "))
+        let wg = session.trainer.winogradLayers
+        print("profile: Winograd " + (wg.isEmpty ? "on no layer (ASTROCNN_TRAIN_CONV=direct, or no 3x3 layer on maps of 32x32 or more)"
+            : "forward on \(wg.filter { $0.forward != nil }.count) layers, data gradient on \(wg.filter { $0.dataGradient != nil }.count): "
+              + wg.map(\.layer).joined(separator: ", ")))
         for s in steps.sorted(by: { $0.seconds > $1.seconds }).prefix(30) where s.seconds > 0 {
             print(String(format: "profile:   %-28@ %-16@ %8.3f s %5.1f%%", s.step, s.phase, s.seconds, 100 * s.seconds / max(total, 1e-12)))
         }

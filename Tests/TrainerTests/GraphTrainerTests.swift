@@ -310,6 +310,53 @@ final class GraphTrainerTests: XCTestCase {
         }
     }
 
+    // MARK: Winograd
+
+    /// A U-net whose 16-32 channel layers on 64x64 and 32x32 maps run forward and data gradient
+    /// in the Winograd domain: against the Float64 reference (same bound), against the trainer
+    /// with every convolution direct, on every ISA, on 1, 2 and 3 threads (same bits), and
+    /// repacked in place (same bits as a fresh trainer).
+    func testWinogradLayersMatchTheReference() throws {
+        let m = withBiases(try Architectures.unet(name: "u", widths: [16, 32], initializer: Initialization.he.initializer(seed: 12)), seed: 12)
+        let t = try GraphTrainer(model: m, inputHeight: 64, inputWidth: 64)
+        let names = t.winogradLayers.map(\.layer)
+        XCTAssertTrue(t.winogradLayers.contains { $0.forward == .f6x3 && $0.dataGradient == .f6x3 }, "\(names)")
+        print("Winograd layers: \(names)")
+        XCTAssertTrue(try GraphTrainer(model: m, inputHeight: 64, inputWidth: 64, winograd: false).winogradLayers.isEmpty)
+        XCTAssertTrue(try GraphTrainer(model: m, inputHeight: 16, inputWidth: 16).winogradLayers.isEmpty)   // maps under 32x32
+        let ratios: [String: [Float]] = ["exposure_ratio": [1, 2.5, 0.5]]
+        try check(m, height: 64, width: 64, count: 3, loss: .l1, perSample: ratios, "Winograd U-net [16, 32] 64x64")
+        for isa in KernelISA.allCases where isa.supported && isa != .best {
+            try check(m, height: 64, width: 64, count: 2, runtime: ["exposure_ratio": 2], isa: isa, "Winograd U-net on \(isa.rawValue)")
+        }
+        let b = batch(t, count: 3, seed: 13)
+        let one = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: 1, sampleParameters: ratios)
+        for threads in [2, 3] {
+            let r = try t.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: threads, sampleParameters: ratios)
+            XCTAssertEqual(r.loss.bitPattern, one.loss.bitPattern, "\(threads) threads: loss")
+            XCTAssertEqual(r.gradient.map(\.bitPattern), one.gradient.map(\.bitPattern), "\(threads) threads: gradient")
+        }
+        // Repacked in place (on 1 and 3 threads) after other weights: the bits of a fresh trainer.
+        let other = withBiases(try Architectures.unet(name: "u", widths: [16, 32], initializer: Initialization.he.initializer(seed: 14)), seed: 14)
+        let reused = try GraphTrainer(model: other, inputHeight: 64, inputWidth: 64)
+        _ = try reused.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: 2, sampleParameters: ratios)
+        for threads in [1, 3] {
+            try reused.setParameters(t.layout.flatten(m), threads: threads)
+            let got = try reused.lossAndGradient(inputs: b.inputs, targets: b.targets, count: 3, loss: .l1, threads: 1, sampleParameters: ratios)
+            XCTAssertEqual(got.gradient.map(\.bitPattern), one.gradient.map(\.bitPattern), "repacked on \(threads) threads")
+            try reused.setParameters(reused.layout.flatten(other), threads: threads)
+        }
+        // Predictions: the direct trainer's to Winograd's rounding (the output's scale).
+        let direct = try GraphTrainer(model: m, inputHeight: 64, inputWidth: 64, winograd: false)
+        let p = try t.predict(inputs: b.inputs, count: 3, sampleParams: ratios, threads: 2)
+        let q = try direct.predict(inputs: b.inputs, count: 3, sampleParams: ratios, threads: 2)
+        let scale = q.map(abs).max() ?? 1
+        let worst = zip(p, q).map { abs($0 - $1) }.max() ?? 0
+        print("Winograd vs direct prediction: worst \(worst / scale) of the output scale")
+        XCTAssertLessThan(worst / scale, 1e-5)
+        XCTAssertNotEqual(p, q)   // Winograd really ran
+    }
+
     /// Per-sample loss weights: the batch's loss and gradient are the weighted sums of the
     /// samples' own (each over the batch's pixel count).
     func testSampleWeightsScaleEachSamplesLossAndGradient() throws {
