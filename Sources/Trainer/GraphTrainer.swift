@@ -80,7 +80,7 @@ public final class GraphTrainer: @unchecked Sendable {
     ///
     /// `winograd`: 3x3 'same' convolutions on maps of at least 32x32 with at least 16 input
     /// and a multiple of 4 output channels run forward and data-gradient in the Winograd domain
-    /// (F(6x6,3x3): 5x fewer multiplications, rounding error about 1e-5 of the layer's output
+    /// (F(4x4,3x3): 4x fewer multiplications, rounding error about 1e-6 of the layer's output
     /// scale); false: every convolution direct. The default is true unless the environment sets
     /// ASTROCNN_TRAIN_CONV=direct (for comparisons).
     public init(model full: Model, inputHeight: Int, inputWidth: Int, isa: KernelISA = .best,
@@ -133,14 +133,16 @@ public final class GraphTrainer: @unchecked Sendable {
     }
 
     /// The Winograd variant the trainer runs a convolution of this shape under, or nil (direct):
-    /// F(6x6,3x3) for 3x3 'same' convolutions with at least 16 input channels, a multiple of 4
-    /// output channels and maps of at least 32x32. Measured on Zen 4 (AVX-512) at 32² to 128²
-    /// it takes the U-net's layers 1.1-1.9x faster than the direct kernel; on 16² and 8² maps
-    /// the transforms' overhead makes it slower, and below 16 channels the transforms dominate.
+    /// F(4x4,3x3) for 3x3 'same' convolutions with at least 16 input channels, a multiple of 4
+    /// output channels and maps of at least 32x32 (the runtime's `auto` rule). Measured on Zen 4
+    /// (AVX-512) in the 16-256 U-net's training at 128x128 crops: layers on 32x32 to 128x128
+    /// maps 1.2-1.6x faster than direct, forward and data gradient; F(6x6,3x3) gained less
+    /// (its 64 matrices per block leave the caches; its tiles overhang 32x32 maps), F(2x2,3x3)
+    /// on the 8x8 bottom nothing; on 16x16 and 8x8 maps F(4x4,3x3) is slower than direct.
     public static func winogradVariant(kh: Int, kw: Int, padding: ConvPadding, inChannels c: Int, outChannels o: Int,
                                        height: Int, width: Int) -> WinogradVariant? {
         guard kh == 3, kw == 3, padding == .same, c >= 16, o % 4 == 0, height >= 32, width >= 32 else { return nil }
-        return .f6x3
+        return .f4x3
     }
 
     deinit { for p in flippedWeights { p?.deallocate() } }
