@@ -22,12 +22,9 @@ public enum ConvAlgorithm: String, Sendable, CaseIterable {
     /// The Winograd variant a convolution of this shape runs under this setting, or nil for
     /// direct (or reference) convolution.
     /// `mapHeight` x `mapWidth`: the output map the layer computes (per tile); `auto` runs 3x3
-    /// layers direct on maps under 32x32, where (measured on Zen 4 AVX-512, one thread, the
-    /// 16-256 U-net) F(4x4,3x3) is 5-30% slower than the direct kernel at 16x16 and 2x at 8x8
-    /// (the transforms and partial tiles outweigh the 4x fewer multiplications), and 15-40%
-    /// faster from 32x32 up.
+    /// layers direct on maps smaller than `smallestWinogradMap(isa)`.
     public func winogradVariant(outChannels o: Int, inChannels c: Int, kh: Int, kw: Int, padding: Padding,
-                                mapHeight: Int = .max, mapWidth: Int = .max) -> WinogradVariant? {
+                                mapHeight: Int = .max, mapWidth: Int = .max, isa: KernelISA = .best) -> WinogradVariant? {
         let pad: ConvPadding = padding == .same ? .same : .valid
         func ok(_ v: WinogradVariant) -> WinogradVariant? {
             WinogradConv.supports(v, outChannels: o, inChannels: c, kh: kh, kw: kw, padding: pad) ? v : nil
@@ -40,7 +37,7 @@ public enum ConvAlgorithm: String, Sendable, CaseIterable {
         case .winograd6: return ok(.f6x3) ?? large
         case .auto:
             guard c >= 16 else { return nil }
-            if kh == 3 && kw == 3 { return min(mapHeight, mapWidth) >= ConvAlgorithm.smallestWinogradMap ? ok(.f4x3) : nil }
+            if kh == 3 && kw == 3 { return min(mapHeight, mapWidth) >= ConvAlgorithm.smallestWinogradMap(isa) ? ok(.f4x3) : nil }
             return large
         }
     }
@@ -50,15 +47,21 @@ public enum ConvAlgorithm: String, Sendable, CaseIterable {
     public func choose(outChannels o: Int, inChannels c: Int, kh: Int, kw: Int, padding: Padding) -> String {
         if self == .reference { return "reference" }
         if self == .auto, let v = winogradVariant(outChannels: o, inChannels: c, kh: kh, kw: kw, padding: padding), kh == 3, kw == 3 {
-            return "winograd \(v.label) on maps of \(ConvAlgorithm.smallestWinogradMap)x\(ConvAlgorithm.smallestWinogradMap) or more, direct below"
+            let side = ConvAlgorithm.smallestWinogradMap(.best)
+            return "winograd \(v.label) on maps of \(side)x\(side) or more, direct below"
         }
         return winogradVariant(outChannels: o, inChannels: c, kh: kh, kw: kw, padding: padding).map { "winograd \($0.label)" } ?? "direct"
     }
 }
 
 extension ConvAlgorithm {
-    /// `auto` runs 3x3 convolutions direct on output maps narrower or shorter than this.
-    public static let smallestWinogradMap = 32
+    /// `auto` runs 3x3 convolutions direct on output maps narrower or shorter than this side.
+    /// Measured per layer (16-256 U-net, 128x128 tile, one thread, Zen 4): with AVX-512 the
+    /// direct kernel beats F(4x4,3x3) by 10-30% on 16x16 maps and 2x on 8x8 (its 16-lane rows
+    /// fill; the transforms and partial tiles outweigh 4x fewer multiplications), Winograd wins
+    /// by 15-40% from 32x32; with AVX2 and the portable kernels F(4x4,3x3) is 2.5-3x faster
+    /// on 16x16 maps and about a tie (AVX2) or 1.5x slower (portable) on 8x8.
+    public static func smallestWinogradMap(_ isa: KernelISA) -> Int { isa == .avx512 ? 32 : 16 }
 }
 
 /// Weights repacked once per network for the fast kernels, each layer on first use (a layer
@@ -262,7 +265,7 @@ final class ExecutionPlan {
                 }
                 let shape = analysis.tensorShapes[n.params[0]]!
                 let variant = algorithm.winogradVariant(outChannels: shape[0], inChannels: shape[1], kh: shape[2], kw: shape[3], padding: n.padding,
-                                                        mapHeight: out.height, mapWidth: out.width)
+                                                        mapHeight: out.height, mapWidth: out.width, isa: isa)
                 if let packed = packed, let variant = variant {
                     steps.append(.winograd(x, out, packed.winogradConv(n, variant: variant), act))
                 } else {

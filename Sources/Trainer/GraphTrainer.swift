@@ -122,7 +122,7 @@ public final class GraphTrainer: @unchecked Sendable {
                 let w = plan.weighted[k], map = plan.buffers[y.buffer].layout
                 func pick(_ c: Int, _ o: Int) -> WinogradVariant? {
                     GraphTrainer.winogradVariant(kh: w.kh, kw: w.kw, padding: padding, inChannels: c, outChannels: o,
-                                                 height: map.height, width: map.width)
+                                                 height: map.height, width: map.width, isa: isa)
                 }
                 choice[k] = (pick(w.inChannels, w.outChannels), w.dxChannels.isEmpty ? nil : pick(w.outChannels, w.dxChannels.count))
             }
@@ -134,14 +134,16 @@ public final class GraphTrainer: @unchecked Sendable {
 
     /// The Winograd variant the trainer runs a convolution of this shape under, or nil (direct):
     /// F(4x4,3x3) for 3x3 'same' convolutions with at least 16 input channels, a multiple of 4
-    /// output channels and maps of at least 32x32 (the runtime's `auto` rule). Measured on Zen 4
+    /// output channels and maps of at least `ConvAlgorithm.smallestWinogradMap(isa)` (32x32 with
+    /// AVX-512, 16x16 otherwise: the runtime's `auto` rule). Measured on Zen 4
     /// (AVX-512) in the 16-256 U-net's training at 128x128 crops: layers on 32x32 to 128x128
     /// maps 1.2-1.6x faster than direct, forward and data gradient; F(6x6,3x3) gained less
     /// (its 64 matrices per block leave the caches; its tiles overhang 32x32 maps), F(2x2,3x3)
     /// on the 8x8 bottom nothing; on 16x16 and 8x8 maps F(4x4,3x3) is slower than direct.
     public static func winogradVariant(kh: Int, kw: Int, padding: ConvPadding, inChannels c: Int, outChannels o: Int,
-                                       height: Int, width: Int) -> WinogradVariant? {
-        guard kh == 3, kw == 3, padding == .same, c >= 16, o % 4 == 0, height >= 32, width >= 32 else { return nil }
+                                       height: Int, width: Int, isa: KernelISA = .best) -> WinogradVariant? {
+        let side = ConvAlgorithm.smallestWinogradMap(isa)
+        guard kh == 3, kw == 3, padding == .same, c >= 16, o % 4 == 0, height >= side, width >= side else { return nil }
         return .f4x3
     }
 
