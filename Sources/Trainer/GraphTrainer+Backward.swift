@@ -96,7 +96,11 @@ extension GraphTrainer {
         padded.width = dst.width + s.kw - 1
         padded.margin = 0
         let src = PlanarView(base: g.pointer(0, -top, -left), layout: padded, owner: g.owner)
-        FastOps.conv2d(src, dst, w, padding: .valid, activation: .none, isa: isa)
+        if FastOps.prefersIm2col(height: dst.height, width: dst.width, isa: isa) {
+            FastOps.im2colConv2d(src, dst, w, padding: .valid, activation: .none, isa: isa)
+        } else {
+            FastOps.conv2d(src, dst, w, padding: .valid, activation: .none, isa: isa)
+        }
         if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
         lap(2)
     }
@@ -141,7 +145,11 @@ extension GraphTrainer {
         lap(1)
         guard let target = s.dx, let wt = backwardWeights[s.weight] else { return }
         let dst = ws.view(s.mode == .write ? target : s.scratch!)
-        FastOps.conv2d(p, dst, wt, padding: .valid, activation: .none, isa: isa)
+        if FastOps.prefersIm2col(height: dst.height, width: dst.width, isa: isa) {
+            FastOps.im2colConv2d(p, dst, wt, padding: .valid, activation: .none, isa: isa)
+        } else {
+            FastOps.conv2d(p, dst, wt, padding: .valid, activation: .none, isa: isa)
+        }
         if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
         lap(2)
     }

@@ -584,7 +584,12 @@ public final class GraphTrainer: @unchecked Sendable {
                     let yv = ws.view(y)
                     wg.run(ws.view(x), yv, activation: act, isa: isa, tileRows: 0..<(yv.height + wg.tileSize - 1) / wg.tileSize)
                 } else {
-                    FastOps.conv2d(ws.view(x), ws.view(y), forwardWeights[weight], padding: padding, activation: act, isa: isa)
+                    let yv = ws.view(y)
+                    if FastOps.prefersIm2col(height: yv.height, width: yv.width, isa: isa) {
+                        FastOps.im2colConv2d(ws.view(x), yv, forwardWeights[weight], padding: padding, activation: act, isa: isa)
+                    } else {
+                        FastOps.conv2d(ws.view(x), yv, forwardWeights[weight], padding: padding, activation: act, isa: isa)
+                    }
                 }
             case let .pool(x, y, argmax):
                 GraphTrainer.maxpoolForward(ws.view(x), ws.view(y), ws.argmax + argmax)

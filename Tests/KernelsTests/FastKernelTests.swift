@@ -65,6 +65,59 @@ final class FastKernelTests: XCTestCase {
         }
     }
 
+    /// Small maps as one GEMM over the patch matrix: against the scalar reference, and the
+    /// direct kernel's bits (same order of fused multiply-adds), on every ISA, activation, kernel
+    /// size, 'same' and 'valid', odd sizes, output channels no multiple of 4; margins untouched.
+    func testIm2colConvMatchesReferenceAndDirectBits() {
+        var rng = TestRNG(seed: 31)
+        var cases: [(c: Int, o: Int, k: Int, h: Int, w: Int, pad: ConvPadding)] = [
+            (256, 256, 3, 8, 8, .same),   // the 16-256 U-net's bottom at 128x128 crops
+            (129, 64, 3, 8, 8, .same),    // with the exposure channel
+            (16, 12, 3, 4, 6, .same),
+        ]
+        for _ in 0..<25 {
+            let k = [1, 2, 3, 5][Int.random(in: 0..<4, using: &rng)]
+            let pad: ConvPadding = k % 2 == 1 && Bool.random(using: &rng) ? .same : .valid
+            cases.append((Int.random(in: 1...40, using: &rng), Int.random(in: 1...13, using: &rng), k,
+                          Int.random(in: 1...12, using: &rng), Int.random(in: 1...15, using: &rng), pad))
+        }
+        for t in cases {
+            let (ih, iw) = t.pad == .same ? (t.h, t.w) : (t.h + t.k - 1, t.w + t.k - 1)
+            let x = FeatureMap(channels: t.c, height: ih, width: iw, data: rng.floats(t.c * ih * iw))
+            let wt = rng.floats(t.o * t.c * t.k * t.k), b = rng.floats(t.o)
+            let expected = Reference.conv2d(x, weight: wt, bias: b, outChannels: t.o, kh: t.k, kw: t.k, padding: t.pad)
+            let packed = PackedConv(weight: wt, bias: b, outChannels: t.o, inChannels: t.c, kh: t.k, kw: t.k)
+            for isa in isas {
+                for act in [Activation.none, .relu, .leakyRelu(0.02)] {
+                    let input = planar(x, margin: t.pad == .same ? (t.k - 1) / 2 : 0)
+                    let layout = PlanarLayout(channels: t.o, height: t.h, width: t.w, margin: 1)
+                    let (out, direct) = (PlanarBuffer(layout), PlanarBuffer(layout))
+                    FastOps.im2colConv2d(input.view(), out.view(), packed, padding: t.pad, activation: act, isa: isa)
+                    FastOps.conv2d(input.view(), direct.view(), packed, padding: t.pad, activation: act, isa: isa)
+                    var ref = expected
+                    switch act {
+                    case .none: break
+                    case .relu: ref = Reference.relu(ref)
+                    case .leakyRelu(let a): ref = Reference.leakyRelu(ref, alpha: a)
+                    }
+                    let got = out.view().featureMap()
+                    var worst: Float = 0
+                    for i in 0..<ref.data.count { worst = max(worst, abs(got.data[i] - ref.data[i])) }
+                    XCTAssertLessThanOrEqual(worst, tolerance(t.c * t.k * t.k), "\(isa) \(t) \(act)")
+                    XCTAssertEqual(got.data.map(\.bitPattern), direct.view().featureMap().data.map(\.bitPattern), "\(isa) \(t) \(act): direct bits")
+                    let v = out.view()
+                    for c in 0..<t.o {
+                        XCTAssertEqual(v.pointer(c, -1, 0)[0], 0)
+                        for y in 0..<v.height { XCTAssertEqual(v.pointer(c, y, -1)[0], 0); XCTAssertEqual(v.pointer(c, y, v.width)[0], 0) }
+                    }
+                }
+            }
+        }
+        XCTAssertTrue(FastOps.prefersIm2col(height: 8, width: 8, isa: .avx512))
+        XCTAssertFalse(FastOps.prefersIm2col(height: 16, width: 16, isa: .avx512))
+        XCTAssertFalse(FastOps.prefersIm2col(height: 8, width: 8, isa: .avx2))
+    }
+
     func testISAsAgreeAndResultsArePositionIndependent() {
         // The same output pixel computed in a narrow or a wide map gives the same bits.
         var rng = TestRNG(seed: 12)
