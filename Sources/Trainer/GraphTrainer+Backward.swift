@@ -77,29 +77,21 @@ extension GraphTrainer {
         WeightGradient.accumulate(input: shifted, offsets: s.tapOffsets, outHeight: s.outHeight, outWidth: s.outWidth,
                                   dYT: UnsafePointer(dyt), ldb: s.ldb, acc: ws.acc + s.acc, isa: isa)
         lap(1)
-        guard let target = s.dx else { return }
+        guard let target = s.dx, let w = backwardWeights[s.weight] else { return }
+        let dst = ws.view(s.mode == .write ? target : s.scratch!)
         if let wb = winogradBackward[s.weight] {
             // 'same' 3x3: dX is the 'same' correlation of dY with the flipped weights T.
-            let dst = ws.view(s.mode == .write ? target : s.scratch!)
             wb.run(g, dst, activation: .none, isa: isa, tileRows: 0..<(dst.height + wb.tileSize - 1) / wb.tileSize)
-            if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
-            lap(2)
-            return
-        }
-        guard let w = backwardWeights[s.weight] else { return }
-        // dX[c, i, j] = sum of T[c, o, u, v] dY[o, i + u - top, j + v - left] with the flipped
-        // weights T: a 'valid' convolution of dY read from (-top, -left) through its zero margin.
-        let (top, left) = (s.kh - 1 - pt, s.kw - 1 - pl)
-        let dst = ws.view(s.mode == .write ? target : s.scratch!)
-        var padded = g.layout
-        padded.height = dst.height + s.kh - 1
-        padded.width = dst.width + s.kw - 1
-        padded.margin = 0
-        let src = PlanarView(base: g.pointer(0, -top, -left), layout: padded, owner: g.owner)
-        if FastOps.prefersIm2col(height: dst.height, width: dst.width, isa: isa) {
-            FastOps.im2colConv2d(src, dst, w, padding: .valid, activation: .none, isa: isa)
         } else {
-            FastOps.conv2d(src, dst, w, padding: .valid, activation: .none, isa: isa)
+            // dX[c, i, j] = sum of T[c, o, u, v] dY[o, i + u - top, j + v - left] with the flipped
+            // weights T: a 'valid' convolution of dY read from (-top, -left) through its zero margin.
+            let (top, left) = (s.kh - 1 - pt, s.kw - 1 - pl)
+            var padded = g.layout
+            padded.height = dst.height + s.kh - 1
+            padded.width = dst.width + s.kw - 1
+            padded.margin = 0
+            let src = PlanarView(base: g.pointer(0, -top, -left), layout: padded, owner: g.owner)
+            directConv(src, dst, w, padding: .valid, activation: .none)
         }
         if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
         lap(2)
@@ -145,11 +137,7 @@ extension GraphTrainer {
         lap(1)
         guard let target = s.dx, let wt = backwardWeights[s.weight] else { return }
         let dst = ws.view(s.mode == .write ? target : s.scratch!)
-        if FastOps.prefersIm2col(height: dst.height, width: dst.width, isa: isa) {
-            FastOps.im2colConv2d(p, dst, wt, padding: .valid, activation: .none, isa: isa)
-        } else {
-            FastOps.conv2d(p, dst, wt, padding: .valid, activation: .none, isa: isa)
-        }
+        directConv(p, dst, wt, padding: .valid, activation: .none)
         if s.mode == .accumulate { GraphTrainer.add(dst, into: ws.view(target)) }
         lap(2)
     }

@@ -142,9 +142,20 @@ public final class GraphTrainer: @unchecked Sendable {
     /// on the 8x8 bottom nothing; on 16x16 and 8x8 maps F(4x4,3x3) is slower than direct.
     public static func winogradVariant(kh: Int, kw: Int, padding: ConvPadding, inChannels c: Int, outChannels o: Int,
                                        height: Int, width: Int, isa: KernelISA = .best) -> WinogradVariant? {
-        let side = ConvAlgorithm.smallestWinogradMap(isa)
-        guard kh == 3, kw == 3, padding == .same, c >= 16, o % 4 == 0, height >= side, width >= side else { return nil }
-        return .f4x3
+        // The data gradient of a 'same' 3x3 layer is again a 'same' 3x3 correlation; other
+        // shapes (the 3-CNN's 'valid' 6x6 layer) have a 'full' one, so they stay direct here.
+        guard kh == 3, kw == 3, padding == .same else { return nil }
+        return ConvAlgorithm.auto.winogradVariant(outChannels: o, inChannels: c, kh: kh, kw: kw, padding: .same,
+                                                  mapHeight: height, mapWidth: width, isa: isa)
+    }
+
+    /// A direct convolution, on the patch-matrix GEMM for maps narrower than a vector (same bits).
+    func directConv(_ x: PlanarView, _ y: PlanarView, _ w: PackedConv, padding: ConvPadding, activation: Activation) {
+        if FastOps.prefersIm2col(height: y.height, width: y.width, isa: isa) {
+            FastOps.im2colConv2d(x, y, w, padding: padding, activation: activation, isa: isa)
+        } else {
+            FastOps.conv2d(x, y, w, padding: padding, activation: activation, isa: isa)
+        }
     }
 
     deinit { for p in flippedWeights { p?.deallocate() } }
@@ -284,16 +295,17 @@ public final class GraphTrainer: @unchecked Sendable {
             return s + 2 * ((w.outChannels + 3) / 4 * 4) * taps * 4
         }
         // Winograd: the n^2 transformed matrices per direction, the flipped weights, and per
-        // thread the largest layer's transformed tiles and products (48 tiles per block).
+        // thread the largest layer's transformed tiles and products (one block of tiles).
         var transformed = 0, scratch = 0
+        let tiles = WinogradConv.blockTiles(isa)
         for (w, c) in zip(plan.weighted, winogradChoice) {
             if let v = c.forward {
                 transformed += v.n * v.n * w.outChannels * w.inChannels * 4
-                scratch = max(scratch, v.n * v.n * (w.inChannels + w.outChannels) * 48 * 4)
+                scratch = max(scratch, v.n * v.n * (w.inChannels + w.outChannels) * tiles * 4)
             }
             if let v = c.backward {
                 transformed += (v.n * v.n + 9) * w.dxChannels.count * w.outChannels * 4
-                scratch = max(scratch, v.n * v.n * (w.outChannels + w.dxChannels.count) * 48 * 4)
+                scratch = max(scratch, v.n * v.n * (w.outChannels + w.dxChannels.count) * tiles * 4)
             }
         }
         return max(1, threads) * (memory.workspaceBytes + scratch) + plan.accFloats * 4 + weights + transformed + 2 * layout.count * 4
@@ -580,16 +592,11 @@ public final class GraphTrainer: @unchecked Sendable {
             let start = timed ? monotonicSeconds() : 0
             switch f.step {
             case let .conv(x, y, weight, padding, act):
+                let yv = ws.view(y)
                 if let wg = winogradForward[weight] {
-                    let yv = ws.view(y)
                     wg.run(ws.view(x), yv, activation: act, isa: isa, tileRows: 0..<(yv.height + wg.tileSize - 1) / wg.tileSize)
                 } else {
-                    let yv = ws.view(y)
-                    if FastOps.prefersIm2col(height: yv.height, width: yv.width, isa: isa) {
-                        FastOps.im2colConv2d(ws.view(x), yv, forwardWeights[weight], padding: padding, activation: act, isa: isa)
-                    } else {
-                        FastOps.conv2d(ws.view(x), yv, forwardWeights[weight], padding: padding, activation: act, isa: isa)
-                    }
+                    directConv(ws.view(x), yv, forwardWeights[weight], padding: padding, activation: act)
                 }
             case let .pool(x, y, argmax):
                 GraphTrainer.maxpoolForward(ws.view(x), ws.view(y), ws.argmax + argmax)

@@ -15,6 +15,15 @@ final class FastKernelTests: XCTestCase {
         return b
     }
 
+    /// The reference output after the activation.
+    func activated(_ m: FeatureMap, _ act: Activation) -> FeatureMap {
+        switch act {
+        case .none: return m
+        case .relu: return Reference.relu(m)
+        case .leakyRelu(let a): return Reference.leakyRelu(m, alpha: a)
+        }
+    }
+
     func testConvMatchesReferenceOnRandomShapes() {
         var rng = TestRNG(seed: 10)
         var cases: [(c: Int, o: Int, kh: Int, kw: Int, h: Int, w: Int, pad: ConvPadding)] = [
@@ -43,12 +52,7 @@ final class FastKernelTests: XCTestCase {
                     let outLayout = PlanarLayout(channels: t.o, height: expected.height, width: expected.width, margin: 1)
                     let out = PlanarBuffer(outLayout)
                     FastOps.conv2d(input.view(), out.view(), packed, padding: t.pad, activation: act, isa: isa)
-                    var ref = expected
-                    switch act {
-                    case .none: break
-                    case .relu: ref = Reference.relu(ref)
-                    case .leakyRelu(let a): ref = Reference.leakyRelu(ref, alpha: a)
-                    }
+                    let ref = activated(expected, act)
                     let got = out.view().featureMap()
                     var worst: Float = 0
                     for i in 0..<ref.data.count { worst = max(worst, abs(got.data[i] - ref.data[i])) }
@@ -94,12 +98,7 @@ final class FastKernelTests: XCTestCase {
                     let (out, direct) = (PlanarBuffer(layout), PlanarBuffer(layout))
                     FastOps.im2colConv2d(input.view(), out.view(), packed, padding: t.pad, activation: act, isa: isa)
                     FastOps.conv2d(input.view(), direct.view(), packed, padding: t.pad, activation: act, isa: isa)
-                    var ref = expected
-                    switch act {
-                    case .none: break
-                    case .relu: ref = Reference.relu(ref)
-                    case .leakyRelu(let a): ref = Reference.leakyRelu(ref, alpha: a)
-                    }
+                    let ref = activated(expected, act)
                     let got = out.view().featureMap()
                     var worst: Float = 0
                     for i in 0..<ref.data.count { worst = max(worst, abs(got.data[i] - ref.data[i])) }
