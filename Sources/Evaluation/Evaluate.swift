@@ -13,6 +13,9 @@ public enum Method: Sendable, Equatable {
     /// Wiener with the runtime's image lambda for noise_mad models (the larger of GCV's and the
     /// discrepancy principle's, the noise from the image; no truth): a PSF-aware model's input.
     case wienerDP
+    /// Wiener with lambda by the smallest estimated mean squared error (`WienerDeconvolution`'s
+    /// risk rule, the noise from the image; no truth).
+    case wienerRisk
     case richardsonLucy(maxIterations: Int)
     case proxTV(mus: [Double], iterations: Int)
     /// A CNN from an `.acnn` file, run by the runtime on the degraded image (truth normalised to
@@ -25,6 +28,7 @@ public enum Method: Sendable, Equatable {
         case .wiener: return "wiener"
         case .wienerGCV: return "wiener-gcv"
         case .wienerDP: return "wiener-dp"
+        case .wienerRisk: return "wiener-risk"
         case .richardsonLucy: return "rl"
         case .proxTV: return "tv"
         case .network(let n, _): return n
@@ -95,7 +99,11 @@ public struct Evaluator {
         case .wienerDP:
             let px = observed.pixels.map { Float($0) }
             let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
-            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale)
+            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale, rule: .gcvOrDiscrepancy)
+        case .wienerRisk:
+            let px = observed.pixels.map { Float($0) }
+            let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
+            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale, rule: .risk)
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)
@@ -131,7 +139,8 @@ public struct Evaluator {
     /// The runtime's Wiener step on the whole image with the lambda `restore` chooses on its
     /// central square (`WienerDeconvolution.imageLambda`; with a noise variance, the larger of
     /// GCV's and the discrepancy principle's).
-    func runtimeWiener(_ observed: Image2D, psf: Image2D, noiseVariance: Double?) throws -> (Image2D, String) {
+    func runtimeWiener(_ observed: Image2D, psf: Image2D, noiseVariance: Double?,
+                       rule: WienerDeconvolution.NoiseRule = .gcvOrDiscrepancy) throws -> (Image2D, String) {
         let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)
         let px = observed.pixels.map { Float($0) }
         let r = WienerDeconvolution.lambdaRegion(height: observed.height, width: observed.width)
@@ -139,7 +148,7 @@ public struct Evaluator {
         for y in r.rows { for x in r.columns { window.append(px[y * observed.width + x]) } }
         let lambda = WienerDeconvolution.imageLambda(window: window, invalid: [Bool](repeating: false, count: window.count),
                                                      height: r.rows.count, width: r.columns.count, psf: k, noiseVariance: noiseVariance,
-                                                     threads: threads)
+                                                     noiseRule: rule, threads: threads)
         let out = WienerDeconvolution.apply(px, height: observed.height, width: observed.width, psf: k, lambda: lambda, threads: threads).image
         return (Image2D(height: observed.height, width: observed.width, pixels: out.map(Double.init)), "lambda=\(lambda)")
     }

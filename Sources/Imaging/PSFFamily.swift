@@ -25,12 +25,13 @@ public struct PSFFamily: Equatable, Sendable, CustomStringConvertible {
     /// up to 30 degrees x e/0.1: the network learns to live with the errors of a measured PSF
     /// (`--psf auto`). Text key `psf_error`.
     public var psfError = 0.0
-    /// How each crop's Wiener lambda is chosen before the jitter: by GCV (the crop alone), or by
-    /// the discrepancy principle with the noise variance 1 of `noise_mad` units (what `restore`
-    /// does for the whole image). Text key `lambda`.
+    /// How each crop's Wiener lambda is chosen before the jitter: by GCV (the crop alone), by
+    /// the discrepancy principle with the noise variance 1 of `noise_mad` units, or by the
+    /// smallest estimated mean squared error with that noise (`risk`: what `restore` does for
+    /// the whole image). Text key `lambda`.
     public var lambdaRule = LambdaRule.gcv
 
-    public enum LambdaRule: String, Sendable { case gcv, dp }
+    public enum LambdaRule: String, Sendable { case gcv, dp, risk }
 
     public init() {}
 
@@ -168,7 +169,7 @@ public struct PSFFamily: Equatable, Sendable, CustomStringConvertible {
                     guard let e = Double(p[1]), e >= 0, e <= 1 else { throw ParseError(description: "PSF family: psf_error must be in [0, 1]") }
                     psfError = e
                 case "lambda":
-                    guard let r = LambdaRule(rawValue: p[1]) else { throw ParseError(description: "PSF family: lambda must be gcv or dp") }
+                    guard let r = LambdaRule(rawValue: p[1]) else { throw ParseError(description: "PSF family: lambda must be gcv, dp or risk") }
                     lambdaRule = r
                 case "side":
                     guard let s = Int(p[1]), s >= 3, s % 2 == 1, s <= 513 else { throw ParseError(description: "PSF family: side must be odd, 3 to 513") }

@@ -57,6 +57,13 @@ public final class CropSampler: @unchecked Sendable {
     /// noise ratios up to that factor higher than the images have (the sky and its noise stay);
     /// 1 = off.
     public let brightnessBoost: Double
+    /// Recorrupted targets (Pang et al. 2021, "recorrupted-to-recorrupted"), alpha > 0; 0 = off.
+    /// The long exposure's own noise (sky sigma s, taken as white and Gaussian) is otherwise in
+    /// both the input (the short exposure is drawn from it) and the target, so the network learns
+    /// to keep it. With z ~ N(0, s^2) per pixel, the short exposure is drawn from long + alpha z
+    /// and the target is long - z / alpha: the two noises are then uncorrelated (independent for
+    /// Gaussian noise), and the loss's minimiser is the noiseless sky, not the long exposure.
+    public let recorruption: Double
     let sizes: [(h: Int, w: Int)]
     /// [image][ratio index] -> (sky median, sky sigma, sky noise in electrons) of the short exposure.
     public let units: [[(offset: Double, scale: Double, noiseElectrons: Double)]]
@@ -64,9 +71,12 @@ public final class CropSampler: @unchecked Sendable {
     let longSky: [(median: Double, sigma: Double)]
 
     public init(images: [LongExposure], ratios: [Double], cropSize: Int, minimumSourceFraction: Double = 0.002,
-                clipNegative: Bool = false, normalization: Normalization.Kind = .skyMAD, brightnessBoost: Double = 1, seed: UInt64 = 1) throws {
+                clipNegative: Bool = false, normalization: Normalization.Kind = .skyMAD, brightnessBoost: Double = 1,
+                recorruption: Double = 0, seed: UInt64 = 1) throws {
         guard brightnessBoost >= 1, brightnessBoost.isFinite else { throw TrainingError.data("the brightness boost must be >= 1") }
+        guard recorruption >= 0, recorruption.isFinite else { throw TrainingError.data("the recorruption factor must be >= 0") }
         self.brightnessBoost = brightnessBoost
+        self.recorruption = recorruption
         guard normalization == .skyMAD || normalization == .skyVST else {
             throw TrainingError.model("denoiser crops are in sky_mad or sky_vst units, not \(normalization.rawValue)")
         }
@@ -150,16 +160,24 @@ public final class CropSampler: @unchecked Sendable {
             let inv = 1 / scale
             let vst = normalization == .skyVST
             let (boost, sky0) = (brightnessFactor(sp), longSky[sp.image].median)
+            let alpha = recorruption, longSigma = longSky[sp.image].sigma
             let ip = inputs + k * s * s, tp = targets + k * s * s
             for i in 0..<s {
                 var g = NoiseStreams.row(i, seed: sp.noiseSeed)
+                var gz = NoiseStreams.row(i, seed: sp.noiseSeed ^ 0x2EC0_2217)
                 for j in 0..<s {
                     // Orientation: output (i, j) reads the crop at the dihedral image of (i, j).
                     let (a, b) = CropSampler.dihedral(sp.variant, i, j, s)
                     var v = raw[sp.y + a, sp.x + b]
                     if !v.isFinite { v = offset }
                     if boost != 1 && v > sky0 { v = sky0 + (v - sky0) * boost }
-                    let t = (v - offset) * inv, x = (model.sample(v, &g) - offset) * inv
+                    var target = v
+                    if alpha > 0 {
+                        let z = longSigma * NoiseStreams.normal(&gz)
+                        target = v - z / alpha
+                        v += alpha * z
+                    }
+                    let t = (target - offset) * inv, x = (model.sample(v, &g) - offset) * inv
                     tp[i * s + j] = Float(vst ? Normalization.stabilise(t, q: q) : t)
                     ip[i * s + j] = Float(vst ? Normalization.stabilise(x, q: q) : x)
                 }

@@ -40,6 +40,8 @@ public struct DenoiserConfig: Equatable, Sendable {
     public var biasFree = false
     /// `CropSampler.brightnessBoost` (1 = off).
     public var brightnessBoost = 1.0
+    /// `CropSampler.recorruption` (0 = off), for the training and the validation crops.
+    public var recorruption = 0.0
     /// Deconvolution instead of denoising: the degradation (PSF and noise, in the units of the
     /// max-normalised truth) the crops are made with; nil for the Astro U-net denoiser.
     public var degradation: Degradation?
@@ -141,6 +143,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
             "training.bias_free": .bool(biasFree), "training.brightness_boost": .float(brightnessBoost),
         ]
+        if recorruption > 0 { m["training.recorruption"] = .float(recorruption) }
         if let f = psfFamily {
             m["training.task"] = .string("deconvolve")
             m["training.psf_family"] = .string(f.description)
@@ -186,6 +189,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
         biasFree = m["training.bias_free"].flatMap(bool) ?? false
         brightnessBoost = m["training.brightness_boost"]?.doubleValue ?? 1
+        recorruption = m["training.recorruption"]?.doubleValue ?? 0
         if let f = m["training.psf_family"]?.stringValue {
             psfFamily = try PSFFamily(parsing: f)
             wienerContext = Int(try get("training.wiener_context") { $0.intValue })
@@ -241,10 +245,11 @@ public final class DenoiserSession: ResumableTraining {
         }
         let train = try CropSampler(images: training, ratios: config.ratios, cropSize: config.cropSize,
                                     minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
-                                    normalization: config.normalization, brightnessBoost: config.brightnessBoost, seed: config.seed)
+                                    normalization: config.normalization, brightnessBoost: config.brightnessBoost,
+                                    recorruption: config.recorruption, seed: config.seed)
         let val = try CropSampler(images: validation, ratios: config.ratios, cropSize: config.cropSize,
                                   minimumSourceFraction: config.minimumSourceFraction, clipNegative: config.clipNegative,
-                                  normalization: config.normalization, seed: config.seed ^ 0x7A11D)
+                                  normalization: config.normalization, recorruption: config.recorruption, seed: config.seed ^ 0x7A11D)
         try self.init(config: config, train: train, validation: val, threads: threads)
     }
 

@@ -121,7 +121,8 @@ public final class PSFFamilyCropSampler: CropSource {
         let used = family.psfError > 0 ? family.deconvolutionMember(member, &g).kernel(side: k) : psf
         let kernel = try! PSFKernel(height: k, width: k, values: used.pixels)
         let w = WienerDeconvolution.apply(observed, height: o, width: o, psf: kernel, lambdaFactor: lambdaFactor,
-                                          noiseVariance: family.lambdaRule == .dp ? 1 : nil).image
+                                          noiseVariance: family.lambdaRule == .gcv ? nil : 1,
+                                          noiseRule: family.lambdaRule == .risk ? .risk : .discrepancy).image
         let n = cropSize, c = context
         var input = [Float](repeating: 0, count: n * n), target = input
         var se = 0.0

@@ -93,6 +93,7 @@ struct Evaluate: ParsableCommand {
             case "wiener": list.append(.wiener(lambdas: try parseList(wienerLambdas, "--wiener-lambdas")))
             case "wiener-gcv": list.append(.wienerGCV)
             case "wiener-dp": list.append(.wienerDP)
+            case "wiener-risk": list.append(.wienerRisk)
             case "rl": list.append(.richardsonLucy(maxIterations: rlIterations))
             case "tv": list.append(.proxTV(mus: try parseList(tvMus, "--tv-mus"), iterations: tvIterations))
             default:

@@ -30,6 +30,8 @@ struct UNetTrainOptions: ParsableArguments {
     var normalization: String = "sky_mad"
     @Option(help: "astro-unet: brightness augmentation: half of the crops have their signal above the sky multiplied by a factor drawn log-uniformly in [1, B] (sources at higher signal-to-noise than the images hold; 1 = off).")
     var brightnessBoost: Double = 1
+    @Option(help: "astro-unet: recorrupted targets (recorrupted-to-recorrupted, Pang et al. 2021) with this alpha: the short exposure is drawn from the long one plus alpha z, the target is the long one minus z / alpha (z: white noise of the long exposure's sky sigma), so the long exposure's own noise is not learnt as signal (0 = off).")
+    var recorrupt: Double = 0
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
     @Option(help: "deconv-psf: the PSFs and noise levels to train over, e.g. airy,gaussian,moffat:fwhm=1.5-8,beta=1.5-6,e=0.15,noise=1e-06-0.1,side=65 (keys left out keep these defaults).")
@@ -154,6 +156,9 @@ extension Train {
             c.biasFree = unet.biasFree
             guard unet.brightnessBoost >= 1, unet.brightnessBoost.isFinite else { throw ValidationError("--brightness-boost must be >= 1") }
             c.brightnessBoost = unet.brightnessBoost
+            guard unet.recorrupt >= 0, unet.recorrupt.isFinite else { throw ValidationError("--recorrupt must be >= 0") }
+            guard unet.recorrupt == 0 || !deconvolution else { throw ValidationError("--recorrupt is for the astro-unet denoiser") }
+            c.recorruption = unet.recorrupt
             if !deconvolution {
                 guard let n = Normalization.Kind(rawValue: unet.normalization), n == .skyMAD || n == .skyVST else {
                     throw ValidationError("--normalization must be sky_mad or sky_vst")

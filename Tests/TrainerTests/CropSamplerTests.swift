@@ -129,4 +129,41 @@ final class CropSamplerTests: XCTestCase {
         XCTAssert(kept > 8 && kept < 32, "\(kept) of 40 crops kept")
         XCTAssertThrowsError(try CropSampler(images: [long], ratios: [2], cropSize: 32, brightnessBoost: 0.5))
     }
+
+    /// Recorrupted targets: on a long exposure with its own white noise (sigma 5 on a flat sky),
+    /// the short exposure's noise and the target's are correlated as the plain sampler draws them
+    /// (both hold the long exposure's noise: correlation 0.55 here) and uncorrelated with
+    /// recorruption; the target's noise variance is then s^2 (1 + 1/alpha^2), and the sampler
+    /// without it keeps its bits.
+    func testRecorruptionDecorrelatesInputAndTargetNoise() throws {
+        var img = Image2D(height: 96, width: 96)
+        var g = SplitMix64(seed: 11)
+        for i in 0..<img.count { img.pixels[i] = 5 * NoiseStreams.normal(&g) }
+        let long = LongExposure(image: SourceImage(name: "n", checksum: 0, raw: img), gain: 2, readNoise: 3, sky: 50)
+        func stats(_ alpha: Double) throws -> (corr: Double, targetSD: Double, inputs: [Float]) {
+            let s = try CropSampler(images: [long], ratios: [2], cropSize: 32, minimumSourceFraction: 0, recorruption: alpha)
+            let specs = s.plan(count: 60, seed: 3, stream: 1)
+            let (x, t) = CropSamplerTests.fill(s, specs)
+            let scale = s.units[0][0].scale
+            // Network units; the truth is 0: subtract each array's mean and correlate.
+            let mx = x.reduce(0.0) { $0 + Double($1) } / Double(x.count), mt = t.reduce(0.0) { $0 + Double($1) } / Double(t.count)
+            var sxy = 0.0, sxx = 0.0, syy = 0.0
+            for i in x.indices {
+                let a = Double(x[i]) - mx, b = Double(t[i]) - mt
+                sxy += a * b; sxx += a * a; syy += b * b
+            }
+            return (sxy / (sxx * syy).squareRoot(), (syy / Double(t.count)).squareRoot() * scale, x)
+        }
+        let plain = try stats(0), r2r = try stats(1), half = try stats(2)
+        XCTAssertGreaterThan(plain.corr, 0.4)
+        XCTAssertEqual(plain.targetSD, 5, accuracy: 0.3)
+        XCTAssertEqual(r2r.corr, 0, accuracy: 0.02)
+        XCTAssertEqual(half.corr, 0, accuracy: 0.02)
+        XCTAssertEqual(r2r.targetSD, 5 * 2.0.squareRoot(), accuracy: 0.4)
+        XCTAssertEqual(half.targetSD, 5 * 1.25.squareRoot(), accuracy: 0.35)
+        // Off: the same bits as a sampler built without the argument.
+        let s0 = try CropSampler(images: [long], ratios: [2], cropSize: 32, minimumSourceFraction: 0)
+        XCTAssertEqual(CropSamplerTests.fill(s0, s0.plan(count: 60, seed: 3, stream: 1)).0, plain.inputs)
+        XCTAssertThrowsError(try CropSampler(images: [long], ratios: [2], cropSize: 32, recorruption: -1))
+    }
 }
