@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Issue 24's targets: the PSF-aware deconvolution model against Wiener, Richardson-Lucy and
 # Prox-TV with parameters chosen against the truth over wide sweeps, and against the runtime's own
-# Wiener step (wiener-dp: lambda by the discrepancy principle, no truth: the model's input), on
+# Wiener step (wiener-risk: lambda by the risk rule, no truth: the model's input; wiener-dp: the
+# rule before it, the larger of GCV's and the discrepancy principle's), on
 # images never used in training or validation, for
 # three PSFs not used in training (the family is continuous: no member is drawn twice) at the
 # paper's noise (sigma 0.01 of the peak) and at each image's own pixel noise (noise:k=1).
-# Usage: Benchmarks/deconv_psf_eval.sh [MODEL] [OUTDIR]   (needs ../shared/data; ~15 min on 2 cores)
+# Usage: Benchmarks/deconv_psf_eval.sh [MODEL] [OUTDIR] [MODEL2]   (needs ../shared/data; ~15 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/deconv-psf.acnn}
 OUT=${2:-out/deconv-psf-eval}
+MODEL2=${3:-}
+EXTRA=""; MODELS="psf=$MODEL"
+[ -n "$MODEL2" ] && { EXTRA=",psf2"; MODELS="psf=$MODEL psf2=$MODEL2"; }
 A=.build/release/astrocnn
 [ -x $A ] || swift build -c release >/dev/null
 T=../shared/data/train F=../shared/data/fits
@@ -22,7 +26,7 @@ for psf in "airy:size=64,rings=5" "moffat:fwhm=3,beta=2.5" "gaussian:fwhm=2.2"; 
   for noise in "gaussian:sigma=0.01" "noise:k=1"; do
     tag=$(echo "${psf%%:*}-${noise%%:*}")
     echo "== $psf, $noise"
-    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,rl,tv,psf \
-      --models psf="$MODEL" $SWEEPS --csv "$OUT/$tag.csv" --panel "$OUT/$tag.png" | tee "$OUT/$tag.txt"
+    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,wiener-risk,rl,tv,psf$EXTRA \
+      --models $MODELS $SWEEPS --csv "$OUT/$tag.csv" --panel "$OUT/$tag.png" | tee "$OUT/$tag.txt"
   done
 done

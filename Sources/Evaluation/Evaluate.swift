@@ -10,11 +10,12 @@ public enum Method: Sendable, Equatable {
     /// Wiener with lambda by generalised cross-validation on the image (no truth): the runtime's
     /// own Wiener step (`WienerDeconvolution`), what a PSF-aware model starts from.
     case wienerGCV
-    /// Wiener with the runtime's image lambda for noise_mad models (the larger of GCV's and the
-    /// discrepancy principle's, the noise from the image; no truth): a PSF-aware model's input.
+    /// Wiener with the image lambda `restore` took before the risk rule (the larger of GCV's and
+    /// the discrepancy principle's, the noise from the image; no truth).
     case wienerDP
     /// Wiener with lambda by the smallest estimated mean squared error (`WienerDeconvolution`'s
-    /// risk rule, the noise from the image; no truth).
+    /// risk rule, the noise from the image; no truth): the runtime's image lambda for noise_mad
+    /// models, a PSF-aware model's input.
     case wienerRisk
     case richardsonLucy(maxIterations: Int)
     case proxTV(mus: [Double], iterations: Int)
@@ -138,7 +139,7 @@ public struct Evaluator {
 
     /// The runtime's Wiener step on the whole image with the lambda `restore` chooses on its
     /// central square (`WienerDeconvolution.imageLambda`; with a noise variance, the larger of
-    /// GCV's and the discrepancy principle's).
+    /// GCV's and the discrepancy principle's, or `rule`).
     func runtimeWiener(_ observed: Image2D, psf: Image2D, noiseVariance: Double?,
                        rule: WienerDeconvolution.NoiseRule = .gcvOrDiscrepancy) throws -> (Image2D, String) {
         let k = try PSFKernel(height: psf.height, width: psf.width, values: psf.pixels)

@@ -87,7 +87,7 @@ public final class Network: @unchecked Sendable {
     }
 
     /// `parameters` completed with the Wiener step's lambda for a whole image (on its central
-    /// square, `WienerDeconvolution.imageLambda`: the discrepancy principle with the window's
+    /// square, `WienerDeconvolution.imageLambda`: the risk rule with the window's
     /// noise variance when the caller knows it, else GCV), unless the model has no step, no PSF is bound
     /// or the caller fixed it. `window(rows, columns)` gives the pixels and invalid flags of a
     /// rectangle in any affine units of the image.

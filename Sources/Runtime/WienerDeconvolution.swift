@@ -371,8 +371,8 @@ public enum WienerDeconvolution {
     /// the square's pixels `noiseRule` (by default the risk rule, `riskLambda`). Measured on the
     /// training images degraded by three PSFs at two noise levels (docs/EVALUATION.md, Part 1d):
     /// GCV and the discrepancy principle (and the larger of the two, the rule before) fell to the
-    /// bottom of the grid on 2-4 of 8 images per degradation (down to -27 dB); the risk rule came
-    /// within 0.2-1.2 dB of the best lambda of the grid on average and collapsed on none.
+    /// bottom of the grid on 1-4 of 8 images per degradation (down to -27 dB); the risk rule came
+    /// within 0.13-0.44 dB of the best lambda of the grid on average and collapsed on none.
     public static func imageLambda(window: [Float], invalid: [Bool], height: Int, width: Int, psf: PSFKernel, noiseVariance: Double? = nil,
                                    noiseRule: NoiseRule = .risk, threads: Int = 1) -> Double {
         var px = window

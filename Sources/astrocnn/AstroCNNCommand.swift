@@ -149,7 +149,7 @@ struct Inspect: ParsableCommand {
         trainingDegradationLines(reader.metadata).forEach { print($0) }
         if let c = reader.graph.nodes.first(where: { $0.op == .wienerDeconvolution })?.context {
             let m = reader.metadata
-            print("PSF        given at run time (--psf SPEC|FILE|auto) to a Wiener step (context \(c) px, PSF up to \(2 * c + 1) px a side, lambda once per image: the larger of GCV and the discrepancy principle in noise_mad units)")
+            print("PSF        given at run time (--psf SPEC|FILE|auto) to a Wiener step (context \(c) px, PSF up to \(2 * c + 1) px a side, lambda once per image: the smallest estimated mean squared error in noise_mad units)")
             if let f = m["deconvolution.psf_family"]?.stringValue { print("covers     \(f)") }
             if let r = m["deconvolution.psf_fwhm"]?.doubleArray, r.count == 2 {
                 print("refuses    PSFs of FWHM outside \(r[0] / 1.1)-\(r[1] * 1.1) px (the trained \(r[0])-\(r[1]) px with a 10% margin)")

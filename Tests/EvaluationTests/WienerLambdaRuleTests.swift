@@ -24,24 +24,22 @@ final class WienerLambdaRuleTests: XCTestCase {
     /// A 192² simulated sky blurred by an Airy PSF of 64 px (a stop band beyond its cut-off, and
     /// a third of the frame: the borders' error spreads) and by a Gaussian of FWHM 2.2 px, at σ
     /// 0.01 of the peak and at 1e-5 (nearly noiseless). Measured when written: the risk rule
-    /// 0.7-1.8 dB under the truth-chosen lambda at σ 0.01, 4.9 dB under it with the Airy PSF at
-    /// 1e-5, where the previous rule (the larger of GCV's and the discrepancy principle's) falls
-    /// 43 dB under the blurred input; with the Gaussian at 1e-5 it over-regularises (46.8 dB against
-    /// the best 75.4 and the previous rule's 65.4: the borders' error, which it counts over the
-    /// whole padded frame, is mostly outside the scored interior there). Asserted: never under
-    /// the blurred input + 1 dB, within 2.5 dB of the best at σ 0.01 and 6 dB with the Airy PSF at
-    /// 1e-5, and the previous rule's collapse there gone.
+    /// 0.4-0.7 dB under the truth-chosen lambda but with the Gaussian PSF at 1e-5 (68.3 dB against
+    /// 75.4: the borders' term over-regularises a little there); the previous rule (the larger of
+    /// GCV's and the discrepancy principle's) 24-74 dB under the blurred input with the Airy PSF
+    /// and 10 dB under the risk rule with the Gaussian at σ 0.01. Asserted: above the blurred
+    /// input + 1 dB everywhere, within 1 dB of the best but for the Gaussian at 1e-5, not below the
+    /// previous rule there, and the previous rule's collapse with the Airy PSF at 1e-5.
     func testRiskLambdaNearTheBestWithoutATruth() throws {
         for psf in ["airy:size=64,rings=5", "gaussian:fwhm=2.2"] {
             for noise in ["gaussian:sigma=0.01", "gaussian:sigma=1e-5"] {
                 let r = try psnrs(psf: psf, noise: noise, seed: 3)
                 let what = "\(psf), \(noise): risk \(r.risk) dB (\(r.riskLambda)), best \(r.best), previous \(r.previous), blurred \(r.blurred)"
+                print(what)
                 XCTAssertGreaterThan(r.risk, r.blurred + 1, what)
-                if noise.hasSuffix("0.01") { XCTAssertGreaterThan(r.risk, r.best - 2.5, what) }
-                if psf.hasPrefix("airy"), noise.hasSuffix("1e-5") {
-                    XCTAssertGreaterThan(r.risk, r.best - 6, what)
-                    XCTAssertLessThan(r.previous, r.blurred, what)
-                }
+                if psf.hasPrefix("airy") || noise.hasSuffix("0.01") { XCTAssertGreaterThan(r.risk, r.best - 1, what) }
+                else { XCTAssertGreaterThan(r.risk, r.previous, what) }
+                if psf.hasPrefix("airy"), noise.hasSuffix("1e-5") { XCTAssertLessThan(r.previous, r.blurred, what) }
             }
         }
     }
