@@ -60,6 +60,15 @@ public struct DenoiseEvaluator {
     /// nil: the model's assumption.
     public var noisyGain: Double?
     public var threads = ParallelFor.availableCores
+    /// PSF-matched pixel scores (PSNR, SSIM, KL): the sharper of the input and the reference is
+    /// blurred to the other's seeing before they are compared (a Gaussian of sigma
+    /// sqrt(s_broad^2 - s_sharp^2), from each image's FWHM), so that a method is not rewarded for
+    /// blurring a sharper exposure to a broader reference's PSF (frames of one field taken at
+    /// different seeing), nor punished for keeping it. Detection is scored on the outputs as they
+    /// are. With a sharper input, every method's output is blurred alike before scoring (and the
+    /// classical methods' parameters are chosen on those scores); with a sharper reference, the
+    /// reference is.
+    public var psfMatch = false
 
     public init() {}
 
@@ -71,6 +80,13 @@ public struct DenoiseEvaluator {
         public var catalogue: [CatalogEntry]
         public var radius: Double
         public var fwhm: Double
+        /// What pixel scores compare against: the truth, blurred when `psfMatch` found it sharper.
+        public var pixelTruth: Image2D
+        /// Gaussian sigma (px) every estimate is blurred by before its pixel scores (0: none).
+        public var estimateBlur = 0.0
+        /// The FWHMs of the input and of the reference measured for `psfMatch` (nan when not matched).
+        public var inputFWHM = Double.nan
+        public var referenceFWHM = Double.nan
     }
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
@@ -89,7 +105,38 @@ public struct DenoiseEvaluator {
         let cat = DenoiseEvaluator.catalogue(found)
         let fwhm = DenoiseEvaluator.fwhm(truth, background: found.background, sources: cat)
         let radius = matchRadius ?? min(5, max(1, 0.5 * (fwhm.isFinite ? fwhm : 2)))
-        return Reference(name: name, truth: truth, valid: valid, range: hi - lo, catalogue: cat, radius: radius, fwhm: fwhm)
+        return Reference(name: name, truth: truth, valid: valid, range: hi - lo, catalogue: cat, radius: radius, fwhm: fwhm, pixelTruth: truth)
+    }
+
+    /// The FWHM of the Moffat profile fitted to an image's stacked stars (`PSFEstimation`: the
+    /// wings count, which second moments within a few pixels miss); nil when it refuses.
+    static func psfFWHM(_ img: Image2D) -> Double? {
+        let px = img.pixels.map { Float($0) }
+        guard let m = try? PSFEstimation.measure(pixels: px, invalid: px.map { !$0.isFinite }, width: img.width, height: img.height),
+              m.fwhm.isFinite, m.fwhm > 0 else { return nil }
+        return m.fwhm
+    }
+
+    /// `ref` matched to the input's seeing (`psfMatch`): both FWHMs measured from the images'
+    /// stars (`psfFWHM`), then the sharper of the two is given the Gaussian blur that brings it
+    /// to the other's FWHM. Unchanged when either cannot be measured.
+    public func matched(_ ref: Reference, input noisy: Image2D) throws -> Reference {
+        guard psfMatch, let fr = DenoiseEvaluator.psfFWHM(ref.truth), let f = DenoiseEvaluator.psfFWHM(noisy) else { return ref }
+        var r = ref
+        r.inputFWHM = f
+        r.referenceFWHM = fr
+        let (sIn, sRef) = (f / 2.3548, fr / 2.3548)
+        if sRef > sIn {
+            r.estimateBlur = (sRef * sRef - sIn * sIn).squareRoot()
+        } else if sIn > sRef {
+            r.pixelTruth = Denoisers.gaussian(ref.truth, sigma: (sIn * sIn - sRef * sRef).squareRoot(), threads: threads)
+        }
+        return r
+    }
+
+    /// The estimate as the pixel scores see it (blurred to the reference's seeing when matched).
+    func pixelEstimate(_ img: Image2D, _ ref: Reference) -> Image2D {
+        ref.estimateBlur > 0 ? Denoisers.gaussian(img, sigma: ref.estimateBlur, threads: threads) : img
     }
 
     static func catalogue(_ r: DetectionResult) -> [CatalogEntry] {
@@ -157,7 +204,7 @@ public struct DenoiseEvaluator {
     }
 
     public func psnr(_ img: Image2D, _ ref: Reference) -> Double {
-        Metrics.psnr(ref.truth, img, dataRange: ref.range, mask: mask(img, ref))
+        Metrics.psnr(ref.pixelTruth, pixelEstimate(img, ref), dataRange: ref.range, mask: mask(img, ref))
     }
 
     /// Scores an estimate; `inputSNR` is the noisy input's mean SNR (nil when scoring the input).
@@ -173,10 +220,11 @@ public struct DenoiseEvaluator {
         let cat = DenoiseEvaluator.catalogue(found).filter(inside)
         let truthCat = ref.catalogue.filter(inside)
         let det = DetectionScore.score(truth: truthCat, detected: cat, radius: ref.radius)
-        let truthMasked = Image2D(height: ref.truth.height, width: ref.truth.width, pixels: zip(ref.truth.pixels, m).map { $1 ? $0 : .nan })
-        let estMasked = Image2D(height: estimate.height, width: estimate.width, pixels: zip(estimate.pixels, m).map { $1 ? $0 : .nan })
+        let pixels = pixelEstimate(estimate, ref)
+        let truthMasked = Image2D(height: ref.truth.height, width: ref.truth.width, pixels: zip(ref.pixelTruth.pixels, m).map { $1 ? $0 : .nan })
+        let estMasked = Image2D(height: estimate.height, width: estimate.width, pixels: zip(pixels.pixels, m).map { $1 ? $0 : .nan })
         return DenoiseResult(image: image, method: method,
-                             psnr: Metrics.psnr(ref.truth, estimate, dataRange: ref.range, mask: m),
+                             psnr: Metrics.psnr(ref.pixelTruth, pixels, dataRange: ref.range, mask: m),
                              ssim: Metrics.ssim(truthMasked, estMasked, dataRange: ref.range),
                              kl: Metrics.klDivergence(truthMasked, estMasked),
                              detection: det, snrGain: inputSNR.map { det.meanSNR / $0 } ?? 1,
@@ -189,7 +237,7 @@ public struct DenoiseEvaluator {
         guard truth.height == noisy.height && truth.width == noisy.width else {
             throw Failure(description: "\(name): the noisy image is \(noisy.width)x\(noisy.height) and the reference \(truth.width)x\(truth.height)")
         }
-        let ref = try prepare(name: name, truth: truth)
+        let ref = try matched(try prepare(name: name, truth: truth), input: noisy)
         var results: [DenoiseResult] = []
         let input = try score(image: name, method: "none", estimate: noisy, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
         results.append(input)

@@ -18,6 +18,7 @@ struct DenoiseOptions: ParsableArguments {
     @Option(help: "denoise, real data: a real short exposure, scored against --reference.") var input: String?
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: the deeper image(s) of the same field (several are registered and averaged).") var reference: [String] = []
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: frames of one field; each is scored against the mean of the others.") var frames: [String] = []
+    @Flag(help: "denoise: PSF-matched pixel scores (PSNR, SSIM, KL): the sharper of the input and the reference is blurred by a Gaussian to the other's measured FWHM first (frames of one field at different seeing).") var psfMatch = false
     @Option(help: "denoise: detection threshold in units of the background RMS.") var thresh: Double = 5
     @Option(help: "denoise: minimum source area in pixels.") var minarea: Int = 5
     @Option(help: "denoise: photometry aperture radius in pixels.") var aperture: Double = 5
@@ -81,6 +82,7 @@ extension Evaluate {
         ev.matchRadius = denoise.matchRadius
         ev.crop = denoise.crop
         ev.exposureRatio = denoise.ratio
+        ev.psfMatch = denoise.psfMatch
         ev.threads = threads
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
@@ -195,6 +197,12 @@ extension Evaluate {
             }
             FileHandle.standardError.write(Data(String(format: "  reference: %d sources, FWHM %.2f px, match radius %.2f px\n",
                                                        ref.catalogue.count, ref.fwhm, ref.radius).utf8))
+            if denoise.psfMatch {
+                let what = ref.estimateBlur > 0 ? String(format: "every output blurred by a Gaussian of sigma %.2f px", ref.estimateBlur)
+                    : ref.inputFWHM > ref.referenceFWHM ? "the reference blurred to the input's FWHM" : "no blur (same FWHM, or not measured)"
+                FileHandle.standardError.write(Data(String(format: "  PSF-matched pixel scores: input FWHM %.2f px, reference %.2f px (Moffat fits): %@\n",
+                                                           ref.inputFWHM, ref.referenceFWHM, what).utf8))
+            }
             all += results
             if let plan = plans[name] { injected += try scoreInjection(results, plan: plan, image: name) }
             if k == 0, panel != nil {
