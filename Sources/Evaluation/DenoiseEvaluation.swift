@@ -69,6 +69,12 @@ public struct DenoiseEvaluator {
     /// classical methods' parameters are chosen on those scores); with a sharper reference, the
     /// reference is.
     public var psfMatch = false
+    /// Each network is also scored with its removed component's low frequencies added back
+    /// (method `NAME+flux`): output + G_sigma * (input - output), a Gaussian of this sigma in px
+    /// (0: off). What a denoiser takes from a faint source is source-shaped (low frequencies);
+    /// what it takes from the sky is mostly white noise, of which a Gaussian of sigma s keeps
+    /// 1 / (4 pi s^2) of the variance.
+    public var fluxRestoreSigma = 0.0
 
     public init() {}
 
@@ -249,8 +255,24 @@ public struct DenoiseEvaluator {
                               seconds: Date().timeIntervalSince(t0), parameters: params)
             results.append(r)
             progress(line(r, ref))
+            if fluxRestoreSigma > 0, case .network = method {
+                let t1 = Date()
+                let back = DenoiseEvaluator.restoringFlux(img, input: noisy, sigma: fluxRestoreSigma, threads: threads)
+                let rf = try score(image: name, method: method.name + "+flux", estimate: back, reference: ref, inputSNR: input.detection.meanSNR,
+                                   seconds: r.seconds + Date().timeIntervalSince(t1),
+                                   parameters: params + String(format: ",flux_sigma=%g", fluxRestoreSigma))
+                results.append(rf)
+                progress(line(rf, ref))
+            }
         }
         return (ref, results)
+    }
+
+    /// `output + G_sigma * (input - output)` (non-finite pixels of either stay as the output's).
+    public static func restoringFlux(_ output: Image2D, input: Image2D, sigma: Double, threads: Int = 1) -> Image2D {
+        let removed = Image2D(height: output.height, width: output.width, pixels: zip(input.pixels, output.pixels).map { $0 - $1 })
+        let low = Denoisers.gaussian(removed, sigma: sigma, threads: threads)
+        return Image2D(height: output.height, width: output.width, pixels: zip(output.pixels, low.pixels).map { $1.isFinite ? $0 + $1 : $0 })
     }
 
     public func line(_ r: DenoiseResult, _ ref: Reference) -> String {

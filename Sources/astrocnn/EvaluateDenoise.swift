@@ -19,6 +19,7 @@ struct DenoiseOptions: ParsableArguments {
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: the deeper image(s) of the same field (several are registered and averaged).") var reference: [String] = []
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: frames of one field; each is scored against the mean of the others.") var frames: [String] = []
     @Flag(help: "denoise: PSF-matched pixel scores (PSNR, SSIM, KL): the sharper of the input and the reference is blurred by a Gaussian to the other's measured FWHM first (frames of one field at different seeing).") var psfMatch = false
+    @Option(help: "denoise: also score each network with the low frequencies of what it removed added back (NAME+flux: output + Gaussian(sigma) * (input - output)); sigma in px, 0: off.") var fluxRestore: Double = 0
     @Option(help: "denoise: detection threshold in units of the background RMS.") var thresh: Double = 5
     @Option(help: "denoise: minimum source area in pixels.") var minarea: Int = 5
     @Option(help: "denoise: photometry aperture radius in pixels.") var aperture: Double = 5
@@ -83,6 +84,8 @@ extension Evaluate {
         ev.crop = denoise.crop
         ev.exposureRatio = denoise.ratio
         ev.psfMatch = denoise.psfMatch
+        guard denoise.fluxRestore >= 0, denoise.fluxRestore.isFinite else { throw ValidationError("--flux-restore must be >= 0") }
+        ev.fluxRestoreSigma = denoise.fluxRestore
         ev.threads = threads
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
@@ -227,7 +230,11 @@ extension Evaluate {
                 }
             }
         }
-        printDenoiseTable(all, methods: ["none"] + list.filter { $0 != .none }.map(\.name) + (2...max(2, injection.stacks)).map { "stack\($0)" }.filter { s in all.contains { $0.method == s } })
+        let withFlux = list.filter { $0 != .none }.flatMap { m -> [String] in
+            if case .network = m, denoise.fluxRestore > 0 { return [m.name, m.name + "+flux"] }
+            return [m.name]
+        }
+        printDenoiseTable(all, methods: ["none"] + withFlux + (2...max(2, injection.stacks)).map { "stack\($0)" }.filter { s in all.contains { $0.method == s } })
         if !injected.isEmpty { printInjection(injected, plans: plans) }
         if let c = csv {
             var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters\n"

@@ -58,3 +58,36 @@ final class PSFMatchedScoringTests: XCTestCase {
         XCTAssertNotEqual(swapped.pixelTruth.pixels, swapped.truth.pixels)
     }
 }
+
+/// `DenoiseEvaluator.restoringFlux`: the low frequencies of what a denoiser removed, added back.
+final class FluxRestoreTests: XCTestCase {
+    func testRestoresSourceFluxAndReturnsLittleNoise() {
+        let n = 96
+        var source = Image2D(height: n, width: n)
+        let s = 5.0 / 2.3548
+        for y in 0..<n { for x in 0..<n {
+            let dy = Double(y) - 48, dx = Double(x) - 48
+            source[y, x] = 1000 / (2 * Double.pi * s * s) * exp(-(dy * dy + dx * dx) / (2 * s * s))
+        } }
+        var g = SplitMix64(seed: 3)
+        var noise = Image2D(height: n, width: n)
+        for i in 0..<noise.count { noise.pixels[i] = NoiseStreams.normal(&g) }
+        let input = Image2D(height: n, width: n, pixels: zip(source.pixels, noise.pixels).map { $0 + $1 })
+        // A "denoiser" that removes all the noise and 20% of the source.
+        let output = Image2D(height: n, width: n, pixels: source.pixels.map { 0.8 * $0 })
+        XCTAssertEqual(DenoiseEvaluator.restoringFlux(input, input: input, sigma: 1.5).pixels, input.pixels)
+        let back = DenoiseEvaluator.restoringFlux(output, input: input, sigma: 1.5, threads: 2)
+        func aperture(_ img: Image2D) -> Double {
+            var t = 0.0
+            for y in 38...58 { for x in 38...58 where (y - 48) * (y - 48) + (x - 48) * (x - 48) <= 100 { t += img[y, x] } }
+            return t
+        }
+        let truth = aperture(source)
+        XCTAssertEqual(aperture(output) / truth, 0.8, accuracy: 0.005)
+        XCTAssertEqual(aperture(back) / truth, 1, accuracy: 0.03)
+        // Far from the source the returned noise is the Gaussian-filtered noise: variance 1 / (4 pi s^2).
+        var v = 0.0, c = 0
+        for y in 4..<30 { for x in 4..<(n - 4) { v += back[y, x] * back[y, x]; c += 1 } }
+        XCTAssertEqual(v / Double(c), 1 / (4 * Double.pi * 1.5 * 1.5), accuracy: 0.015)
+    }
+}
