@@ -22,6 +22,9 @@ final class PSFFamilyTests: XCTestCase {
         XCTAssertEqual(h.psfError, 0.1)
         XCTAssertEqual(h.lambdaRule, .dp)
         XCTAssertEqual(try PSFFamily(parsing: h.description), h)
+        let r = try PSFFamily(parsing: "moffat:lambda=risk")
+        XCTAssertEqual(r.lambdaRule, .risk)
+        XCTAssertEqual(try PSFFamily(parsing: r.description), r)
         for bad in ["", "lorentz", "moffat:fwhm=4-2", "moffat:side=32", "moffat:beta=0.5-2", "gaussian:size=3", "gaussian:psf_error=2", "gaussian:lambda=sure"] {
             XCTAssertThrowsError(try PSFFamily(parsing: bad), bad)
         }
@@ -63,9 +66,10 @@ final class PSFFamilyTests: XCTestCase {
         let base = try PSFFamily(parsing: "gaussian,moffat:fwhm=2-4,noise=1e-03-0.01,side=17")
         var errFam = base; errFam.psfError = 0.1
         var dpFam = base; dpFam.lambdaRule = .dp
+        var riskFam = base; riskFam.lambdaRule = .risk
         let specs = try PSFFamilyCropSampler(images: [im], family: base, context: 8, cropSize: 32, validation: false).plan(count: 6, seed: 1, stream: 1)
         let a = try PSFFamilyCropSampler(images: [im], family: base, context: 8, cropSize: 32, validation: false)
-        for f in [errFam, dpFam] {
+        for f in [errFam, dpFam, riskFam] {
             let b = try PSFFamilyCropSampler(images: [im], family: f, context: 8, cropSize: 32, validation: false)
             var differ = 0
             for sp in specs {
