@@ -93,7 +93,10 @@ struct Models: ParsableCommand {
             }
             var flags: [String] = []
             if e.file == ShippedModels.denoiser { flags.append("default for denoise") }
-            if e.task == .deconvolve, ShippedModels.deconvolutionModels(entries).first(where: { ShippedModels.trainingPSF($0) == ShippedModels.trainingPSF(e) })?.path == e.path {
+            // A fixed-PSF model is the default for its PSF when it comes first; a model that takes
+            // the PSF at run time (no training PSF) runs only when named.
+            if e.task == .deconvolve, let own = ShippedModels.trainingPSF(e),
+               ShippedModels.deconvolutionModels(entries).first(where: { ShippedModels.trainingPSF($0) == own })?.path == e.path {
                 flags.append("default for deconvolve --psf \(psf)")
             }
             if e.shadowed { flags.append("hidden by an earlier file of this name") }
