@@ -267,7 +267,10 @@ public enum WienerDeconvolution {
             d.re[r * pw + c] = s.mirrored[r * pw + c] - median
         } }
         d.transform(inverse: false, threads: threads)
-        let my = max(1, Int(riskTaper * Double(h))), mx = max(1, Int(riskTaper * Double(w)))
+        // The interior: without the tapered margins, or the whole map when it is too thin for them.
+        var my = max(1, Int(riskTaper * Double(h))), mx = max(1, Int(riskTaper * Double(w)))
+        if h - 2 * my < 1 { my = 0 }
+        if w - 2 * mx < 1 { mx = 0 }
         let interior = Double(max(1, (h - 2 * my) * (w - 2 * mx)))
         let n = Double(s.count)
         func risk(_ e: Int) -> Double {

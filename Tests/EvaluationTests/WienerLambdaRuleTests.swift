@@ -58,4 +58,14 @@ final class WienerLambdaRuleTests: XCTestCase {
                                           noiseRule: .risk).lambda
         XCTAssertEqual(a, b)
     }
+
+    /// Maps too thin for the tapered margins (1 or 2 pixels a side) get a lambda of the grid, no trap.
+    func testRiskLambdaOnThinMaps() throws {
+        let k = try PSFKernel(height: 5, width: 5, values: [Double](repeating: 1, count: 25))
+        for (h, w) in [(1, 7), (2, 9), (7, 1), (1, 1), (3, 3)] {
+            let px = (0..<(h * w)).map { Float(($0 * 37) % 11) }
+            let l = WienerDeconvolution.apply(px, height: h, width: w, psf: k, noiseVariance: 1, noiseRule: .risk).lambda
+            XCTAssertTrue(WienerDeconvolution.lambdaExponents.contains(Int((log10(l) * 4).rounded())), "\(h)x\(w): \(l)")
+        }
+    }
 }
