@@ -97,14 +97,12 @@ public struct Evaluator {
             return (Deconvolution.wiener(observed, psf: psf, lambda: lambdas[0], boundary: .reflect, threads: threads), "lambda=\(lambdas[0])")
         case .wienerGCV:
             return try runtimeWiener(observed, psf: psf, noiseVariance: nil)
-        case .wienerDP:
+        case .wienerDP, .wienerRisk:
+            // The noise as restore measures it for noise_mad models.
             let px = observed.pixels.map { Float($0) }
             let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
-            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale, rule: .gcvOrDiscrepancy)
-        case .wienerRisk:
-            let px = observed.pixels.map { Float($0) }
-            let nm = Normalization.fit(.noiseMAD, pixels: px, invalid: [Bool](repeating: false, count: px.count), width: observed.width)
-            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale, rule: .risk)
+            return try runtimeWiener(observed, psf: psf, noiseVariance: nm.scale * nm.scale,
+                                     rule: method == .wienerRisk ? .risk : .gcvOrDiscrepancy)
         case .richardsonLucy(let n):
             if let t = truth {
                 let r = Deconvolution.richardsonLucyBest(observed, truth: t, psf: psf, maxIterations: n, threads: threads)

@@ -77,7 +77,8 @@ public enum WienerDeconvolution {
 
     /// Bytes of Float64 work memory `apply` takes for a map of this size and a PSF of up to
     /// `psfSide` pixels a side: sixteen arrays on the padded grid (the spectra, |H|^2, |Y|^2, L^2, and the
-    /// risk rule's windowed map, border difference and deconvolved border).
+    /// risk rule's windowed map, ring indices, border difference and deconvolved border, with room
+    /// for its sorted copy of the map).
     public static func workBytes(height: Int, width: Int, psfSide: Int) -> Int {
         16 * 8 * FFTPlan.fastSize(atLeast: height + 2 * psfSide) * FFTPlan.fastSize(atLeast: width + 2 * psfSide)
     }
@@ -91,25 +92,25 @@ public enum WienerDeconvolution {
     /// choosing lambda and applying the filter share).
     struct Spectra {
         var y: ComplexImage
-        /// The mirror-padded map itself (before the transform).
-        let mirrored: [Double]
         let t: ComplexImage
         let h2: [Double], y2: [Double], l2: [Double]
         let ph: Int, pw: Int, top: Int, left: Int
         var count: Int { ph * pw }
     }
 
+    /// Index `i` of a map of `n` mirrored half-sample symmetrically, (c b a | a b c | c b a),
+    /// repeated for pads wider than `n`: how the step pads.
+    static func mirror(_ i: Int, _ n: Int) -> Int {
+        let p = 2 * n
+        var m = i % p
+        if m < 0 { m += p }
+        return m < n ? m : p - 1 - m
+    }
+
     static func spectra(_ input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int, psf: PSFKernel,
                         threads: Int) -> Spectra {
         let ph = FFTPlan.fastSize(atLeast: h + 2 * psf.height), pw = FFTPlan.fastSize(atLeast: w + 2 * psf.width)
         let top = (ph - h) / 2, left = (pw - w) / 2
-        func mirror(_ i: Int, _ n: Int) -> Int {
-            // Half-sample symmetric: (c b a | a b c | c b a), repeated for pads wider than n.
-            let p = 2 * n
-            var m = i % p
-            if m < 0 { m += p }
-            return m < n ? m : p - 1 - m
-        }
         var y = ComplexImage(height: ph, width: pw)
         for r in 0..<ph {
             let src = input + mirror(r - top, h) * inputStride
@@ -118,7 +119,6 @@ public enum WienerDeconvolution {
                 y.re[r * pw + c] = v.isFinite ? v : 0
             }
         }
-        let mirrored = y.re
         y.transform(inverse: false, threads: threads)
         var t = ComplexImage(height: ph, width: pw)
         let oy = (psf.height - 1) / 2, ox = (psf.width - 1) / 2
@@ -138,7 +138,7 @@ public enum WienerDeconvolution {
             let l = cu[r] + cv[c]
             l2[i] = l * l
         } }
-        return Spectra(y: y, mirrored: mirrored, t: t, h2: h2, y2: y2, l2: l2, ph: ph, pw: pw, top: top, left: left)
+        return Spectra(y: y, t: t, h2: h2, y2: y2, l2: l2, ph: ph, pw: pw, top: top, left: left)
     }
 
     /// GCV's lambda: the grid value minimising |(I - A) y|^2 / trace(I - A)^2 (first on ties).
@@ -220,8 +220,7 @@ public enum WienerDeconvolution {
         var finite = [Double]()
         finite.reserveCapacity(h * w)
         for r in 0..<h { for c in 0..<w { let x = Double(input[r * inputStride + c]); if x.isFinite { finite.append(x) } } }
-        finite.sort()
-        let median = finite.isEmpty ? 0 : finite[finite.count / 2]
+        let median = finite.isEmpty ? 0 : RobustSky.median(&finite)
         var win = ComplexImage(height: ph, width: pw)
         var sumW2 = 0.0
         for r in 0..<h { for c in 0..<w {
@@ -264,7 +263,8 @@ public enum WienerDeconvolution {
         for r in 0..<ph { for c in 0..<pw {
             let ri = r - s.top, ci = c - s.left
             guard ri < 0 || ri >= h || ci < 0 || ci >= w else { continue }
-            d.re[r * pw + c] = s.mirrored[r * pw + c] - median
+            let v = Double(input[mirror(ri, h) * inputStride + mirror(ci, w)])
+            d.re[r * pw + c] = (v.isFinite ? v : 0) - median
         } }
         d.transform(inverse: false, threads: threads)
         // The interior: without the tapered margins, or the whole map when it is too thin for them.
