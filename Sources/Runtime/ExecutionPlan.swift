@@ -175,8 +175,13 @@ final class ExecutionPlan {
 
     /// With `measureOnly`, buffers get layouts but no memory: the plan can report `bytes` but
     /// must not run.
+    /// Row bands (`RowBands`): the steps run depth-first by bands of rows, each map in a window
+    /// of rows; nil when the plan runs whole maps in its arena (measuring plans, maps of at most
+    /// two bands, a Wiener step, `bandRows` 0 or `ASTROCNN_ROW_BANDS=0`).
+    let bands: RowBands?
+
     init(network: Network, packed: PackedWeights?, height: Int, width: Int, isa: KernelISA, algorithm: ConvAlgorithm = .auto,
-         measureOnly: Bool = false) throws {
+         measureOnly: Bool = false, bandRows: Int? = nil) throws {
         self.height = height
         self.width = width
         self.isa = isa
@@ -313,6 +318,23 @@ final class ExecutionPlan {
         }
         let outputView = allocate(graph.outputs[0])
         if !measureOnly { PhaseProfile.shared.mark("plan: steps (+ Winograd weights)") }
+        let bandRows = bandRows ?? (RowBands.enabled ? RowBands.defaultBandRows : 0)
+        if bandRows > 0 && !measureOnly && height > 2 * bandRows,
+           let b = RowBands(steps: steps, input: inputView, output: outputView, bandRows: bandRows, measureOnly: false) {
+            PhaseProfile.shared.mark("plan: row-band windows")
+            bands = b
+            arenaFloats = 0
+            unsharedBytes = buffers.reduce(0) { $0 + ($1.layout.allocation + 15) / 16 * 16 } * 4
+            arena = PlanarBuffer(arenaOf: 0)
+            frames = [[PlanarView]](repeating: [], count: steps.count)
+            inputFrames = []
+            self.inputView = inputView
+            self.outputView = outputView
+            self.steps = steps
+            self.stepInfo = info
+            return
+        }
+        bands = nil
 
         // Memory: every buffer lives from the first to the last step that touches it (the input
         // from before the first step, the output to the end); buffers whose lives do not overlap
@@ -412,6 +434,7 @@ final class ExecutionPlan {
     /// The result does not depend on the thread count: every output value is computed by the
     /// same operations whichever thread computes it.
     func run(_ input: FeatureMap, parameters: [String: Float], threads: Int = 1, timings: UnsafeMutablePointer<Double>? = nil) -> FeatureMap {
+        if let b = bands { return b.run(input, parameters: parameters, threads: threads, isa: isa, timings: timings) }
         for v in inputFrames { v.clearMargins() }
         inputView.load(input)
         let isa = self.isa
@@ -469,7 +492,7 @@ final class ExecutionPlan {
     }
 
     /// Bytes of feature-map memory the plan holds.
-    var bytes: Int { arenaFloats * 4 + wienerScratch }
+    var bytes: Int { bands?.bytes ?? arenaFloats * 4 + wienerScratch }
 
     /// Float64 work memory of the largest Wiener step (`WienerDeconvolution.workBytes`), which
     /// tiles must leave room for as for feature maps.

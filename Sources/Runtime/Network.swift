@@ -179,14 +179,17 @@ public final class Network: @unchecked Sendable {
         return p
     }
 
-    /// Runs the whole graph on one input map.
+    /// Runs the whole graph on one input map. `bandRows`: output rows per band of a row-band
+    /// run (`RowBands`; 0: whole maps; nil: the default, row bands on maps taller than two
+    /// bands); `bytes`, if given, receives the plan's feature-map bytes.
     public func forward(_ input: FeatureMap, parameters: [String: Float] = [:], algorithm: ConvAlgorithm = .auto,
-                        isa: KernelISA = .best) throws -> FeatureMap {
+                        isa: KernelISA = .best, threads: Int = 1, bandRows: Int? = nil, bytes: UnsafeMutablePointer<Int>? = nil) throws -> FeatureMap {
         try checkInput(input, parameters)
         if algorithm == .reference { return referenceForward(input, parameters: parameters) }
         let plan = try ExecutionPlan(network: self, packed: packedWeights(), height: input.height, width: input.width, isa: isa,
-                                     algorithm: algorithm)
-        return plan.run(input, parameters: parameters)
+                                     algorithm: algorithm, bandRows: bandRows)
+        bytes?.pointee = plan.bytes
+        return plan.run(input, parameters: parameters, threads: threads)
     }
 
     /// The repacked weights, made once (thread-safe).
