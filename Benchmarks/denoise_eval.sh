@@ -7,13 +7,14 @@
 #     then again with PSF-matched pixel scores;
 #  2. simulated ratio-2 short exposures of four held-out images (SDSS, the amateur CCD, HST NICMOS
 #     F160W, MUSE) against their long exposures (the paper's Table 2 rows).
-# Usage: [FLUX=SIGMA] Benchmarks/denoise_eval.sh OUTDIR NAME=MODEL.acnn [NAME=MODEL.acnn ...]   (needs ../shared/data)
-# FLUX=1.5 also scores each network as NAME+flux (--flux-restore 1.5).
+# Usage: [FLUX=SIGMA] [CAP=K] Benchmarks/denoise_eval.sh OUTDIR NAME=MODEL.acnn [NAME=MODEL.acnn ...]   (needs ../shared/data)
+# FLUX=1.5 also scores each network as NAME+flux (--flux-restore 1.5); CAP=K as NAME+cap (--cap K: input capped at
+# sky + K sigma, the excess added back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: denoise_eval.sh OUTDIR NAME=MODEL ...}; shift
 A=.build/release/astrocnn
-F="--flux-restore ${FLUX:-0}"
+F="--flux-restore ${FLUX:-0} --cap ${CAP:-0}"
 [ -x $A ] || swift build -c release >/dev/null
 T=../shared/data/train
 mkdir -p "$OUT"

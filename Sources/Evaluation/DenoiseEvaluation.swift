@@ -75,8 +75,20 @@ public struct DenoiseEvaluator {
     /// what it takes from the sky is mostly white noise, of which a Gaussian of sigma s keeps
     /// 1 / (4 pi s^2) of the variance.
     public var fluxRestoreSigma = 0.0
+    /// Each network is also run on the input capped at sky + k sigma (this k; 0: off) with the
+    /// excess added back to its output (method `NAME+cap`; GraXpert's and ASTERIS's denoisers do
+    /// this): bright cores, where a network trained on fainter pixels errs, pass through as
+    /// measured.
+    public var capSigma = 0.0
 
     public init() {}
+
+    /// `noisy` capped at its sky + k sigma (`BrightCap`, as `denoise --cap K`), and the cap
+    /// (infinite where the sky has no spread).
+    public static func capping(_ noisy: Image2D, k: Double) -> (capped: Image2D, cap: Double) {
+        guard let c = BrightCap.level(count: noisy.count, k: k, value: { noisy.pixels[$0] }) else { return (noisy, .infinity) }
+        return (noisy.map { $0.isFinite ? min($0, c.cap) : $0 }, c.cap)
+    }
 
     public struct Reference: Sendable {
         public var name: String
@@ -255,24 +267,43 @@ public struct DenoiseEvaluator {
                               seconds: Date().timeIntervalSince(t0), parameters: params)
             results.append(r)
             progress(line(r, ref))
-            if fluxRestoreSigma > 0, case .network = method {
+            guard case .network = method else { continue }
+            var variants = [(suffix: "", image: img, seconds: r.seconds, parameters: params)]
+            if capSigma > 0 {
                 let t1 = Date()
-                let back = DenoiseEvaluator.restoringFlux(img, input: noisy, sigma: fluxRestoreSigma, threads: threads)
-                let rf = try score(image: name, method: method.name + "+flux", estimate: back, reference: ref, inputSNR: input.detection.meanSNR,
-                                   seconds: r.seconds + Date().timeIntervalSince(t1),
-                                   parameters: params + String(format: ",flux_sigma=%g", fluxRestoreSigma))
-                results.append(rf)
-                progress(line(rf, ref))
+                let (capped, cap) = DenoiseEvaluator.capping(noisy, k: capSigma)
+                let (out, _) = try run(method, noisy: capped, reference: ref)
+                var back = out
+                for i in 0..<back.count where noisy.pixels[i].isFinite { back.pixels[i] += noisy.pixels[i] - capped.pixels[i] }
+                let v = (suffix: "+cap", image: back, seconds: Date().timeIntervalSince(t1),
+                         parameters: params + String(format: ",cap_sigma=%g,cap=%g", capSigma, cap))
+                let rc = try score(image: name, method: method.name + v.suffix, estimate: v.image, reference: ref, inputSNR: input.detection.meanSNR,
+                                   seconds: v.seconds, parameters: v.parameters)
+                results.append(rc)
+                progress(line(rc, ref))
+                variants.append(v)
+            }
+            if fluxRestoreSigma > 0 {
+                for v in variants {
+                    let t1 = Date()
+                    let back = try DenoiseEvaluator.restoringFlux(v.image, input: noisy, sigma: fluxRestoreSigma)
+                    let rf = try score(image: name, method: method.name + v.suffix + "+flux", estimate: back, reference: ref,
+                                       inputSNR: input.detection.meanSNR, seconds: v.seconds + Date().timeIntervalSince(t1),
+                                       parameters: v.parameters + String(format: ",flux_sigma=%g", fluxRestoreSigma))
+                    results.append(rf)
+                    progress(line(rf, ref))
+                }
             }
         }
         return (ref, results)
     }
 
-    /// `output + G_sigma * (input - output)` (non-finite pixels of either stay as the output's).
-    public static func restoringFlux(_ output: Image2D, input: Image2D, sigma: Double, threads: Int = 1) -> Image2D {
-        let removed = Image2D(height: output.height, width: output.width, pixels: zip(input.pixels, output.pixels).map { $0 - $1 })
-        let low = Denoisers.gaussian(removed, sigma: sigma, threads: threads)
-        return Image2D(height: output.height, width: output.width, pixels: zip(output.pixels, low.pixels).map { $1.isFinite ? $0 + $1 : $0 })
+    /// `output + G_sigma * (input - output)`: the runtime's `FluxRestore` (what `denoise
+    /// --flux-restore SIGMA` writes), on the images as float32.
+    public static func restoringFlux(_ output: Image2D, input: Image2D, sigma: Double) throws -> Image2D {
+        let back = try FluxRestore.apply(restored: output.pixels.map { Float($0) }, input: input.pixels.map { Float($0) },
+                                         width: output.width, height: output.height, sigma: sigma)
+        return Image2D(height: output.height, width: output.width, pixels: back.map { Double($0) })
     }
 
     public func line(_ r: DenoiseResult, _ ref: Reference) -> String {

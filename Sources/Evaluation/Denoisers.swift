@@ -43,13 +43,7 @@ public enum Denoisers {
 
     /// The normalised taps of scipy.ndimage.gaussian_filter1d (radius int(truncate * sigma + 0.5)).
     public static func gaussianTaps(sigma: Double, truncate: Double = 4) -> [Double] {
-        guard sigma.isFinite, sigma > 0, truncate.isFinite, truncate >= 0 else { return [1] }
-        let sigma = min(sigma, maxSigma)
-        let r = Int(min(truncate, 100) * sigma + 0.5)
-        var k = (-r...r).map { exp(-0.5 * Double($0 * $0) / (sigma * sigma)) }
-        let s = k.reduce(0, +)
-        for i in k.indices { k[i] /= s }
-        return k
+        FluxRestore.gaussianTaps(sigma: sigma.isFinite ? min(sigma, maxSigma) : sigma, truncate: truncate)
     }
 
     /// Gaussian smoothing, separable, sigma in pixels, kernel truncated at 4 sigma, 'reflect'

@@ -199,3 +199,60 @@ public final class MeanSource: PixelSource {
         invalid = bad
     }
 }
+
+/// A source whose values above `cap` read as `cap`: bright cores the network sees flat-topped
+/// (`RestoreExtras.capSigma`; the restore adds the excess back to the network's output).
+public final class CappedSource: PixelSource {
+    public let base: PixelSource
+    public let cap: Float
+
+    public init(_ base: PixelSource, cap: Float) {
+        self.base = base
+        self.cap = cap
+    }
+
+    public var path: String { base.path }
+    public var width: Int { base.width }
+    public var height: Int { base.height }
+    public var headerCards: [String] { base.headerCards }
+
+    public func readWindow(rows: Range<Int>, columns: Range<Int>, pixels: inout [Float], invalid: inout [Bool]) throws {
+        try base.readWindow(rows: rows, columns: columns, pixels: &pixels, invalid: &invalid)
+        let c = cap
+        for i in 0..<pixels.count where pixels[i] > c { pixels[i] = c }
+    }
+}
+
+/// The bright cap of an image: sky + k sigma, both from `RobustSky.estimate` (clipped median
+/// and MAD) over the image's pixels as that samples them (every max(1, n / 10^6)-th).
+public enum BrightCap {
+    /// The cap, or nil where the sky has no spread (nothing to measure k sigma by).
+    public static func level(count: Int, k: Double, value: (Int) -> Double?) -> (cap: Double, sky: Double, sigma: Double)? {
+        let s = RobustSky.estimate(count: count, value: value)
+        guard s.sigma.isFinite, s.sigma > 0, s.median.isFinite else { return nil }
+        return (s.median + k * s.sigma, s.median, s.sigma)
+    }
+
+    /// The same for a source read in bands of rows (the same pixels sampled, the same result).
+    public static func level(_ source: PixelSource, k: Double) throws -> (cap: Double, sky: Double, sigma: Double)? {
+        let (w, h) = (source.width, source.height)
+        let count = w * h
+        let stride = max(1, count / 1_000_000)
+        var samples: [Double] = []
+        samples.reserveCapacity(count / stride + 1)
+        var px = [Float](), inv = [Bool]()
+        var y0 = 0
+        while y0 < h {
+            let n = min(256, h - y0)
+            try source.readRows(y0, n, pixels: &px, invalid: &inv)
+            let first = y0 * w
+            var i = (first + stride - 1) / stride * stride
+            while i < first + n * w {
+                if !inv[i - first] { samples.append(Double(px[i - first])) } else { samples.append(.nan) }
+                i += stride
+            }
+            y0 += n
+        }
+        return level(count: samples.count, k: k) { samples[$0] }
+    }
+}

@@ -12,12 +12,21 @@ public struct RestoreExtras: Sendable, Equatable {
     public var useDQ = true
     /// 3-plane (RGB) images: restore the luminance (mean of the planes) and keep the chroma.
     public var luminance = false
+    /// Denoisers: add back the Gaussian low-pass (this sigma, pixels) of what the network removed
+    /// (`FluxRestore`), before the blend; 0: off.
+    public var fluxSigma: Double = 0
+    /// Denoisers: the network sees the input capped at sky + k sigma (`BrightCap`; this k) and the
+    /// excess is added back to its output, so bright cores pass through as measured; 0: off.
+    public var capSigma: Double = 0
 
-    public init(strength: Double = 1, mask: String? = nil, useDQ: Bool = true, luminance: Bool = false) {
+    public init(strength: Double = 1, mask: String? = nil, useDQ: Bool = true, luminance: Bool = false, fluxSigma: Double = 0,
+                capSigma: Double = 0) {
+        self.capSigma = capSigma
         self.strength = strength
         self.mask = mask
         self.useDQ = useDQ
         self.luminance = luminance
+        self.fluxSigma = fluxSigma
     }
 }
 
@@ -27,9 +36,11 @@ public struct RestoreExtras: Sendable, Equatable {
 /// matching plane of the temporary output, renamed at the end.
 public enum PlaneRestore {
     /// Whether `restoreFile` is needed for this image (else the plain streaming restore gives the
-    /// same result): a cube, a mask, a DQ extension in use, a strength below 1 or luminance mode.
+    /// same result): a cube, a mask, a DQ extension in use, a strength below 1, luminance mode,
+    /// flux restore or a bright cap.
     public static func needed(_ probe: FITSProbe, _ extras: RestoreExtras) -> Bool {
         probe.planes > 1 || extras.mask != nil || (extras.useDQ && probe.dqHDU != nil) || extras.strength != 1 || extras.luminance
+            || extras.fluxSigma > 0 || extras.capSigma > 0
     }
 
     /// The part of `ACNNOPTS` these extras add ("" when none applies to this image).
@@ -39,6 +50,8 @@ public enum PlaneRestore {
         if let m = extras.mask { parts.append("mask=\((m as NSString).lastPathComponent):\(maskChecksum.map(checksumString) ?? "?")") }
         if extras.useDQ, let d = probe.dqHDU { parts.append("dq=\(d)") }
         if extras.luminance { parts.append("luminance") }
+        if extras.fluxSigma > 0 { parts.append("flux_sigma=\(extras.fluxSigma)") }
+        if extras.capSigma > 0 { parts.append("cap_sigma=\(extras.capSigma)") }
         return parts.joined(separator: ";")
     }
 
@@ -46,6 +59,30 @@ public enum PlaneRestore {
     public static func validate(_ extras: RestoreExtras) throws {
         guard extras.strength >= 0, extras.strength <= 1, extras.strength.isFinite else {
             throw ScaleError.badInput("--strength must be a number from 0 (the input unchanged) to 1 (the restored image)")
+        }
+        if extras.fluxSigma != 0 {
+            _ = try FluxRestore(width: 1, height: 1, sigma: extras.fluxSigma)
+            if extras.luminance {
+                throw ScaleError.badInput("--flux-restore is for photometry on single-plane images and cubes, not with --luminance")
+            }
+        }
+        guard extras.capSigma >= 0, extras.capSigma.isFinite else {
+            throw ScaleError.badInput("--cap takes K >= 0 (bright pixels capped at sky + K sigma before the network; 0: off)")
+        }
+        if extras.capSigma > 0 && extras.luminance {
+            throw ScaleError.badInput("--cap works on single-plane images and cubes, not with --luminance")
+        }
+    }
+
+    /// Checks the extras against the model: flux restore is for denoisers (a deconvolution's
+    /// output differs from its input at the PSF's scales by design).
+    public static func validate(_ extras: RestoreExtras, network: Network) throws {
+        try validate(extras)
+        if extras.fluxSigma > 0 && ModelSearch.task(metadata: network.metadata) == .deconvolve {
+            throw ScaleError.badInput("--flux-restore adds back the large scales of what a denoiser removed; \(network.name) is a deconvolution model, whose output differs from its input at the PSF's scales by design")
+        }
+        if extras.capSigma > 0 && ModelSearch.task(metadata: network.metadata) == .deconvolve {
+            throw ScaleError.badInput("--cap passes bright cores through undenoised; \(network.name) is a deconvolution model, which must see whole sources to deconvolve them")
         }
     }
 
@@ -58,7 +95,7 @@ public enum PlaneRestore {
                                    overwrite: Bool = false, command: String? = nil, inputChecksum: UInt32? = nil,
                                    maskChecksum: UInt32? = nil) throws -> RestoreReport {
         let start = Date()
-        try validate(extras)
+        try validate(extras, network: network)
         do { try AtomicFile.checkWritable(output, overwrite: overwrite) } catch let e as AtomicFile.Failure {
             if case .exists = e { throw FITSError.exists(output) }
             throw FITSError.io(e.description)
@@ -84,12 +121,25 @@ public enum PlaneRestore {
         }
         // What each run restores: every plane, or the luminance of the three.
         let runCount = extras.luminance ? 1 : planes
+        // The cap of each plane (before its statistics: the network's normalisation is fitted
+        // on what it sees).
+        var caps: [Float?] = []
+        if extras.capSigma > 0 {
+            for k in 0..<planes {
+                let c = try BrightCap.level(try source(k), k: extras.capSigma)
+                caps.append(c.map { Float($0.cap) })
+                history.append(c.map { String(format: "Bright cap%@: the network saw the input capped at sky + %g sigma = %.6g (sky %.6g, sigma %.6g), the excess added back to its output",
+                                              planes > 1 ? " (plane \(k + 1))" : "", extras.capSigma, $0.cap, $0.sky, $0.sigma) }
+                               ?? "Bright cap\(planes > 1 ? " (plane \(k + 1))" : ""): the sky has no spread, nothing capped")
+            }
+        }
         func run(_ k: Int) throws -> (PixelSource, [PixelSource]) {
             if extras.luminance {
                 let all = try (0..<3).map { try source($0) }
                 return (try MeanSource(all), all)
             }
             let s = try source(k)
+            if extras.capSigma > 0, let c = caps[k] { return (CappedSource(s, cap: c), [s]) }
             return (s, [s])
         }
         let (w, h) = (probe.width, probe.height)
@@ -103,6 +153,9 @@ public enum PlaneRestore {
             history.append(extras.luminance
                 ? "Colour: the luminance (mean of the 3 planes) was restored; each plane scaled by restored/original luminance where it is > 0, else shifted by their difference"
                 : "Cube: each of the \(planes) planes restored on its own (normalisation fitted per plane)")
+        }
+        if extras.fluxSigma > 0 {
+            history.append("Flux restore: output + Gaussian (sigma \(extras.fluxSigma) px, normalised over valid pixels) of input - output: the large scales of what the network removed, added back")
         }
         if extras.strength != 1 {
             history.append("Strength \(extras.strength): output = \(extras.strength) x restored + \(1 - extras.strength) x input")
@@ -127,9 +180,26 @@ public enum PlaneRestore {
                 if let p = options.progress {
                     o.progress = { d, t in p(k * t + d, runCount * t) }
                 }
+                let flux = extras.fluxSigma > 0 ? try FluxRestore(width: w, height: h, sigma: extras.fluxSigma) : nil
+                let cap = extras.capSigma > 0 ? caps[k] : nil
                 tiles += try StreamingRestore.restoreWindow(source, network: network, layout: layout, statistics: stats[k],
                                                             rows: 0..<h, columns: 0..<w, options: o) { y0, n, restored in
-                    if extras.luminance {
+                    if flux != nil || cap != nil {
+                        try inputs[0].readRows(y0, n, pixels: &px, invalid: &inv)
+                        for i in 0..<px.count where inv[i] { px[i] = .nan }
+                        var restored = restored
+                        // The excess over the cap, added back where the network saw the cap.
+                        if let c = cap { for i in 0..<px.count where px[i] > c && !restored[i].isNaN { restored[i] += px[i] - c } }
+                        var r0 = y0, back = restored, x = px
+                        if let f = flux {
+                            // Rows come out of the flux restore once the rows its Gaussian reads below them are in.
+                            guard let done = f.push(y0, restored: restored, input: px) else { return }
+                            (r0, back, x) = (done.y0, done.restored, done.input)
+                        }
+                        var out = back
+                        if s != 1 { for i in 0..<out.count { out[i] = s * back[i] + (1 - s) * x[i] } }
+                        try out.withUnsafeBufferPointer { try writer.writeRows(r0, $0, plane: k) }
+                    } else if extras.luminance {
                         var planePixels: [[Float]] = []
                         for j in 0..<3 {
                             try inputs[j].readRows(y0, n, pixels: &px, invalid: &inv)

@@ -20,6 +20,7 @@ struct DenoiseOptions: ParsableArguments {
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: frames of one field; each is scored against the mean of the others.") var frames: [String] = []
     @Flag(help: "denoise: PSF-matched pixel scores (PSNR, SSIM, KL): the sharper of the input and the reference is blurred by a Gaussian to the other's measured FWHM first (frames of one field at different seeing).") var psfMatch = false
     @Option(help: "denoise: also score each network with the low frequencies of what it removed added back (NAME+flux: output + Gaussian(sigma) * (input - output)); sigma in px, 0: off.") var fluxRestore: Double = 0
+    @Option(help: "denoise: also score each network run on the input capped at sky + K sigma, the excess added back (NAME+cap); 0: off.") var cap: Double = 0
     @Option(help: "denoise: detection threshold in units of the background RMS.") var thresh: Double = 5
     @Option(help: "denoise: minimum source area in pixels.") var minarea: Int = 5
     @Option(help: "denoise: photometry aperture radius in pixels.") var aperture: Double = 5
@@ -86,6 +87,8 @@ extension Evaluate {
         ev.psfMatch = denoise.psfMatch
         guard denoise.fluxRestore >= 0, denoise.fluxRestore.isFinite else { throw ValidationError("--flux-restore must be >= 0") }
         ev.fluxRestoreSigma = denoise.fluxRestore
+        guard denoise.cap >= 0, denoise.cap.isFinite else { throw ValidationError("--cap must be >= 0") }
+        ev.capSigma = denoise.cap
         ev.threads = threads
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
@@ -231,8 +234,9 @@ extension Evaluate {
             }
         }
         let withFlux = list.filter { $0 != .none }.flatMap { m -> [String] in
-            if case .network = m, denoise.fluxRestore > 0 { return [m.name, m.name + "+flux"] }
-            return [m.name]
+            guard case .network = m else { return [m.name] }
+            let base = denoise.cap > 0 ? [m.name, m.name + "+cap"] : [m.name]
+            return denoise.fluxRestore > 0 ? base.flatMap { [$0, $0 + "+flux"] } : base
         }
         printDenoiseTable(all, methods: ["none"] + withFlux + (2...max(2, injection.stacks)).map { "stack\($0)" }.filter { s in all.contains { $0.method == s } })
         if !injected.isEmpty { printInjection(injected, plans: plans) }

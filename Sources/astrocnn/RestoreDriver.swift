@@ -38,7 +38,7 @@ struct RestoreCommonOptions: ParsableArguments {
     @Option(help: "Progress on standard error: human (a line, the default), json (one JSON object per line: done, total, eta_s, file, ...) or none.")
     var progress: String = "human"
 
-    @Flag(help: "Hold the whole image in memory (the path before streaming; 'same' networks then run whole images when they fit; 2-D images without --strength, --mask, DQ or --luminance).")
+    @Flag(help: "Hold the whole image in memory (the path before streaming; 'same' networks then run whole images when they fit; 2-D images without --strength, --mask, DQ, --luminance, --flux-restore or --cap).")
     var inMemory = false
 
     @Option(name: .customLong("conv"), help: "Convolution algorithm: auto (per layer: Winograd for layers with >= 16 input channels, F(4x4,3x3) for 3x3 kernels and F(3x3,6x6) for 6x6, direct otherwise; default), direct, winograd (Winograd wherever it applies), winograd2 / winograd6 (as winograd with F(2x2,3x3) / F(6x6,3x3) for 3x3 kernels), or reference (scalar oracle, slow).")
@@ -62,7 +62,13 @@ struct RestoreCommonOptions: ParsableArguments {
     @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch (one 2-D input only).")
     var preview: String?
 
-    var extras: RestoreExtras { RestoreExtras(strength: strength, mask: mask, useDQ: !noDQ, luminance: luminance) }
+    @Option(name: .customLong("flux-restore"), help: "Denoisers: add back the Gaussian low-pass (this sigma in pixels, about the PSF's: FWHM / 2.355) of what the network removed, so faint sources keep their flux (docs/EVALUATION.md); 0: off.")
+    var fluxRestore: Double = 0
+
+    @Option(help: "Denoisers: the network sees the input capped at sky + K sigma and the excess is added back, so bright cores pass through as measured (GraXpert and ASTERIS do this; K = 50 was chosen on training images, docs/EVALUATION.md); 0: off.")
+    var cap: Double = 0
+
+    var extras: RestoreExtras { RestoreExtras(strength: strength, mask: mask, useDQ: !noDQ, luminance: luminance, fluxSigma: fluxRestore, capSigma: cap) }
 }
 
 /// Inputs this command cannot read, refused with what to do instead.
@@ -92,7 +98,7 @@ struct RestoreDriver {
         if let t = c.tile, t < 1 { throw failure("--tile must be at least 1") }
         guard ["human", "json", "none"].contains(c.progress) else { throw failure("--progress must be human, json or none") }
         let extras = c.extras
-        do { try PlaneRestore.validate(extras) } catch { throw failure(describe(error)) }
+        do { try PlaneRestore.validate(extras, network: network) } catch { throw failure(describe(error)) }
         for i in inputs { do { try refuseUnsupportedFormat(i) } catch { throw failure(describe(error)) } }
         let parameters = try parseParameters(c.params)
         guard let algorithm = ConvAlgorithm(rawValue: c.conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }
@@ -169,7 +175,7 @@ struct RestoreDriver {
                     throw ScaleError.badInput("--preview shows 2-D images; this one has \(probe.planes) planes")
                 }
                 if c.inMemory && special {
-                    throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq) or --luminance")
+                    throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap")
                 }
                 let json = mode == "json" ? JSONProgress(files: [original], pixels: [Double(probe.width * probe.height * probe.planes)]) : nil
                 json?.begin(0)
