@@ -447,18 +447,7 @@ final class ExecutionPlan {
                 // Work per row grows with channels x kernel taps; split finely enough to balance.
                 Self.rows(y.height, threads) { FastOps.conv2d(x, y, p, padding: pad, activation: act, isa: isa, rows: $0) }
             case let .winograd(x, y, w, act):
-                // Contiguous ranges of tile rows (Winograd batches tile rows into GEMMs), taken by
-                // the threads in order: up to 4 per thread while each still fills two GEMM blocks,
-                // so that a thread slowed by its neighbours on a shared host does not hold the
-                // other at the end of every layer.
-                let tr = (y.height + w.tileSize - 1) / w.tileSize
-                let tiles = tr * ((y.width + w.tileSize - 1) / w.tileSize)
-                let fillingTwoBlocks = tiles / (2 * WinogradConv.blockTiles(isa))
-                let wanted = threads <= 1 ? 1 : max(threads, min(4 * threads, fillingTwoBlocks))
-                let parts = max(1, min(tr, wanted))
-                ParallelFor.run(parts, threads: threads) { k in
-                    w.run(x, y, activation: act, isa: isa, tileRows: (k * tr / parts)..<((k + 1) * tr / parts))
-                }
+                Self.winograd(w, x, y, act, isa: isa, threads: threads, tileRows: 0..<(y.height + w.tileSize - 1) / w.tileSize)
             case let .activation(x, y, act):
                 Self.rows(y.height, threads) { FastOps.activation(x, y, act, rows: $0) }
             case let .pool(x, y):
@@ -481,13 +470,35 @@ final class ExecutionPlan {
     /// Splits 0..<n into contiguous row ranges over `threads` threads (several ranges per thread
     /// for balance), or runs it whole on one thread.
     static func rows(_ n: Int, _ threads: Int, _ body: @escaping @Sendable (Range<Int>) -> Void) {
+        rows(0..<n, threads, body)
+    }
+
+    /// The same for the rows `r`.
+    static func rows(_ r: Range<Int>, _ threads: Int, _ body: @escaping @Sendable (Range<Int>) -> Void) {
+        let n = r.count
         if threads <= 1 || n < 2 {
-            body(0..<n)
+            body(r)
             return
         }
         let chunks = min(n, threads * 4)
         ParallelFor.run(chunks, threads: threads) { k in
-            body((k * n / chunks)..<((k + 1) * n / chunks))
+            body((r.lowerBound + k * n / chunks)..<(r.lowerBound + (k + 1) * n / chunks))
+        }
+    }
+
+    /// A Winograd step over the tile rows `tileRows` of y: contiguous ranges of tile rows
+    /// (Winograd batches tile rows into GEMMs), taken by the threads in order: up to 4 per thread
+    /// while each still fills two GEMM blocks, so that a thread slowed by its neighbours on a
+    /// shared host does not hold the other at the end of every layer.
+    static func winograd(_ w: WinogradConv, _ x: PlanarView, _ y: PlanarView, _ act: Activation, isa: KernelISA, threads: Int,
+                         tileRows: Range<Int>) {
+        let tr = tileRows.count, t0 = tileRows.lowerBound
+        let tiles = tr * ((y.width + w.tileSize - 1) / w.tileSize)
+        let fillingTwoBlocks = tiles / (2 * WinogradConv.blockTiles(isa))
+        let wanted = threads <= 1 ? 1 : max(threads, min(4 * threads, fillingTwoBlocks))
+        let parts = max(1, min(tr, wanted))
+        ParallelFor.run(parts, threads: threads) { k in
+            w.run(x, y, activation: act, isa: isa, tileRows: (t0 + k * tr / parts)..<(t0 + (k + 1) * tr / parts))
         }
     }
 

@@ -350,43 +350,22 @@ final class RowBands {
         let x = stepInput[i].map(view)
         switch steps[i] {
         case let .conv(_, _, p, pad, act):
-            RowBands.split(r, threads) { FastOps.conv2d(x!, y, p, padding: pad, activation: act, isa: isa, rows: $0) }
+            ExecutionPlan.rows(r, threads) { FastOps.conv2d(x!, y, p, padding: pad, activation: act, isa: isa, rows: $0) }
         case let .winograd(_, _, w, act):
             let m = w.tileSize
-            let t0 = r.lowerBound / m, t1 = (r.upperBound + m - 1) / m
-            let tr = t1 - t0
-            let tiles = tr * ((y.width + m - 1) / m)
-            let fillingTwoBlocks = tiles / (2 * WinogradConv.blockTiles(isa))
-            let wanted = threads <= 1 ? 1 : max(threads, min(4 * threads, fillingTwoBlocks))
-            let parts = max(1, min(tr, wanted))
-            ParallelFor.run(parts, threads: threads) { k in
-                w.run(x!, y, activation: act, isa: isa, tileRows: (t0 + k * tr / parts)..<(t0 + (k + 1) * tr / parts))
-            }
+            ExecutionPlan.winograd(w, x!, y, act, isa: isa, threads: threads, tileRows: (r.lowerBound / m)..<((r.upperBound + m - 1) / m))
         case let .activation(_, _, act):
-            RowBands.split(r, threads) { FastOps.activation(x!, y, act, rows: $0) }
+            ExecutionPlan.rows(r, threads) { FastOps.activation(x!, y, act, rows: $0) }
         case .pool:
-            RowBands.split(r, threads) { FastOps.maxpool2x2(x!, y, rows: $0) }
+            ExecutionPlan.rows(r, threads) { FastOps.maxpool2x2(x!, y, rows: $0) }
         case let .convTranspose(_, _, p):
-            RowBands.split(r.lowerBound / 2..<(r.upperBound + 1) / 2, threads) { FastOps.convTranspose2x2(x!, y, p, isa: isa, rows: $0) }
+            ExecutionPlan.rows(r.lowerBound / 2..<(r.upperBound + 1) / 2, threads) { FastOps.convTranspose2x2(x!, y, p, isa: isa, rows: $0) }
         case let .fill(_, value, parameter):
             FastOps.fill(y, value: parameter.flatMap { parameters[$0] } ?? value, rows: r)
         case .copy:
-            RowBands.split(r, threads) { FastOps.copy(x!, y, rows: $0) }
+            ExecutionPlan.rows(r, threads) { FastOps.copy(x!, y, rows: $0) }
         case .wiener:
             preconditionFailure("row bands: a Wiener step needs whole maps")
-        }
-    }
-
-    /// Splits a row range over `threads` threads (several ranges per thread for balance).
-    static func split(_ r: Range<Int>, _ threads: Int, _ body: @escaping @Sendable (Range<Int>) -> Void) {
-        let n = r.count
-        if threads <= 1 || n < 2 {
-            if n > 0 { body(r) }
-            return
-        }
-        let chunks = min(n, threads * 4)
-        ParallelFor.run(chunks, threads: threads) { k in
-            body((r.lowerBound + k * n / chunks)..<(r.lowerBound + (k + 1) * n / chunks))
         }
     }
 }

@@ -54,14 +54,19 @@ extension Demo {
         ev.threads = nThreads
         ev.exposureRatio = ratio
         ev.noisyGain = noise.outputGain   // for sky_vst models
+        guard cap >= 0, cap.isFinite, fluxRestore >= 0, fluxRestore <= FluxRestore.maxSigma else {
+            throw ValidationError("--cap must be >= 0 and --flux-restore from 0 to \(Int(FluxRestore.maxSigma))")
+        }
+        ev.capSigma = cap
+        ev.fluxRestoreSigma = fluxRestore
         let methods: [DenoiseMethod] = [.gaussian(sigmas: [0.3, 0.5, 0.7, 1, 1.4, 2, 2.8]), .median(sizes: [3, 5, 7]),
                                         .starlet(ks: [1.5, 2, 2.5, 3, 3.5, 4], scales: [4, 5]), .network(name: "astro-unet", path: modelPath)]
         print("\(what): short exposure \(noise.description)")
         let (ref, results) = try ev.evaluate(name: what, truth: long, noisy: short, methods: methods) { print($0) }
         print(String(format: "reference: %d sources, FWHM %.2f px, match radius %.2f px", ref.catalogue.count, ref.fwhm, ref.radius))
-        print("\nmethod        TPR[%]      F   RFE[%]  SNR gain  PSNR[dB]    SSIM")
+        print("\nmethod                TPR[%]      F   RFE[%]  SNR gain  PSNR[dB]    SSIM")
         for r in results {
-            print(String(format: "%@ %6.1f  %.3f  %6.2f    %5.2f   %7.2f  %.4f", (r.method == "none" ? "noisy" : r.method).padding(toLength: 12, withPad: " ", startingAt: 0),
+            print(String(format: "%@ %6.1f  %.3f  %6.2f    %5.2f   %7.2f  %.4f", (r.method == "none" ? "noisy" : r.method).padding(toLength: 20, withPad: " ", startingAt: 0),
                          100 * r.detection.tpr, r.detection.fMeasure, 100 * r.detection.relativeFluxError, r.snrGain, r.psnr, r.ssim))
         }
         if let (clean, sources) = exact { printExactScores(results, clean: clean, sources: sources, radius: ref.radius, aperture: ev.detection.apertureRadius) }
@@ -110,11 +115,11 @@ extension Demo {
         let range = (clean.pixels.max() ?? 1) - (clean.pixels.min() ?? 0)
         print(String(format: "\nagainst the exact truth (%d stars, %d galaxies; flux error of the isolated stars off galaxies, their exact flux in the %.0f px aperture) and the noiseless sky:",
                      sources.filter { $0.kind == .star }.count, sources.filter { $0.kind == .galaxy }.count, aperture))
-        print("method        TPR[%]   prec      F   RFE[%]  bias[%]  PSNR[dB]    SSIM")
+        print("method                TPR[%]   prec      F   RFE[%]  bias[%]  PSNR[dB]    SSIM")
         for r in results {
             let d = ExactScoring.score(sources: sources, scale: 1, detected: r.catalogue, radius: radius, apertureRadius: aperture,
                                        width: clean.width, height: clean.height)
-            print(String(format: "%@ %6.1f  %.3f  %.3f  %6.2f  %+6.2f   %7.2f  %.4f", (r.method == "none" ? "noisy" : r.method).padding(toLength: 12, withPad: " ", startingAt: 0),
+            print(String(format: "%@ %6.1f  %.3f  %.3f  %6.2f  %+6.2f   %7.2f  %.4f", (r.method == "none" ? "noisy" : r.method).padding(toLength: 20, withPad: " ", startingAt: 0),
                          100 * d.tpr, d.precision, d.fMeasure, 100 * d.relativeFluxError, -100 * d.relativeFluxBias,
                          Metrics.psnr(clean, r.restored, dataRange: range), Metrics.ssim(clean, r.restored, dataRange: range)))
         }

@@ -64,7 +64,8 @@ final class InjectionCLITests: XCTestCase {
 
     func testDenoiseDemoIsScoredAgainstTheExactSourceList() throws {
         let exe = try astrocnnExecutable()
-        let (s, o, e) = try runProcess(exe, ["demo", "--task", "denoise", "--size", "256", "--output", dir + "/demo"])
+        let (s, o, e) = try runProcess(exe, ["demo", "--task", "denoise", "--size", "256", "--output", dir + "/demo", "--cap", "50",
+                                             "--flux-restore", "1.5"])
         XCTAssertEqual(s, 0, o + e)
         let lines = o.split(separator: "\n")
         let start = try XCTUnwrap(lines.firstIndex { $0.contains("against the exact truth") }, o)
@@ -75,7 +76,11 @@ final class InjectionCLITests: XCTestCase {
             guard f.count == 8, let v = Optional(f.dropFirst().compactMap { Double($0) }), v.count == 7 else { continue }
             rows[String(f[0])] = v
         }
-        XCTAssertEqual(Set(rows.keys), ["noisy", "gaussian", "median", "starlet", "astro-unet"], o)
+        XCTAssertEqual(Set(rows.keys), ["noisy", "gaussian", "median", "starlet", "astro-unet", "astro-unet+cap", "astro-unet+flux",
+                                        "astro-unet+cap+flux"], o)
+        // The flux restore gives back flux the network took from the stars (bias toward 0).
+        let net = try XCTUnwrap(rows["astro-unet"]), flux = try XCTUnwrap(rows["astro-unet+flux"])
+        XCTAssertLessThan(abs(flux[4]), abs(net[4]), o)
         // At 5 sigma every detection of the short exposure is a listed star or a piece of a
         // listed galaxy (precision 1); the faintest stars (1,000 e-, peaks about 4 sigma) are
         // mostly missed, so TPR against the exact list is well under 100%; isolated stars off
