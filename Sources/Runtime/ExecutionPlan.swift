@@ -173,13 +173,15 @@ final class ExecutionPlan {
     let outputView: PlanarView
     let isa: KernelISA
 
-    /// With `measureOnly`, buffers get layouts but no memory: the plan can report `bytes` but
-    /// must not run.
     /// Row bands (`RowBands`): the steps run depth-first by bands of rows, each map in a window
-    /// of rows; nil when the plan runs whole maps in its arena (measuring plans, maps of at most
-    /// two bands, a Wiener step, `bandRows` 0 or `ASTROCNN_ROW_BANDS=0`).
+    /// of rows, when `bandRows` > 0 is given or `ASTROCNN_ROW_BANDS=1` is set (off by default);
+    /// nil when the plan runs whole maps in its arena (the default; measuring plans, maps of at
+    /// most two bands, a Wiener step).
     let bands: RowBands?
 
+    /// With `measureOnly`, buffers get layouts but no memory: the plan can report `bytes` but
+    /// must not run. `bandRows`: input rows per band of a row-band run (nil: the environment's
+    /// choice, see `bands`; 0: whole maps).
     init(network: Network, packed: PackedWeights?, height: Int, width: Int, isa: KernelISA, algorithm: ConvAlgorithm = .auto,
          measureOnly: Bool = false, bandRows: Int? = nil) throws {
         self.height = height
@@ -320,7 +322,7 @@ final class ExecutionPlan {
         if !measureOnly { PhaseProfile.shared.mark("plan: steps (+ Winograd weights)") }
         let bandRows = bandRows ?? (RowBands.enabled ? RowBands.defaultBandRows : 0)
         if bandRows > 0 && !measureOnly && height > 2 * bandRows,
-           let b = RowBands(steps: steps, input: inputView, output: outputView, bandRows: bandRows, measureOnly: false) {
+           let b = RowBands(steps: steps, input: inputView, output: outputView, bandRows: bandRows) {
             PhaseProfile.shared.mark("plan: row-band windows")
             bands = b
             arenaFloats = 0

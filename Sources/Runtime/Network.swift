@@ -179,7 +179,7 @@ public final class Network: @unchecked Sendable {
         return p
     }
 
-    /// Runs the whole graph on one input map. `bandRows`: output rows per band of a row-band
+    /// Runs the whole graph on one input map. `bandRows`: input rows per band of a row-band
     /// run (`RowBands`; 0: whole maps; nil: the default, row bands on maps taller than two
     /// bands); `bytes`, if given, receives the plan's feature-map bytes.
     public func forward(_ input: FeatureMap, parameters: [String: Float] = [:], algorithm: ConvAlgorithm = .auto,

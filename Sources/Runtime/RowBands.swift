@@ -85,7 +85,7 @@ final class RowBands {
     /// Bytes of the windows.
     var bytes: Int { windows.reduce(0) { $0 + $1.buffer.layout.allocation * 4 } }
 
-    /// The default band: `ASTROCNN_BAND_ROWS`, else 64 output rows (4 rows at the bottom of a
+    /// The default band: `ASTROCNN_BAND_ROWS`, else 64 input rows (4 rows at the bottom of a
     /// U-net of 4 poolings, enough for 2 threads to split).
     static var defaultBandRows: Int {
         if let s = getenv("ASTROCNN_BAND_ROWS").map({ String(cString: $0) }), let v = Int(s), v > 0 { return v }
@@ -98,7 +98,7 @@ final class RowBands {
 
     /// Steps whose views are on layout-only buffers (`ExecutionPlan` before its arena); nil when
     /// a step needs whole maps (a Wiener deconvolution).
-    init?(steps: [ExecutionPlan.Step], input inputView: PlanarView, output outputView: PlanarView, bandRows: Int, measureOnly: Bool) {
+    init?(steps: [ExecutionPlan.Step], input inputView: PlanarView, output outputView: PlanarView, bandRows: Int) {
         var ids: [ObjectIdentifier: Int] = [:]
         var buffers: [PlanarBuffer] = []
         func access(_ v: PlanarView) -> Access {
@@ -173,7 +173,7 @@ final class RowBands {
             let storage = PlanarLayout(channels: b.layout.channels, height: capacity, width: b.layout.width, margin: b.layout.margin)
             var logical = storage
             logical.height = h
-            return Window(buffer: measureOnly ? PlanarBuffer(layoutOnly: storage) : PlanarBuffer(storage), layout: logical, capacity: capacity)
+            return Window(buffer: PlanarBuffer(storage), layout: logical, capacity: capacity)
         }
     }
 
