@@ -13,7 +13,7 @@ import Foundation
 /// stay undefined.
 ///
 /// Rows stream in (`push`), as the streaming restore makes them, and come out once the rows
-/// `radius` below them have arrived; memory holds about 2 radius + one band of rows.
+/// `radius` below them have arrived; it holds 2 radius + 1 rows besides the rows it returns.
 public final class FluxRestore {
     /// The largest sigma accepted (pixels): the rows kept grow as 8 sigma.
     public static let maxSigma = 16.0
@@ -67,10 +67,14 @@ public final class FluxRestore {
 
     /// Adds the next rows (y0 ..< y0 + n, in order, `width` values each) of the network's output
     /// and of its input (in the same units); returns the rows now complete (their first row, the
-    /// flux-restored rows and the input rows), or nil.
+    /// flux-restored rows and the input rows), or nil. Each row is filtered along its length as it
+    /// comes and down its column as soon as the rows below it are in, so only 2 radius + 1 rows
+    /// of the filtered difference are held.
     public func push(_ y0: Int, restored out: [Float], input inp: [Float]) -> (y0: Int, restored: [Float], input: [Float])? {
         precondition(y0 == received && out.count == inp.count && out.count % width == 0)
         let n = out.count / width
+        var first: Int?
+        var done = [Float](), doneInput = [Float]()
         for k in 0..<n {
             let o = Array(out[(k * width)..<((k + 1) * width)]), x = Array(inp[(k * width)..<((k + 1) * width)])
             var d = [Double](repeating: 0, count: width), v = [Double](repeating: 0, count: width)
@@ -93,17 +97,19 @@ public final class FluxRestore {
             input.append(x)
             num.append(hn)
             den.append(hd)
+            received += 1
+            let end = received == height ? height : max(emitted, received - radius)
+            if end > emitted {
+                if first == nil { first = emitted }
+                emit(upTo: end, into: &done, &doneInput)
+            }
         }
-        received += n
-        return take(upTo: received == height ? height : max(emitted, received - radius))
+        return first.map { ($0, done, doneInput) }
     }
 
-    /// The rows [emitted, end), filtered down the columns; drops the rows no later row needs.
-    private func take(upTo end: Int) -> (y0: Int, restored: [Float], input: [Float])? {
-        guard end > emitted else { return nil }
-        var out = [Float](), inp = [Float]()
-        out.reserveCapacity((end - emitted) * width)
-        inp.reserveCapacity((end - emitted) * width)
+    /// Appends the rows [emitted, end), filtered down the columns; drops the rows no later row
+    /// needs.
+    private func emit(upTo end: Int, into out: inout [Float], _ inp: inout [Float]) {
         var s = [Double](repeating: 0, count: width), w = [Double](repeating: 0, count: width)
         for y in emitted..<end {
             for i in 0..<width { s[i] = 0; w[i] = 0 }
@@ -121,7 +127,6 @@ public final class FluxRestore {
             }
             inp.append(contentsOf: input[y - lo])
         }
-        let y0 = emitted
         emitted = end
         // Later rows read rows from (next row - radius) on (reflection near the bottom reads
         // rows nearer the bottom than that).
@@ -130,7 +135,6 @@ public final class FluxRestore {
             restored.removeFirst(drop); input.removeFirst(drop); num.removeFirst(drop); den.removeFirst(drop)
             lo += drop
         }
-        return (y0, out, inp)
     }
 
     /// The whole image at once (`height` rows of `width`).
