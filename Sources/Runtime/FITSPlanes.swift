@@ -21,6 +21,19 @@ extension PixelSource {
     }
 }
 
+/// A source that reads another one and changes its pixels (masks, a cap): its path, size and
+/// header are the other's.
+public protocol DerivedSource: PixelSource {
+    var base: PixelSource { get }
+}
+
+extension DerivedSource {
+    public var path: String { base.path }
+    public var width: Int { base.width }
+    public var height: Int { base.height }
+    public var headerCards: [String] { base.headerCards }
+}
+
 extension FITSReader: PixelSource {}
 
 /// What an image HDU holds, read from its header without reading pixels: its axes (cubes
@@ -135,7 +148,7 @@ public struct FITSProbe: Sendable {
 
 /// A source with bad-pixel masks applied: a pixel is invalid where the source is invalid, or
 /// where any mask is non-zero (or itself undefined). Masks must have the source's size.
-public final class MaskedSource: PixelSource {
+public final class MaskedSource: DerivedSource {
     public let base: PixelSource
     public let masks: [PixelSource]
     private var mp: [Float] = [], mi: [Bool] = []
@@ -147,11 +160,6 @@ public final class MaskedSource: PixelSource {
         self.base = base
         self.masks = masks
     }
-
-    public var path: String { base.path }
-    public var width: Int { base.width }
-    public var height: Int { base.height }
-    public var headerCards: [String] { base.headerCards }
 
     public func readWindow(rows: Range<Int>, columns: Range<Int>, pixels: inout [Float], invalid: inout [Bool]) throws {
         try base.readWindow(rows: rows, columns: columns, pixels: &pixels, invalid: &invalid)
@@ -202,7 +210,7 @@ public final class MeanSource: PixelSource {
 
 /// A source whose values above `cap` read as `cap`: bright cores the network sees flat-topped
 /// (`RestoreExtras.capSigma`; the restore adds the excess back to the network's output).
-public final class CappedSource: PixelSource {
+public final class CappedSource: DerivedSource {
     public let base: PixelSource
     public let cap: Float
 
@@ -210,11 +218,6 @@ public final class CappedSource: PixelSource {
         self.base = base
         self.cap = cap
     }
-
-    public var path: String { base.path }
-    public var width: Int { base.width }
-    public var height: Int { base.height }
-    public var headerCards: [String] { base.headerCards }
 
     public func readWindow(rows: Range<Int>, columns: Range<Int>, pixels: inout [Float], invalid: inout [Bool]) throws {
         try base.readWindow(rows: rows, columns: columns, pixels: &pixels, invalid: &invalid)
@@ -248,7 +251,7 @@ public enum BrightCap {
             let first = y0 * w
             var i = (first + stride - 1) / stride * stride
             while i < first + n * w {
-                if !inv[i - first] { samples.append(Double(px[i - first])) } else { samples.append(.nan) }
+                samples.append(Double(px[i - first]))   // NaN where invalid: the estimate skips it
                 i += stride
             }
             y0 += n

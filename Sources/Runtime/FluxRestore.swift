@@ -57,7 +57,7 @@ public final class FluxRestore {
         guard sigma.isFinite, sigma > 0, sigma <= FluxRestore.maxSigma else {
             throw ScaleError.badInput("--flux-restore takes a Gaussian sigma in pixels, above 0 and at most \(Int(FluxRestore.maxSigma)) (about the PSF's sigma: FWHM / 2.355)")
         }
-        precondition(width > 0 && height > 0)
+        guard width > 0, height > 0 else { throw ScaleError.badInput("flux restore: the image is empty (\(width)x\(height))") }
         self.sigma = sigma
         self.width = width
         self.height = height

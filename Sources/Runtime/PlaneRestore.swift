@@ -74,14 +74,15 @@ public enum PlaneRestore {
         }
     }
 
-    /// Checks the extras against the model: flux restore is for denoisers (a deconvolution's
-    /// output differs from its input at the PSF's scales by design).
+    /// Checks the extras against the model: flux restore and the bright cap are for denoisers (a
+    /// deconvolution's output differs from its input at the PSF's scales by design).
     public static func validate(_ extras: RestoreExtras, network: Network) throws {
         try validate(extras)
-        if extras.fluxSigma > 0 && ModelSearch.task(metadata: network.metadata) == .deconvolve {
+        guard ModelSearch.task(metadata: network.metadata) == .deconvolve else { return }
+        if extras.fluxSigma > 0 {
             throw ScaleError.badInput("--flux-restore adds back the large scales of what a denoiser removed; \(network.name) is a deconvolution model, whose output differs from its input at the PSF's scales by design")
         }
-        if extras.capSigma > 0 && ModelSearch.task(metadata: network.metadata) == .deconvolve {
+        if extras.capSigma > 0 {
             throw ScaleError.badInput("--cap passes bright cores through undenoised; \(network.name) is a deconvolution model, which must see whole sources to deconvolve them")
         }
     }
@@ -184,22 +185,7 @@ public enum PlaneRestore {
                 let cap = extras.capSigma > 0 ? caps[k] : nil
                 tiles += try StreamingRestore.restoreWindow(source, network: network, layout: layout, statistics: stats[k],
                                                             rows: 0..<h, columns: 0..<w, options: o) { y0, n, restored in
-                    if flux != nil || cap != nil {
-                        try inputs[0].readRows(y0, n, pixels: &px, invalid: &inv)
-                        for i in 0..<px.count where inv[i] { px[i] = .nan }
-                        var restored = restored
-                        // The excess over the cap, added back where the network saw the cap.
-                        if let c = cap { for i in 0..<px.count where px[i] > c && !restored[i].isNaN { restored[i] += px[i] - c } }
-                        var r0 = y0, back = restored, x = px
-                        if let f = flux {
-                            // Rows come out of the flux restore once the rows its Gaussian reads below them are in.
-                            guard let done = f.push(y0, restored: restored, input: px) else { return }
-                            (r0, back, x) = (done.y0, done.restored, done.input)
-                        }
-                        var out = back
-                        if s != 1 { for i in 0..<out.count { out[i] = s * back[i] + (1 - s) * x[i] } }
-                        try out.withUnsafeBufferPointer { try writer.writeRows(r0, $0, plane: k) }
-                    } else if extras.luminance {
+                    if extras.luminance {
                         var planePixels: [[Float]] = []
                         for j in 0..<3 {
                             try inputs[j].readRows(y0, n, pixels: &px, invalid: &inv)
@@ -217,13 +203,23 @@ public enum PlaneRestore {
                             }
                         }
                         for j in 0..<3 { try out[j].withUnsafeBufferPointer { try writer.writeRows(y0, $0, plane: j) } }
-                    } else if s != 1 {
-                        try source.readRows(y0, n, pixels: &px, invalid: &inv)
-                        var out = restored
-                        for i in 0..<out.count { out[i] = s * restored[i] + (1 - s) * px[i] }
-                        try out.withUnsafeBufferPointer { try writer.writeRows(y0, $0, plane: k) }
-                    } else {
+                    } else if flux == nil && cap == nil && s == 1 {
                         try restored.withUnsafeBufferPointer { try writer.writeRows(y0, $0, plane: k) }
+                    } else {
+                        // The input rows (NaN where invalid): for the excess over the cap, the flux
+                        // restore and the blend.
+                        try inputs[0].readRows(y0, n, pixels: &px, invalid: &inv)
+                        var restored = restored
+                        // The excess over the cap, added back where the network saw the cap.
+                        if let c = cap { for i in 0..<px.count where px[i] > c && !restored[i].isNaN { restored[i] += px[i] - c } }
+                        var r0 = y0, back = restored, x = px
+                        if let f = flux {
+                            // Rows come out of the flux restore once the rows its Gaussian reads below them are in.
+                            guard let done = f.push(y0, restored: restored, input: px) else { return }
+                            (r0, back, x) = (done.y0, done.restored, done.input)
+                        }
+                        if s != 1 { for i in 0..<back.count { back[i] = s * back[i] + (1 - s) * x[i] } }
+                        try back.withUnsafeBufferPointer { try writer.writeRows(r0, $0, plane: k) }
                     }
                 }
             }

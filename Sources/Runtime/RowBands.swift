@@ -59,6 +59,11 @@ final class RowBands {
         let window: Int
         let channel: Int
         let channels: Int
+
+        /// Whether the two share a window and a channel.
+        func overlaps(_ b: Access) -> Bool {
+            window == b.window && channel < b.channel + b.channels && b.channel < channel + channels
+        }
     }
 
     let steps: [ExecutionPlan.Step]
@@ -74,6 +79,8 @@ final class RowBands {
     let readers: [[Int]]
     let input: Access
     let output: Access
+    /// The steps writing the plan's output.
+    let outputSteps: [Int]
     let height: Int
     let outputHeight: Int
     let bandRows: Int
@@ -131,9 +138,6 @@ final class RowBands {
             }
         }
         let output = access(outputView)
-        func overlaps(_ a: Access, _ b: Access) -> Bool {
-            a.window == b.window && a.channel < b.channel + b.channels && b.channel < a.channel + a.channels
-        }
         var producers: [[Int]] = []
         var writers = [[Int]](repeating: [], count: buffers.count), readers = [[Int]](repeating: [], count: buffers.count)
         writers[input.window].append(-1)
@@ -142,8 +146,8 @@ final class RowBands {
             var p: [Int] = []
             if let x = ins[i] {
                 readers[x.window].append(i)
-                if overlaps(x, input) { p.append(-1) }
-                for j in 0..<i where overlaps(outs[j], x) { p.append(j) }
+                if x.overlaps(input) { p.append(-1) }
+                for j in 0..<i where outs[j].overlaps(x) { p.append(j) }
             }
             producers.append(p)
         }
@@ -157,6 +161,7 @@ final class RowBands {
         self.readers = readers
         self.input = input
         self.output = output
+        self.outputSteps = steps.indices.filter { outs[$0].overlaps(output) }
         self.height = inputView.height
         self.outputHeight = outputView.height
         self.bandRows = bandRows
@@ -256,17 +261,13 @@ final class RowBands {
                     st.done[i] = r
                 }
             }
-            let made = steps.indices.filter { overlaps(stepOutput[$0], output) }.map { st.done[$0] }.min() ?? outputHeight
+            let made = outputSteps.map { st.done[$0] }.min() ?? outputHeight
             if made > st.taken {
                 take?(st.taken..<made)
                 st.taken = made
             }
             precondition(st.loaded != before.0 || st.done != before.1 || st.taken >= outputHeight, "row bands: no progress")
         }
-    }
-
-    private func overlaps(_ a: Access, _ b: Access) -> Bool {
-        a.window == b.window && a.channel < b.channel + b.channels && b.channel < a.channel + a.channels
     }
 
     /// The view of `a` in its window as it stands (row y at position y - lo).

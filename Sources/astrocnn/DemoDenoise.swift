@@ -54,9 +54,9 @@ extension Demo {
         ev.threads = nThreads
         ev.exposureRatio = ratio
         ev.noisyGain = noise.outputGain   // for sky_vst models
-        guard cap >= 0, cap.isFinite, fluxRestore >= 0, fluxRestore <= FluxRestore.maxSigma else {
-            throw ValidationError("--cap must be >= 0 and --flux-restore from 0 to \(Int(FluxRestore.maxSigma))")
-        }
+        guard cap >= 0, cap.isFinite else { throw ValidationError("--cap must be >= 0") }
+        guard fluxRestore >= 0, fluxRestore.isFinite else { throw ValidationError("--flux-restore must be >= 0") }
+        if fluxRestore > 0 { _ = try FluxRestore(width: 1, height: 1, sigma: fluxRestore) }   // its range, before any work
         ev.capSigma = cap
         ev.fluxRestoreSigma = fluxRestore
         let methods: [DenoiseMethod] = [.gaussian(sigmas: [0.3, 0.5, 0.7, 1, 1.4, 2, 2.8]), .median(sizes: [3, 5, 7]),

@@ -86,6 +86,7 @@ extension Evaluate {
         ev.exposureRatio = denoise.ratio
         ev.psfMatch = denoise.psfMatch
         guard denoise.fluxRestore >= 0, denoise.fluxRestore.isFinite else { throw ValidationError("--flux-restore must be >= 0") }
+        if denoise.fluxRestore > 0 { _ = try FluxRestore(width: 1, height: 1, sigma: denoise.fluxRestore) }   // its range, before any work
         ev.fluxRestoreSigma = denoise.fluxRestore
         guard denoise.cap >= 0, denoise.cap.isFinite else { throw ValidationError("--cap must be >= 0") }
         ev.capSigma = denoise.cap

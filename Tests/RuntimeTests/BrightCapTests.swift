@@ -13,11 +13,7 @@ final class BrightCapTests: XCTestCase {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let exe = try astrocnnExecutable()
-        var model = try Architectures.unet(name: "tiny-denoiser", widths: [4, 8], normalization: "sky_mad", initializer: randomInit(seed: 71))
-        model.metadata["training.task"] = .string("denoise")
-        try ModelWriter.write(model, to: dir + "/d.acnn")
-        model.metadata["training.task"] = .string("deconvolve")
-        try ModelWriter.write(model, to: dir + "/c.acnn")
+        try writeTaskModels(dir, seed: 71)
         let (w, h) = (80, 96)
         var g = SplitMix64(seed: 72)
         var px = (0..<(w * h)).map { _ in 100 + 20 * (g.float() - 0.5) }

@@ -76,6 +76,7 @@ final class FluxRestoreRuntimeTests: XCTestCase {
         XCTAssertThrowsError(try FluxRestore(width: 4, height: 4, sigma: 0))
         XCTAssertThrowsError(try FluxRestore(width: 4, height: 4, sigma: FluxRestore.maxSigma * 2))
         XCTAssertThrowsError(try FluxRestore(width: 4, height: 4, sigma: .nan))
+        XCTAssertThrowsError(try FluxRestore(width: 0, height: 4, sigma: 1.5))
     }
 
     /// `denoise --flux-restore S` writes the plain output with the flux restore applied (same
@@ -85,11 +86,7 @@ final class FluxRestoreRuntimeTests: XCTestCase {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let exe = try astrocnnExecutable()
-        var model = try Architectures.unet(name: "tiny-denoiser", widths: [4, 8], normalization: "sky_mad", initializer: randomInit(seed: 61))
-        model.metadata["training.task"] = .string("denoise")
-        try ModelWriter.write(model, to: dir + "/d.acnn")
-        model.metadata["training.task"] = .string("deconvolve")
-        try ModelWriter.write(model, to: dir + "/c.acnn")
+        try writeTaskModels(dir, seed: 61)
         let (w, h) = (72, 150)
         var g = SplitMix64(seed: 62)
         var px = (0..<(w * h)).map { _ in 100 + 10 * g.float() }

@@ -15,6 +15,16 @@ func randomInit(seed: UInt64) -> ModelBuilder.Initializer {
     }
 }
 
+/// A tiny random U-net written twice into `dir`: as a denoiser (`d.acnn`) and as a
+/// deconvolution model (`c.acnn`, which the denoisers' options refuse).
+func writeTaskModels(_ dir: String, seed: UInt64) throws {
+    var model = try Architectures.unet(name: "tiny-denoiser", widths: [4, 8], normalization: "sky_mad", initializer: randomInit(seed: seed))
+    model.metadata["training.task"] = .string("denoise")
+    try ModelWriter.write(model, to: dir + "/d.acnn")
+    model.metadata["training.task"] = .string("deconvolve")
+    try ModelWriter.write(model, to: dir + "/c.acnn")
+}
+
 /// The repository root (two levels above this file's folder).
 let repositoryRoot: String = {
     var url = URL(fileURLWithPath: #filePath)
