@@ -23,6 +23,10 @@ public enum Method: Sendable, Equatable {
     /// max 1): as it is for the flamary models, through the model's own sky_mad rule for U-nets.
     case network(name: String, path: String)
 
+    /// A model name with this suffix (`psf+dc`) runs the model with the runtime's data-consistency
+    /// correction (`DataConsistency`, `restore --data-consistency`).
+    public static let dataConsistencySuffix = "+dc"
+
     public var name: String {
         switch self {
         case .none: return "none"
@@ -117,7 +121,7 @@ public struct Evaluator {
                 if best == nil || p > best!.2 { best = (x, mu, p) }
             }
             return (best!.0, "mu=\(best!.1),iterations=\(iters)")
-        case .network(_, let path):
+        case .network(let name, let path):
             let net = try Network(path: path)
             if net.wienerContext != nil {
                 // A PSF-aware model deconvolves with the degradation's own PSF, given at run time.
@@ -129,9 +133,11 @@ public struct Evaluator {
             // A max-normalised model (clip_max) gets the degraded image as it is, already in its
             // units; a sky_mad or noise_mad model normalises it by its own sky and noise and inverts that, as restore does.
             opts.normalization = net.normalization == .clipMax ? Normalization.Kind.none : net.normalization
-            let (px, _) = try Restoration.restore(fits, network: net, options: opts)
+            // NAME+dc: the runtime's data-consistency correction after the network (restore --data-consistency).
+            opts.dataConsistency = name.hasSuffix(Method.dataConsistencySuffix)
+            let (px, report) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
-                    "model=\((path as NSString).lastPathComponent)")
+                    "model=\((path as NSString).lastPathComponent)" + (report.dataConsistency.map { ",dc=\($0.keyword)" } ?? ""))
         }
     }
 

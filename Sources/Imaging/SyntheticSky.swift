@@ -18,6 +18,10 @@ public struct SyntheticSky: Sendable {
     /// Diffuse emission: this many large Gaussian clouds (nebulae, galactic cirrus).
     public var clouds: Int
     public var background: Double
+    /// The stars' FWHM is drawn uniformly in this range (pixels).
+    public var starFWHM: ClosedRange<Double> = 2.2...2.8
+    /// Whether the constant sky has a gentle linear gradient.
+    public var gradient = true
 
     public init(size: Int = 512, stars: Int = 300, galaxies: Int = 12, clouds: Int = 0, background: Double = 0.02, seed: UInt64 = 1) {
         (self.size, self.stars, self.galaxies, self.clouds, self.background, self.seed) = (size, stars, galaxies, clouds, background, seed)
@@ -33,11 +37,27 @@ public struct SyntheticSky: Sendable {
                             clouds: Int(12 * u(&rng)), background: 0.1 * u(&rng), seed: seed)
     }
 
+    /// A sparse field for training deconvolution (issue 24): stars and galaxies on a zero sky (no
+    /// background, clouds or gradient: between the sources only their wings), as a sky-subtracted
+    /// space-telescope or IFU image clipped at 0:
+    /// 50 to 1,500 stars per 512² of FWHM 1-3 px (sharper than the PSFs they are blurred by),
+    /// 0 to 20 galaxies. Its seeds are offset by 1,000,000 from `varied`'s and the demo's.
+    public static func sparse(size: Int, seed: UInt64) -> SyntheticSky {
+        var rng = SplitMix64(seed: seed ^ 0x5BA2_5E00_F1E1D)
+        let u = { (r: inout SplitMix64) in Double(r.next() >> 11) * 0x1p-53 }
+        let area = Double(size * size) / (512.0 * 512.0)
+        var sky = SyntheticSky(size: size, stars: Int(area * (50 + 1450 * u(&rng) * u(&rng))), galaxies: Int(area * 20 * u(&rng)),
+                               clouds: 0, background: 0, seed: seed &+ 1_000_000)
+        sky.starFWHM = 1.0...3.0
+        sky.gradient = false
+        return sky
+    }
+
     /// The rendered sky as a training image (named by its seed, checksummed by its pixels).
     public func sourceImage() -> SourceImage {
         let img = render()
         let crc = img.pixels.withUnsafeBytes { CRC32C.checksum($0) }
-        return SourceImage(name: "synthetic-\(size)-seed\(seed)", checksum: crc, raw: img)
+        return SourceImage(name: "synthetic-\(gradient || background != 0 ? "" : "sparse-")\(size)-seed\(seed)", checksum: crc, raw: img)
     }
 
     public func render() -> Image2D { renderWithSources().image }
@@ -50,7 +70,8 @@ public struct SyntheticSky: Sendable {
         func uniform(_ a: Double, _ b: Double) -> Double { a + (b - a) * Double(rng.next() >> 11) * 0x1p-53 }
         let n = size
         var img = Image2D(height: n, width: n)
-        let gx = uniform(-1, 1) * 0.01, gy = uniform(-1, 1) * 0.01
+        var gx = uniform(-1, 1) * 0.01, gy = uniform(-1, 1) * 0.01
+        if !gradient { (gx, gy) = (0, 0) }
         for y in 0..<n { for x in 0..<n {
             img[y, x] = background + gx * Double(x) / Double(n) + gy * Double(y) / Double(n)
         } }
@@ -94,7 +115,7 @@ public struct SyntheticSky: Sendable {
         for _ in 0..<stars {
             let cx = uniform(0, Double(n)), cy = uniform(0, Double(n))
             let flux = 0.05 * pow(uniform(0.05 / 10, 1), -1.0)
-            let fwhm = uniform(2.2, 2.8)
+            let fwhm = uniform(starFWHM.lowerBound, starFWHM.upperBound)
             let alpha = fwhm / (2 * (pow(2, 1 / beta) - 1).squareRoot())
             let norm = flux * (beta - 1) / (Double.pi * alpha * alpha)
             list.append(SyntheticSource(kind: .star, x: cx, y: cy, flux: flux, fwhm: fwhm, beta: beta,

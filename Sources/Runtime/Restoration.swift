@@ -20,6 +20,29 @@ public struct RestoreReport: Sendable {
     /// The run-time parameters the network ran with (the options' and those the image set: the
     /// Wiener step's lambda).
     public var parameters: [String: Float] = [:]
+    /// What the data-consistency correction did (`DataConsistency`), nil when not asked for.
+    public var dataConsistency: DataConsistencySummary?
+}
+
+/// What the data-consistency correction did, for the report and the header.
+public struct DataConsistencySummary: Sendable {
+    public var mu: Double
+    public var excess: Double
+    public var applied: Bool
+
+    public var keyword: String {
+        applied ? String(format: "mu=%.4g", mu) : (mu.isFinite ? String(format: "rejected excess=%.3g", excess) : "none")
+    }
+
+    public var history: String {
+        if applied {
+            return "Data consistency: the network's error estimated from its residual R = input - PSF * output as conj(H) R / (|H|^2 + mu), mu \(String(format: "%.4g", mu)) (noise units) by the smallest estimated error, added"
+        }
+        if mu.isFinite {
+            return "Data consistency: not applied; the correction's energy was \(String(format: "%.3g", excess)) times what blur plus white noise predicts (limit \(Int(DataConsistency.maxExcess))): the residual holds what that model cannot explain"
+        }
+        return "Data consistency: the residual (input - PSF * output) holds nothing above the noise; output unchanged"
+    }
 }
 
 /// The restoration pipeline, one place for each step:
@@ -46,6 +69,9 @@ public enum Restoration {
         /// The PSF bound to the model's Wiener step (`Network.psfDescription`), for the options
         /// signature that decides whether a batch output is up to date.
         public var psf: String?
+        /// Deconvolution models with a Wiener step: correct the network's output against the
+        /// observation (`DataConsistency`), in memory.
+        public var dataConsistency = false
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
                     algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
@@ -132,11 +158,24 @@ public enum Restoration {
         for y in 0..<h {
             for x in 0..<w { restored[y * w + x] = out.data[y * out.width + x] }
         }
+        var dc: DataConsistency.Result?
+        if options.dataConsistency {
+            guard let k = network.psf, norm.kind == .noiseMAD else {
+                throw RuntimeError.unsupportedModel("data consistency corrects a deconvolution model's output against its input with the PSF it deconvolved by; '\(network.name)' has no Wiener step bound to a PSF in noise_mad units")
+            }
+            try MemoryBudget.check(Double(DataConsistency.workBytes(height: h, width: w, psfSide: max(k.height, k.width))),
+                                   "the data-consistency correction of the \(w)x\(h) image")
+            var observed = networkUnits
+            for i in observed.indices where image.invalid[i] { observed[i] = .nan }
+            dc = DataConsistency.correct(observed: observed, estimate: restored, height: h, width: w, psf: k, threads: options.threads)
+            restored = dc!.image
+        }
         restored = norm.invert(restored)
         for i in 0..<restored.count where image.invalid[i] { restored[i] = .nan }
         let tiles = runner.tileCount(outputHeight: out.height, outputWidth: out.width)
         let report = RestoreReport(width: w, height: h, invalidPixels: image.invalidCount, normalization: norm, padding: pads,
-                                   tiles: tiles, seconds: Date().timeIntervalSince(start), parameters: parameters)
+                                   tiles: tiles, seconds: Date().timeIntervalSince(start), parameters: parameters,
+                                   dataConsistency: dc.map { .init(mu: $0.mu, excess: $0.excess, applied: $0.applied) })
         return (restored, report)
     }
 
@@ -174,6 +213,10 @@ public enum Restoration {
         let (pk, ph) = network.psfProvenance
         keywords += pk
         history += ph
+        if let d = report.dataConsistency {
+            keywords.append(("ACNNDC", .string(d.keyword), "data-consistency correction (mu in noise units)"))
+            history.append(d.history)
+        }
         if let c = command { history.append("Command: \(c)") }
         try FITSIO.writeImage(path: output, width: image.width, height: image.height, pixels: pixels, headerCards: image.headerCards,
                               provenance: .init(keywords: keywords, history: history), overwrite: overwrite)

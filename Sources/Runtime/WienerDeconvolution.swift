@@ -188,24 +188,12 @@ public enum WienerDeconvolution {
     /// The side fraction of the Tukey window `riskLambda` estimates the spectra through.
     static let riskTaper = 0.125
 
-    /// The lambda of the grid with the smallest estimated mean squared error of the deconvolved
-    /// map itself (not of its re-blurred fit, which the discrepancy principle and GCV judge):
-    /// R(lambda) = sum_f |1 - W H|^2 S(f) + |W|^2 P, with W = conj(H) / (|H|^2 + lambda L^2) and
-    /// P the white noise's power per frequency. The noise term is exact for white noise, so a
-    /// stop band of the PSF (an Airy's beyond its cut-off) is never inverted. The signal's power
-    /// spectrum S is estimated from the map itself, seen through a Tukey window (cosine tapers
-    /// over `riskTaper` of each side, the median subtracted, zero-padded to the same grid): the
-    /// frame's borders, where the mirror padding differs from the sky outside, would otherwise
-    /// add a step spectrum that passes for signal where |H| is small. On rings of equal spatial
-    /// frequency, S is the ring's mean windowed |Y|^2 less the noise's (v times the window's sum
-    /// of squares), over the ring's mean |H|^2, where it stands 4 standard errors out of the
-    /// noise; never above the ring before it (a sky's spectrum does not rise with frequency:
-    /// point sources, the sharpest it holds, are flat); 0 from the first ring where nothing is
-    /// seen. To that the borders' error is added (below): the interior's dependence on the
-    /// unknown sky outside the frame. Measured in docs/EVALUATION.md (Part 1d), on the training
-    /// images degraded by three PSFs at two noise levels and on simulated skies.
-    static func riskLambda(_ s: Spectra, input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int,
-                           noiseVariance v: Double, threads: Int) -> Double {
+    /// The signal's power spectrum on rings of equal spatial frequency, estimated from the map
+    /// seen through a Tukey window (what `riskLambda` describes): the ring of each frequency of
+    /// the padded grid, the signal power per ring and the white noise's power per frequency, both
+    /// in the window's units (only their ratio matters), and the map's median.
+    static func ringSignal(_ s: Spectra, input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int,
+                           noiseVariance v: Double, threads: Int) -> (ring: [Int], signal: [Double], noisePower: Double, sumW2: Double, median: Double) {
         let ph = s.ph, pw = s.pw
         func taper(_ n: Int) -> [Double] {
             let a = max(1, Int(riskTaper * Double(n)))
@@ -253,6 +241,30 @@ public enum WienerDeconvolution {
             if !(meanH > 0 && meanY > noisePower * (1 + 4 / m[b].squareRoot())) { seen = false }
             if seen { signal[b] = min((meanY - noisePower) / meanH, b > 0 ? signal[b - 1] : .infinity) }
         }
+        return (ring, signal, noisePower, sumW2, median)
+    }
+
+    /// The lambda of the grid with the smallest estimated mean squared error of the deconvolved
+    /// map itself (not of its re-blurred fit, which the discrepancy principle and GCV judge):
+    /// R(lambda) = sum_f |1 - W H|^2 S(f) + |W|^2 P, with W = conj(H) / (|H|^2 + lambda L^2) and
+    /// P the white noise's power per frequency. The noise term is exact for white noise, so a
+    /// stop band of the PSF (an Airy's beyond its cut-off) is never inverted. The signal's power
+    /// spectrum S is estimated from the map itself, seen through a Tukey window (cosine tapers
+    /// over `riskTaper` of each side, the median subtracted, zero-padded to the same grid): the
+    /// frame's borders, where the mirror padding differs from the sky outside, would otherwise
+    /// add a step spectrum that passes for signal where |H| is small. On rings of equal spatial
+    /// frequency, S is the ring's mean windowed |Y|^2 less the noise's (v times the window's sum
+    /// of squares), over the ring's mean |H|^2, where it stands 4 standard errors out of the
+    /// noise; never above the ring before it (a sky's spectrum does not rise with frequency:
+    /// point sources, the sharpest it holds, are flat); 0 from the first ring where nothing is
+    /// seen. To that the borders' error is added (below): the interior's dependence on the
+    /// unknown sky outside the frame. Measured in docs/EVALUATION.md (Part 1d), on the training
+    /// images degraded by three PSFs at two noise levels and on simulated skies.
+    static func riskLambda(_ s: Spectra, input: UnsafePointer<Float>, inputStride: Int, height h: Int, width w: Int,
+                           noiseVariance v: Double, threads: Int) -> Double {
+        let ph = s.ph, pw = s.pw
+        let (ring, signal, noisePower, sumW2, median) = ringSignal(s, input: input, inputStride: inputStride, height: h, width: w,
+                                                                   noiseVariance: v, threads: threads)
         // The frame's borders: the sky outside is unknown, and the mirror padding the filter sees
         // is one guess of it; a flat sky at the median is another. Their difference d (0 inside
         // the frame), deconvolved, is how much the interior depends on that guess: its mean square

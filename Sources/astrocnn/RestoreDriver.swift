@@ -68,6 +68,9 @@ struct RestoreCommonOptions: ParsableArguments {
     @Option(help: "Denoisers: the network sees the input capped at sky + K sigma and the excess is added back, so bright cores pass through as measured (GraXpert and ASTERIS do this; K = 50 was chosen on training images, docs/EVALUATION.md); 0: off.")
     var cap: Double = 0
 
+    @Flag(name: .customLong("data-consistency"), help: "Deconvolution models with a Wiener step (deconv-psf): correct the network's output against the input, the error estimated from the residual (input - PSF * output) where it stands above the noise (docs/EVALUATION.md, Part 1d: large gains on nearly noiseless images, not everywhere); one 2-D input, in memory.")
+    var dataConsistency = false
+
     var extras: RestoreExtras { RestoreExtras(strength: strength, mask: mask, useDQ: !noDQ, luminance: luminance, fluxSigma: fluxRestore, capSigma: cap) }
 }
 
@@ -109,6 +112,12 @@ struct RestoreDriver {
         var options = Restoration.Options(threads: c.threads ?? ParallelFor.availableCores, tileSize: c.tile, parameters: parameters,
                                           algorithm: algorithm)
         options.psf = network.psfDescription
+        if c.dataConsistency {
+            guard network.wienerContext != nil, network.normalization == .noiseMAD else {
+                throw failure("--data-consistency corrects a deconvolution model's output with the PSF it deconvolved by; '\(network.name)' has no Wiener step (use a PSF-aware model such as deconv-psf with --psf)")
+            }
+            options.dataConsistency = true
+        }
         if let g = c.gain {
             guard g > 0, g.isFinite else { throw failure("--gain must be a positive number of electrons per image unit") }
             options.gain = g
@@ -174,6 +183,9 @@ struct RestoreDriver {
                 if c.preview != nil && probe.planes > 1 {
                     throw ScaleError.badInput("--preview shows 2-D images; this one has \(probe.planes) planes")
                 }
+                if c.dataConsistency && special {
+                    throw ScaleError.badInput("--data-consistency works in memory, on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap")
+                }
                 if c.inMemory && special {
                     throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap")
                 }
@@ -186,7 +198,7 @@ struct RestoreDriver {
                 if special {
                     r = try PlaneRestore.restoreFile(input: input, hdu: c.hdu, output: out, network: network, options: options, extras: extras,
                                                      overwrite: c.overwrite, command: command, maskChecksum: maskCRC)
-                } else if c.inMemory {
+                } else if c.inMemory || c.dataConsistency {
                     r = try Restoration.restoreFile(input: input, hdu: c.hdu, output: out, network: network, options: options,
                                                     overwrite: c.overwrite, command: command)
                 } else {
@@ -233,6 +245,7 @@ struct RestoreDriver {
         if c.check { throw failure("--check works with one input; run 'astrocnn check' on each output of a batch") }
         if c.preview != nil { throw failure("--preview works with one input; run it on the file you want to look at") }
         if c.inMemory { throw failure("--in-memory works with one input") }
+        if c.dataConsistency { throw failure("--data-consistency works with one input") }
         let files: [String]
         do {
             files = try expandInputs(inputs, patterns: c.glob.split(separator: ",").map(String.init))

@@ -25,7 +25,7 @@ struct Train: ParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "FITS images or directories of them.")
     var images: [String] = []
 
-    @Option(help: "Add this many skies simulated in code (stars, galaxies, clouds; see SyntheticSky) to the training images.")
+    @Option(help: "Add this many skies simulated in code to the training images (flamary recipes: stars, galaxies, clouds, SyntheticSky.varied; deconv-psf: sparse fields on a zero sky, SyntheticSky.sparse).")
     var synthetic: Int = 0
 
     @Option(help: "Side of the simulated skies.")

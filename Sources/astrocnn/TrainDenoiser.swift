@@ -69,7 +69,7 @@ extension Train {
             throw ValidationError("deconv-psf draws every crop's PSF and noise from --psf-family: drop --psf, --noise and --sigma")
         }
         guard !images.isEmpty else { throw ValidationError("give training images with --images DIR|FILES") }
-        guard synthetic == 0 else { throw ValidationError("--synthetic is for the flamary recipes") }
+        guard synthetic == 0 || recipe == "deconv-psf" else { throw ValidationError("--synthetic is for the flamary and deconv-psf recipes") }
         if !deconvolution && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("astro-unet simulates short exposures with the paper's noise model: --psf, --noise and --sigma are for the deconvolution recipes")
         }
@@ -107,6 +107,8 @@ extension Train {
         var trainImages: [SourceImage] = [], valImages: [SourceImage] = []
         if deconvolution {
             trainImages = try trainPaths.map { try SourceImage.load(path: $0) }
+            // deconv-psf: sparse simulated fields (an exactly zero sky, sharp stars) beside the real images.
+            trainImages += (0..<synthetic).map { SyntheticSky.sparse(size: syntheticSize, seed: UInt64($0 + 1)).sourceImage() }
             valImages = try valPaths.map { try SourceImage.load(path: $0) }
             if !quiet {
                 print("training images: " + trainImages.map { "\($0.name) \($0.raw.width)x\($0.raw.height)" }.joined(separator: ", "))

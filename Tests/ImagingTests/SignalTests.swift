@@ -114,3 +114,24 @@ final class SignalTests: XCTestCase {
         XCTAssertEqual(Set((0..<8).map { img.dihedral($0).pixels }).count, 8)
     }
 }
+
+/// `SyntheticSky.sparse`: the deconv-psf recipe's sparse fields (`train --synthetic N`): a zero
+/// sky (no background, gradient or clouds: between the sources only their wings), and a name that
+/// says so; other seeds give other fields.
+final class SparseSkyTests: XCTestCase {
+    func testSparseFieldHasAZeroSky() {
+        let sky = SyntheticSky.sparse(size: 256, seed: 3)
+        XCTAssertEqual(sky.background, 0)
+        XCTAssertEqual(sky.clouds, 0)
+        XCTAssertGreaterThan(sky.stars, 0)
+        let img = sky.render()
+        var sorted = img.pixels.sorted()
+        XCTAssertLessThan(sorted[0], 1e-8 * sorted.last!, "far from every source only faint wings")
+        XCTAssertLessThan(sorted[sorted.count / 2], 1e-4 * sorted.last!, "the median pixel is empty sky")
+        sorted.removeAll()
+        XCTAssertTrue(sky.sourceImage().name.hasPrefix("synthetic-sparse-256-"))
+        XCTAssertNotEqual(SyntheticSky.sparse(size: 256, seed: 4).render().pixels, img.pixels)
+        // varied() and the demo's sky keep their pixels (the star FWHM range is a new property).
+        XCTAssertEqual(SyntheticSky(size: 64, seed: 1).starFWHM, 2.2...2.8)
+    }
+}

@@ -32,6 +32,38 @@ final class PSFAwareCLITests: XCTestCase {
         try FITSIO.writeImage(path: path, width: w, height: h, pixels: v, headerCards: [], overwrite: true)
     }
 
+    /// `--data-consistency`: the correction runs after the network in memory and is recorded in
+    /// the header (ACNNDC, HISTORY); the same bits on 1 and 2 threads; refused for a model without
+    /// a Wiener step, with --strength, and for a batch, before any output is written.
+    func testDataConsistencyOption() throws {
+        let exe = try astrocnnExecutable()
+        let model = dir + "/tiny-psf.acnn"
+        try writeModel(model)
+        let img = dir + "/sky.fits"
+        try writeSky(img, 200, 180, seed: 6)
+        let args = ["restore", img, "-m", model, "--psf", "moffat:fwhm=3,beta=2.5", "--data-consistency", "--quiet"]
+        var (st, _, err) = try runProcess(exe, args + ["-o", dir + "/dc.fits"])
+        XCTAssertEqual(st, 0, err)
+        let a = try FITSIO.readImage(path: dir + "/dc.fits")
+        XCTAssertTrue(a.pixels.allSatisfy { $0.isFinite })
+        let header = a.headerCards.joined(separator: "\n")
+        XCTAssertTrue(header.contains("ACNNDC") && header.contains("Data consistency"), header)
+        (st, _, err) = try runProcess(exe, args + ["-o", dir + "/dc1.fits", "--threads", "1"])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertEqual(try FITSIO.readImage(path: dir + "/dc1.fits").pixels.map(\.bitPattern), a.pixels.map(\.bitPattern))
+        try writeTaskModels(dir, seed: 3)
+        (st, _, err) = try runProcess(exe, ["restore", img, "-m", dir + "/c.acnn", "--data-consistency", "-o", dir + "/x.fits", "--quiet"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("Wiener step"), err)
+        (st, _, err) = try runProcess(exe, args + ["--strength", "0.5", "-o", dir + "/y.fits"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("--data-consistency works in memory"), err)
+        (st, _, err) = try runProcess(exe, args + [img, "-o", dir + "/out/"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("one input"), err)
+        for f in ["x.fits", "y.fits", "out"] { XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/" + f), f) }
+    }
+
     func testRestoreDeconvolveInspectAndPlan() throws {
         let exe = try astrocnnExecutable()
         let models = dir + "/models"
