@@ -38,6 +38,12 @@ public struct DenoiserConfig: Equatable, Sendable {
     /// (f(λx) = λ f(x) for λ > 0): a star 1000 times brighter than any in the training crops is
     /// processed as the same star at a thousandth of the noise, not extrapolated through biases.
     public var biasFree = false
+    /// Tied upsampling: each 2x2 transposed convolution keeps its four taps equal (one weight per
+    /// input and output channel), so it is a nearest-neighbour upsampling followed by a 1x1
+    /// convolution: resize-convolution (Odena, Dumoulin & Olah 2016), whose upsampled maps have
+    /// no power at period 2, where free 2x2 taps leave checkerboards and stripes. The format is
+    /// unchanged (the same `conv_transpose2d`, its taps equal).
+    public var tiedUpsampling = false
     /// `CropSampler.brightnessBoost` (1 = off).
     public var brightnessBoost = 1.0
     /// `CropSampler.recorruption` (0 = off), for the training and the validation crops.
@@ -126,7 +132,32 @@ public struct DenoiserConfig: Equatable, Sendable {
         if biasFree {
             for n in ParameterLayout.biasNames(model) { model.tensors[n]!.values = [Float](repeating: 0, count: model.tensors[n]!.values.count) }
         }
+        if tiedUpsampling {
+            for n in DenoiserConfig.upsamplingWeights(model) { DenoiserConfig.tieTaps(&model.tensors[n]!.values) }
+        }
         return model
+    }
+
+    /// The weights of the model's 2x2 transposed convolutions (four taps per channel pair, last).
+    static func upsamplingWeights(_ model: Model) -> [String] {
+        model.graph.nodes.filter { $0.op == .convTranspose2d }.map { $0.params[0] }
+    }
+
+    /// Each group of four consecutive values (one channel pair's 2x2 taps) set to its mean.
+    static func tieTaps(_ v: inout ArraySlice<Float>) {
+        precondition(v.count % 4 == 0)
+        var i = v.startIndex
+        while i < v.endIndex {
+            let m = (v[i] + v[i + 1] + v[i + 2] + v[i + 3]) / 4
+            v[i] = m; v[i + 1] = m; v[i + 2] = m; v[i + 3] = m
+            i += 4
+        }
+    }
+
+    static func tieTaps(_ v: inout [Float]) {
+        var s = v[...]
+        tieTaps(&s)
+        v = Array(s)
     }
 
     var metadata: [String: MetaValue] {
@@ -143,6 +174,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             "training.optimizer": .string("adam"), "training.input_skip": .bool(inputSkip),
             "training.bias_free": .bool(biasFree), "training.brightness_boost": .float(brightnessBoost),
         ]
+        if tiedUpsampling { m["training.tied_upsampling"] = .bool(true) }
         if recorruption > 0 { m["training.recorruption"] = .float(recorruption) }
         if let f = psfFamily {
             m["training.task"] = .string("deconvolve")
@@ -188,6 +220,7 @@ public struct DenoiserConfig: Equatable, Sendable {
         minimumSourceFraction = try get("training.min_source_fraction") { $0.doubleValue }
         inputSkip = m["training.input_skip"].flatMap(bool) ?? false
         biasFree = m["training.bias_free"].flatMap(bool) ?? false
+        tiedUpsampling = m["training.tied_upsampling"].flatMap(bool) ?? false
         brightnessBoost = m["training.brightness_boost"]?.doubleValue ?? 1
         recorruption = m["training.recorruption"]?.doubleValue ?? 0
         if let f = m["training.psf_family"]?.stringValue {
@@ -231,6 +264,10 @@ public final class DenoiserSession: ResumableTraining {
     /// Parameters held at their value (the biases of a bias-free recipe): their gradient is
     /// zeroed before each step, so Adam never moves them.
     let frozenRanges: [Range<Int>]
+    /// The transposed convolutions' weights when their taps are tied (`tiedUpsampling`): their
+    /// gradient is replaced by its mean over each channel pair's four taps before each step, so
+    /// equal taps stay equal (Adam's update is element-wise).
+    let tiedRanges: [Range<Int>]
 
     public var batchesPerEpoch: Int { (config.trainSamples + config.batchSize - 1) / config.batchSize }
     public var finished: Bool { epoch >= config.epochs }
@@ -288,6 +325,7 @@ public final class DenoiserSession: ResumableTraining {
         parameters = trainer.layout.flatten(model)
         let layout = trainer.layout
         frozenRanges = config.biasFree ? ParameterLayout.biasNames(model).map { layout.range($0) } : []
+        tiedRanges = config.tiedUpsampling ? DenoiserConfig.upsamplingWeights(model).map { layout.range($0) } : []
         bestParameters = parameters
         optimizer = Optimizer(.adam(beta1: config.beta1, beta2: config.beta2, epsilon: config.epsilon),
                               learningRate: config.learningRate, parameterCount: parameters.count)
@@ -360,6 +398,7 @@ public final class DenoiserSession: ResumableTraining {
         }
         parameters = layout.flatten(source)
         for r in frozenRanges { for i in r { parameters[i] = 0 } }   // a bias-free run starts from the weights alone
+        for r in tiedRanges { DenoiserConfig.tieTaps(&parameters[r]) }   // tied upsampling starts from each pair's mean tap
         bestParameters = parameters
         try trainer.setParameters(parameters)
         initialisedFrom = label
@@ -428,6 +467,7 @@ public final class DenoiserSession: ResumableTraining {
                                                          sampleParameters: ratios, sampleWeights: weights)
                 let s2 = Runtime.monotonicSeconds()
                 for r in frozenRanges { for i in r { g[i] = 0 } }
+                for r in tiedRanges { DenoiserConfig.tieTaps(&g[r]) }
                 optimizer.update(&parameters, g, threads: threads)
                 let s3 = Runtime.monotonicSeconds()
                 try trainer.setParameters(parameters, threads: threads)

@@ -34,6 +34,8 @@ struct UNetTrainOptions: ParsableArguments {
     var recorrupt: Double = 0
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
+    @Flag(help: "U-net recipes: tied upsampling: each 2x2 transposed convolution keeps its four taps equal (nearest-neighbour upsampling then a 1x1 convolution: resize-convolution), against checkerboard and stripe artefacts; with --init-weights each channel pair starts from its mean tap.")
+    var tiedUpsampling = false
     @Option(help: "deconv-psf: the PSFs and noise levels to train over, e.g. airy,gaussian,moffat:fwhm=1.5-8,beta=1.5-6,e=0.15,noise=1e-06-0.1,side=65 (keys left out keep these defaults).")
     var psfFamily: String = PSFFamily().description
     @Option(help: "deconv-psf: context in pixels each side of the model's Wiener step (at least the PSF's half-side).")
@@ -156,6 +158,7 @@ extension Train {
             c.decayEpochs = unet.decayEpochs; c.decayFactor = unet.decayFactor; c.seed = seed; c.clipNegative = unet.clipNegative
             c.inputSkip = unet.inputSkip || deconvolution
             c.biasFree = unet.biasFree
+            c.tiedUpsampling = unet.tiedUpsampling
             guard unet.brightnessBoost >= 1, unet.brightnessBoost.isFinite else { throw ValidationError("--brightness-boost must be >= 1") }
             c.brightnessBoost = unet.brightnessBoost
             guard unet.recorrupt >= 0, unet.recorrupt.isFinite else { throw ValidationError("--recorrupt must be >= 0") }
@@ -190,7 +193,7 @@ extension Train {
         if !quiet {
             let what = c.psfFamily.map { "PSF family \($0), Wiener context \(c.wienerContext), loss relative to the Wiener step's" }
                 ?? c.degradation.map { "psf \($0.psfSpec.exactDescription), noise \($0.noise)" } ?? "ratios \(c.ratios)"
-            print("training \(c.recipe) \(c.widths.map(String.init).joined(separator: "-")) on \(trainPaths.count) images, validating on \(valPaths.count): "
+            print("training \(c.recipe) \(c.widths.map(String.init).joined(separator: "-")) on \(deconvolution ? trainImages.count : trainPaths.count) images, validating on \(valPaths.count): "
                   + "\(c.trainSamples) crops of \(c.cropSize)^2/epoch, batch \(c.batchSize), adam lr \(c.learningRate), \(what), "
                   + "\(c.loss.rawValue) loss, \(nThreads) threads, \(session.trainer.peakBytes(threads: nThreads) >> 20) MiB planned")
         }

@@ -142,4 +142,44 @@ final class PSFFamilyTests: XCTestCase {
         let wide = PSFFamily.Member(kind: .gaussian, fwhm: 6, beta: 2.5, ellipticity: 0, angle: 0).kernel(side: 17)
         XCTAssertThrowsError(try net.bind(psf: try PSFKernel(height: 17, width: 17, values: wide.pixels)))
     }
+
+    /// Tied upsampling (`--tied-upsampling`): every 2x2 transposed convolution's four taps stay
+    /// equal through training and after loading another model's weights (each pair's mean), the
+    /// checkpoint says so and resumes with it to the same bits.
+    func testTiedUpsamplingKeepsTapsEqual() throws {
+        let fam = try PSFFamily(parsing: "gaussian,moffat:fwhm=2-4,noise=1e-03-0.01,side=17")
+        var c = DenoiserConfig.psfAware(fam, context: 8)
+        c.widths = [4, 8]; c.cropSize = 32; c.batchSize = 2; c.trainSamples = 4; c.validationSamples = 2; c.epochs = 2
+        c.learningRate = 1e-3; c.biasFree = true
+        let train = [DeconvolutionUNetTests.sky(120, 120, seed: 1, name: "a")], val = [DeconvolutionUNetTests.sky(100, 100, seed: 2, name: "b")]
+        let free = try DenoiserSession(config: c, trainingImages: train, validationImages: val, threads: 2)
+        try free.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
+        func tied(_ m: Model) -> Bool {
+            for n in m.graph.nodes where n.op == .convTranspose2d {
+                let v: [Float] = m.tensors[n.params[0]]!.values
+                var i = 0
+                while i < v.count {
+                    if v[i] != v[i + 1] || v[i] != v[i + 2] || v[i] != v[i + 3] { return false }
+                    i += 4
+                }
+            }
+            return true
+        }
+        XCTAssertFalse(tied(free.finalModel()), "free taps differ")
+        c.tiedUpsampling = true
+        let s = try DenoiserSession(config: c, trainingImages: train, validationImages: val, threads: 2)
+        try s.initialise(from: free.finalModel(), label: "free")
+        var ckpt: Model?
+        var batches = 0
+        try s.run(progress: { _ in }, interrupt: { batches += 1; return batches == 2 }, checkpoint: { ckpt = $0 })
+        XCTAssertTrue(tied(ckpt!))
+        XCTAssertEqual(ckpt!.metadata["training.tied_upsampling"], .bool(true))
+        let resumed = try DenoiserSession(checkpoint: ckpt!, trainingImages: train, validationImages: val, threads: 1)
+        XCTAssertTrue(resumed.config.tiedUpsampling)
+        try resumed.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
+        try s.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
+        XCTAssertEqual(resumed.parameters, s.parameters, "resume continues to the same bits")
+        XCTAssertTrue(tied(s.finalModel()))
+        XCTAssertTrue(s.history.allSatisfy { $0.validationLoss.isFinite })
+    }
 }
