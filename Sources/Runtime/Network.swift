@@ -65,6 +65,13 @@ public final class Network: @unchecked Sendable {
         return r[0]...r[1]
     }
 
+    /// Whether the model declares the data-consistency correction as its default
+    /// (`deconvolution.data_consistency`, a PSF-aware model evaluated with it): `restore` then
+    /// applies it unless told not to.
+    public var declaresDataConsistency: Bool {
+        wienerContext != nil && metadata["deconvolution.data_consistency"] == .bool(true)
+    }
+
     /// Binds the PSF the model's Wiener step deconvolves with: cut to the step's square
     /// (2 context + 1; refused if that loses over 2% of its flux) and checked against the sizes
     /// the model declares it was trained for (10% margin). Call before running; rebinding drops

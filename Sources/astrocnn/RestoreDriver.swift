@@ -68,8 +68,11 @@ struct RestoreCommonOptions: ParsableArguments {
     @Option(help: "Denoisers: the network sees the input capped at sky + K sigma and the excess is added back, so bright cores pass through as measured (GraXpert and ASTERIS do this; K = 50 was chosen on training images, docs/EVALUATION.md); 0: off.")
     var cap: Double = 0
 
-    @Flag(name: .customLong("data-consistency"), help: "Deconvolution models with a Wiener step (deconv-psf): correct the network's output against the input, the error estimated from the residual (input - PSF * output) where it stands above the noise (docs/EVALUATION.md, Part 1d: large gains on nearly noiseless images, not everywhere); one 2-D input, in memory.")
+    @Flag(name: .customLong("data-consistency"), help: "Deconvolution models with a Wiener step (deconv-psf): correct the network's output against the input, the error estimated from the residual (input - PSF * output) where it stands above the noise (docs/EVALUATION.md, Part 1d: large gains on nearly noiseless images, not everywhere); one 2-D input, in memory. The default of a model that declares it (deconvolution.data_consistency, e.g. the shipped deconv-psf), where the image allows.")
     var dataConsistency = false
+
+    @Flag(name: .customLong("no-data-consistency"), help: "Do not apply the data-consistency correction a model declares as its default.")
+    var noDataConsistency = false
 
     var extras: RestoreExtras { RestoreExtras(strength: strength, mask: mask, useDQ: !noDQ, luminance: luminance, fluxSigma: fluxRestore, capSigma: cap) }
 }
@@ -112,12 +115,15 @@ struct RestoreDriver {
         var options = Restoration.Options(threads: c.threads ?? ParallelFor.availableCores, tileSize: c.tile, parameters: parameters,
                                           algorithm: algorithm)
         options.psf = network.psfDescription
+        if c.dataConsistency && c.noDataConsistency { throw failure("--data-consistency and --no-data-consistency contradict each other") }
         if c.dataConsistency {
             guard network.wienerContext != nil, network.normalization == .noiseMAD else {
                 throw failure("--data-consistency corrects a deconvolution model's output with the PSF it deconvolved by; '\(network.name)' has no Wiener step (use a PSF-aware model such as deconv-psf with --psf)")
             }
-            options.dataConsistency = true
         }
+        // Asked for, or the model's declared default (then only where it can run: one 2-D image
+        // without the streamed-only options, in memory; otherwise a note says it was skipped).
+        let declaredDC = network.declaresDataConsistency && !c.noDataConsistency && !c.dataConsistency && network.normalization == .noiseMAD
         if let g = c.gain {
             guard g > 0, g.isFinite else { throw failure("--gain must be a positive number of electrons per image unit") }
             options.gain = g
@@ -186,6 +192,22 @@ struct RestoreDriver {
                 if c.dataConsistency && special {
                     throw ScaleError.badInput("--data-consistency works in memory, on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap")
                 }
+                var dc = c.dataConsistency
+                if declaredDC {
+                    if special {
+                        FileHandle.standardError.write(Data("note: '\(network.name)' declares the data-consistency correction; skipped (it runs on 2-D images without --strength, --mask, DQ, --luminance, --flux-restore or --cap)\n".utf8))
+                    } else {
+                        let need = Double(DataConsistency.workBytes(height: probe.height, width: probe.width, psfSide: network.psf.map { max($0.height, $0.width) } ?? 65))
+                            + Double(probe.width) * Double(probe.height) * (16 + network.bytesPerInputPixel)
+                        if need <= Double(MemoryBudget.bytes) {
+                            dc = true
+                        } else {
+                            FileHandle.standardError.write(Data(String(format: "note: '%@' declares the data-consistency correction; skipped: the %dx%d image would need %.1f GB in memory (budget %.1f GB); the output is the network's, streamed\n",
+                                                                      network.name, probe.width, probe.height, need / 1e9, Double(MemoryBudget.bytes) / 1e9).utf8))
+                        }
+                    }
+                }
+                options.dataConsistency = dc
                 if c.inMemory && special {
                     throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap")
                 }
@@ -198,7 +220,7 @@ struct RestoreDriver {
                 if special {
                     r = try PlaneRestore.restoreFile(input: input, hdu: c.hdu, output: out, network: network, options: options, extras: extras,
                                                      overwrite: c.overwrite, command: command, maskChecksum: maskCRC)
-                } else if c.inMemory || c.dataConsistency {
+                } else if c.inMemory || dc {
                     r = try Restoration.restoreFile(input: input, hdu: c.hdu, output: out, network: network, options: options,
                                                     overwrite: c.overwrite, command: command)
                 } else {
@@ -246,6 +268,9 @@ struct RestoreDriver {
         if c.preview != nil { throw failure("--preview works with one input; run it on the file you want to look at") }
         if c.inMemory { throw failure("--in-memory works with one input") }
         if c.dataConsistency { throw failure("--data-consistency works with one input") }
+        if declaredDC {
+            FileHandle.standardError.write(Data("note: '\(network.name)' declares the data-consistency correction; skipped in a batch (it runs on one image at a time, in memory)\n".utf8))
+        }
         let files: [String]
         do {
             files = try expandInputs(inputs, patterns: c.glob.split(separator: ",").map(String.init))

@@ -62,6 +62,26 @@ final class PSFAwareCLITests: XCTestCase {
         XCTAssertNotEqual(st, 0)
         XCTAssertTrue(err.contains("one input"), err)
         for f in ["x.fits", "y.fits", "out"] { XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/" + f), f) }
+
+        // A model that declares the correction (deconvolution.data_consistency) gets it by
+        // default: the same bits as asking; --no-data-consistency turns it off; where it cannot
+        // run (--strength) a note says it was skipped and the restore goes on.
+        var m = try ModelReader(path: model).model()
+        m.metadata["deconvolution.data_consistency"] = .bool(true)
+        let declared = dir + "/declared.acnn"
+        try ModelWriter.write(m, to: declared, overwrite: true)
+        let base = ["restore", img, "-m", declared, "--psf", "moffat:fwhm=3,beta=2.5", "--quiet"]
+        (st, _, err) = try runProcess(exe, base + ["-o", dir + "/d1.fits"])
+        XCTAssertEqual(st, 0, err)
+        let d1 = try FITSIO.readImage(path: dir + "/d1.fits")
+        XCTAssertEqual(d1.pixels.map(\.bitPattern), a.pixels.map(\.bitPattern), "the declared default is the same correction")
+        XCTAssertTrue(d1.headerCards.joined().contains("ACNNDC"))
+        (st, _, err) = try runProcess(exe, base + ["--no-data-consistency", "-o", dir + "/d2.fits"])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertFalse(try FITSIO.readImage(path: dir + "/d2.fits").headerCards.joined().contains("ACNNDC"))
+        (st, _, err) = try runProcess(exe, base + ["--strength", "0.5", "-o", dir + "/d3.fits"])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertTrue(err.contains("declares the data-consistency correction; skipped"), err)
     }
 
     func testRestoreDeconvolveInspectAndPlan() throws {
