@@ -31,7 +31,7 @@ public struct DataConsistencySummary: Sendable {
     public var applied: Bool
 
     public var keyword: String {
-        applied ? String(format: "mu=%.4g", mu) : (mu.isFinite ? String(format: "rejected excess=%.3g", excess) : "none")
+        applied ? String(format: "mu=%.4g excess=%.3g", mu, excess) : (mu.isFinite ? String(format: "rejected excess=%.3g", excess) : "none")
     }
 
     public var history: String {
