@@ -34,6 +34,8 @@ struct UNetTrainOptions: ParsableArguments {
     var recorrupt: Double = 0
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
+    @Flag(help: "deconv-psf: the model written declares the data-consistency correction (restore --data-consistency, docs/EVALUATION.md) as its run-time default (also with --finish).")
+    var declareDataConsistency = false
     @Flag(help: "U-net recipes: tied upsampling: each 2x2 transposed convolution keeps its four taps equal (nearest-neighbour upsampling then a 1x1 convolution: resize-convolution), against checkerboard and stripe artefacts; with --init-weights each channel pair starts from its mean tap.")
     var tiedUpsampling = false
     @Option(help: "deconv-psf: the PSFs and noise levels to train over, e.g. airy,gaussian,moffat:fwhm=1.5-8,beta=1.5-6,e=0.15,noise=1e-06-0.1,side=65 (keys left out keep these defaults).")
@@ -65,6 +67,14 @@ extension Train {
                 String(format: "no gain: sky-limited, %.0f e- sky -> gain %.4g e-/unit, sky %.4g", assumedSky, g, sky))
     }
 
+    /// The model written: the best validation epoch, declaring the data-consistency correction
+    /// as its run-time default when asked (`--declare-data-consistency`).
+    func written(_ session: DenoiserSession) -> Model {
+        var m = session.finalModel()
+        if unet.declareDataConsistency { m.metadata["deconvolution.data_consistency"] = .bool(true) }
+        return m
+    }
+
     func trainUNet() throws {
         let deconvolution = recipe == "deconv-unet" || recipe == "deconv-psf"
         if recipe == "deconv-psf" && (psf != nil || noise != nil || sigma != nil) {
@@ -75,6 +85,7 @@ extension Train {
         if !deconvolution && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("astro-unet simulates short exposures with the paper's noise model: --psf, --noise and --sigma are for the deconvolution recipes")
         }
+        if unet.declareDataConsistency && recipe != "deconv-psf" { throw ValidationError("--declare-data-consistency is for deconv-psf models (a Wiener step with the PSF at run time)") }
         if resume != nil && unet.initWeights != nil { throw ValidationError("--init-weights starts a new run: it cannot be combined with --resume") }
         if resume != nil && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("--resume continues with the checkpoint's PSF and noise: drop --psf, --noise and --sigma")
@@ -199,7 +210,7 @@ extension Train {
         }
         if finish {
             guard resume != nil, session.bestEpoch > 0 else { throw ValidationError("--finish needs --resume with a checkpoint after at least one epoch") }
-            try ModelWriter.write(session.finalModel(), to: output, overwrite: overwrite)
+            try ModelWriter.write(written(session), to: output, overwrite: overwrite)
             print(String(format: "wrote %@ from the checkpoint: best epoch %d of %d, validation loss %.4e", output, session.bestEpoch,
                          session.history.count, session.bestValidation))
             return
@@ -208,7 +219,7 @@ extension Train {
         try runTraining(session, unit: "crops", rateFormat: "%.2f", checkpointPath: ckptPath, logPath: logPath, plotPath: plotPath,
                         title: "\(c.recipe) \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss", quiet: quiet)
         if unet.profile { Train.printProfile(session) }
-        try ModelWriter.write(session.finalModel(), to: output, overwrite: true)
+        try ModelWriter.write(written(session), to: output, overwrite: true)
         if !quiet {
             print(String(format: "wrote %@: best epoch %d of %d, validation loss %.4e; log %@, plot %@, checkpoint %@",
                          output, session.bestEpoch, session.history.count, session.bestValidation, logPath, plotPath, ckptPath))

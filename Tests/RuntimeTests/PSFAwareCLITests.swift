@@ -84,6 +84,31 @@ final class PSFAwareCLITests: XCTestCase {
         XCTAssertTrue(err.contains("declares the data-consistency correction; skipped"), err)
     }
 
+    /// `train --recipe deconv-psf` with the options of the shipped model: sparse simulated fields
+    /// (--synthetic), tied upsampling and the declared data-consistency default end up in the
+    /// model's metadata; --declare-data-consistency is refused for another recipe.
+    func testTrainDeconvPSFOptions() throws {
+        let exe = try astrocnnExecutable()
+        try writeSky(dir + "/a.fits", 160, 150, seed: 8)
+        try writeSky(dir + "/b.fits", 140, 130, seed: 9)
+        let out = dir + "/m.acnn"
+        var (st, _, err) = try runProcess(exe, ["train", "--recipe", "deconv-psf", "--images", dir + "/a.fits", dir + "/b.fits", "--validate", "b.fits",
+                                               "--widths", "4,8", "--crop", "32", "--batch", "2", "--samples", "4", "--validation-samples", "2",
+                                               "--epochs", "1", "--psf-family", "gaussian:fwhm=2-4,noise=1e-03-0.01,side=17", "--wiener-context", "8",
+                                               "--tied-upsampling", "--synthetic", "1", "--synthetic-size", "128", "--declare-data-consistency",
+                                               "--threads", "2", "--quiet", "-o", out])
+        XCTAssertEqual(st, 0, err)
+        let m = try ModelReader(path: out).model()
+        XCTAssertEqual(m.metadata["deconvolution.data_consistency"], .bool(true))
+        XCTAssertEqual(m.metadata["training.tied_upsampling"], .bool(true))
+        XCTAssertTrue(m.metadata.values.contains { ($0.stringValue ?? "").contains("synthetic-sparse-128-seed1000001") }, "\(m.metadata)")
+        XCTAssertTrue(try Network(path: out).declaresDataConsistency)
+        (st, _, err) = try runProcess(exe, ["train", "--recipe", "deconv-unet", "--images", dir + "/a.fits", dir + "/b.fits", "--validate", "b.fits",
+                                           "--declare-data-consistency", "-o", dir + "/n.acnn"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("--declare-data-consistency is for deconv-psf"), err)
+    }
+
     func testRestoreDeconvolveInspectAndPlan() throws {
         let exe = try astrocnnExecutable()
         let models = dir + "/models"
