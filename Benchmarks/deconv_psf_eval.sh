@@ -6,6 +6,7 @@
 # images never used in training or validation, for
 # three PSFs not used in training (the family is continuous: no member is drawn twice) at the
 # paper's noise (sigma 0.01 of the peak) and at each image's own pixel noise (noise:k=1).
+# psf+dc: the model with the data-consistency correction (restore --data-consistency).
 # Usage: Benchmarks/deconv_psf_eval.sh [MODEL] [OUTDIR] [MODEL2]   (needs ../shared/data; ~15 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ MODEL=${1:-models/deconv-psf.acnn}
 OUT=${2:-out/deconv-psf-eval}
 MODEL2=${3:-}
 EXTRA=""; MODELS="psf=$MODEL"
-[ -n "$MODEL2" ] && { EXTRA=",psf2"; MODELS="psf=$MODEL psf2=$MODEL2"; }
+[ -n "$MODEL2" ] && { EXTRA=",psf2,psf2+dc"; MODELS="psf=$MODEL psf2=$MODEL2"; }
 A=.build/release/astrocnn
 [ -x $A ] || swift build -c release >/dev/null
 T=../shared/data/train F=../shared/data/fits
@@ -26,7 +27,7 @@ for psf in "airy:size=64,rings=5" "moffat:fwhm=3,beta=2.5" "gaussian:fwhm=2.2"; 
   for noise in "gaussian:sigma=0.01" "noise:k=1"; do
     tag=$(echo "${psf%%:*}-${noise%%:*}")
     echo "== $psf, $noise"
-    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,wiener-risk,rl,tv,psf$EXTRA \
+    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,wiener-risk,rl,tv,psf,psf+dc$EXTRA \
       --models $MODELS $SWEEPS --csv "$OUT/$tag.csv" --panel "$OUT/$tag.png" | tee "$OUT/$tag.txt"
   done
 done
