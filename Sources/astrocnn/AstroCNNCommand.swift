@@ -152,9 +152,12 @@ struct Inspect: ParsableCommand {
             print("PSF        given at run time (--psf SPEC|FILE|auto) to a Wiener step (context \(c) px, PSF up to \(2 * c + 1) px a side, lambda once per image: the smallest estimated mean squared error in noise_mad units)")
             if let f = m["deconvolution.psf_family"]?.stringValue { print("covers     \(f)") }
             if let r = m["deconvolution.psf_fwhm"]?.doubleArray, r.count == 2 {
-                print("refuses    PSFs of FWHM outside \(r[0] / 1.1)-\(r[1] * 1.1) px (the trained \(r[0])-\(r[1]) px with a 10% margin)")
+                print("refuses    PSFs of FWHM outside \(String(format: "%.2f", r[0] / 1.1))-\(String(format: "%.2f", r[1] * 1.1)) px (the trained \(r[0])-\(r[1]) px with a 10% margin)")
             }
             if let r = m["deconvolution.noise"]?.doubleArray, r.count == 2 { print("noise      trained at Gaussian sigma \(r[0]) to \(r[1]) of the image peak") }
+            if m["deconvolution.data_consistency"] == .bool(true) {
+                print("after      the data-consistency correction by default (restore/deconvolve; --no-data-consistency turns it off)")
+            }
         }
         print("")
         print("graph: input " + reader.graph.inputs.map { "\($0.name) [\($0.channels) ch]" }.joined(separator: ", ")
