@@ -103,6 +103,9 @@ final class PSFAwareCLITests: XCTestCase {
         XCTAssertEqual(m.metadata["training.tied_upsampling"], .bool(true))
         XCTAssertTrue(m.metadata.values.contains { ($0.stringValue ?? "").contains("synthetic-sparse-128-seed1000001") }, "\(m.metadata)")
         XCTAssertTrue(try Network(path: out).declaresDataConsistency)
+        let (si, text, ei) = try runProcess(exe, ["inspect", out])
+        XCTAssertEqual(si, 0, ei)
+        XCTAssertTrue(text.contains("data-consistency correction by default"), text)
         (st, _, err) = try runProcess(exe, ["train", "--recipe", "deconv-unet", "--images", dir + "/a.fits", dir + "/b.fits", "--validate", "b.fits",
                                            "--declare-data-consistency", "-o", dir + "/n.acnn"])
         XCTAssertNotEqual(st, 0)
