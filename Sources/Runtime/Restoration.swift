@@ -24,27 +24,6 @@ public struct RestoreReport: Sendable {
     public var dataConsistency: DataConsistencySummary?
 }
 
-/// What the data-consistency correction did, for the report and the header.
-public struct DataConsistencySummary: Sendable {
-    public var mu: Double
-    public var excess: Double
-    public var applied: Bool
-
-    public var keyword: String {
-        applied ? String(format: "mu=%.4g excess=%.3g", mu, excess) : (mu.isFinite ? String(format: "rejected excess=%.3g", excess) : "none")
-    }
-
-    public var history: String {
-        if applied {
-            return "Data consistency: the network's error estimated from its residual R = input - PSF * output as conj(H) R / (|H|^2 + mu), mu \(String(format: "%.4g", mu)) (noise units) by the smallest estimated error, added"
-        }
-        if mu.isFinite {
-            return "Data consistency: not applied; the correction's energy was \(String(format: "%.3g", excess)) times what blur plus white noise predicts (limit \(Int(DataConsistency.maxExcess))): the residual holds what that model cannot explain"
-        }
-        return "Data consistency: the residual (input - PSF * output) holds nothing above the noise; output unchanged"
-    }
-}
-
 /// The restoration pipeline, one place for each step:
 /// image (file units) -> normalise -> fill invalid pixels -> reflect-pad -> tiled graph ->
 /// crop -> denormalise -> invalid pixels back to NaN.

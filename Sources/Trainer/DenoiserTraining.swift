@@ -133,7 +133,7 @@ public struct DenoiserConfig: Equatable, Sendable {
             for n in ParameterLayout.biasNames(model) { model.tensors[n]!.values = [Float](repeating: 0, count: model.tensors[n]!.values.count) }
         }
         if tiedUpsampling {
-            for n in DenoiserConfig.upsamplingWeights(model) { DenoiserConfig.tieTaps(&model.tensors[n]!.values) }
+            for n in DenoiserConfig.upsamplingWeights(model) { DenoiserConfig.tieTaps(&model.tensors[n]!.values[...]) }
         }
         return model
     }
@@ -154,11 +154,6 @@ public struct DenoiserConfig: Equatable, Sendable {
         }
     }
 
-    static func tieTaps(_ v: inout [Float]) {
-        var s = v[...]
-        tieTaps(&s)
-        v = Array(s)
-    }
 
     var metadata: [String: MetaValue] {
         var m: [String: MetaValue] = [

@@ -120,7 +120,7 @@ extension Train {
         var trainImages: [SourceImage] = [], valImages: [SourceImage] = []
         if deconvolution {
             trainImages = try trainPaths.map { try SourceImage.load(path: $0) }
-            // deconv-psf: sparse simulated fields (an exactly zero sky, sharp stars) beside the real images.
+            // deconv-psf: sparse simulated fields (a zero sky, sharp stars) beside the real images.
             trainImages += (0..<synthetic).map { SyntheticSky.sparse(size: syntheticSize, seed: UInt64($0 + 1)).sourceImage() }
             valImages = try valPaths.map { try SourceImage.load(path: $0) }
             if !quiet {

@@ -114,12 +114,18 @@ final class PSFFamilyTests: XCTestCase {
 
     /// A short run writes a model with the Wiener step and its family in the metadata; the runtime
     /// binds a PSF of the family to it and refuses one outside; resume continues to the same bits.
-    func testRunWritesPSFAwareModel() throws {
+    /// A tiny PSF-aware run: family, recipe (widths 4-8, crops of 32, 2 epochs of 4 crops,
+    /// bias-free), one training and one validation sky.
+    func tinyRun() throws -> (PSFFamily, DenoiserConfig, [SourceImage], [SourceImage]) {
         let fam = try PSFFamily(parsing: "gaussian,moffat:fwhm=2-4,noise=1e-03-0.01,side=17")
         var c = DenoiserConfig.psfAware(fam, context: 8)
         c.widths = [4, 8]; c.cropSize = 32; c.batchSize = 2; c.trainSamples = 4; c.validationSamples = 2; c.epochs = 2
         c.learningRate = 1e-3; c.biasFree = true
-        let train = [DeconvolutionUNetTests.sky(120, 120, seed: 1, name: "a")], val = [DeconvolutionUNetTests.sky(100, 100, seed: 2, name: "b")]
+        return (fam, c, [DeconvolutionUNetTests.sky(120, 120, seed: 1, name: "a")], [DeconvolutionUNetTests.sky(100, 100, seed: 2, name: "b")])
+    }
+
+    func testRunWritesPSFAwareModel() throws {
+        let (fam, c, train, val) = try tinyRun()
         let s = try DenoiserSession(config: c, trainingImages: train, validationImages: val, threads: 2)
         var ckpt: Model?
         var batches = 0
@@ -147,11 +153,8 @@ final class PSFFamilyTests: XCTestCase {
     /// equal through training and after loading another model's weights (each pair's mean), the
     /// checkpoint says so and resumes with it to the same bits.
     func testTiedUpsamplingKeepsTapsEqual() throws {
-        let fam = try PSFFamily(parsing: "gaussian,moffat:fwhm=2-4,noise=1e-03-0.01,side=17")
-        var c = DenoiserConfig.psfAware(fam, context: 8)
-        c.widths = [4, 8]; c.cropSize = 32; c.batchSize = 2; c.trainSamples = 4; c.validationSamples = 2; c.epochs = 2
-        c.learningRate = 1e-3; c.biasFree = true
-        let train = [DeconvolutionUNetTests.sky(120, 120, seed: 1, name: "a")], val = [DeconvolutionUNetTests.sky(100, 100, seed: 2, name: "b")]
+        let (_, c0, train, val) = try tinyRun()
+        var c = c0
         let free = try DenoiserSession(config: c, trainingImages: train, validationImages: val, threads: 2)
         try free.run(progress: { _ in }, interrupt: { false }, checkpoint: { _ in })
         func tied(_ m: Model) -> Bool {
