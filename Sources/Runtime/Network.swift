@@ -72,6 +72,20 @@ public final class Network: @unchecked Sendable {
         wienerContext != nil && metadata["deconvolution.data_consistency"] == .bool(true)
     }
 
+    /// The run-time steps a denoiser declares as its defaults (`denoise.cap_sigma`: the bright
+    /// cap's K, `denoise.flux_restore_sigma`: the flux restore's Gaussian sigma in pixels; both
+    /// chosen by measurement, docs/EVALUATION.md): `restore`/`denoise` apply them unless told
+    /// otherwise (`--cap 0`, `--flux-restore 0`). nil where not declared, not positive, or the
+    /// model is a deconvolution model (neither step applies to one).
+    public var declaredDenoiseSteps: (capSigma: Double?, fluxRestoreSigma: Double?) {
+        guard ModelSearch.task(metadata: metadata) != .deconvolve else { return (nil, nil) }
+        func positive(_ key: String) -> Double? {
+            guard let v = metadata[key]?.doubleValue, v > 0, v.isFinite else { return nil }
+            return v
+        }
+        return (positive("denoise.cap_sigma"), positive("denoise.flux_restore_sigma"))
+    }
+
     /// Binds the PSF the model's Wiener step deconvolves with: cut to the step's square
     /// (2 context + 1; refused if that loses over 2% of its flux) and checked against the sizes
     /// the model declares it was trained for (10% margin). Call before running; rebinding drops

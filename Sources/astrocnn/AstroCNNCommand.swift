@@ -159,6 +159,15 @@ struct Inspect: ParsableCommand {
                 print("after      the data-consistency correction by default (restore/deconvolve; --no-data-consistency turns it off)")
             }
         }
+        if ModelSearch.task(metadata: reader.metadata) != .deconvolve {
+            let m = reader.metadata
+            var steps: [String] = []
+            if let k = m["denoise.cap_sigma"]?.doubleValue, k > 0 { steps.append("the bright cap at sky + \(k) sigma (--cap)") }
+            if let s = m["denoise.flux_restore_sigma"]?.doubleValue, s > 0 { steps.append("the flux restore, Gaussian sigma \(s) px (--flux-restore)") }
+            if !steps.isEmpty {
+                print("defaults   " + steps.joined(separator: " and ") + " (denoise/restore; --cap 0 / --flux-restore 0 turn them off)")
+            }
+        }
         print("")
         print("graph: input " + reader.graph.inputs.map { "\($0.name) [\($0.channels) ch]" }.joined(separator: ", ")
               + " -> output " + reader.graph.outputs.joined(separator: ", "))

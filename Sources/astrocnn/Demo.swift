@@ -30,8 +30,8 @@ struct Demo: ParsableCommand {
     @Option(help: "denoise: a real FITS image to use as the long exposure instead of the simulated sky (its header gain, else sky-limited).")
     var input: String?
     @Option(help: "denoise: exposure-time ratio of the short exposure.") var ratio: Double = 2
-    @Option(help: "denoise: also score the network with bright pixels capped at sky + K sigma, the excess added back (as denoise --cap K); 0: off.") var cap: Double = 0
-    @Option(name: .customLong("flux-restore"), help: "denoise: also score the network with the Gaussian low-pass (sigma px) of what it removed added back (as denoise --flux-restore); 0: off.") var fluxRestore: Double = 0
+    @Option(help: "denoise: also score the network with bright pixels capped at sky + K sigma, the excess added back (as denoise --cap K); 0: off. Default: the model's declared value (the shipped denoiser: 50).") var cap: Double?
+    @Option(name: .customLong("flux-restore"), help: "denoise: also score the network with the Gaussian low-pass (sigma px) of what it removed added back (as denoise --flux-restore); 0: off. Default: the model's declared value (the shipped denoiser: 1.5).") var fluxRestore: Double?
     @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the PSF that blurs the sky (default the paper's airy:size=64,rings=5; a model that takes the PSF at run time is given it); 'auto': blur by the paper's PSF and deconvolve with the PSF measured from the degraded sky's stars. " + DegradationOptions.psfHelp)) var psf: String?
     @Option(help: ArgumentHelp(stringLiteral: "deconvolve: the noise (default the paper's gaussian:sigma=0.01). " + DegradationOptions.noiseHelp)) var noise: String?
 

@@ -213,6 +213,15 @@ struct Plan: ParsableCommand {
         guard let algorithm = ConvAlgorithm(rawValue: conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }
         do {
             let network = try Network(path: model)
+            // What the model declares for `restore` beyond the network is not run by the tasks.
+            let declared = network.declaredDenoiseSteps
+            var skipped: [String] = []
+            if let k = declared.capSigma { skipped.append("--cap \(k)") }
+            if let s = declared.fluxRestoreSigma { skipped.append("--flux-restore \(s)") }
+            if network.declaresDataConsistency { skipped.append("--data-consistency") }
+            if !skipped.isEmpty {
+                FileHandle.standardError.write(Data("note: '\(network.name)' declares \(skipped.joined(separator: " ")) as its restore defaults; planned tasks run the network alone (astrocnn denoise/restore on each file applies them)\n".utf8))
+            }
             try FileManager.default.createDirectory(atPath: workdir, withIntermediateDirectories: true)
             if network.wienerContext != nil {
                 guard var spec = psf else { throw ScaleError.badInput("\(network.name) deconvolves with the image's PSF: give it with --psf SPEC|PSF.fits|auto") }

@@ -62,11 +62,11 @@ struct RestoreCommonOptions: ParsableArguments {
     @Option(help: "Also write a PNG preview: input and restored image side by side, same asinh stretch (one 2-D input only).")
     var preview: String?
 
-    @Option(name: .customLong("flux-restore"), help: "Denoisers: add back the Gaussian low-pass (this sigma in pixels, about the PSF's: FWHM / 2.355) of what the network removed, so faint sources keep their flux (docs/EVALUATION.md); 0: off.")
-    var fluxRestore: Double = 0
+    @Option(name: .customLong("flux-restore"), help: "Denoisers: add back the Gaussian low-pass (this sigma in pixels, about the PSF's: FWHM / 2.355) of what the network removed, so faint sources keep their flux (docs/EVALUATION.md); 0: off. Default: the model's declared value (denoise.flux_restore_sigma; the shipped astro-unet-16-vst: 1.5), else off.")
+    var fluxRestore: Double?
 
-    @Option(help: "Denoisers: the network sees the input capped at sky + K sigma and the excess is added back, so bright cores pass through as measured (GraXpert and ASTERIS do this; K = 50 was chosen on training images, docs/EVALUATION.md); 0: off.")
-    var cap: Double = 0
+    @Option(help: "Denoisers: the network sees the input capped at sky + K sigma and the excess is added back, so bright cores pass through as measured (GraXpert and ASTERIS do this; K = 50 was chosen on training images, docs/EVALUATION.md); 0: off. Default: the model's declared value (denoise.cap_sigma; the shipped astro-unet-16-vst: 50), else off.")
+    var cap: Double?
 
     @Flag(name: .customLong("data-consistency"), help: "Deconvolution models with a Wiener step (deconv-psf): correct the network's output against the input, the error estimated from the residual (input - PSF * output) where it stands above the noise (docs/EVALUATION.md, Part 1d: large gains on nearly noiseless images, not everywhere); one 2-D input, in memory. The default of a model that declares it (deconvolution.data_consistency, e.g. the shipped deconv-psf), where the image allows.")
     var dataConsistency = false
@@ -74,7 +74,28 @@ struct RestoreCommonOptions: ParsableArguments {
     @Flag(name: .customLong("no-data-consistency"), help: "Do not apply the data-consistency correction a model declares as its default.")
     var noDataConsistency = false
 
-    var extras: RestoreExtras { RestoreExtras(strength: strength, mask: mask, useDQ: !noDQ, luminance: luminance, fluxSigma: fluxRestore, capSigma: cap) }
+    /// The extras of this run: the options given, and for a denoiser the bright cap and flux
+    /// restore it declares as its defaults where they were not given (`Network.declaredDenoiseSteps`),
+    /// with a note for each declared step skipped (--luminance, --in-memory: neither runs there).
+    func extras(for network: Network) -> (extras: RestoreExtras, applied: String?, notes: [String]) {
+        let declared = network.declaredDenoiseSteps
+        var notes: [String] = []
+        var applied: [String] = []
+        func pick(_ given: Double?, _ declared: Double?, _ flag: String) -> Double {
+            if let g = given { return g }
+            guard let d = declared else { return 0 }
+            if luminance || inMemory {
+                notes.append("note: '\(network.name)' declares \(flag) \(d) as its default; skipped (\(luminance ? "--luminance" : "--in-memory") runs without it)")
+                return 0
+            }
+            applied.append("\(flag) \(d)")
+            return d
+        }
+        let capSigma = pick(cap, declared.capSigma, "--cap")
+        let fluxSigma = pick(fluxRestore, declared.fluxRestoreSigma, "--flux-restore")
+        let e = RestoreExtras(strength: strength, mask: mask, useDQ: !noDQ, luminance: luminance, fluxSigma: fluxSigma, capSigma: capSigma)
+        return (e, applied.isEmpty ? nil : applied.joined(separator: " "), notes)
+    }
 }
 
 /// Inputs this command cannot read, refused with what to do instead.
@@ -103,8 +124,12 @@ struct RestoreDriver {
         if let t = c.threads, t < 1 { throw failure("--threads must be at least 1") }
         if let t = c.tile, t < 1 { throw failure("--tile must be at least 1") }
         guard ["human", "json", "none"].contains(c.progress) else { throw failure("--progress must be human, json or none") }
-        let extras = c.extras
+        let (extras, declaredSteps, extrasNotes) = c.extras(for: network)
         do { try PlaneRestore.validate(extras, network: network) } catch { throw failure(describe(error)) }
+        for n in extrasNotes { FileHandle.standardError.write(Data((n + "\n").utf8)) }
+        if let d = declaredSteps {
+            print("\(label): the model's declared defaults \(d) (docs/EVALUATION.md; --cap 0 / --flux-restore 0 turn them off)")
+        }
         for i in inputs { do { try refuseUnsupportedFormat(i) } catch { throw failure(describe(error)) } }
         let parameters = try parseParameters(c.params)
         guard let algorithm = ConvAlgorithm(rawValue: c.conv) else { throw failure("--conv must be auto, direct, winograd, winograd2, winograd6 or reference") }

@@ -36,6 +36,10 @@ struct UNetTrainOptions: ParsableArguments {
     var biasFree = false
     @Flag(help: "deconv-psf: the model written declares the data-consistency correction (restore --data-consistency, docs/EVALUATION.md) as its run-time default (also with --finish).")
     var declareDataConsistency = false
+    @Option(help: "astro-unet: the model written declares the bright cap at sky + K sigma (denoise --cap K) as its run-time default (also with --finish; 0: none).")
+    var declareCap: Double = 0
+    @Option(help: "astro-unet: the model written declares the flux restore with this Gaussian sigma in pixels (denoise --flux-restore S) as its run-time default (also with --finish; 0: none).")
+    var declareFluxRestore: Double = 0
     @Flag(help: "U-net recipes: tied upsampling: each 2x2 transposed convolution keeps its four taps equal (nearest-neighbour upsampling then a 1x1 convolution: resize-convolution), against checkerboard and stripe artefacts; with --init-weights each channel pair starts from its mean tap.")
     var tiedUpsampling = false
     @Option(help: "deconv-psf: the PSFs and noise levels to train over, e.g. airy,gaussian,moffat:fwhm=1.5-8,beta=1.5-6,e=0.15,noise=1e-06-0.1,side=65 (keys left out keep these defaults).")
@@ -72,6 +76,8 @@ extension Train {
     func written(_ session: DenoiserSession) -> Model {
         var m = session.finalModel()
         if unet.declareDataConsistency { m.metadata["deconvolution.data_consistency"] = .bool(true) }
+        if unet.declareCap > 0 { m.metadata["denoise.cap_sigma"] = .float(unet.declareCap) }
+        if unet.declareFluxRestore > 0 { m.metadata["denoise.flux_restore_sigma"] = .float(unet.declareFluxRestore) }
         return m
     }
 
@@ -84,6 +90,13 @@ extension Train {
         guard synthetic == 0 || recipe == "deconv-psf" else { throw ValidationError("--synthetic is for the flamary and deconv-psf recipes") }
         if !deconvolution && (psf != nil || noise != nil || sigma != nil) {
             throw ValidationError("astro-unet simulates short exposures with the paper's noise model: --psf, --noise and --sigma are for the deconvolution recipes")
+        }
+        if (unet.declareCap != 0 || unet.declareFluxRestore != 0) && recipe != "astro-unet" {
+            throw ValidationError("--declare-cap and --declare-flux-restore are for denoisers (astro-unet)")
+        }
+        guard unet.declareCap >= 0, unet.declareCap.isFinite else { throw ValidationError("--declare-cap takes K >= 0") }
+        if unet.declareFluxRestore != 0 {
+            do { _ = try FluxRestore(width: 1, height: 1, sigma: unet.declareFluxRestore) } catch { throw ValidationError("--declare-flux-restore: \(describe(error))") }
         }
         if unet.declareDataConsistency && recipe != "deconv-psf" { throw ValidationError("--declare-data-consistency is for deconv-psf models (a Wiener step with the PSF at run time)") }
         if resume != nil && unet.initWeights != nil { throw ValidationError("--init-weights starts a new run: it cannot be combined with --resume") }

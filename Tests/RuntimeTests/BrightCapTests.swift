@@ -58,4 +58,75 @@ final class BrightCapTests: XCTestCase {
             XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.fits"))
         }
     }
+
+    /// A denoiser that declares the cap and the flux restore (denoise.cap_sigma,
+    /// denoise.flux_restore_sigma) gets both by default: the same bits as asking for them;
+    /// `--cap 0 --flux-restore 0` give the plain output; a value given overrides the declared one;
+    /// with --in-memory a note says they were skipped; inspect lists them; a deconvolution model's
+    /// declaration is ignored; `train --declare-cap` writes it and refuses another recipe.
+    func testDeclaredDenoiserDefaults() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let exe = try astrocnnExecutable()
+        try writeTaskModels(dir, seed: 73)
+        let (w, h) = (72, 64)
+        var g = SplitMix64(seed: 74)
+        var px = (0..<(w * h)).map { _ in 200 + 30 * (g.float() - 0.5) }
+        for (sy, sx) in [(20, 30), (50, 12)] {
+            for y in 0..<h { for x in 0..<w { px[y * w + x] += 9000 * exp(-Float((y - sy) * (y - sy) + (x - sx) * (x - sx)) / 4) } }
+        }
+        try FITSIO.writeImage(path: dir + "/in.fits", width: w, height: h, pixels: px, headerCards: [])
+        var m = try ModelReader(path: dir + "/d.acnn").model()
+        m.metadata["denoise.cap_sigma"] = .float(40)
+        m.metadata["denoise.flux_restore_sigma"] = .float(1.2)
+        try ModelWriter.write(m, to: dir + "/declared.acnn", overwrite: true)
+        let net = try Network(path: dir + "/declared.acnn")
+        XCTAssertEqual(net.declaredDenoiseSteps.capSigma, 40)
+        XCTAssertEqual(net.declaredDenoiseSteps.fluxRestoreSigma, 1.2)
+        XCTAssertNil(try Network(path: dir + "/d.acnn").declaredDenoiseSteps.capSigma)
+
+        func denoise(_ model: String, _ out: String, _ extra: [String]) throws -> (pixels: [UInt32], stdout: String, stderr: String) {
+            let (s, o, e) = try runProcess(exe, ["denoise", dir + "/in.fits", "-m", dir + "/" + model, "-o", dir + "/" + out, "--quiet"] + extra)
+            XCTAssertEqual(s, 0, o + e)
+            return (try FITSIO.readImage(path: dir + "/" + out).pixels.map(\.bitPattern), o, e)
+        }
+        let asked = try denoise("d.acnn", "asked.fits", ["--cap", "40", "--flux-restore", "1.2"])
+        let plain = try denoise("d.acnn", "plain.fits", [])
+        let byDefault = try denoise("declared.acnn", "default.fits", [])
+        XCTAssertEqual(byDefault.pixels, asked.pixels, "the declared defaults are the same steps as asking")
+        XCTAssertNotEqual(byDefault.pixels, plain.pixels)
+        XCTAssertTrue(byDefault.stdout.contains("declared defaults --cap 40.0 --flux-restore 1.2"), byDefault.stdout)
+        XCTAssertTrue(try FITSIO.readImage(path: dir + "/default.fits").keyword("ACNNOPTS")?.contains("cap_sigma=40") ?? false)
+        XCTAssertEqual(try denoise("declared.acnn", "off.fits", ["--cap", "0", "--flux-restore", "0"]).pixels, plain.pixels)
+        XCTAssertEqual(try denoise("declared.acnn", "cap60.fits", ["--cap", "60"]).pixels,
+                       try denoise("d.acnn", "cap60b.fits", ["--cap", "60", "--flux-restore", "1.2"]).pixels, "a given value overrides")
+        let inMemory = try denoise("declared.acnn", "mem.fits", ["--in-memory"])
+        XCTAssertEqual(inMemory.pixels, plain.pixels)
+        XCTAssertTrue(inMemory.stderr.contains("declares --cap 40.0 as its default; skipped"), inMemory.stderr)
+        let (si, text, ei) = try runProcess(exe, ["inspect", dir + "/declared.acnn"])
+        XCTAssertEqual(si, 0, ei)
+        XCTAssertTrue(text.contains("the bright cap at sky + 40.0 sigma") && text.contains("flux restore, Gaussian sigma 1.2 px"), text)
+
+        // A deconvolution model's declaration is not applied (neither step is for one).
+        var c = try ModelReader(path: dir + "/c.acnn").model()
+        c.metadata["denoise.cap_sigma"] = .float(40)
+        try ModelWriter.write(c, to: dir + "/c-declared.acnn", overwrite: true)
+        XCTAssertNil(try Network(path: dir + "/c-declared.acnn").declaredDenoiseSteps.capSigma)
+
+        // train --declare-cap / --declare-flux-restore write the keys; refused for another recipe.
+        try FITSIO.writeImage(path: dir + "/a.fits", width: 96, height: 96, pixels: (0..<(96 * 96)).map { _ in 100 + 10 * g.float() }, headerCards: [])
+        try FITSIO.writeImage(path: dir + "/b.fits", width: 96, height: 96, pixels: (0..<(96 * 96)).map { _ in 100 + 10 * g.float() }, headerCards: [])
+        let out = dir + "/t.acnn"
+        var (st, _, err) = try runProcess(exe, ["train", "--recipe", "astro-unet", "--images", dir + "/a.fits", dir + "/b.fits", "--validate", "b.fits",
+                                               "--widths", "4,8", "--crop", "32", "--batch", "2", "--samples", "4", "--validation-samples", "2",
+                                               "--epochs", "1", "--declare-cap", "50", "--declare-flux-restore", "1.5", "--threads", "2", "--quiet", "-o", out])
+        XCTAssertEqual(st, 0, err)
+        let t = try ModelReader(path: out).model()
+        XCTAssertEqual(t.metadata["denoise.cap_sigma"], .float(50))
+        XCTAssertEqual(t.metadata["denoise.flux_restore_sigma"], .float(1.5))
+        (st, _, err) = try runProcess(exe, ["train", "--recipe", "deconv-unet", "--images", dir + "/a.fits", dir + "/b.fits", "--validate", "b.fits",
+                                           "--declare-cap", "50", "-o", dir + "/n.acnn"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("--declare-cap"), err)
+    }
 }
