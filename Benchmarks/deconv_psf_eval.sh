@@ -6,7 +6,8 @@
 # images never used in training or validation, for
 # three PSFs not used in training (the family is continuous: no member is drawn twice) at the
 # paper's noise (sigma 0.01 of the peak) and at each image's own pixel noise (noise:k=1).
-# psf+dc: the model with the data-consistency correction (restore --data-consistency).
+# psf+dc: the model with the data-consistency correction (restore --data-consistency); psf+dc+pos:
+# the same held to the truth's zero (restore --lower-bound 0), as Richardson-Lucy and Prox-TV are.
 # Usage: Benchmarks/deconv_psf_eval.sh [MODEL] [OUTDIR] [MODEL2]   (needs ../shared/data; ~15 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ for psf in "airy:size=64,rings=5" "moffat:fwhm=3,beta=2.5" "gaussian:fwhm=2.2"; 
   for noise in "gaussian:sigma=0.01" "noise:k=1"; do
     tag=$(echo "${psf%%:*}-${noise%%:*}")
     echo "== $psf, $noise"
-    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,wiener-risk,rl,tv,psf,psf+dc$EXTRA \
+    $A evaluate --images $IMAGES --psf "$psf" --noise "$noise" --methods none,wiener,wiener-dp,wiener-risk,rl,tv,psf,psf+dc,psf+dc+pos$EXTRA \
       --models $MODELS $SWEEPS --csv "$OUT/$tag.csv" --panel "$OUT/$tag.png" | tee "$OUT/$tag.txt"
   done
 done

@@ -26,6 +26,9 @@ public enum Method: Sendable, Equatable {
     /// A model name with this suffix (`psf+dc`) runs the model with the runtime's data-consistency
     /// correction (`DataConsistency`, `restore --data-consistency`).
     public static let dataConsistencySuffix = "+dc"
+    /// After `+dc` (`psf+dc+pos`): the correction holds the output to at least 0, the truth's
+    /// zero (`restore --data-consistency --lower-bound 0`).
+    public static let lowerBoundSuffix = "+pos"
 
     public var name: String {
         switch self {
@@ -134,7 +137,10 @@ public struct Evaluator {
             // units; a sky_mad or noise_mad model normalises it by its own sky and noise and inverts that, as restore does.
             opts.normalization = net.normalization == .clipMax ? Normalization.Kind.none : net.normalization
             // NAME+dc: the runtime's data-consistency correction after the network (restore --data-consistency).
-            opts.dataConsistency = name.hasSuffix(Method.dataConsistencySuffix)
+            // NAME+dc+pos: the same with the truth's zero held (the degraded images' truths are at
+            // least 0, which Richardson-Lucy and Prox-TV assume too).
+            opts.dataConsistency = name.hasSuffix(Method.dataConsistencySuffix) || name.hasSuffix(Method.dataConsistencySuffix + Method.lowerBoundSuffix)
+            if name.hasSuffix(Method.dataConsistencySuffix + Method.lowerBoundSuffix) { opts.lowerBound = 0 }
             let (px, report) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
                     "model=\((path as NSString).lastPathComponent)" + (report.dataConsistency.map { ",dc=\($0.keyword)" } ?? ""))

@@ -51,6 +51,10 @@ public enum Restoration {
         /// Deconvolution models with a Wiener step: correct the network's output against the
         /// observation (`DataConsistency`), in memory.
         public var dataConsistency = false
+        /// With `dataConsistency`: the image's true zero in its own units (a pixel of the sky is
+        /// never below it: bias-subtracted counts, or a sky-subtracted image whose sky estimate
+        /// is right), held by the correction (`DataConsistency.correct`'s `lowerBound`); nil: none.
+        public var lowerBound: Float?
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
                     algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
@@ -146,15 +150,21 @@ public enum Restoration {
                                    "the data-consistency correction of the \(w)x\(h) image")
             var observed = networkUnits
             for i in observed.indices where image.invalid[i] { observed[i] = .nan }
-            dc = DataConsistency.correct(observed: observed, estimate: restored, height: h, width: w, psf: k, threads: options.threads)
+            // The bound in network units (the normalisation is affine and increasing).
+            let bound = options.lowerBound.map { norm.apply([$0], invalid: [false])[0] }
+            dc = DataConsistency.correct(observed: observed, estimate: restored, height: h, width: w, psf: k, lowerBound: bound,
+                                         threads: options.threads)
             restored = dc!.image
         }
         restored = norm.invert(restored)
+        if dc != nil, let b = options.lowerBound {
+            for i in restored.indices { restored[i] = max(restored[i], b) }   // exact in the input's units
+        }
         for i in 0..<restored.count where image.invalid[i] { restored[i] = .nan }
         let tiles = runner.tileCount(outputHeight: out.height, outputWidth: out.width)
         let report = RestoreReport(width: w, height: h, invalidPixels: image.invalidCount, normalization: norm, padding: pads,
                                    tiles: tiles, seconds: Date().timeIntervalSince(start), parameters: parameters,
-                                   dataConsistency: dc.map { .init(mu: $0.mu, excess: $0.excess, applied: $0.applied) })
+                                   dataConsistency: dc.map { .init(mu: $0.mu, excess: $0.excess, applied: $0.applied, lowerBound: options.lowerBound) })
         return (restored, report)
     }
 

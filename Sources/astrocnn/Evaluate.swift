@@ -25,7 +25,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "deconvolve (Flamary 2017's protocol, Table I) or denoise (the Astro U-net's, Table 2).")
     var task: String = "deconvolve"
 
-    @Option(help: "Comma-separated methods (deconvolve: none,wiener,wiener-gcv,wiener-dp,wiener-risk,rl,tv,flamary1,flamary3 and models; NAME+dc: a PSF-aware model with the data-consistency correction; denoise: none,gaussian,median,starlet and models).")
+    @Option(help: "Comma-separated methods (deconvolve: none,wiener,wiener-gcv,wiener-dp,wiener-risk,rl,tv,flamary1,flamary3 and models; NAME+dc: a PSF-aware model with the data-consistency correction; NAME+dc+pos: the same holding the output to >= 0, the truth's zero, as RL and Prox-TV do; denoise: none,gaussian,median,starlet and models).")
     var methods: String?
 
     @Option(name: .long, parsing: .upToNextOption, help: "CNN models as NAME=PATH (default flamary1, flamary3 from models/ or the model search path).")
@@ -97,7 +97,11 @@ struct Evaluate: ParsableCommand {
             case "rl": list.append(.richardsonLucy(maxIterations: rlIterations))
             case "tv": list.append(.proxTV(mus: try parseList(tvMus, "--tv-mus"), iterations: tvIterations))
             default:
-                let base = name.hasSuffix(Method.dataConsistencySuffix) ? String(name.dropLast(Method.dataConsistencySuffix.count)) : name
+                var base = name
+                for suffix in [Method.dataConsistencySuffix + Method.lowerBoundSuffix, Method.dataConsistencySuffix] where base.hasSuffix(suffix) {
+                    base = String(base.dropLast(suffix.count))
+                    break
+                }
                 guard let p = modelPaths[base] else { throw ValidationError("unknown method \(name): give --models \(name)=PATH.acnn") }
                 guard FileManager.default.fileExists(atPath: p) else { throw ValidationError("model for \(name) not found: \(p)") }
                 list.append(.network(name: name, path: p))

@@ -71,6 +71,9 @@ struct RestoreCommonOptions: ParsableArguments {
     @Flag(name: .customLong("data-consistency"), help: "Deconvolution models with a Wiener step (deconv-psf): correct the network's output against the input, the error estimated from the residual (input - PSF * output) where it stands above the noise (docs/EVALUATION.md, Part 1d: large gains on nearly noiseless images, not everywhere); one 2-D input, in memory. The default of a model that declares it (deconvolution.data_consistency, e.g. the shipped deconv-psf), where the image allows.")
     var dataConsistency = false
 
+    @Option(name: .customLong("lower-bound"), help: "With the data-consistency correction: the image's true zero in its own units (e.g. 0 for bias-subtracted counts, or a sky-subtracted image whose sky is right): no output pixel goes below it (the correction is then solved under that bound, as Richardson-Lucy and Prox-TV hold positivity; docs/EVALUATION.md).")
+    var lowerBound: Float?
+
     @Flag(name: .customLong("no-data-consistency"), help: "Do not apply the data-consistency correction a model declares as its default.")
     var noDataConsistency = false
 
@@ -233,6 +236,13 @@ struct RestoreDriver {
                     }
                 }
                 options.dataConsistency = dc
+                if let b = c.lowerBound {
+                    guard b.isFinite else { throw ScaleError.badInput("--lower-bound must be a finite number in the image's units") }
+                    guard dc else {
+                        throw ScaleError.badInput("--lower-bound is held by the data-consistency correction, which does not run here (a PSF-aware model with --data-consistency or its declared default, one 2-D image in memory)")
+                    }
+                    options.lowerBound = b
+                }
                 if c.inMemory && special {
                     throw ScaleError.badInput("--in-memory works on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap")
                 }
@@ -293,6 +303,7 @@ struct RestoreDriver {
         if c.preview != nil { throw failure("--preview works with one input; run it on the file you want to look at") }
         if c.inMemory { throw failure("--in-memory works with one input") }
         if c.dataConsistency { throw failure("--data-consistency works with one input") }
+        if c.lowerBound != nil { throw failure("--lower-bound is held by the data-consistency correction, which works with one input") }
         if declaredDC {
             FileHandle.standardError.write(Data("note: '\(network.name)' declares the data-consistency correction; skipped in a batch (it runs on one image at a time, in memory)\n".utf8))
         }

@@ -82,6 +82,22 @@ final class PSFAwareCLITests: XCTestCase {
         (st, _, err) = try runProcess(exe, base + ["--strength", "0.5", "-o", dir + "/d3.fits"])
         XCTAssertEqual(st, 0, err)
         XCTAssertTrue(err.contains("declares the data-consistency correction; skipped"), err)
+
+        // --lower-bound: the correction holds the output to at least the image's true zero
+        // (recorded in ACNNDC and the HISTORY); refused where the correction does not run.
+        (st, _, err) = try runProcess(exe, base + ["--lower-bound", "90", "-o", dir + "/b1.fits"])
+        XCTAssertEqual(st, 0, err)
+        let b1 = try FITSIO.readImage(path: dir + "/b1.fits")
+        XCTAssertTrue(b1.pixels.allSatisfy { $0 >= 90 }, "\(b1.pixels.min() ?? 0)")
+        XCTAssertTrue(b1.keyword("ACNNDC")?.contains("bound=90") ?? false, b1.headerCards.joined(separator: "\n"))
+        XCTAssertLessThan(d1.pixels.min() ?? 0, 90, "the sky (about 100 +- 23) goes below 90 without the bound")
+        for (extra, words) in [(["--no-data-consistency", "--lower-bound", "0", "-o", dir + "/b2.fits"], "--lower-bound"),
+                               (["--lower-bound", "0", img, "-o", dir + "/bb/"], "--lower-bound")] {
+            (st, _, err) = try runProcess(exe, base + extra)
+            XCTAssertNotEqual(st, 0)
+            XCTAssertTrue(err.contains(words), err)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/b2.fits"))
     }
 
     /// `train --recipe deconv-psf` with the options of the shipped model: sparse simulated fields
