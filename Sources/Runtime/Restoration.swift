@@ -169,8 +169,11 @@ public enum Restoration {
     }
 
     /// FITS file in, FITS file out: keeps the input header (WCS included) and adds provenance.
+    /// With `inputChecksum` (a batch) the header also gets `ACNNICRC` and `ACNNOPTS`, as the
+    /// streamed restore writes them, so that a rerun skips the finished output.
     public static func restoreFile(input: String, hdu: String? = nil, output: String, network: Network,
-                                   options: Options = Options(), overwrite: Bool = false, command: String? = nil) throws -> RestoreReport {
+                                   options: Options = Options(), overwrite: Bool = false, command: String? = nil,
+                                   inputChecksum: UInt32? = nil) throws -> RestoreReport {
         // Fail before the long computation if the output cannot be written.
         do { try AtomicFile.checkWritable(output, overwrite: overwrite) } catch let e as AtomicFile.Failure {
             if case .exists = e { throw FITSError.exists(output) }
@@ -187,6 +190,10 @@ public enum Restoration {
         ]
         if let crc = network.fileChecksum {
             keywords.insert(("ACNNCRC", .string(checksumString(crc)), "CRC-32C of the model file"), at: 2)
+        }
+        if let c = inputChecksum {
+            keywords.append(("ACNNICRC", .string(checksumString(c)), "CRC-32C of the input file"))
+            keywords.append(("ACNNOPTS", .string(StreamingRestore.optionsSignature(hdu: hdu, options: options)), "options that change the result"))
         }
         for (k, v) in report.parameters.sorted(by: { $0.key < $1.key }) {
             keywords.append(("ACNNP\(keywords.count)", .string("\(k)=\(v)"), "run-time model parameter"))

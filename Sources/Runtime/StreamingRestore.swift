@@ -386,6 +386,8 @@ public enum StreamingRestore {
         if let g = options.gain { parts.append("gain=\(g)") }
         for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) { parts.append("\(k)=\(v)") }
         if let p = options.psf { parts.append("psf=\(p)") }
+        if options.dataConsistency { parts.append("dc") }
+        if options.dataConsistency, let b = options.lowerBound { parts.append("lower_bound=\(b)") }
         return parts.joined(separator: ";")
     }
 

@@ -225,8 +225,7 @@ struct RestoreDriver {
                     if special {
                         FileHandle.standardError.write(Data("note: '\(network.name)' declares the data-consistency correction; skipped (it runs on 2-D images without --strength, --mask, DQ, --luminance, --flux-restore or --cap)\n".utf8))
                     } else {
-                        let need = Double(DataConsistency.workBytes(height: probe.height, width: probe.width, psfSide: network.psf.map { max($0.height, $0.width) } ?? 65))
-                            + Double(probe.width) * Double(probe.height) * (16 + network.bytesPerInputPixel)
+                        let need = dataConsistencyBytes(probe)
                         if need <= Double(MemoryBudget.bytes) {
                             dc = true
                         } else {
@@ -302,10 +301,11 @@ struct RestoreDriver {
         if c.check { throw failure("--check works with one input; run 'astrocnn check' on each output of a batch") }
         if c.preview != nil { throw failure("--preview works with one input; run it on the file you want to look at") }
         if c.inMemory { throw failure("--in-memory works with one input") }
-        if c.dataConsistency { throw failure("--data-consistency works with one input") }
-        if c.lowerBound != nil { throw failure("--lower-bound is held by the data-consistency correction, which works with one input") }
-        if declaredDC {
-            FileHandle.standardError.write(Data("note: '\(network.name)' declares the data-consistency correction; skipped in a batch (it runs on one image at a time, in memory)\n".utf8))
+        if let b = c.lowerBound {
+            guard b.isFinite else { throw failure("--lower-bound must be a finite number in the images' units") }
+            guard c.dataConsistency || declaredDC else {
+                throw failure("--lower-bound is held by the data-consistency correction, which does not run here (a PSF-aware model with --data-consistency or its declared default)")
+            }
         }
         let files: [String]
         do {
@@ -345,7 +345,26 @@ struct RestoreDriver {
             do {
                 let probe = try probes[k] ?? FITSProbe(path: f, hdu: c.hdu)
                 let extra = PlaneRestore.signature(probe, extras, maskChecksum: maskCRC)
-                let signature = extra.isEmpty ? base : base + ";" + extra
+                let special = PlaneRestore.needed(probe, extras)
+                // The data-consistency correction, asked for or declared, runs file by file in
+                // memory where it can (as for one input); asked for, a file it cannot run on fails.
+                var dc = false
+                if c.dataConsistency || declaredDC {
+                    if special {
+                        if c.dataConsistency { throw ScaleError.badInput("--data-consistency works in memory, on 2-D images without --strength, --mask, a DQ extension (--no-dq), --luminance, --flux-restore or --cap") }
+                        FileHandle.standardError.write(Data("note: \(f): '\(network.name)' declares the data-consistency correction; skipped (it runs on 2-D images without --strength, --mask, DQ, --luminance, --flux-restore or --cap)\n".utf8))
+                    } else if dataConsistencyFits(probe) {
+                        dc = true
+                    } else if c.dataConsistency {
+                        throw ScaleError.badInput("the data-consistency correction of the \(probe.width)x\(probe.height) image does not fit the memory budget")
+                    } else {
+                        FileHandle.standardError.write(Data("note: \(f): '\(network.name)' declares the data-consistency correction; skipped: the image does not fit the memory budget (the output is the network's, streamed)\n".utf8))
+                    }
+                }
+                var dcOptions = options
+                dcOptions.dataConsistency = true
+                dcOptions.lowerBound = c.lowerBound
+                let signature = dc ? StreamingRestore.optionsSignature(hdu: c.hdu, options: dcOptions) : (extra.isEmpty ? base : base + ";" + extra)
                 let crc = try StreamingRestore.fileChecksum(f)
                 if !c.overwrite && access(out, F_OK) == 0 {
                     if isVerifiedOutput(out, inputCRC: checksumString(crc), modelCRC: modelCRC, options: signature) {
@@ -356,7 +375,10 @@ struct RestoreDriver {
                     }
                     throw ScaleError.mismatch("\(out) exists but was not made from this input, model and options (pass --overwrite to replace it)")
                 }
-                if PlaneRestore.needed(probe, extras) {
+                if dc {
+                    _ = try Restoration.restoreFile(input: f, hdu: c.hdu, output: out, network: network, options: dcOptions, overwrite: c.overwrite,
+                                                    command: command, inputChecksum: crc)
+                } else if special {
                     _ = try PlaneRestore.restoreFile(input: f, hdu: c.hdu, output: out, network: network, options: options, extras: extras,
                                                      overwrite: c.overwrite, command: command, inputChecksum: crc, maskChecksum: maskCRC)
                 } else {
@@ -381,6 +403,15 @@ struct RestoreDriver {
             throw ExitCode(1)
         }
     }
+
+    /// Memory the in-memory restore with the data-consistency correction takes for this image
+    /// (the correction's spectra, the image's copies, the network's maps).
+    func dataConsistencyBytes(_ probe: FITSProbe) -> Double {
+        Double(DataConsistency.workBytes(height: probe.height, width: probe.width, psfSide: network.psf.map { max($0.height, $0.width) } ?? 65))
+            + Double(probe.width) * Double(probe.height) * (16 + network.bytesPerInputPixel)
+    }
+
+    func dataConsistencyFits(_ probe: FITSProbe) -> Bool { dataConsistencyBytes(probe) <= Double(MemoryBudget.bytes) }
 
     /// `pattern` applied to `input`, in the input's folder.
     func nextToInput(_ input: String, _ pattern: String) -> String {

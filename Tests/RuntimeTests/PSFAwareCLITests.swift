@@ -34,7 +34,7 @@ final class PSFAwareCLITests: XCTestCase {
 
     /// `--data-consistency`: the correction runs after the network in memory and is recorded in
     /// the header (ACNNDC, HISTORY); the same bits on 1 and 2 threads; refused for a model without
-    /// a Wiener step, with --strength, and for a batch, before any output is written.
+    /// a Wiener step and with --strength, before any output is written; a batch runs it file by file.
     func testDataConsistencyOption() throws {
         let exe = try astrocnnExecutable()
         let model = dir + "/tiny-psf.acnn"
@@ -58,10 +58,13 @@ final class PSFAwareCLITests: XCTestCase {
         (st, _, err) = try runProcess(exe, args + ["--strength", "0.5", "-o", dir + "/y.fits"])
         XCTAssertNotEqual(st, 0)
         XCTAssertTrue(err.contains("--data-consistency works in memory"), err)
-        (st, _, err) = try runProcess(exe, args + [img, "-o", dir + "/out/"])
-        XCTAssertNotEqual(st, 0)
-        XCTAssertTrue(err.contains("one input"), err)
-        for f in ["x.fits", "y.fits", "out"] { XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/" + f), f) }
+        for f in ["x.fits", "y.fits"] { XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/" + f), f) }
+        // Asked for in a batch: file by file, the single input's bits.
+        try FileManager.default.copyItem(atPath: img, toPath: dir + "/sky-copy.fits")
+        (st, _, err) = try runProcess(exe, args + [dir + "/sky-copy.fits", "-o", dir + "/out/"])
+        XCTAssertEqual(st, 0, err)
+        XCTAssertEqual(try FITSIO.readImage(path: dir + "/out/sky.fits").pixels.map(\.bitPattern), a.pixels.map(\.bitPattern))
+        XCTAssertTrue(try FITSIO.readImage(path: dir + "/out/sky-copy.fits").headerCards.joined().contains("ACNNDC"))
 
         // A model that declares the correction (deconvolution.data_consistency) gets it by
         // default: the same bits as asking; --no-data-consistency turns it off; where it cannot
@@ -91,13 +94,30 @@ final class PSFAwareCLITests: XCTestCase {
         XCTAssertTrue(b1.pixels.allSatisfy { $0 >= 90 }, "\(b1.pixels.min() ?? 0)")
         XCTAssertTrue(b1.keyword("ACNNDC")?.contains("bound=90") ?? false, b1.headerCards.joined(separator: "\n"))
         XCTAssertLessThan(d1.pixels.min() ?? 0, 90, "the sky (about 100 +- 23) goes below 90 without the bound")
-        for (extra, words) in [(["--no-data-consistency", "--lower-bound", "0", "-o", dir + "/b2.fits"], "--lower-bound"),
-                               (["--lower-bound", "0", img, "-o", dir + "/bb/"], "--lower-bound")] {
-            (st, _, err) = try runProcess(exe, base + extra)
-            XCTAssertNotEqual(st, 0)
-            XCTAssertTrue(err.contains(words), err)
-        }
+        (st, _, err) = try runProcess(exe, base + ["--no-data-consistency", "--lower-bound", "0", "-o", dir + "/b2.fits"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("--lower-bound"), err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/b2.fits"))
+
+        // A batch runs the declared correction file by file (the same bits as one input), with
+        // the bound; a rerun skips the finished outputs, whose options record the correction; a
+        // rerun without it does not take them for its own.
+        let img2 = dir + "/sky2.fits"
+        try writeSky(img2, 150, 140, seed: 7)
+        let batch = ["restore", img, img2, "-m", declared, "--psf", "moffat:fwhm=3,beta=2.5", "--quiet", "--lower-bound", "90", "-o", dir + "/bb/"]
+        (st, _, err) = try runProcess(exe, batch)
+        XCTAssertEqual(st, 0, err)
+        let bb = try FITSIO.readImage(path: dir + "/bb/sky.fits")
+        XCTAssertEqual(bb.pixels.map(\.bitPattern), b1.pixels.map(\.bitPattern), "a batch gives the single-input bits")
+        XCTAssertTrue(bb.keyword("ACNNOPTS")?.contains("dc;lower_bound=90") ?? false, bb.headerCards.joined(separator: "\n"))
+        XCTAssertTrue(try FITSIO.readImage(path: dir + "/bb/sky2.fits").keyword("ACNNDC")?.contains("bound=90") ?? false)
+        var out = ""
+        (st, out, err) = try runProcess(exe, batch)
+        XCTAssertEqual(st, 0, err)
+        XCTAssertTrue(out.contains("skipped 2 up to date"), out)
+        (st, out, err) = try runProcess(exe, ["restore", img, img2, "-m", declared, "--psf", "moffat:fwhm=3,beta=2.5", "--quiet", "--no-data-consistency", "-o", dir + "/bb/"])
+        XCTAssertNotEqual(st, 0)
+        XCTAssertTrue(err.contains("was not made from this input, model and options"), err)
     }
 
     /// `train --recipe deconv-psf` with the options of the shipped model: sparse simulated fields
