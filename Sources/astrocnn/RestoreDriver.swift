@@ -71,7 +71,7 @@ struct RestoreCommonOptions: ParsableArguments {
     @Flag(name: .customLong("data-consistency"), help: "Deconvolution models with a Wiener step (deconv-psf): correct the network's output against the input, the error estimated from the residual (input - PSF * output) where it stands above the noise (docs/EVALUATION.md, Part 1d: large gains on nearly noiseless images, not everywhere); one 2-D input, in memory. The default of a model that declares it (deconvolution.data_consistency, e.g. the shipped deconv-psf), where the image allows.")
     var dataConsistency = false
 
-    @Option(name: .customLong("lower-bound"), help: "With the data-consistency correction: the image's true zero in its own units (e.g. 0 for bias-subtracted counts, or a sky-subtracted image whose sky is right): no output pixel goes below it (the correction is then solved under that bound, as Richardson-Lucy and Prox-TV hold positivity; docs/EVALUATION.md).")
+    @Option(name: .customLong("lower-bound"), help: "With the data-consistency correction: the image's true zero in its own units (e.g. 0 for bias-subtracted counts with their sky, or a nearly noiseless sky-subtracted image; on a noisy sky-subtracted frame it adds flux to the sky): no output pixel goes below it (the correction is then solved under that bound, as Richardson-Lucy and Prox-TV hold positivity; docs/EVALUATION.md).")
     var lowerBound: Float?
 
     @Flag(name: .customLong("no-data-consistency"), help: "Do not apply the data-consistency correction a model declares as its default.")
