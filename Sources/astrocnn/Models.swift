@@ -32,6 +32,21 @@ func loadModel(_ spec: String, modelDirs: [String]) throws -> Network {
 enum ShippedModels {
     static let denoiser = "astro-unet-16-vst.acnn"
     static let deconvolutionPreference = ["deconv-unet.acnn", "deconv-unet-moffat.acnn", "flamary3.acnn", "flamary1.acnn"]
+    /// The shipped model that takes the PSF at run time: the default of `deconvolve --psf` and
+    /// `demo --psf` for a PSF no fixed-PSF model was trained for (within its family).
+    static let psfAware = "deconv-psf.acnn"
+
+    /// The visible PSF-aware model (a Wiener step: it records the family it covers), preferring
+    /// the shipped file name.
+    static func psfAwareModel(_ entries: [ModelSearch.Entry]) -> ModelSearch.Entry? {
+        let visible = entries.filter { !$0.shadowed && $0.task == .deconvolve && $0.metadata["deconvolution.psf_family"] != nil }
+        return visible.first { $0.file == psfAware } ?? visible.first
+    }
+
+    /// The note printed when the PSF-aware model is used because no model was trained for the PSF.
+    static func psfAwareNote(_ network: Network, psf: String) -> String {
+        "note: no model was trained for --psf \(psf); using '\(network.name)', which takes the PSF at run time (covers \(network.metadata["deconvolution.psf_family"]?.stringValue ?? "its family")). On held-out images it beats its own Wiener input but not Wiener, Richardson-Lucy and Prox-TV tuned against a truth on every image (docs/EVALUATION.md, Part 1d)"
+    }
 
     /// A model's training PSF, parsed (nil when it records none or it cannot be read).
     static func trainingPSF(_ e: ModelSearch.Entry) -> PSFSpec? {
@@ -98,6 +113,9 @@ struct Models: ParsableCommand {
             if e.task == .deconvolve, let own = ShippedModels.trainingPSF(e),
                ShippedModels.deconvolutionModels(entries).first(where: { ShippedModels.trainingPSF($0) == own })?.path == e.path {
                 flags.append("default for deconvolve --psf \(psf)")
+            }
+            if e.path == ShippedModels.psfAwareModel(entries)?.path {
+                flags.append("default for deconvolve --psf of its family where no model above was trained for it")
             }
             if e.shadowed { flags.append("hidden by an earlier file of this name") }
             let size = e.bytes >= 1 << 20 ? String(format: "%.1f MB", Double(e.bytes) / 1e6) : String(format: "%.0f kB", Double(e.bytes) / 1e3)

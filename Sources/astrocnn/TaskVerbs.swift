@@ -41,7 +41,7 @@ struct Deconvolve: ParsableCommand {
     @Argument(help: "Input FITS files or directories (cfitsio extended syntax allowed; colour and cube images are restored plane by plane).")
     var inputs: [String]
 
-    @Option(help: "The image's PSF: airy:size=64,rings=5, gaussian:fwhm=F, moffat:fwhm=F,beta=B (as train --psf). 'auto' measures it from the image's stars (astrocnn psf) and uses a model only if its training PSF has the same profile (FWHM within 10%, beta within 25%).")
+    @Option(help: "The image's PSF: airy:size=64,rings=5, gaussian:fwhm=F, moffat:fwhm=F,beta=B (as train --psf). 'auto' measures it from the image's stars (astrocnn psf) and uses a fixed-PSF model only if its training PSF has the same profile (FWHM within 10%, beta within 25%). A PSF no fixed-PSF model was trained for goes to the shipped deconv-psf, which takes it at run time (within its family; inspect shows it).")
     var psf: String
 
     @Option(name: [.short, .long], help: "Output FITS file (one input; .fz: tile-compressed) or directory (several inputs). Default: IN_deconvolved.fits next to each input.")
@@ -57,8 +57,9 @@ struct Deconvolve: ParsableCommand {
 
     func run() throws {
         // A model that takes the PSF at run time (format 1.1, `deconv-psf`) is used when it is
-        // given with --model; it is not chosen on its own: it does not yet beat the classical
-        // methods (docs/EVALUATION.md, Part 1d).
+        // given with --model, and where no fixed-PSF model was trained for the PSF (with a note:
+        // it does not yet beat the truth-tuned classical methods on every image, docs/EVALUATION.md
+        // Part 1d; a fixed-PSF model trained for the PSF beats it there).
         if model != nil, let network = try psfAwareModel() {
             try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network,
                               common: common, checkPSF: psf).run()
@@ -84,8 +85,28 @@ struct Deconvolve: ParsableCommand {
             chosen = path
         } else {
             guard let e = ShippedModels.deconvolutionModels(entries).first(where: { ShippedModels.trainingPSF($0) == wanted }) else {
+                // No fixed-PSF model for this PSF: the model that takes it at run time, if the
+                // PSF is in its family (else the refusal says why).
+                var refusal = ""
+                if let aware = ShippedModels.psfAwareModel(entries) {
+                    let network: Network
+                    do { network = try Network(path: aware.path) } catch { throw failure("\(aware.path): \(describe(error))") }
+                    do {
+                        guard let k = try wanted.kernel() else { throw ScaleError.badInput("--psf none gives it no PSF") }
+                        try network.bind(psf: PSFKernel(height: k.height, width: k.width, values: k.pixels), description: wanted.description)
+                        print("PSF for \(network.name): \(wanted.description)" + String(format: " (FWHM %.2f px)", network.psf!.fwhm))
+                        FileHandle.standardError.write(Data((ShippedModels.psfAwareNote(network, psf: wanted.exactDescription) + "\n").utf8))
+                    } catch {
+                        refusal = "; \(aware.file), which takes the PSF at run time, cannot take this one: \(describe(error))"
+                    }
+                    if refusal.isEmpty {
+                        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network,
+                                          common: common, checkPSF: psf).run()
+                        return
+                    }
+                }
                 let list = ShippedModels.coveredText(entries)
-                throw failure("no model found was trained for --psf \(wanted.exactDescription); a deconvolution model run on another PSF gives wrong results, so none is used. Covered:\n\(list)\nTrain one for your PSF (astrocnn train --recipe deconv-unet --psf \(wanted.exactDescription) ...) and pass it with --model")
+                throw failure("no model found was trained for --psf \(wanted.exactDescription)\(refusal); a deconvolution model run on another PSF gives wrong results, so none is used. Covered:\n\(list)\nTrain one for your PSF (astrocnn train --recipe deconv-unet --psf \(wanted.exactDescription) ...) and pass it with --model")
             }
             chosen = e.path
         }
@@ -134,6 +155,19 @@ struct Deconvolve: ParsableCommand {
             guard let k = try? c.spec.kernel() else { return false }
             let fit = PSFEstimation.fitMoffat(k)
             return abs(fit.fwhm - measured.fwhm) <= 0.1 * fit.fwhm && abs(fit.beta - measured.beta) <= 0.25 * fit.beta
+        }
+        if close == nil, model == nil, let aware = ShippedModels.psfAwareModel(ModelSearch.catalog(locations).entries) {
+            // No fixed-PSF model for the measured PSF: the model that takes it at run time.
+            let network: Network
+            do { network = try Network(path: aware.path) } catch { throw failure("\(aware.path): \(describe(error))") }
+            do {
+                try network.bind(psf: PSFKernel(height: measured.kernel.height, width: measured.kernel.width, values: measured.kernel.pixels),
+                                 description: String(format: "measured from %d stars: Moffat FWHM %.2f px, beta %.2f", measured.stars, measured.fwhm, measured.beta))
+            } catch { throw failure("--psf auto: \(describe(error))") }
+            FileHandle.standardError.write(Data((ShippedModels.psfAwareNote(network, psf: String(format: "auto (Moffat FWHM %.2f px, beta %.2f)", measured.fwhm, measured.beta)) + "\n").utf8))
+            try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common,
+                              checkPSF: psf).run()
+            return
         }
         guard let chosen = close else {
             let stem = (input as NSString).deletingPathExtension

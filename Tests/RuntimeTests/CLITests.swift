@@ -89,7 +89,7 @@ final class CLITests: XCTestCase {
                 .flatMap { l in l.range(of: "PSNR").flatMap { Double(l[$0.upperBound...].split(separator: " ")[0]) } }
         }
         let degraded = try XCTUnwrap(psnr("degraded"))
-        let line = try XCTUnwrap(out.split(separator: "\n").first { $0.contains("gain") })
+        let line = try XCTUnwrap(out.split(separator: "\n").first { $0.contains("(gain") })
         let restored = try XCTUnwrap(line.range(of: "PSNR").flatMap { Double(line[$0.upperBound...].split(separator: " ")[0]) })
         XCTAssertGreaterThan(restored, degraded + 3, out)
         for f in ["truth.fits", "degraded.fits", "restored.fits", "wiener.fits", "rl.fits", "demo.png", "demo-zoom.png"] {
@@ -98,6 +98,14 @@ final class CLITests: XCTestCase {
         let (s2, out2, err2) = try runProcess(exe, ["demo", "--task", "denoise", "--size", "256", "--output", dir + "/demo2"])
         XCTAssertEqual(s2, 0, err2)
         XCTAssertFalse(out2.isEmpty)
+        // The shipped denoiser's declared steps are scored by default.
+        XCTAssertTrue(out2.contains("astro-unet+cap+flux"), out2)
+        // A PSF the default model was not trained for: the PSF-aware model, and it restores.
+        let (s3, out3, err3) = try runProcess(exe, ["demo", "--size", "256", "--psf", "moffat:fwhm=3,beta=2.5", "--output", dir + "/demo3"])
+        XCTAssertEqual(s3, 0, err3)
+        XCTAssertTrue(out3.contains("using deconv-psf.acnn") && out3.contains("deconv-psf"), out3)
+        let line3 = try XCTUnwrap(out3.split(separator: "\n").first { $0.contains("(gain") })
+        XCTAssertTrue(line3.contains("deconv-psf"), String(line3))
     }
 
     /// A write that hits a file-size limit (as on a full disk) fails with an error and leaves

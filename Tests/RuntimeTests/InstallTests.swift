@@ -125,10 +125,16 @@ final class InstallTests: XCTestCase {
         XCTAssertEqual(try FITSProbe(path: work + "/stack_deconvolved.fits").axes, [w, h, 3])
         XCTAssertEqual(try header(work + "/stack_deconvolved.fits", "ACNNCRC"), try modelCRC(prefix, "deconv-unet-moffat.acnn"))
         XCTAssertTrue(out.contains("3 planes"), out)
-        // A PSF no shipped model covers is refused, listing those covered; no output.
+        // A PSF no fixed-PSF model was trained for goes to the PSF-aware deconv-psf, with a note.
         (s, out, err) = try run("astrocnn deconvolve m31.fits --psf gaussian:fwhm=3")
+        XCTAssertEqual(s, 0, err)
+        XCTAssertTrue(err.contains("no model was trained for --psf gaussian:fwhm=3") && err.contains("takes the PSF at run time"), err)
+        XCTAssertEqual(try header(work + "/m31_deconvolved.fits", "ACNNCRC"), try modelCRC(prefix, "deconv-psf.acnn"))
+        try FileManager.default.removeItem(atPath: work + "/m31_deconvolved.fits")
+        // One outside its family too is refused, listing those covered and why; no output.
+        (s, out, err) = try run("astrocnn deconvolve m31.fits --psf gaussian:fwhm=20")
         XCTAssertNotEqual(s, 0)
-        for t in ["gaussian:fwhm=3", "moffat:fwhm=4,beta=3", "airy:size=64,rings=5", "--model"] { XCTAssertTrue(err.contains(t), err) }
+        for t in ["gaussian:fwhm=20", "moffat:fwhm=4,beta=3", "airy:size=64,rings=5", "--model", "deconv-psf.acnn"] { XCTAssertTrue(err.contains(t), err) }
         XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/m31_deconvolved.fits"))
         // A 64x64 field of faint random sources: no PSF can be measured, or none a model covers.
         (s, out, err) = try run("astrocnn deconvolve m31.fits --psf auto")

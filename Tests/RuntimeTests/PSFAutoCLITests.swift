@@ -84,12 +84,35 @@ final class PSFAutoCLITests: XCTestCase {
         XCTAssertTrue(out.contains("does NOT reproduce the input") && out.contains("check: FAIL"), out)
     }
 
-    /// A PSF no model covers: refused, with the measured PSF written for training.
-    func testAutoRefusesAPSFNoModelCovers() throws {
+    /// A PSF no fixed-PSF model was trained for goes to the shipped deconv-psf (which takes the
+    /// PSF at run time), with a note, for --psf auto and --psf SPEC; a PSF outside its family is
+    /// refused; with no PSF-aware model visible (a file of its name hiding it), --psf auto is
+    /// refused with the measured PSF written for training.
+    func testAPSFNoFixedModelCoversGoesToThePSFAwareModel() throws {
         let exe = try astrocnnExecutable()
         let input = dir + "/narrow.fits"
         try field(input, fwhm: 2.2, beta: 6, seed: 2)
-        let (s, _, err) = try runProcess(exe, ["deconvolve", input, "--psf", "auto", "--quiet"])
+        let aware = try ModelReader(path: repositoryRoot + "/models/deconv-psf.acnn")
+        var (s, _, err) = try runProcess(exe, ["deconvolve", input, "--psf", "auto", "--quiet"])
+        XCTAssertEqual(s, 0, err)
+        XCTAssertTrue(err.contains("no model was trained for --psf auto") && err.contains("takes the PSF at run time"), err)
+        XCTAssertEqual(try FITSIO.readImage(path: dir + "/narrow_deconvolved.fits").keyword("ACNNCRC"), checksumString(aware.fileChecksum))
+        (s, _, err) = try runProcess(exe, ["deconvolve", input, "--psf", "gaussian:fwhm=2.5", "-o", dir + "/g.fits", "--quiet"])
+        XCTAssertEqual(s, 0, err)
+        XCTAssertTrue(err.contains("no model was trained for --psf gaussian:fwhm=2.5"), err)
+        let g = try FITSIO.readImage(path: dir + "/g.fits")
+        XCTAssertEqual(g.keyword("ACNNCRC"), checksumString(aware.fileChecksum))
+        XCTAssertTrue(g.headerCards.joined().contains("ACNNDC"), "the model's declared correction runs")
+        (s, _, err) = try runProcess(exe, ["deconvolve", input, "--psf", "gaussian:fwhm=30", "-o", dir + "/w.fits", "--quiet"])
+        XCTAssertNotEqual(s, 0)
+        XCTAssertTrue(err.contains("--psf"), err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/w.fits"))
+
+        let hide = dir + "/hide"
+        try FileManager.default.createDirectory(atPath: hide, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: repositoryRoot + "/models/deconv-unet-moffat.acnn", toPath: hide + "/deconv-psf.acnn")
+        try FileManager.default.removeItem(atPath: dir + "/narrow_deconvolved.fits")
+        (s, _, err) = try runProcess(exe, ["deconvolve", input, "--psf", "auto", "--model-dir", hide, "--quiet"])
         XCTAssertNotEqual(s, 0)
         XCTAssertTrue(err.contains("no model was trained for a PSF like this image's") && err.contains("--recipe deconv-unet --psf"), err)
         XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/narrow_psf.fits"))
