@@ -61,12 +61,13 @@ struct Demo: ParsableCommand {
         guard var modelPath = model ?? Demo.defaultDeconvolutionModels.lazy.compactMap({ Demo.defaultModel($0) }).first ?? Demo.defaultModel() else {
             throw ValidationError("no model: models/deconv-unet.acnn or models/flamary3.acnn not found on the model search path (see astrocnn models --paths; install with scripts/install.sh PREFIX, or give --model)")
         }
-        // A PSF the default model was not trained for (--psf other than the paper's, or auto):
-        // the shipped model that takes the PSF at run time, as `deconvolve --psf` chooses it.
-        if model == nil, let p = psf {
+        // A PSF the default model was not trained for (--psf other than the paper's): the shipped
+        // model that takes the PSF at run time, as `deconvolve --psf` chooses it. (`--psf auto`
+        // blurs by the paper's PSF, the default model's own.)
+        if model == nil, let p = psf, p.lowercased() != "auto" {
             let trained = (try? ModelReader(path: modelPath)).flatMap { try? TrainingConfig.degradationSpecs(metadata: $0.metadata).psf }
-            let wanted = p.lowercased() == "auto" ? nil : try? PSFSpec(parsing: p)
-            if wanted == nil || wanted != trained, let aware = Demo.defaultModel(ShippedModels.psfAware) {
+            let wanted = try? PSFSpec(parsing: p)
+            if wanted != trained, let aware = Demo.defaultModel(ShippedModels.psfAware) {
                 print("--psf \(p): \((modelPath as NSString).lastPathComponent) was trained for another PSF; using \(ShippedModels.psfAware), which takes the PSF at run time")
                 modelPath = aware
             }
