@@ -75,15 +75,16 @@ public final class Network: @unchecked Sendable {
     /// The run-time steps a denoiser declares as its defaults (`denoise.cap_sigma`: the bright
     /// cap's K, `denoise.flux_restore_sigma`: the flux restore's Gaussian sigma in pixels; both
     /// chosen by measurement, docs/EVALUATION.md): `restore`/`denoise` apply them unless told
-    /// otherwise (`--cap 0`, `--flux-restore 0`). nil where not declared, not positive, or the
-    /// model is a deconvolution model (neither step applies to one).
+    /// otherwise (`--cap 0`, `--flux-restore 0`). nil where not declared, outside the step's
+    /// range (K > 0; 0 < sigma <= `FluxRestore.maxSigma`), or the model is a deconvolution model
+    /// (neither step applies to one).
     public var declaredDenoiseSteps: (capSigma: Double?, fluxRestoreSigma: Double?) {
         guard ModelSearch.task(metadata: metadata) != .deconvolve else { return (nil, nil) }
-        func positive(_ key: String) -> Double? {
-            guard let v = metadata[key]?.doubleValue, v > 0, v.isFinite else { return nil }
+        func value(_ key: String, max: Double) -> Double? {
+            guard let v = metadata[key]?.doubleValue, v > 0, v <= max else { return nil }
             return v
         }
-        return (positive("denoise.cap_sigma"), positive("denoise.flux_restore_sigma"))
+        return (value("denoise.cap_sigma", max: .greatestFiniteMagnitude), value("denoise.flux_restore_sigma", max: FluxRestore.maxSigma))
     }
 
     /// Binds the PSF the model's Wiener step deconvolves with: cut to the step's square

@@ -159,11 +159,10 @@ struct Inspect: ParsableCommand {
                 print("after      the data-consistency correction by default (restore/deconvolve; --no-data-consistency turns it off)")
             }
         }
-        if ModelSearch.task(metadata: reader.metadata) != .deconvolve {
-            let m = reader.metadata
+        if let declared = (try? Network(model: try reader.model()))?.declaredDenoiseSteps {
             var steps: [String] = []
-            if let k = m["denoise.cap_sigma"]?.doubleValue, k > 0 { steps.append("the bright cap at sky + \(k) sigma (--cap)") }
-            if let s = m["denoise.flux_restore_sigma"]?.doubleValue, s > 0 { steps.append("the flux restore, Gaussian sigma \(s) px (--flux-restore)") }
+            if let k = declared.capSigma { steps.append("the bright cap at sky + \(k) sigma (--cap)") }
+            if let s = declared.fluxRestoreSigma { steps.append("the flux restore, Gaussian sigma \(s) px (--flux-restore)") }
             if !steps.isEmpty {
                 print("defaults   " + steps.joined(separator: " and ") + " (denoise/restore; --cap 0 / --flux-restore 0 turn them off)")
             }

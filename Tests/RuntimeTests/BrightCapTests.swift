@@ -84,6 +84,15 @@ final class BrightCapTests: XCTestCase {
         XCTAssertEqual(net.declaredDenoiseSteps.capSigma, 40)
         XCTAssertEqual(net.declaredDenoiseSteps.fluxRestoreSigma, 1.2)
         XCTAssertNil(try Network(path: dir + "/d.acnn").declaredDenoiseSteps.capSigma)
+        // Values outside a step's range are not taken (a hostile or broken file cannot make every
+        // run fail or blur): NaN, negative, a flux-restore sigma over its maximum.
+        var bad = m
+        bad.metadata["denoise.cap_sigma"] = .float(-.infinity)
+        bad.metadata["denoise.flux_restore_sigma"] = .float(1e6)
+        try ModelWriter.write(bad, to: dir + "/bad.acnn", overwrite: true)
+        let badNet = try Network(path: dir + "/bad.acnn")
+        XCTAssertNil(badNet.declaredDenoiseSteps.capSigma)
+        XCTAssertNil(badNet.declaredDenoiseSteps.fluxRestoreSigma)
 
         func denoise(_ model: String, _ out: String, _ extra: [String]) throws -> (pixels: [UInt32], stdout: String, stderr: String) {
             let (s, o, e) = try runProcess(exe, ["denoise", dir + "/in.fits", "-m", dir + "/" + model, "-o", dir + "/" + out, "--quiet"] + extra)
