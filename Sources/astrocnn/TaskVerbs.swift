@@ -89,20 +89,16 @@ struct Deconvolve: ParsableCommand {
                 // PSF is in its family (else the refusal says why).
                 var refusal = ""
                 if let aware = ShippedModels.psfAwareModel(entries) {
-                    let network: Network
-                    do { network = try Network(path: aware.path) } catch { throw failure("\(aware.path): \(describe(error))") }
                     do {
-                        guard let k = try wanted.kernel() else { throw ScaleError.badInput("--psf none gives it no PSF") }
-                        try network.bind(psf: PSFKernel(height: k.height, width: k.width, values: k.pixels), description: wanted.description)
-                        print("PSF for \(network.name): \(wanted.description)" + String(format: " (FWHM %.2f px)", network.psf!.fwhm))
-                        FileHandle.standardError.write(Data((ShippedModels.psfAwareNote(network, psf: wanted.exactDescription) + "\n").utf8))
-                    } catch {
-                        refusal = "; \(aware.file), which takes the PSF at run time, cannot take this one: \(describe(error))"
-                    }
-                    if refusal.isEmpty {
-                        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network,
-                                          common: common, checkPSF: psf).run()
+                        let k: Image2D
+                        do {
+                            guard let kernel = try wanted.kernel() else { throw ScaleError.badInput("--psf none gives it no PSF") }
+                            k = kernel
+                        } catch { throw PSFAwareRefusal(message: describe(error)) }
+                        try runPSFAware(aware, kernel: k, description: wanted.description, asked: wanted.exactDescription)
                         return
+                    } catch let e as PSFAwareRefusal {
+                        refusal = "; \(aware.file), which takes the PSF at run time, cannot take this one: \(e.message)"
                     }
                 }
                 let list = ShippedModels.coveredText(entries)
@@ -114,6 +110,24 @@ struct Deconvolve: ParsableCommand {
         do { network = try Network(path: chosen) } catch { throw failure(describe(error)) }
         try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common,
                           checkPSF: psf).run()
+    }
+
+    /// Why the PSF-aware model cannot take a PSF (outside its family, too wide for its step).
+    struct PSFAwareRefusal: Error { var message: String }
+
+    /// Runs the PSF-aware model `entry` with `kernel` bound, for a PSF no fixed-PSF model was
+    /// trained for, saying so; throws `PSFAwareRefusal` when the model cannot take the PSF
+    /// (before anything is read or written).
+    func runPSFAware(_ entry: ModelSearch.Entry, kernel k: Image2D, description: String, asked: String) throws {
+        let network: Network
+        do { network = try Network(path: entry.path) } catch { throw failure("\(entry.path): \(describe(error))") }
+        do {
+            try network.bind(psf: PSFKernel(height: k.height, width: k.width, values: k.pixels), description: description)
+        } catch { throw PSFAwareRefusal(message: describe(error)) }
+        print("PSF for \(network.name): \(description)" + String(format: " (FWHM %.2f px)", network.psf!.fwhm))
+        FileHandle.standardError.write(Data((ShippedModels.psfAwareNote(network, psf: asked) + "\n").utf8))
+        try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network,
+                          common: common, checkPSF: psf).run()
     }
 
     /// The --model given, with this PSF bound, when it has a Wiener step (`deconv-psf`: one model
@@ -158,15 +172,11 @@ struct Deconvolve: ParsableCommand {
         }
         if close == nil, model == nil, let aware = ShippedModels.psfAwareModel(ModelSearch.catalog(locations).entries) {
             // No fixed-PSF model for the measured PSF: the model that takes it at run time.
-            let network: Network
-            do { network = try Network(path: aware.path) } catch { throw failure("\(aware.path): \(describe(error))") }
             do {
-                try network.bind(psf: PSFKernel(height: measured.kernel.height, width: measured.kernel.width, values: measured.kernel.pixels),
-                                 description: String(format: "measured from %d stars: Moffat FWHM %.2f px, beta %.2f", measured.stars, measured.fwhm, measured.beta))
-            } catch { throw failure("--psf auto: \(describe(error))") }
-            FileHandle.standardError.write(Data((ShippedModels.psfAwareNote(network, psf: String(format: "auto (Moffat FWHM %.2f px, beta %.2f)", measured.fwhm, measured.beta)) + "\n").utf8))
-            try RestoreDriver(label: "deconvolve", inputs: inputs, output: output, defaultName: "{stem}_deconvolved.fits", network: network, common: common,
-                              checkPSF: psf).run()
+                try runPSFAware(aware, kernel: measured.kernel,
+                                description: String(format: "measured from %d stars: Moffat FWHM %.2f px, beta %.2f", measured.stars, measured.fwhm, measured.beta),
+                                asked: String(format: "auto (Moffat FWHM %.2f px, beta %.2f)", measured.fwhm, measured.beta))
+            } catch let e as PSFAwareRefusal { throw failure("--psf auto: \(e.message)") }
             return
         }
         guard let chosen = close else {
