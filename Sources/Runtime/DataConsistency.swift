@@ -120,12 +120,7 @@ public enum DataConsistency {
     static func bounded(observed y: [Float], prior x0: [Float], start: [Float], height h: Int, width w: Int, psf: PSFKernel,
                         mu: Double, bound b: Float, iterations: Int, threads: Int) -> [Float] {
         let ph = FFTPlan.fastSize(atLeast: h + psf.height), pw = FFTPlan.fastSize(atLeast: w + psf.width)
-        var t = ComplexImage(height: ph, width: pw)
-        let oy = (psf.height - 1) / 2, ox = (psf.width - 1) / 2
-        for u in 0..<psf.height { for v in 0..<psf.width {
-            t.re[((u - oy) % ph + ph) % ph * pw + ((v - ox) % pw + pw) % pw] += psf.values[u * psf.width + v]
-        } }
-        t.transform(inverse: false, threads: threads)
+        let t = WienerDeconvolution.transferFunction(psf, height: ph, width: pw, threads: threads)
         var maxH2 = 0.0
         for i in 0..<(ph * pw) { maxH2 = max(maxH2, t.re[i] * t.re[i] + t.im[i] * t.im[i]) }
         let step = 1 / (maxH2 + mu), scale = 1 / Double(ph * pw)

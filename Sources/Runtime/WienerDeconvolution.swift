@@ -120,13 +120,7 @@ public enum WienerDeconvolution {
             }
         }
         y.transform(inverse: false, threads: threads)
-        var t = ComplexImage(height: ph, width: pw)
-        let oy = (psf.height - 1) / 2, ox = (psf.width - 1) / 2
-        for u in 0..<psf.height { for v in 0..<psf.width {
-            let r = ((u - oy) % ph + ph) % ph, c = ((v - ox) % pw + pw) % pw
-            t.re[r * pw + c] += psf.values[u * psf.width + v]
-        } }
-        t.transform(inverse: false, threads: threads)
+        let t = transferFunction(psf, height: ph, width: pw, threads: threads)
         let cu = (0..<ph).map { 2 - 2 * cos(2 * Double.pi * Double($0) / Double(ph)) }
         let cv = (0..<pw).map { 2 - 2 * cos(2 * Double.pi * Double($0) / Double(pw)) }
         let n = ph * pw
@@ -139,6 +133,19 @@ public enum WienerDeconvolution {
             l2[i] = l * l
         } }
         return Spectra(y: y, t: t, h2: h2, y2: y2, l2: l2, ph: ph, pw: pw, top: top, left: left)
+    }
+
+    /// The PSF's transfer function H on a ph x pw grid (the PSF's centre pixel at the origin,
+    /// wrapped around).
+    static func transferFunction(_ psf: PSFKernel, height ph: Int, width pw: Int, threads: Int) -> ComplexImage {
+        var t = ComplexImage(height: ph, width: pw)
+        let oy = (psf.height - 1) / 2, ox = (psf.width - 1) / 2
+        for u in 0..<psf.height { for v in 0..<psf.width {
+            let r = ((u - oy) % ph + ph) % ph, c = ((v - ox) % pw + pw) % pw
+            t.re[r * pw + c] += psf.values[u * psf.width + v]
+        } }
+        t.transform(inverse: false, threads: threads)
+        return t
     }
 
     /// GCV's lambda: the grid value minimising |(I - A) y|^2 / trace(I - A)^2 (first on ties).

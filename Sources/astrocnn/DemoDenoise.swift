@@ -56,10 +56,9 @@ extension Demo {
         ev.noisyGain = noise.outputGain   // for sky_vst models
         // Not given: the steps the model declares as its defaults (denoise.cap_sigma,
         // denoise.flux_restore_sigma), so the demo scores what `denoise` gives by default.
-        let declared = (try? ModelReader(path: modelPath).metadata) ?? [:]
-        func declaredValue(_ key: String) -> Double { declared[key]?.doubleValue.flatMap { $0 > 0 && $0.isFinite ? $0 : nil } ?? 0 }
-        let cap = self.cap ?? declaredValue("denoise.cap_sigma")
-        let fluxRestore = self.fluxRestore ?? declaredValue("denoise.flux_restore_sigma")
+        let declared = (try? Network(path: modelPath))?.declaredDenoiseSteps
+        let cap = self.cap ?? declared?.capSigma ?? 0
+        let fluxRestore = self.fluxRestore ?? declared?.fluxRestoreSigma ?? 0
         guard cap >= 0, cap.isFinite else { throw ValidationError("--cap must be >= 0") }
         guard fluxRestore >= 0, fluxRestore.isFinite else { throw ValidationError("--flux-restore must be >= 0") }
         if fluxRestore > 0 { _ = try FluxRestore(width: 1, height: 1, sigma: fluxRestore) }   // its range, before any work
