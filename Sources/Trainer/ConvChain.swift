@@ -50,6 +50,15 @@ public enum Loss: String, Sendable, CaseIterable {
 /// traffic between cores, and the barriers left cores idle), into an accumulator of its own;
 /// the groups' gradients are summed in group order, so results are bitwise independent of the
 /// thread count.
+///
+/// Layers with 6x6 kernels and at least 16 input and output channels (the 3-CNN's conv2, 84% of
+/// its FLOPs) run their forward pass and data gradient in training as F(3x3,6x6) Winograd
+/// convolutions on the runtime's `WinogradConv` (5.1x fewer multiplications): the group's
+/// samples are laid side by side in one planar map (sample n's columns from n * inSize), so the
+/// tiles of a row run across all of them; forward, the output columns between two samples are
+/// computed and dropped; the data gradient's 'full' correlation needs no waste, since each
+/// sample's zero padding is the gap before the next one. `predict` stays direct (the bits of
+/// `GraphTrainer` and the runtime's direct path).
 public final class ConvChainTrainer: @unchecked Sendable {
     public struct Layer: Sendable {
         public let inChannels: Int, outChannels: Int, kernel: Int
@@ -66,13 +75,23 @@ public final class ConvChainTrainer: @unchecked Sendable {
     /// The most samples interleaved in one group.
     public static let maxGroup = 8
 
+    /// Per layer, the Winograd variant its training forward pass and data gradient run under
+    /// (nil: direct); see `winogradVariant`.
+    public let winogradVariants: [WinogradVariant?]
     private var forwardWeights: [PackedConv] = []
     private var backwardWeights: [PackedConv?] = []
+    private var winogradForward: [WinogradConv?] = []
+    private var winogradBackward: [WinogradConv?] = []
+    /// Per layer after the first, its data gradient's OIHW kernel (flipped, in and out swapped).
+    private var flippedWeights: [UnsafeMutablePointer<Float>?] = []
     private var workspaces: [Int: [Workspace]] = [:]
     private let workspaceLock = NSLock()
 
     /// nil if `model` is not a chain of valid convolutions (+ ReLU) on a single input.
-    public init?(model: Model, inputSize: Int, isa: KernelISA = .best) {
+    /// `winograd`: layers `winogradVariant` accepts train in the Winograd domain;
+    /// ASTROCNN_TRAIN_CONV=direct turns it off (for comparisons).
+    public init?(model: Model, inputSize: Int, isa: KernelISA = .best,
+                 winograd: Bool = ProcessInfo.processInfo.environment["ASTROCNN_TRAIN_CONV"] != "direct") {
         let g = model.graph
         guard g.inputs.count == 1, g.outputs.count == 1 else { return nil }
         var prev = g.inputs[0].name
@@ -105,7 +124,18 @@ public final class ConvChainTrainer: @unchecked Sendable {
         self.inputSize = inputSize
         outputSize = size
         self.isa = isa
+        winogradVariants = ls.map { winograd ? ConvChainTrainer.winogradVariant(kernel: $0.kernel, inChannels: $0.inChannels, outChannels: $0.outChannels) : nil }
     }
+
+    /// F(3x3,6x6) for 6x6 layers with at least 16 input and output channels, both multiples of 4
+    /// (the data gradient is a convolution with in and out swapped); nil (direct) otherwise.
+    /// Measured on the 3-CNN's conv2 (64 -> 16 channels, 23x23 -> 18x18 maps, groups of 6-8
+    /// samples); other kernel sizes were not measured here and stay direct.
+    public static func winogradVariant(kernel: Int, inChannels c: Int, outChannels o: Int) -> WinogradVariant? {
+        kernel == 6 && c >= 16 && o >= 16 && c % 4 == 0 && o % 4 == 0 ? .f3x6 : nil
+    }
+
+    deinit { for t in flippedWeights { t?.deallocate() } }
 
     /// Output channels of the last layer (1 for the Flamary networks).
     public var outputChannels: Int { layers.last!.outChannels }
@@ -122,22 +152,49 @@ public final class ConvChainTrainer: @unchecked Sendable {
         return (0..<groups).map { $0 < extra ? base + 1 : base }
     }
 
-    /// Loads parameters (flat, `layout` order) into the packed forward and backward weights.
+    /// Loads parameters (flat, `layout` order) into the packed forward and backward weights and
+    /// the Winograd layers' transformed matrices, rewritten in place after the first call (a
+    /// training step allocates nothing). Must not run during `lossAndGradient` or `predict`.
     public func setParameters(_ p: [Float]) {
-        forwardWeights = layers.map { l in
-            PackedConv(weight: Array(p[layout.range(l.weight)]), bias: l.bias.map { Array(p[layout.range($0)]) },
-                       outChannels: l.outChannels, inChannels: l.inChannels, kh: l.kernel, kw: l.kernel)
+        precondition(p.count == layout.count)
+        if forwardWeights.isEmpty {
+            for (idx, l) in layers.enumerated() {
+                let (o, c, k) = (l.outChannels, l.inChannels, l.kernel)
+                forwardWeights.append(PackedConv(zeroedOutChannels: o, inChannels: c, kh: k, kw: k))
+                backwardWeights.append(idx == 0 ? nil : PackedConv(zeroedOutChannels: c, inChannels: o, kh: k, kw: k))
+                flippedWeights.append(idx == 0 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: o * c * k * k))
+                winogradForward.append(winogradVariants[idx].map { WinogradConv(outChannels: o, inChannels: c, variant: $0, padding: .valid) })
+                winogradBackward.append(idx == 0 ? nil : winogradVariants[idx].map {
+                    WinogradConv(outChannels: c, inChannels: o, variant: $0, padding: .valid)
+                })
+            }
         }
-        backwardWeights = layers.enumerated().map { (idx, l) in
-            if idx == 0 { return nil }
-            let w = p[layout.range(l.weight)]
-            let base = w.startIndex
-            let k = l.kernel
-            var t = [Float](repeating: 0, count: w.count)
-            for o in 0..<l.outChannels { for c in 0..<l.inChannels { for u in 0..<k { for v in 0..<k {
-                t[((c * l.outChannels + o) * k + u) * k + v] = w[base + ((o * l.inChannels + c) * k + (k - 1 - u)) * k + (k - 1 - v)]
-            } } } }
-            return PackedConv(weight: t, bias: nil, outChannels: l.inChannels, inChannels: l.outChannels, kh: k, kw: k)
+        p.withUnsafeBufferPointer { pb in
+            let base = pb.baseAddress!
+            for (idx, l) in layers.enumerated() {
+                let (o, c, k) = (l.outChannels, l.inChannels, l.kernel)
+                let w = base + layout.range(l.weight).lowerBound
+                let b = l.bias.map { base + layout.range($0).lowerBound }
+                ConvChainTrainer.pack(w, bias: b, into: forwardWeights[idx])
+                winogradForward[idx]?.setWeights(w, bias: b)
+                guard let t = flippedWeights[idx], let back = backwardWeights[idx] else { continue }
+                // The data gradient's kernel: flipped, in and out swapped (OIHW, O = c, I = o).
+                for oc in 0..<o { for ic in 0..<c { for u in 0..<k { for v in 0..<k {
+                    t[((ic * o + oc) * k + u) * k + v] = w[((oc * c + ic) * k + (k - 1 - u)) * k + (k - 1 - v)]
+                } } } }
+                ConvChainTrainer.pack(UnsafePointer(t), bias: nil, into: back)
+                winogradBackward[idx]?.setWeights(t, bias: nil)
+            }
+        }
+    }
+
+    /// OIHW weights and a bias (nil: zero) into `PackedConv`'s layout, in place.
+    private static func pack(_ w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, into pc: PackedConv) {
+        let taps = pc.inChannels * pc.kh * pc.kw
+        for o in 0..<pc.outChannels {
+            let s = w + o * taps, d = pc.weights + (o / 4) * taps * 4 + o % 4
+            for t in 0..<taps { d[4 * t] = s[t] }
+            pc.bias[o] = bias?[o] ?? 0
         }
     }
 
@@ -170,6 +227,11 @@ public final class ConvChainTrainer: @unchecked Sendable {
         /// Per layer, the output rows of each weight-gradient row block (a block's dY^T is at most
         /// 512 KiB, so it stays in L2 while every tap block reads it).
         let rowBlocks: [[Range<Int>]]
+        /// Per Winograd layer, its planar maps with the group's samples side by side (sample n's
+        /// columns from n * inSize): the forward's input and output, the data gradient's input
+        /// (dY with a zero frame of kernel - 1 rows above and below and kernel - 1 columns before
+        /// each sample and after the last: never written, so zero) and output.
+        let sideBySide: [(forwardIn: PlanarBuffer, forwardOut: PlanarBuffer, backwardIn: PlanarBuffer, backwardOut: PlanarBuffer)?]
 
         init(_ t: ConvChainTrainer, group g: Int) {
             self.g = g
@@ -205,6 +267,14 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 return p
             }
             dYT = dYTCount.map(zeroed)
+            sideBySide = zip(ls, t.winogradVariants).map { l, v in
+                guard v != nil else { return nil }
+                let (s, k) = (l.inSize, l.kernel)
+                return (PlanarBuffer(PlanarLayout(channels: l.inChannels, height: s, width: g * s)),
+                        PlanarBuffer(PlanarLayout(channels: l.outChannels, height: l.outSize, width: g * s - (k - 1))),
+                        PlanarBuffer(PlanarLayout(channels: l.outChannels, height: l.outSize + 2 * (k - 1), width: g * s + (k - 1))),
+                        PlanarBuffer(PlanarLayout(channels: l.inChannels, height: s, width: g * s)))
+            }
         }
 
         deinit {
@@ -239,16 +309,48 @@ public final class ConvChainTrainer: @unchecked Sendable {
         } }
     }
 
-    /// Runs the network on the group's samples (CHW each, consecutive) in `ws`.
-    private func forward(_ samples: UnsafePointer<Float>, _ ws: Workspace) {
+    /// Runs the network on the group's samples (CHW each, consecutive) in `ws`; `winograd`: the
+    /// Winograd layers run in the Winograd domain (training), else every layer direct.
+    private func forward(_ samples: UnsafePointer<Float>, _ ws: Workspace, winograd: Bool) {
         let iv = ws.input.view()
         ConvChainTrainer.interleave(samples, into: iv, channels: layers[0].inChannels, size: inputSize, group: ws.g)
         var x = iv
         for (i, l) in layers.enumerated() {
             let out = ws.acts[i].view()
-            FastOps.conv2d(x, out, forwardWeights[i], padding: .valid, activation: l.relu ? .relu : .none, isa: isa, tapStep: ws.g)
+            let activation: Activation = l.relu ? .relu : .none
+            if winograd, let wg = winogradForward[i], let sb = ws.sideBySide[i] {
+                let (pin, pout) = (sb.forwardIn.view(), sb.forwardOut.view())
+                ConvChainTrainer.sideBySide(x, into: pin, stride: l.inSize, pixels: l.inSize, group: ws.g, offset: 0)
+                wg.run(pin, pout, activation: activation, isa: isa, tileRows: 0..<((l.outSize + wg.tileSize - 1) / wg.tileSize))
+                ConvChainTrainer.interleaveSideBySide(pout, stride: l.inSize, into: out, pixels: l.outSize, group: ws.g)
+            } else {
+                FastOps.conv2d(x, out, forwardWeights[i], padding: .valid, activation: activation, isa: isa, tapStep: ws.g)
+            }
             x = out
         }
+    }
+
+    /// Interleaved (c, y, x * g + n) -> side by side (c, y + offset, n * stride + offset + x), for
+    /// x < pixels.
+    private static func sideBySide(_ src: PlanarView, into dst: PlanarView, stride: Int, pixels: Int, group g: Int, offset: Int) {
+        for c in 0..<src.channels { for y in 0..<src.height {
+            let s = src.pointer(c, y, 0), d = dst.pointer(c, y + offset, offset)
+            for n in 0..<g {
+                let dn = d + n * stride
+                for x in 0..<pixels { dn[x] = s[x * g + n] }
+            }
+        } }
+    }
+
+    /// Side by side (c, y, n * stride + x) -> interleaved (c, y, x * g + n), for x < pixels.
+    private static func interleaveSideBySide(_ src: PlanarView, stride: Int, into dst: PlanarView, pixels: Int, group g: Int) {
+        for c in 0..<dst.channels { for y in 0..<dst.height {
+            let s = src.pointer(c, y, 0), d = dst.pointer(c, y, 0)
+            for n in 0..<g {
+                let sn = s + n * stride
+                for x in 0..<pixels { d[x * g + n] = sn[x] }
+            }
+        } }
     }
 
     /// Network outputs for `count` samples (outputChannels x outputSize^2 floats each).
@@ -266,7 +368,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
                     let (g, start) = (sizes[gi], starts[gi])
                     let ws = self.takeWorkspace(g)
                     defer { self.giveWorkspace(ws) }
-                    self.forward(ip + start * inStride, ws)
+                    self.forward(ip + start * inStride, ws, winograd: false)
                     let v = ws.acts[self.layers.count - 1].view()
                     for c in 0..<v.channels { for y in 0..<ow {
                         let row = v.pointer(c, y, 0)
@@ -337,7 +439,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
     /// Forward and backward of one group; adds its weight and bias gradients to `acc`.
     private func groupGradient(_ x: UnsafePointer<Float>, _ target: UnsafePointer<Float>, _ loss: Loss, _ total: Int,
                                _ ws: Workspace, _ acc: UnsafeMutablePointer<Float>, _ accSizes: [Int], _ accOffsets: [Int]) -> Double {
-        forward(x, ws)
+        forward(x, ws, winograd: true)
         let g = ws.g
         let last = layers.count - 1
         // dL/dy of the output (interleaved like it), masked by its ReLU.
@@ -378,11 +480,18 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 // dX = full convolution of dY with the flipped, transposed kernel, masked by the
                 // previous layer's ReLU.
                 let k = li.kernel
-                var padded = dy.layout
-                padded.height += 2 * (k - 1); padded.width += 2 * (k - 1) * g; padded.margin = 0
-                let src = PlanarView(base: dy.pointer(0, -(k - 1), -(k - 1) * g), layout: padded, owner: ws.grads[i])
                 let dst = ws.grads[i - 1].view()
-                FastOps.conv2d(src, dst, backwardWeights[i]!, padding: .valid, activation: .none, isa: isa, tapStep: g)
+                if let wg = winogradBackward[i], let sb = ws.sideBySide[i] {
+                    let (pin, pout) = (sb.backwardIn.view(), sb.backwardOut.view())
+                    ConvChainTrainer.sideBySide(dy, into: pin, stride: li.inSize, pixels: li.outSize, group: g, offset: k - 1)
+                    wg.run(pin, pout, activation: .none, isa: isa, tileRows: 0..<((li.inSize + wg.tileSize - 1) / wg.tileSize))
+                    ConvChainTrainer.interleaveSideBySide(pout, stride: li.inSize, into: dst, pixels: li.inSize, group: g)
+                } else {
+                    var padded = dy.layout
+                    padded.height += 2 * (k - 1); padded.width += 2 * (k - 1) * g; padded.margin = 0
+                    let src = PlanarView(base: dy.pointer(0, -(k - 1), -(k - 1) * g), layout: padded, owner: ws.grads[i])
+                    FastOps.conv2d(src, dst, backwardWeights[i]!, padding: .valid, activation: .none, isa: isa, tapStep: g)
+                }
                 if layers[i - 1].relu { ConvChainTrainer.mask(dst, by: ws.acts[i - 1].view()) }
             }
         }

@@ -109,6 +109,7 @@ final class GradientTests: XCTestCase {
                 return y
             }, seed: seed)
             let t = try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size))
+            XCTAssertTrue(t.winogradVariants.allSatisfy { $0 == nil })
             let p = t.layout.flatten(m)
             t.setParameters(p)
             let g = try GraphGradient<Double>(model: m)
@@ -124,24 +125,7 @@ final class GradientTests: XCTestCase {
                     XCTAssertEqual(f.gradient.map(\.bitPattern), fast1.gradient.map(\.bitPattern), "\(threads) threads changed the gradient")
                     XCTAssertEqual(f.loss.bitPattern, fast1.loss.bitPattern)
                 }
-                // Reference in Double.
-                var ref = [Double](repeating: 0, count: p.count)
-                var refLoss = 0.0
-                var refOutputs = [Double]()
-                for n in 0..<batch {
-                    let x = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[n * size * size..<(n + 1) * size * size].map(Double.init))
-                    let v = g.forward(x, pd)
-                    let y = v[m.graph.outputs[0]]!
-                    refOutputs += y.data
-                    var dy = y
-                    for i in 0..<outN {
-                        let d = y.data[i] - Double(targets[n * outN + i])
-                        refLoss += d * d
-                        dy.data[i] = 2 * d / Double(batch * outN)
-                    }
-                    g.backward(v, outputGradient: dy, pd, into: &ref)
-                }
-                refLoss /= Double(batch * outN)
+                let (refLoss, ref, refOutputs) = chainReference(m, g, pd, size: size, inputs: inputs, targets: targets, batch: batch, outN: outN)
                 XCTAssertEqual(fast1.loss, refLoss, accuracy: 1e-5 * max(1, refLoss))
                 let scale = ref.map(abs).max()!
                 for i in 0..<p.count {
@@ -153,6 +137,87 @@ final class GradientTests: XCTestCase {
                 for i in 0..<pred.count { worst = max(worst, abs(Double(pred[i]) - refOutputs[i])) }
                 XCTAssertLessThan(worst, 1e-4, "batch \(batch): predictions")
                 XCTAssertEqual(t.predict(inputs, count: batch, threads: 1), pred)
+            }
+        }
+    }
+
+    /// Loss (MSE), gradient and outputs of a chain in Float64, sample by sample.
+    func chainReference(_ m: Model, _ g: GraphGradient<Double>, _ pd: [Double], size: Int, inputs: [Float], targets: [Float],
+                        batch: Int, outN: Int) -> (loss: Double, gradient: [Double], outputs: [Double]) {
+        var ref = [Double](repeating: 0, count: pd.count)
+        var refLoss = 0.0
+        var refOutputs = [Double]()
+        for n in 0..<batch {
+            let x = Tensor<Double>(channels: 1, height: size, width: size, data: inputs[n * size * size..<(n + 1) * size * size].map(Double.init))
+            let v = g.forward(x, pd)
+            let y = v[m.graph.outputs[0]]!
+            refOutputs += y.data
+            var dy = y
+            for i in 0..<outN {
+                let d = y.data[i] - Double(targets[n * outN + i])
+                refLoss += d * d
+                dy.data[i] = 2 * d / Double(batch * outN)
+            }
+            g.backward(v, outputGradient: dy, pd, into: &ref)
+        }
+        return (refLoss / Double(batch * outN), ref, refOutputs)
+    }
+
+    /// A chain whose 6x6 layer trains in the Winograd domain (F(3x3,6x6), forward and data
+    /// gradient): per tensor within 1e-4 of the Float64 reference (the bound of the graph
+    /// trainer's Winograd layers), on every ISA and for groups of every size 1-8 (batches of
+    /// 1, 5, 8 and 13); bitwise the same on 1, 2 and 3 threads and after the weights are
+    /// re-transformed in place; predictions stay direct (equal to the direct trainer's);
+    /// ASTROCNN_TRAIN_CONV's switch (`winograd: false`) gives the direct path.
+    func testWinogradChainMatchesReference() throws {
+        let size = 21
+        let m = try tinyModel({ b, x in
+            var y = b.relu(b.conv(x, out: 16, kernel: 4))
+            y = b.relu(b.conv(y, out: 20, kernel: 6))
+            return b.relu(b.conv(y, out: 1, kernel: 3))
+        }, seed: 21)
+        let flamary = try Architectures.flamary3(initializer: Initialization.glorot.initializer(seed: 2))
+        XCTAssertEqual(try XCTUnwrap(ConvChainTrainer(model: flamary, inputSize: 32)).winogradVariants, [nil, .f3x6, nil])
+        XCTAssertEqual(try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size, winograd: false)).winogradVariants, [nil, nil, nil])
+        let g = try GraphGradient<Double>(model: m)
+        let p = try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size)).layout.flatten(m)
+        let outN = (size - 3 - 5 - 2) * (size - 3 - 5 - 2)
+        let batches = [1, 5, 8, 13].map { batch in
+            var rng = SplitMix64(seed: UInt64(batch) &+ 77)
+            let inputs = (0..<(batch * size * size)).map { _ in rng.float(0, 1) }
+            let targets = (0..<(batch * outN)).map { _ in rng.float(0, 1) }
+            let ref = chainReference(m, g, p.map(Double.init), size: size, inputs: inputs, targets: targets, batch: batch, outN: outN)
+            return (batch, inputs, targets, ref)
+        }
+        for isa in KernelISA.allCases where isa.supported {
+            let t = try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size, isa: isa))
+            XCTAssertEqual(t.winogradVariants, [nil, .f3x6, nil])
+            let direct = try XCTUnwrap(ConvChainTrainer(model: m, inputSize: size, isa: isa, winograd: false))
+            XCTAssertEqual(t.outputChannels * t.outputSize * t.outputSize, outN)
+            // Other weights first, then these: the in-place re-transform must leave no trace.
+            t.setParameters(p.map { $0 * 0.5 + 0.01 })
+            t.setParameters(p)
+            direct.setParameters(p)
+            for (batch, inputs, targets, ref) in batches {
+                let fast = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 1)
+                for threads in [2, 3] {
+                    let f = t.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: threads)
+                    XCTAssertEqual(f.gradient.map(\.bitPattern), fast.gradient.map(\.bitPattern), "\(isa) batch \(batch): \(threads) threads")
+                    XCTAssertEqual(f.loss.bitPattern, fast.loss.bitPattern)
+                }
+                XCTAssertEqual(fast.loss, ref.loss, accuracy: 1e-5 * max(1e-3, ref.loss))
+                var worst = 0.0
+                for name in t.layout.names {
+                    let r = t.layout.range(name)
+                    let scale = ref.gradient[r].map(abs).max()!
+                    let err = r.map { abs(Double(fast.gradient[$0]) - ref.gradient[$0]) }.max()!
+                    worst = max(worst, err / scale)
+                    XCTAssertLessThan(err / scale, 1e-4, "\(isa) batch \(batch): \(name)")
+                }
+                print("Winograd chain on \(isa.rawValue), batch \(batch): worst per-tensor relative error \(worst)")
+                let d = direct.lossAndGradient(inputs: inputs, targets: targets, count: batch, loss: .mse, threads: 2)
+                XCTAssertNotEqual(d.gradient, fast.gradient)   // Winograd really ran
+                XCTAssertEqual(t.predict(inputs, count: batch, threads: 2), direct.predict(inputs, count: batch, threads: 2))
             }
         }
     }
