@@ -10,6 +10,8 @@ public struct MeasuredPSF: Sendable {
     public var stars: Int
     /// Candidates looked at (local maxima above the detection threshold).
     public var candidates: Int
+    /// That threshold, in sigma of the sky noise above the sky (30, 15 or 8).
+    public var threshold: Double
     /// The Moffat profile fitted to the stacked kernel (FWHM in pixels, beta), its relative RMS
     /// misfit, and the ellipticity 1 - b/a from the kernel's second moments.
     public var fwhm: Double
@@ -50,12 +52,14 @@ public enum PSFEstimation {
         var ceiling = -Double.infinity
         for i in 0..<(w * h) { if let v = ok(i) { ceiling = max(ceiling, v) } }
 
-        // Candidates: strict local maxima over 5x5, 30 sigma above the sky (15 where fewer than
-        // 20 peaks reach 30: small frames, short exposures).
+        // Candidates: strict local maxima over 5x5, 30 sigma above the sky; 15 where fewer than
+        // 20 peaks reach 30 (small frames, short exposures), 8 where fewer than 20 reach 15 (a
+        // few bright stars: a peak 8 sigma above the sky is a flux S/N of about 25 for a 3-pixel
+        // FWHM, above the usual 20 for PSF stars; the median stack averages their noise down).
         var cands: [(y: Int, x: Int, peak: Double)] = []
         var level = 30.0
-        for attempt in 0..<2 {
-            if attempt == 1 { if cands.count >= 20 { break }; level = 15; cands = [] }
+        for nextLevel in [30.0, 15, 8] {
+            if nextLevel < level { if cands.count >= 20 { break }; level = nextLevel; cands = [] }
             let threshold = sky.median + level * sigma
             for y in 2..<(h - 2) { for x in 2..<(w - 2) {
                 guard let v = ok(y * w + x), v > threshold else { continue }
@@ -66,7 +70,7 @@ public enum PSFEstimation {
                 if isMax { cands.append((y, x, v)) }
             } }
         }
-        if cands.isEmpty { throw Failure(description: "no star rises 15 sigma above the sky; give the PSF with --psf SPEC") }
+        if cands.isEmpty { throw Failure(description: "no star rises \(Int(level)) sigma above the sky; give the PSF with --psf SPEC") }
 
         // Sizes from second moments within radius 4 (sky-subtracted, positive part).
         func moments(_ y: Int, _ x: Int, radius r: Int) -> (cy: Double, cx: Double, sxx: Double, syy: Double, sxy: Double, flux: Double)? {
@@ -194,7 +198,7 @@ public enum PSFEstimation {
         guard fit.fwhm <= Double(side) / 3, fit.error < 0.5 else {
             throw Failure(description: String(format: "the %d sources stacked are not point-like (fitted FWHM %.1f px in a %d-pixel stamp, misfit %.0f%%): the image has too few clean stars; give the PSF with --psf SPEC", stamps.count, fit.fwhm, side, 100 * fit.error))
         }
-        return MeasuredPSF(kernel: kernel, stars: stamps.count, candidates: cands.count, fwhm: fit.fwhm, beta: fit.beta,
+        return MeasuredPSF(kernel: kernel, stars: stamps.count, candidates: cands.count, threshold: level, fwhm: fit.fwhm, beta: fit.beta,
                            fitError: fit.error, ellipticity: ellipticity(kernel, radius: 2 * fit.fwhm))
     }
 

@@ -88,7 +88,8 @@ struct Demo: ParsableCommand {
             do { m = try PSFEstimation.measure(pixels: px, invalid: [Bool](repeating: false, count: px.count), width: size, height: size) }
             catch { throw ValidationError("--psf auto: \(describe(error))") }
             methodPSF = m.kernel
-            psfText = String(format: "measured from %d stars of the degraded sky: Moffat FWHM %.2f px, beta %.2f", m.stars, m.fwhm, m.beta)
+            psfText = String(format: "measured from %d stars of the degraded sky (peaks %.0f sigma above the sky or more): Moffat FWHM %.2f px, beta %.2f",
+                             m.stars, m.threshold, m.fwhm, m.beta)
             print("PSF \(psfText) (the sky was blurred by \(degradation.psfSpec.exactDescription))")
         }
         let tSim = monotonicSeconds()

@@ -81,8 +81,8 @@ struct MeasurePSF: ParsableCommand {
                          "Command: " + CommandLine.arguments.joined(separator: " ")])
             try FITSIO.writeImage(path: output, width: m.kernel.width, height: m.kernel.height, pixels: m.kernel.pixels.map(Float.init),
                                   headerCards: [], provenance: prov, overwrite: overwrite)
-            print(String(format: "PSF of %@: %d stars stacked (of %d peaks 15-30 sigma above the sky); Moffat FWHM %.2f px, beta %.2f (misfit %.1f%%), ellipticity %.3f; %dx%d kernel -> %@",
-                         input, m.stars, m.candidates, m.fwhm, m.beta, 100 * m.fitError, m.ellipticity, m.kernel.width, m.kernel.height, output))
+            print(String(format: "PSF of %@: %d stars stacked (of %d peaks %.0f sigma above the sky); Moffat FWHM %.2f px, beta %.2f (misfit %.1f%%), ellipticity %.3f; %dx%d kernel -> %@",
+                         input, m.stars, m.candidates, m.threshold, m.fwhm, m.beta, 100 * m.fitError, m.ellipticity, m.kernel.width, m.kernel.height, output))
             if let png = preview {
                 let peak = m.kernel.pixels.max() ?? 1
                 try Preview.sideBySide([("PSF", m.kernel.pixels.map { Float($0 / peak) })], width: m.kernel.width, height: m.kernel.height).write(to: png)

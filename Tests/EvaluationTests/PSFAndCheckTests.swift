@@ -91,6 +91,19 @@ final class PSFAndCheckTests: XCTestCase {
         }
     }
 
+    /// A field with few bright stars (2 or 3 peaks 15 sigma above the sky, about 8 at 8 sigma, as
+    /// the demo's sky under the paper's noise): measured from the fainter stars, FWHM within 10%.
+    func testFewBrightStarsUseFainterOnes() throws {
+        let n = 400
+        let spec = PSFSpec.moffat(fwhm: 3, beta: 2.5, size: 31)
+        let (observed, _) = try PSFAndCheckTests.starField(size: n, psf: spec, seed: 4, stars: 25, noise: 200)
+        let m = try PSFEstimation.measure(pixels: observed, invalid: [Bool](repeating: false, count: n * n), width: n, height: n)
+        print("few bright stars: \(m.stars) stars of \(m.candidates) candidates, FWHM \(m.fwhm), beta \(m.beta)")
+        XCTAssertEqual(m.threshold, 8, "the field has fewer than 20 peaks 15 sigma above the sky")
+        XCTAssertGreaterThanOrEqual(m.stars, 3)
+        XCTAssertEqual(m.fwhm, 3, accuracy: 0.3)
+    }
+
     /// An image without stars, or too small, is refused with a message that says to give --psf.
     func testNoStarsGivesAClearError() throws {
         var rng = SplitMix64(seed: 9)
