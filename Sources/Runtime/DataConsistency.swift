@@ -250,6 +250,14 @@ public struct DataConsistencySummary: Sendable {
             + (lowerBound.map { " bound=\($0)" } ?? "")
     }
 
+    /// What the user should be told on the terminal: nil when the correction was applied or
+    /// nothing was seen above the noise; else why it was refused and what to check.
+    public var warning: String? {
+        guard !applied, mu.isFinite else { return nil }
+        return String(format: "the data-consistency correction was not applied: its energy was %.3g times what blur by the PSF plus white noise predicts (limit %d), so the residual (input - PSF * output) holds something that model cannot explain (a PSF that is not the image's, a bright edge, an artefact); the output is the network's alone: check it with --check, or give the PSF with --psf",
+                      excess, Int(DataConsistency.maxExcess))
+    }
+
     public var history: String {
         let bound = lowerBound.map { b in
             applied ? "; the output held to >= \(b) (the image's true zero, input units) by \(DataConsistency.boundedIterations) FISTA iterations of the same objective"

@@ -271,6 +271,7 @@ struct RestoreDriver {
                 let planes = probe.planes > 1 ? (extras.luminance ? " x 3 planes (luminance)" : " x \(probe.planes) planes") : ""
                 print(String(format: "restored %dx%d pixels%@ (%d invalid) with '%@' in %.2f s (%d tiles, %d threads) -> %@",
                              r.width, r.height, planes, r.invalidPixels, network.name, r.seconds, r.tiles, options.threads, out))
+                if let warning = r.dataConsistency?.warning { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
                 if let png = c.preview {
                     let after = try FITSIO.readImage(path: tiffOut == nil ? out : scratch! + "/output.fits")
                     let before = try FITSIO.readImage(path: input, hdu: c.hdu)
@@ -376,8 +377,9 @@ struct RestoreDriver {
                     throw ScaleError.mismatch("\(out) exists but was not made from this input, model and options (pass --overwrite to replace it)")
                 }
                 if dc {
-                    _ = try Restoration.restoreFile(input: f, hdu: c.hdu, output: out, network: network, options: dcOptions, overwrite: c.overwrite,
-                                                    command: command, inputChecksum: crc)
+                    let r = try Restoration.restoreFile(input: f, hdu: c.hdu, output: out, network: network, options: dcOptions, overwrite: c.overwrite,
+                                                        command: command, inputChecksum: crc)
+                    if let warning = r.dataConsistency?.warning { FileHandle.standardError.write(Data("warning: \(f): \(warning)\n".utf8)) }
                 } else if special {
                     _ = try PlaneRestore.restoreFile(input: f, hdu: c.hdu, output: out, network: network, options: options, extras: extras,
                                                      overwrite: c.overwrite, command: command, inputChecksum: crc, maskChecksum: maskCRC)

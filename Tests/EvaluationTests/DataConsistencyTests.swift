@@ -47,6 +47,17 @@ final class DataConsistencyTests: XCTestCase {
 
     /// The estimate is the truth: the residual is the noise, nothing is seen in it, the output
     /// is the estimate bit for bit.
+    /// The terminal warning (`restore`, `deconvolve`): only for a refused correction, with the
+    /// measured excess, the limit and what to check; none when applied or when nothing was seen.
+    func testWarningOnlyWhenRefused() {
+        let refused = DataConsistencySummary(mu: 1e-3, excess: 1660, applied: false)
+        let w = refused.warning ?? ""
+        XCTAssertTrue(w.contains("not applied") && w.contains("1.66e+03") && w.contains("limit \(Int(DataConsistency.maxExcess))")
+                      && w.contains("--check") && w.contains("--psf"), w)
+        XCTAssertNil(DataConsistencySummary(mu: 1e-3, excess: 2, applied: true).warning)
+        XCTAssertNil(DataConsistencySummary(mu: .infinity, excess: 0, applied: false).warning)
+    }
+
     func testNothingToCorrectLeavesTheEstimate() throws {
         let psf = try gaussian(fwhm: 3, side: 15), n = 96
         let (truth, observed) = scene(n, psf: psf, scale: 200, seed: 3)
