@@ -38,7 +38,7 @@ public enum DataConsistency {
             s.y.re[i] = a * yr - b * yi
             s.y.im[i] = a * yi + b * yr
         }
-        s.y.transform(inverse: true, threads: threads)
+        s.y.inverseToReal(threads: threads)
         let scale = 1 / Double(s.count)
         var out = [Float](repeating: 0, count: h * w)
         for r in 0..<h { for c in 0..<w { out[r * w + c] = Float(s.y.re[(r + s.top) * s.pw + c + s.left] * scale) } }
@@ -141,13 +141,13 @@ public enum DataConsistency {
         func apply(_ a: [Double], adjoint: Bool, _ out: inout [Double]) {
             for i in 0..<(ph * pw) { g.re[i] = 0; g.im[i] = 0 }
             for r in 0..<h { for c in 0..<w { g.re[r * pw + c] = a[r * w + c] } }
-            g.transform(inverse: false, threads: threads)
+            g.transformReal(threads: threads)
             for i in 0..<(ph * pw) {
                 let (p, q) = (t.re[i], adjoint ? -t.im[i] : t.im[i]), (u, v) = (g.re[i], g.im[i])
                 g.re[i] = p * u - q * v
                 g.im[i] = p * v + q * u
             }
-            g.transform(inverse: true, threads: threads)
+            g.inverseToReal(threads: threads)
             for r in 0..<h { for c in 0..<w { out[r * w + c] = g.re[r * pw + c] * scale } }
         }
         var az = [Double](repeating: 0, count: h * w), grad = az
@@ -202,7 +202,7 @@ public enum DataConsistency {
             s.y.re[i] = (a * yr + b * yi) / d
             s.y.im[i] = (a * yi - b * yr) / d
         }
-        s.y.transform(inverse: true, threads: threads)
+        s.y.inverseToReal(threads: threads)
         let scale = 1 / Double(s.count)
         var out = estimate
         for r in 0..<h { for c in 0..<w {

@@ -205,6 +205,141 @@ public struct ComplexImage {
         im = re
     }
 
+    /// The forward 2-D DFT of a real image (`im` must hold zeros): `transform(inverse: false)`'s
+    /// result to rounding, at about half its cost. Rows two at a time: row y in the real part
+    /// and row y + 1 in the imaginary part of one complex transform, separated by the symmetry
+    /// of a real row's spectrum (X[k] = conj(X[w - k])); columns 0...w/2 only, the others being
+    /// the conjugates of the mirrored ones (X[r][c] = conj(X[h - r][w - c])). The same bits on
+    /// any thread count.
+    public mutating func transformReal(threads: Int = 1) {
+        let rowPlan = FFTPlan(width), colPlan = height == width ? rowPlan : FFTPlan(height)
+        let (h, w) = (height, width)
+        let half = w / 2
+        re.withUnsafeMutableBufferPointer { rb in
+            im.withUnsafeMutableBufferPointer { ib in
+                nonisolated(unsafe) let r = rb.baseAddress!, i = ib.baseAddress!
+                Parallel.chunks((h + 1) / 2, threads: threads) { range in
+                    let tmp = UnsafeMutablePointer<Double>.allocate(capacity: 2 * w)
+                    defer { tmp.deallocate() }
+                    for pair in range {
+                        let y = 2 * pair
+                        let ra = r + y * w, ia = i + y * w
+                        guard y + 1 < h else {
+                            rowPlan.transform(ra, ia, inStride: 1, tmp, tmp + w, inverse: false)
+                            ra.update(from: tmp, count: w); ia.update(from: tmp + w, count: w)
+                            continue
+                        }
+                        let rb2 = r + (y + 1) * w, ib2 = i + (y + 1) * w
+                        // z = row y + i row y+1 (row y+1 goes into row y's imaginary part).
+                        ia.update(from: rb2, count: w)
+                        rowPlan.transform(ra, ia, inStride: 1, tmp, tmp + w, inverse: false)
+                        let zr = tmp, zi = tmp + w
+                        for k in 0...half {
+                            let m = k == 0 ? 0 : w - k
+                            let (pr, pi) = (zr[k], zi[k]), (qr, qi) = (zr[m], -zi[m])   // Z[k], conj(Z[w - k])
+                            ra[k] = 0.5 * (pr + qr); ia[k] = 0.5 * (pi + qi)
+                            rb2[k] = 0.5 * (pi - qi); ib2[k] = -0.5 * (pr - qr)
+                        }
+                    }
+                }
+                Self.columns(r, i, height: h, width: w, count: half + 1, plan: colPlan, inverse: false, threads: threads)
+                // The other columns by symmetry.
+                if half + 1 < w {
+                    Parallel.chunks(h, threads: threads) { range in
+                        for y in range {
+                            let my = y == 0 ? 0 : h - y
+                            for c in (half + 1)..<w {
+                                r[y * w + c] = r[my * w + w - c]
+                                i[y * w + c] = -i[my * w + w - c]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inverse 2-D DFT (without 1/N) of a spectrum with Hermitian symmetry (X[r][c] =
+    /// conj(X[h - r][w - c]): the transform of a real image, times that of a real kernel), whose
+    /// result is real: written to `re` (`im` is set to zero). `transform(inverse: true)`'s real
+    /// part to rounding, at about half its cost: columns 0...w/2 only (the others are the
+    /// conjugates of the mirrored ones), then rows two at a time in one complex transform. The
+    /// same bits on any thread count.
+    public mutating func inverseToReal(threads: Int = 1) {
+        let rowPlan = FFTPlan(width), colPlan = height == width ? rowPlan : FFTPlan(height)
+        let (h, w) = (height, width)
+        let half = w / 2
+        re.withUnsafeMutableBufferPointer { rb in
+            im.withUnsafeMutableBufferPointer { ib in
+                nonisolated(unsafe) let r = rb.baseAddress!, i = ib.baseAddress!
+                Self.columns(r, i, height: h, width: w, count: half + 1, plan: colPlan, inverse: true, threads: threads)
+                Parallel.chunks((h + 1) / 2, threads: threads) { range in
+                    let tmp = UnsafeMutablePointer<Double>.allocate(capacity: 4 * w)
+                    defer { tmp.deallocate() }
+                    let zr = tmp + 2 * w, zi = tmp + 3 * w
+                    for pair in range {
+                        let y = 2 * pair
+                        let ra = r + y * w, ia = i + y * w
+                        let second = y + 1 < h
+                        let rb2 = r + (y + 1) * w, ib2 = i + (y + 1) * w
+                        // Each row is Hermitian after the column pass: Y[c] = conj(Y[w - c]).
+                        // z = row y + i row y+1, whose inverse is (row y's) + i (row y+1's).
+                        for c in 0..<w {
+                            let (src, sign) = c <= half ? (c, 1.0) : (w - c, -1.0)
+                            let (ar, ai) = (ra[src], sign * ia[src])
+                            if second {
+                                let (br, bi) = (rb2[src], sign * ib2[src])
+                                zr[c] = ar - bi; zi[c] = ai + br
+                            } else {
+                                zr[c] = ar; zi[c] = ai
+                            }
+                        }
+                        rowPlan.transform(zr, zi, inStride: 1, tmp, tmp + w, inverse: true)
+                        ra.update(from: tmp, count: w)
+                        ia.update(repeating: 0, count: w)
+                        if second {
+                            rb2.update(from: tmp + w, count: w)
+                            ib2.update(repeating: 0, count: w)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Column transforms of columns 0..<count, 8 at a time: each block of 8 columns is copied row
+    /// by row (one cache line per row) into contiguous columns, transformed, and copied back the
+    /// same way.
+    static func columns(_ r: UnsafeMutablePointer<Double>, _ i: UnsafeMutablePointer<Double>, height h: Int, width w: Int, count: Int,
+                        plan colPlan: FFTPlan, inverse: Bool, threads: Int) {
+        let block = 8
+        nonisolated(unsafe) let r = r, i = i
+        Parallel.chunks((count + block - 1) / block, threads: threads) { range in
+            let cols = UnsafeMutablePointer<Double>.allocate(capacity: 2 * h * block)
+            let out = UnsafeMutablePointer<Double>.allocate(capacity: 2 * h * block)
+            defer { cols.deallocate(); out.deallocate() }
+            for b in range {
+                let x0 = b * block, n = min(block, count - x0)
+                for y in 0..<h {
+                    for k in 0..<n {
+                        cols[k * h + y] = r[y * w + x0 + k]
+                        cols[(block + k) * h + y] = i[y * w + x0 + k]
+                    }
+                }
+                for k in 0..<n {
+                    colPlan.transform(cols + k * h, cols + (block + k) * h, inStride: 1, out + k * h, out + (block + k) * h,
+                                      inverse: inverse)
+                }
+                for y in 0..<h {
+                    for k in 0..<n {
+                        r[y * w + x0 + k] = out[k * h + y]
+                        i[y * w + x0 + k] = out[(block + k) * h + y]
+                    }
+                }
+            }
+        }
+    }
+
     /// 2-D DFT (rows then columns) on up to `threads` threads.
     public mutating func transform(inverse: Bool, threads: Int = 1) {
         let rowPlan = FFTPlan(width), colPlan = height == width ? rowPlan : FFTPlan(height)
@@ -221,33 +356,7 @@ public struct ComplexImage {
                         (r + y * w).update(from: tmp, count: w); (i + y * w).update(from: tmp + w, count: w)
                     }
                 }
-                // Columns, 8 at a time: each block of 8 columns is copied row by row (one cache
-                // line per row) into contiguous columns, transformed, and copied back the same way.
-                let block = 8
-                Parallel.chunks((w + block - 1) / block, threads: threads) { range in
-                    let cols = UnsafeMutablePointer<Double>.allocate(capacity: 2 * h * block)
-                    let out = UnsafeMutablePointer<Double>.allocate(capacity: 2 * h * block)
-                    defer { cols.deallocate(); out.deallocate() }
-                    for b in range {
-                        let x0 = b * block, n = min(block, w - x0)
-                        for y in 0..<h {
-                            for k in 0..<n {
-                                cols[k * h + y] = r[y * w + x0 + k]
-                                cols[(block + k) * h + y] = i[y * w + x0 + k]
-                            }
-                        }
-                        for k in 0..<n {
-                            colPlan.transform(cols + k * h, cols + (block + k) * h, inStride: 1, out + k * h, out + (block + k) * h,
-                                              inverse: inverse)
-                        }
-                        for y in 0..<h {
-                            for k in 0..<n {
-                                r[y * w + x0 + k] = out[k * h + y]
-                                i[y * w + x0 + k] = out[(block + k) * h + y]
-                            }
-                        }
-                    }
-                }
+                Self.columns(r, i, height: h, width: w, count: w, plan: colPlan, inverse: inverse, threads: threads)
             }
         }
     }

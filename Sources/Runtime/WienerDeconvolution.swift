@@ -119,7 +119,7 @@ public enum WienerDeconvolution {
                 y.re[r * pw + c] = v.isFinite ? v : 0
             }
         }
-        y.transform(inverse: false, threads: threads)
+        y.transformReal(threads: threads)
         let t = transferFunction(psf, height: ph, width: pw, threads: threads)
         let cu = (0..<ph).map { 2 - 2 * cos(2 * Double.pi * Double($0) / Double(ph)) }
         let cv = (0..<pw).map { 2 - 2 * cos(2 * Double.pi * Double($0) / Double(pw)) }
@@ -144,7 +144,7 @@ public enum WienerDeconvolution {
             let r = ((u - oy) % ph + ph) % ph, c = ((v - ox) % pw + pw) % pw
             t.re[r * pw + c] += psf.values[u * psf.width + v]
         } }
-        t.transform(inverse: false, threads: threads)
+        t.transformReal(threads: threads)
         return t
     }
 
@@ -223,7 +223,7 @@ public enum WienerDeconvolution {
             win.re[r * pw + c] = x.isFinite ? (x - median) * t : 0
             sumW2 += t * t
         } }
-        win.transform(inverse: false, threads: threads)
+        win.transformReal(threads: threads)
         let bins = max(2, min(ph, pw) / 2 + 1)
         let binScale = Double(min(ph, pw))
         var ring = [Int](repeating: 0, count: s.count)
@@ -285,45 +285,69 @@ public enum WienerDeconvolution {
             let v = Double(input[mirror(ri, h) * inputStride + mirror(ci, w)])
             d.re[r * pw + c] = (v.isFinite ? v : 0) - median
         } }
-        d.transform(inverse: false, threads: threads)
+        d.transformReal(threads: threads)
         // The interior: without the tapered margins, or the whole map when it is too thin for them.
         var my = max(1, Int(riskTaper * Double(h))), mx = max(1, Int(riskTaper * Double(w)))
         if h - 2 * my < 1 { my = 0 }
         if w - 2 * mx < 1 { mx = 0 }
         let interior = Double(max(1, (h - 2 * my) * (w - 2 * mx)))
         let n = Double(s.count)
-        func risk(_ e: Int) -> Double {
+        // One buffer for every lambda's deconvolved border difference (a fresh one per lambda
+        // cost an allocation and first touch of the padded grid each time).
+        var b = ComplexImage(height: ph, width: pw)
+        // The risk's spectral term for lambda 10^(e/4) (a pass over the spectra), and its border
+        // term (an inverse transform of the padded grid: most of the cost).
+        func spectralRisk(_ e: Int) -> Double {
             let lambda = pow(10, Double(e) / 4)
             var spectral = 0.0
-            var b = ComplexImage(height: ph, width: pw)
             for i in 0..<s.count {
                 let rl = lambda * s.l2[i], den = s.h2[i] + rl
                 guard den > 0 else { continue }
                 let q = rl / den
                 spectral += q * q * signal[ring[i]] + noisePower * s.h2[i] / (den * den)
+            }
+            // Per pixel: the windowed spectral sum is n sum(w^2) times the mean square error.
+            return spectral / (n * max(sumW2, 1e-300))
+        }
+        func borderRisk(_ e: Int) -> Double {
+            let lambda = pow(10, Double(e) / 4)
+            for i in 0..<s.count {
+                let rl = lambda * s.l2[i], den = s.h2[i] + rl
+                guard den > 0 else { b.re[i] = 0; b.im[i] = 0; continue }
                 let (a, bb) = (s.t.re[i], s.t.im[i]), (yr, yi) = (d.re[i], d.im[i])
                 b.re[i] = (a * yr + bb * yi) / den
                 b.im[i] = (a * yi - bb * yr) / den
             }
-            b.transform(inverse: true, threads: threads)
+            b.inverseToReal(threads: threads)
             var border = 0.0
             for r in (s.top + my)..<(s.top + h - my) { for c in (s.left + mx)..<(s.left + w - mx) {
                 let v = b.re[r * pw + c] / n
                 border += v * v
             } }
-            // Per pixel: the windowed spectral sum is n sum(w^2) times the mean square error.
-            return spectral / (n * max(sumW2, 1e-300)) + border / interior
+            return border / interior
+        }
+        // `best` improved over `exponents` (ascending) as a loop over them in order would: a
+        // smaller risk replaces it, an equal one only if it is a smaller exponent of this same
+        // search. The border term is not negative, so the exponents are tried in the order of
+        // their spectral terms and one whose spectral term alone cannot replace the best so far
+        // skips its transform: the same choice as trying them all, with fewer transforms.
+        var best = (e: lambdaExponents.lowerBound, risk: Double.infinity)
+        func search(_ exponents: [Int]) {
+            let spectral = exponents.map(spectralRisk)
+            var fromThisSearch = false
+            func replaces(_ r: Double, _ e: Int) -> Bool { r < best.risk || (r == best.risk && fromThisSearch && e < best.e) }
+            for k in exponents.indices.sorted(by: { (spectral[$0], exponents[$0]) < (spectral[$1], exponents[$1]) }) {
+                let e = exponents[k]
+                guard replaces(spectral[k], e) else { continue }
+                let r = spectral[k] + borderRisk(e)
+                if replaces(r, e) { best = (e, r); fromThisSearch = true }
+            }
         }
         // Decades first, then the quarter decades around the best (the risk is smooth in log lambda).
-        var best = (e: lambdaExponents.lowerBound, risk: Double.infinity)
-        for e in stride(from: lambdaExponents.lowerBound, through: lambdaExponents.upperBound, by: 4) {
-            let r = risk(e)
-            if r < best.risk { best = (e, r) }
-        }
-        for e in max(lambdaExponents.lowerBound, best.e - 3)...min(lambdaExponents.upperBound, best.e + 3) where (e - lambdaExponents.lowerBound) % 4 != 0 {
-            let r = risk(e)
-            if r < best.risk { best = (e, r) }
-        }
+        search(Array(stride(from: lambdaExponents.lowerBound, through: lambdaExponents.upperBound, by: 4)))
+        search((max(lambdaExponents.lowerBound, best.e - 3)...min(lambdaExponents.upperBound, best.e + 3)).filter {
+            ($0 - lambdaExponents.lowerBound) % 4 != 0
+        })
         return pow(10, Double(best.e) / 4)
     }
 
@@ -361,7 +385,7 @@ public enum WienerDeconvolution {
                 s.y.re[i] = 0; s.y.im[i] = 0
             }
         }
-        s.y.transform(inverse: true, threads: threads)
+        s.y.inverseToReal(threads: threads)
         let scale = 1 / Double(s.count)
         for r in 0..<h {
             let o = output + r * outputStride
@@ -399,8 +423,10 @@ public enum WienerDeconvolution {
                                    noiseRule: NoiseRule = .risk, threads: Int = 1) -> Double {
         var px = window
         var valid = zip(window, invalid).compactMap { $1 || !$0.isFinite ? nil : $0 }
-        valid.sort()
-        let fill: Float = valid.isEmpty ? 0 : valid[valid.count / 2]
+        let fill: Float = valid.isEmpty ? 0 : valid.withUnsafeMutableBufferPointer { b in
+            RobustSky.select(b, b.count / 2)
+            return b[b.count / 2]
+        }
         for i in px.indices where invalid[i] || !px[i].isFinite { px[i] = fill }
         // Both rules fail by choosing too small a lambda (GCV on star-dominated images, the
         // discrepancy principle where the data hold structure its residual cannot fit), and too

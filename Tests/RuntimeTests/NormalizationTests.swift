@@ -4,6 +4,25 @@ import Runtime
 import XCTest
 
 final class NormalizationTests: XCTestCase {
+    /// The median (by selection, not a sort) equals the sorted array's: odd and even counts,
+    /// duplicates, sorted, reversed and constant inputs, and the sizes of the statistics pass.
+    func testMedianBySelectionEqualsTheSortedMedian() {
+        var rng = SplitMix64(seed: 11)
+        var cases: [[Double]] = [[1], [2, 1], [3, 1, 2], [5, 5, 5, 5], Array(0..<1000).map(Double.init),
+                                 Array((0..<1001).reversed()).map(Double.init)]
+        for n in [2, 3, 4, 7, 10, 33, 100, 1_001, 4_096, 100_000] {
+            cases.append((0..<n).map { _ in Double(rng.float(-1, 1)) })
+            cases.append((0..<n).map { _ in Double(Int(rng.float(0, 5))) })   // many duplicates
+        }
+        for c in cases {
+            let sorted = c.sorted(), n = c.count
+            let expected = n % 2 == 1 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+            var v = c
+            XCTAssertEqual(RobustSky.median(&v).bitPattern, expected.bitPattern, "n = \(n)")
+            XCTAssertEqual(v.sorted(), sorted, "the values are only reordered")
+        }
+    }
+
     /// sky_mad measures the sky and its noise, not the sources, and inverts exactly.
     func testSkyMADIgnoresSourcesAndRoundTrips() {
         var g = SplitMix64(seed: 3)
