@@ -239,15 +239,25 @@ public enum RobustSky {
         }
         guard !v.isEmpty else { return (.nan, .nan, 0) }
         var med = 0.0, sig = 0.0
-        for _ in 0..<max(1, rounds) {
-            med = median(&v)
-            var dev = v.map { abs($0 - med) }
-            sig = 1.4826 * median(&dev)
-            let kept = sig > 0 ? v.filter { abs($0 - med) <= clip * sig } : v
-            if kept.count == v.count || kept.isEmpty { break }
-            v = kept
+        var count = v.count
+        // The rounds work in place: the kept values are compacted to the front of `v` (their
+        // order does not change a median), the deviations go to one reused buffer.
+        var dev = [Double](repeating: 0, count: count)
+        v.withUnsafeMutableBufferPointer { vb in
+            dev.withUnsafeMutableBufferPointer { db in
+                for _ in 0..<max(1, rounds) {
+                    med = median(UnsafeMutableBufferPointer(rebasing: vb[0..<count]))
+                    for i in 0..<count { db[i] = abs(vb[i] - med) }
+                    sig = 1.4826 * median(UnsafeMutableBufferPointer(rebasing: db[0..<count]))
+                    guard sig > 0 else { break }
+                    var kept = 0
+                    for i in 0..<count where abs(vb[i] - med) <= clip * sig { vb[kept] = vb[i]; kept += 1 }
+                    if kept == count || kept == 0 { break }
+                    count = kept
+                }
+            }
         }
-        return (med, sig, v.count)
+        return (med, sig, count)
     }
 
     /// Median of `v` (reorders it): the mean of the two middle values for an even count.
@@ -276,15 +286,18 @@ public enum RobustSky {
     }
 
     public static func median(_ v: inout [Double]) -> Double {
-        let n = v.count
+        v.withUnsafeMutableBufferPointer { median($0) }
+    }
+
+    /// The same for a buffer (reordered).
+    static func median(_ b: UnsafeMutableBufferPointer<Double>) -> Double {
+        let n = b.count
         guard n > 0 else { return .nan }
-        return v.withUnsafeMutableBufferPointer { b in
-            select(b, n / 2)
-            guard n % 2 == 0 else { return b[n / 2] }
-            var lower = b[0]   // the largest of the values before the upper middle one
-            for i in 1..<(n / 2) { lower = max(lower, b[i]) }
-            return 0.5 * (lower + b[n / 2])
-        }
+        select(b, n / 2)
+        guard n % 2 == 0 else { return b[n / 2] }
+        var lower = b[0]   // the largest of the values before the upper middle one
+        for i in 1..<(n / 2) { lower = max(lower, b[i]) }
+        return 0.5 * (lower + b[n / 2])
     }
 
     /// Reorders `v` so that `v[k]` holds the value a sort would put there, none larger before it

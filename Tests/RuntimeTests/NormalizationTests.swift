@@ -4,6 +4,37 @@ import Runtime
 import XCTest
 
 final class NormalizationTests: XCTestCase {
+    /// The clipped sky estimate (in place, medians by selection) equals the plain one (sorted
+    /// medians, a filtered copy per round) on skies with stars, constant and tiny samples.
+    func testRobustSkyEqualsThePlainClippedEstimate() {
+        func plain(_ values: [Double], clip: Double = 3, rounds: Int = 10) -> (Double, Double, Int) {
+            var v = values.filter(\.isFinite)
+            guard !v.isEmpty else { return (.nan, .nan, 0) }
+            func med(_ a: [Double]) -> Double { let s = a.sorted(), n = s.count; return n % 2 == 1 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]) }
+            var m = 0.0, sg = 0.0
+            for _ in 0..<rounds {
+                m = med(v)
+                sg = 1.4826 * med(v.map { abs($0 - m) })
+                let kept = sg > 0 ? v.filter { abs($0 - m) <= clip * sg } : v
+                if kept.count == v.count || kept.isEmpty { break }
+                v = kept
+            }
+            return (m, sg, v.count)
+        }
+        var rng = SplitMix64(seed: 12)
+        var cases: [[Double]] = [[7], [1, 2], [3, 3, 3, 3], [1, .nan, 2, .infinity, 3]]
+        for n in [10, 101, 5_000, 200_000] {
+            cases.append((0..<n).map { i in 100 + Double(rng.float(-1, 1)) * 3 + (i % 37 == 0 ? Double(rng.float(0, 5_000)) : 0) })
+        }
+        for c in cases {
+            let got = RobustSky.estimate(count: c.count) { c[$0] }
+            let want = plain(c)
+            XCTAssertEqual(got.median.bitPattern, want.0.bitPattern, "n = \(c.count)")
+            XCTAssertEqual(got.sigma.bitPattern, want.1.bitPattern, "n = \(c.count)")
+            XCTAssertEqual(got.pixels, want.2, "n = \(c.count)")
+        }
+    }
+
     /// The median (by selection, not a sort) equals the sorted array's: odd and even counts,
     /// duplicates, sorted, reversed and constant inputs, and the sizes of the statistics pass.
     func testMedianBySelectionEqualsTheSortedMedian() {
