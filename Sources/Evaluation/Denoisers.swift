@@ -333,50 +333,9 @@ public enum Denoisers {
     }
 
     /// The median of `values` (the mean of the two middle values for an even count, as
-    /// numpy.median); NaN for no values. Linear time (quickselect), `values` is reordered.
-    public static func median(of values: inout [Double]) -> Double {
-        let n = values.count
-        if n == 0 { return .nan }
-        return values.withUnsafeMutableBufferPointer { b -> Double in
-            let a = b.baseAddress!
-            let upper = select(a, n, n / 2)
-            if n % 2 == 1 { return upper }
-            // The lower middle is the largest of the elements left of n/2.
-            var lower = a[0]
-            for i in 1..<(n / 2) { lower = max(lower, a[i]) }
-            return 0.5 * (lower + upper)
-        }
-    }
-
-    /// Quickselect: reorders a[0..<n] so that a[kth] holds the kth smallest value, smaller or
-    /// equal ones before it and larger or equal ones after it; returns it.
-    static func select(_ a: UnsafeMutablePointer<Double>, _ n: Int, _ kth: Int) -> Double {
-        var lo = 0, hi = n - 1
-        while hi > lo {
-            if hi - lo < 16 {
-                insertionSort(a + lo, hi - lo + 1)
-                break
-            }
-            // Median of three as pivot.
-            let mid = lo + (hi - lo) / 2
-            if a[mid] < a[lo] { a.swapAt(mid, lo) }
-            if a[hi] < a[lo] { a.swapAt(hi, lo) }
-            if a[hi] < a[mid] { a.swapAt(hi, mid) }
-            let pivot = a[mid]
-            var i = lo, j = hi
-            while i <= j {
-                while a[i] < pivot { i += 1 }
-                while a[j] > pivot { j -= 1 }
-                if i <= j { a.swapAt(i, j); i += 1; j -= 1 }
-            }
-            if kth <= j { hi = j } else if kth >= i { lo = i } else { break }
-        }
-        return a[kth]
-    }
-}
-
-extension UnsafeMutablePointer where Pointee == Double {
-    @inline(__always) func swapAt(_ i: Int, _ j: Int) { let t = self[i]; self[i] = self[j]; self[j] = t }
+    /// numpy.median); NaN for no values. Linear time (`RobustSky.median`'s selection), `values`
+    /// is reordered.
+    public static func median(of values: inout [Double]) -> Double { RobustSky.median(&values) }
 }
 
 /// The isotropic undecimated (a trous) starlet transform with the B3-spline kernel
