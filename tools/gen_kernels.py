@@ -287,6 +287,63 @@ def wgrad(prefix, vec, vw, mr, nr, fma):
     return "\n".join(L) + "\n"
 
 
+def wgrad_dot(prefix, vec, vw, fma, mt=12):
+    """Weight-gradient kernel for layers with few output channels: out[i * outStride] += sum over (y, x) of
+    a_i(y, x) * b[y * bRow + x] for mt taps a_i(y, x) = aBase[offsets[i] + y * aRow + x], the output
+    gradient b read in place (one channel, rows bRow apart), vectorised along each row: one b
+    vector shared by mt FMAs, a scalar tail per row, each tap's lanes summed at the end."""
+    L = ["@inline(never)",
+         f"public func {prefix}WeightGradDot{mt}(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int,",
+         "    _ aRow: Int, _ b: UnsafePointer<Float>, _ bRow: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {"]
+    for i in range(mt):
+        L.append(f"    let r{i} = aBase + offsets[{i}]")
+    L.append("    " + "; ".join(f"var g{i} = {vec}(repeating: 0)" for i in range(mt)))
+    L.append("    " + "; ".join(f"var s{i}: Float = 0" for i in range(mt)))
+    L.append("    for y in 0..<height {")
+    L.append("        let ro = y * aRow, bp = b + y * bRow")
+    L.append("        var x = 0")
+    L.append(f"        while x + {vw} <= width {{")
+    L.append(f"            let bv = UnsafeRawPointer(bp + x).loadUnaligned(as: {vec}.self)")
+    for i in range(mt):
+        L.append("            " + fma_line(f"g{i}", f"UnsafeRawPointer(r{i} + ro + x).loadUnaligned(as: {vec}.self)", "bv", fma))
+    L.append(f"            x += {vw}")
+    L.append("        }")
+    L.append("        while x < width {")
+    L.append("            let bs = bp[x]")
+    for i in range(mt):
+        L.append(f"            s{i} += r{i}[ro + x] * bs")
+    L.append("            x += 1")
+    L.append("        }")
+    L.append("    }")
+    for i in range(mt):
+        L.append(f"    out[{i} * outStride] += g{i}.sum() + s{i}")
+    L.append("}")
+    return "\n".join(L) + "\n"
+
+
+def transpose(prefix, vec, vw):
+    """A vw x vw block transposed in registers: log2(vw) rounds of a perfect unshuffle of the
+    whole block (each round rotates the bits of an element's row-major index by one; after
+    log2(vw) rounds row and column bits have swapped), each output register the even or odd
+    lanes of two input registers (one two-source permute, e.g. vpermt2ps)."""
+    wide = f"SIMD{2 * vw}<Float>"
+    L = ["@inline(never)",
+         f"public func {prefix}Transpose{vw}(_ src: UnsafePointer<Float>, _ srcStride: Int, _ dst: UnsafeMutablePointer<Float>, _ dstStride: Int) {{"]
+    for r in range(vw):
+        L.append(f"    let a{r} = UnsafeRawPointer(src + {r} * srcStride).loadUnaligned(as: {vec}.self)")
+    cur, rounds = "a", vw.bit_length() - 1
+    for k in range(rounds):
+        nxt = "abcdefgh"[k + 1]
+        for j in range(vw // 2):
+            L.append(f"    let {nxt}p{j} = {wide}(lowHalf: {cur}{2 * j}, highHalf: {cur}{2 * j + 1})")
+            L.append(f"    let {nxt}{j} = {nxt}p{j}.evenHalf, {nxt}{j + vw // 2} = {nxt}p{j}.oddHalf")
+        cur = nxt
+    for r in range(vw):
+        L.append(f"    UnsafeMutableRawPointer(dst + {r} * dstStride).storeBytes(of: {cur}{r}, as: {vec}.self)")
+    L.append("}")
+    return "\n".join(L) + "\n"
+
+
 def generate(path, isa, guard, prefix, vec, vw, nx, fma, public_entry, nx8=None):
     blocks = (f"8 x {nx8}, 8 x 1, " if nx8 else "") + f"4 x {nx} and 4 x 1"
     parts = [HEADER.format(isa=isa, vec=vec, blocks=blocks)]
@@ -321,6 +378,8 @@ func fmaOrMulAdd(_ a: {vec}, _ x: {vec}, _ w: {vec}) -> {vec} {{
     parts.append("\n")
     for mr, nr in WGRAD_SHAPES:
         parts.append(wgrad(prefix, vec, vw, mr, nr, fma))
+    parts.append(wgrad_dot(prefix, vec, vw, fma))
+    parts.append(transpose(prefix, vec, vw))
     if guard:
         parts.append("\n#endif\n")
     with open(path, "w") as f:

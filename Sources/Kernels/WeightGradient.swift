@@ -73,6 +73,56 @@ public enum WeightGradient {
         }
     }
 
+    /// The same sums for one output channel whose gradient `dY` is read in place (rows `dYRow`
+    /// apart, `outWidth` pixels each) rather than transposed: for layers with fewer output
+    /// channels than a vector holds (the 3-CNN's last layer), where `accumulate` would spend a
+    /// whole vector of FMAs on each channel. Adds tap t's sum to `acc[t * accStride]`; each tap's
+    /// sum runs over the rows in order (vector lanes, then the row tails), so results do not
+    /// depend on thread counts. `offsets.count` is a multiple of 12.
+    public static func accumulateSingleChannel(input: UnsafePointer<Float>, rowStride: Int, offsets: UnsafeBufferPointer<Int>,
+                                               outHeight: Int, outWidth: Int, dY: UnsafePointer<Float>, dYRow: Int,
+                                               acc: UnsafeMutablePointer<Float>, accStride: Int, isa: KernelISA = .best) {
+        precondition(offsets.count % 12 == 0)
+        var t = 0
+        while t < offsets.count {
+            let off = offsets.baseAddress! + t, out = acc + t * accStride
+            switch isa {
+            #if arch(x86_64)
+            case .avx512: avx512WeightGradDot12(input, off, outHeight, outWidth, rowStride, dY, dYRow, out, accStride)
+            case .avx2: avx2WeightGradDot12(input, off, outHeight, outWidth, rowStride, dY, dYRow, out, accStride)
+            #endif
+            default: portableWeightGradDot12(input, off, outHeight, outWidth, rowStride, dY, dYRow, out, accStride)
+            }
+            t += 12
+        }
+    }
+
+    /// dst[c * dstStride + r] = src[r * srcStride + c] for r < rows, c < cols: blocks of a vector
+    /// width square transposed in registers (`*Transpose{8,16}`), the edges element by element.
+    /// A copy: the same values on every ISA. Used for the output gradient's pixel-major copy.
+    public static func transpose(_ src: UnsafePointer<Float>, srcStride: Int, rows: Int, cols: Int,
+                                 into dst: UnsafeMutablePointer<Float>, dstStride: Int, isa: KernelISA = .best) {
+        let vw = isa.vectorWidth
+        var r = 0
+        while r + vw <= rows {
+            var c = 0
+            while c + vw <= cols {
+                let s = src + r * srcStride + c, d = dst + c * dstStride + r
+                switch isa {
+                #if arch(x86_64)
+                case .avx512: avx512Transpose16(s, srcStride, d, dstStride)
+                case .avx2: avx2Transpose8(s, srcStride, d, dstStride)
+                #endif
+                default: portableTranspose8(s, srcStride, d, dstStride)
+                }
+                c += vw
+            }
+            for rr in r..<(r + vw) { for cc in c..<cols { dst[cc * dstStride + rr] = src[rr * srcStride + cc] } }
+            r += vw
+        }
+        for rr in r..<rows { for cc in 0..<cols { dst[cc * dstStride + rr] = src[rr * srcStride + cc] } }
+    }
+
     @inline(__always)
     static func micro(_ isa: KernelISA, _ mr: Int, _ nr: Int, _ a: UnsafePointer<Float>, _ off: UnsafePointer<Int>,
                       _ h: Int, _ w: Int, _ aRow: Int, _ b: UnsafePointer<Float>, _ ldb: Int,

@@ -622,5 +622,114 @@ public func avx2WeightGrad3x4(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePo
     UnsafeMutableRawPointer(out + 2 * ldo + 16).storeBytes(of: g2_2, as: SIMD8<Float>.self)
     UnsafeMutableRawPointer(out + 2 * ldo + 24).storeBytes(of: g2_3, as: SIMD8<Float>.self)
 }
+@inline(never)
+public func avx2WeightGradDot12(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int,
+    _ aRow: Int, _ b: UnsafePointer<Float>, _ bRow: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let r0 = aBase + offsets[0]
+    let r1 = aBase + offsets[1]
+    let r2 = aBase + offsets[2]
+    let r3 = aBase + offsets[3]
+    let r4 = aBase + offsets[4]
+    let r5 = aBase + offsets[5]
+    let r6 = aBase + offsets[6]
+    let r7 = aBase + offsets[7]
+    let r8 = aBase + offsets[8]
+    let r9 = aBase + offsets[9]
+    let r10 = aBase + offsets[10]
+    let r11 = aBase + offsets[11]
+    var g0 = SIMD8<Float>(repeating: 0); var g1 = SIMD8<Float>(repeating: 0); var g2 = SIMD8<Float>(repeating: 0); var g3 = SIMD8<Float>(repeating: 0); var g4 = SIMD8<Float>(repeating: 0); var g5 = SIMD8<Float>(repeating: 0); var g6 = SIMD8<Float>(repeating: 0); var g7 = SIMD8<Float>(repeating: 0); var g8 = SIMD8<Float>(repeating: 0); var g9 = SIMD8<Float>(repeating: 0); var g10 = SIMD8<Float>(repeating: 0); var g11 = SIMD8<Float>(repeating: 0)
+    var s0: Float = 0; var s1: Float = 0; var s2: Float = 0; var s3: Float = 0; var s4: Float = 0; var s5: Float = 0; var s6: Float = 0; var s7: Float = 0; var s8: Float = 0; var s9: Float = 0; var s10: Float = 0; var s11: Float = 0
+    for y in 0..<height {
+        let ro = y * aRow, bp = b + y * bRow
+        var x = 0
+        while x + 8 <= width {
+            let bv = UnsafeRawPointer(bp + x).loadUnaligned(as: SIMD8<Float>.self)
+            g0 = g0.addingProduct(UnsafeRawPointer(r0 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g1 = g1.addingProduct(UnsafeRawPointer(r1 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g2 = g2.addingProduct(UnsafeRawPointer(r2 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g3 = g3.addingProduct(UnsafeRawPointer(r3 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g4 = g4.addingProduct(UnsafeRawPointer(r4 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g5 = g5.addingProduct(UnsafeRawPointer(r5 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g6 = g6.addingProduct(UnsafeRawPointer(r6 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g7 = g7.addingProduct(UnsafeRawPointer(r7 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g8 = g8.addingProduct(UnsafeRawPointer(r8 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g9 = g9.addingProduct(UnsafeRawPointer(r9 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g10 = g10.addingProduct(UnsafeRawPointer(r10 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            g11 = g11.addingProduct(UnsafeRawPointer(r11 + ro + x).loadUnaligned(as: SIMD8<Float>.self), bv)
+            x += 8
+        }
+        while x < width {
+            let bs = bp[x]
+            s0 += r0[ro + x] * bs
+            s1 += r1[ro + x] * bs
+            s2 += r2[ro + x] * bs
+            s3 += r3[ro + x] * bs
+            s4 += r4[ro + x] * bs
+            s5 += r5[ro + x] * bs
+            s6 += r6[ro + x] * bs
+            s7 += r7[ro + x] * bs
+            s8 += r8[ro + x] * bs
+            s9 += r9[ro + x] * bs
+            s10 += r10[ro + x] * bs
+            s11 += r11[ro + x] * bs
+            x += 1
+        }
+    }
+    out[0 * outStride] += g0.sum() + s0
+    out[1 * outStride] += g1.sum() + s1
+    out[2 * outStride] += g2.sum() + s2
+    out[3 * outStride] += g3.sum() + s3
+    out[4 * outStride] += g4.sum() + s4
+    out[5 * outStride] += g5.sum() + s5
+    out[6 * outStride] += g6.sum() + s6
+    out[7 * outStride] += g7.sum() + s7
+    out[8 * outStride] += g8.sum() + s8
+    out[9 * outStride] += g9.sum() + s9
+    out[10 * outStride] += g10.sum() + s10
+    out[11 * outStride] += g11.sum() + s11
+}
+@inline(never)
+public func avx2Transpose8(_ src: UnsafePointer<Float>, _ srcStride: Int, _ dst: UnsafeMutablePointer<Float>, _ dstStride: Int) {
+    let a0 = UnsafeRawPointer(src + 0 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a1 = UnsafeRawPointer(src + 1 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a2 = UnsafeRawPointer(src + 2 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a3 = UnsafeRawPointer(src + 3 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a4 = UnsafeRawPointer(src + 4 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a5 = UnsafeRawPointer(src + 5 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a6 = UnsafeRawPointer(src + 6 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let a7 = UnsafeRawPointer(src + 7 * srcStride).loadUnaligned(as: SIMD8<Float>.self)
+    let bp0 = SIMD16<Float>(lowHalf: a0, highHalf: a1)
+    let b0 = bp0.evenHalf, b4 = bp0.oddHalf
+    let bp1 = SIMD16<Float>(lowHalf: a2, highHalf: a3)
+    let b1 = bp1.evenHalf, b5 = bp1.oddHalf
+    let bp2 = SIMD16<Float>(lowHalf: a4, highHalf: a5)
+    let b2 = bp2.evenHalf, b6 = bp2.oddHalf
+    let bp3 = SIMD16<Float>(lowHalf: a6, highHalf: a7)
+    let b3 = bp3.evenHalf, b7 = bp3.oddHalf
+    let cp0 = SIMD16<Float>(lowHalf: b0, highHalf: b1)
+    let c0 = cp0.evenHalf, c4 = cp0.oddHalf
+    let cp1 = SIMD16<Float>(lowHalf: b2, highHalf: b3)
+    let c1 = cp1.evenHalf, c5 = cp1.oddHalf
+    let cp2 = SIMD16<Float>(lowHalf: b4, highHalf: b5)
+    let c2 = cp2.evenHalf, c6 = cp2.oddHalf
+    let cp3 = SIMD16<Float>(lowHalf: b6, highHalf: b7)
+    let c3 = cp3.evenHalf, c7 = cp3.oddHalf
+    let dp0 = SIMD16<Float>(lowHalf: c0, highHalf: c1)
+    let d0 = dp0.evenHalf, d4 = dp0.oddHalf
+    let dp1 = SIMD16<Float>(lowHalf: c2, highHalf: c3)
+    let d1 = dp1.evenHalf, d5 = dp1.oddHalf
+    let dp2 = SIMD16<Float>(lowHalf: c4, highHalf: c5)
+    let d2 = dp2.evenHalf, d6 = dp2.oddHalf
+    let dp3 = SIMD16<Float>(lowHalf: c6, highHalf: c7)
+    let d3 = dp3.evenHalf, d7 = dp3.oddHalf
+    UnsafeMutableRawPointer(dst + 0 * dstStride).storeBytes(of: d0, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 1 * dstStride).storeBytes(of: d1, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 2 * dstStride).storeBytes(of: d2, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 3 * dstStride).storeBytes(of: d3, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 4 * dstStride).storeBytes(of: d4, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 5 * dstStride).storeBytes(of: d5, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 6 * dstStride).storeBytes(of: d6, as: SIMD8<Float>.self)
+    UnsafeMutableRawPointer(dst + 7 * dstStride).storeBytes(of: d7, as: SIMD8<Float>.self)
+}
 
 #endif

@@ -1080,5 +1080,170 @@ public func avx512WeightGrad3x4(_ aBase: UnsafePointer<Float>, _ offsets: Unsafe
     UnsafeMutableRawPointer(out + 2 * ldo + 32).storeBytes(of: g2_2, as: SIMD16<Float>.self)
     UnsafeMutableRawPointer(out + 2 * ldo + 48).storeBytes(of: g2_3, as: SIMD16<Float>.self)
 }
+@inline(never)
+public func avx512WeightGradDot12(_ aBase: UnsafePointer<Float>, _ offsets: UnsafePointer<Int>, _ height: Int, _ width: Int,
+    _ aRow: Int, _ b: UnsafePointer<Float>, _ bRow: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let r0 = aBase + offsets[0]
+    let r1 = aBase + offsets[1]
+    let r2 = aBase + offsets[2]
+    let r3 = aBase + offsets[3]
+    let r4 = aBase + offsets[4]
+    let r5 = aBase + offsets[5]
+    let r6 = aBase + offsets[6]
+    let r7 = aBase + offsets[7]
+    let r8 = aBase + offsets[8]
+    let r9 = aBase + offsets[9]
+    let r10 = aBase + offsets[10]
+    let r11 = aBase + offsets[11]
+    var g0 = SIMD16<Float>(repeating: 0); var g1 = SIMD16<Float>(repeating: 0); var g2 = SIMD16<Float>(repeating: 0); var g3 = SIMD16<Float>(repeating: 0); var g4 = SIMD16<Float>(repeating: 0); var g5 = SIMD16<Float>(repeating: 0); var g6 = SIMD16<Float>(repeating: 0); var g7 = SIMD16<Float>(repeating: 0); var g8 = SIMD16<Float>(repeating: 0); var g9 = SIMD16<Float>(repeating: 0); var g10 = SIMD16<Float>(repeating: 0); var g11 = SIMD16<Float>(repeating: 0)
+    var s0: Float = 0; var s1: Float = 0; var s2: Float = 0; var s3: Float = 0; var s4: Float = 0; var s5: Float = 0; var s6: Float = 0; var s7: Float = 0; var s8: Float = 0; var s9: Float = 0; var s10: Float = 0; var s11: Float = 0
+    for y in 0..<height {
+        let ro = y * aRow, bp = b + y * bRow
+        var x = 0
+        while x + 16 <= width {
+            let bv = UnsafeRawPointer(bp + x).loadUnaligned(as: SIMD16<Float>.self)
+            g0 = g0.addingProduct(UnsafeRawPointer(r0 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g1 = g1.addingProduct(UnsafeRawPointer(r1 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g2 = g2.addingProduct(UnsafeRawPointer(r2 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g3 = g3.addingProduct(UnsafeRawPointer(r3 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g4 = g4.addingProduct(UnsafeRawPointer(r4 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g5 = g5.addingProduct(UnsafeRawPointer(r5 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g6 = g6.addingProduct(UnsafeRawPointer(r6 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g7 = g7.addingProduct(UnsafeRawPointer(r7 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g8 = g8.addingProduct(UnsafeRawPointer(r8 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g9 = g9.addingProduct(UnsafeRawPointer(r9 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g10 = g10.addingProduct(UnsafeRawPointer(r10 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            g11 = g11.addingProduct(UnsafeRawPointer(r11 + ro + x).loadUnaligned(as: SIMD16<Float>.self), bv)
+            x += 16
+        }
+        while x < width {
+            let bs = bp[x]
+            s0 += r0[ro + x] * bs
+            s1 += r1[ro + x] * bs
+            s2 += r2[ro + x] * bs
+            s3 += r3[ro + x] * bs
+            s4 += r4[ro + x] * bs
+            s5 += r5[ro + x] * bs
+            s6 += r6[ro + x] * bs
+            s7 += r7[ro + x] * bs
+            s8 += r8[ro + x] * bs
+            s9 += r9[ro + x] * bs
+            s10 += r10[ro + x] * bs
+            s11 += r11[ro + x] * bs
+            x += 1
+        }
+    }
+    out[0 * outStride] += g0.sum() + s0
+    out[1 * outStride] += g1.sum() + s1
+    out[2 * outStride] += g2.sum() + s2
+    out[3 * outStride] += g3.sum() + s3
+    out[4 * outStride] += g4.sum() + s4
+    out[5 * outStride] += g5.sum() + s5
+    out[6 * outStride] += g6.sum() + s6
+    out[7 * outStride] += g7.sum() + s7
+    out[8 * outStride] += g8.sum() + s8
+    out[9 * outStride] += g9.sum() + s9
+    out[10 * outStride] += g10.sum() + s10
+    out[11 * outStride] += g11.sum() + s11
+}
+@inline(never)
+public func avx512Transpose16(_ src: UnsafePointer<Float>, _ srcStride: Int, _ dst: UnsafeMutablePointer<Float>, _ dstStride: Int) {
+    let a0 = UnsafeRawPointer(src + 0 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a1 = UnsafeRawPointer(src + 1 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a2 = UnsafeRawPointer(src + 2 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a3 = UnsafeRawPointer(src + 3 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a4 = UnsafeRawPointer(src + 4 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a5 = UnsafeRawPointer(src + 5 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a6 = UnsafeRawPointer(src + 6 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a7 = UnsafeRawPointer(src + 7 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a8 = UnsafeRawPointer(src + 8 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a9 = UnsafeRawPointer(src + 9 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a10 = UnsafeRawPointer(src + 10 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a11 = UnsafeRawPointer(src + 11 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a12 = UnsafeRawPointer(src + 12 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a13 = UnsafeRawPointer(src + 13 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a14 = UnsafeRawPointer(src + 14 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let a15 = UnsafeRawPointer(src + 15 * srcStride).loadUnaligned(as: SIMD16<Float>.self)
+    let bp0 = SIMD32<Float>(lowHalf: a0, highHalf: a1)
+    let b0 = bp0.evenHalf, b8 = bp0.oddHalf
+    let bp1 = SIMD32<Float>(lowHalf: a2, highHalf: a3)
+    let b1 = bp1.evenHalf, b9 = bp1.oddHalf
+    let bp2 = SIMD32<Float>(lowHalf: a4, highHalf: a5)
+    let b2 = bp2.evenHalf, b10 = bp2.oddHalf
+    let bp3 = SIMD32<Float>(lowHalf: a6, highHalf: a7)
+    let b3 = bp3.evenHalf, b11 = bp3.oddHalf
+    let bp4 = SIMD32<Float>(lowHalf: a8, highHalf: a9)
+    let b4 = bp4.evenHalf, b12 = bp4.oddHalf
+    let bp5 = SIMD32<Float>(lowHalf: a10, highHalf: a11)
+    let b5 = bp5.evenHalf, b13 = bp5.oddHalf
+    let bp6 = SIMD32<Float>(lowHalf: a12, highHalf: a13)
+    let b6 = bp6.evenHalf, b14 = bp6.oddHalf
+    let bp7 = SIMD32<Float>(lowHalf: a14, highHalf: a15)
+    let b7 = bp7.evenHalf, b15 = bp7.oddHalf
+    let cp0 = SIMD32<Float>(lowHalf: b0, highHalf: b1)
+    let c0 = cp0.evenHalf, c8 = cp0.oddHalf
+    let cp1 = SIMD32<Float>(lowHalf: b2, highHalf: b3)
+    let c1 = cp1.evenHalf, c9 = cp1.oddHalf
+    let cp2 = SIMD32<Float>(lowHalf: b4, highHalf: b5)
+    let c2 = cp2.evenHalf, c10 = cp2.oddHalf
+    let cp3 = SIMD32<Float>(lowHalf: b6, highHalf: b7)
+    let c3 = cp3.evenHalf, c11 = cp3.oddHalf
+    let cp4 = SIMD32<Float>(lowHalf: b8, highHalf: b9)
+    let c4 = cp4.evenHalf, c12 = cp4.oddHalf
+    let cp5 = SIMD32<Float>(lowHalf: b10, highHalf: b11)
+    let c5 = cp5.evenHalf, c13 = cp5.oddHalf
+    let cp6 = SIMD32<Float>(lowHalf: b12, highHalf: b13)
+    let c6 = cp6.evenHalf, c14 = cp6.oddHalf
+    let cp7 = SIMD32<Float>(lowHalf: b14, highHalf: b15)
+    let c7 = cp7.evenHalf, c15 = cp7.oddHalf
+    let dp0 = SIMD32<Float>(lowHalf: c0, highHalf: c1)
+    let d0 = dp0.evenHalf, d8 = dp0.oddHalf
+    let dp1 = SIMD32<Float>(lowHalf: c2, highHalf: c3)
+    let d1 = dp1.evenHalf, d9 = dp1.oddHalf
+    let dp2 = SIMD32<Float>(lowHalf: c4, highHalf: c5)
+    let d2 = dp2.evenHalf, d10 = dp2.oddHalf
+    let dp3 = SIMD32<Float>(lowHalf: c6, highHalf: c7)
+    let d3 = dp3.evenHalf, d11 = dp3.oddHalf
+    let dp4 = SIMD32<Float>(lowHalf: c8, highHalf: c9)
+    let d4 = dp4.evenHalf, d12 = dp4.oddHalf
+    let dp5 = SIMD32<Float>(lowHalf: c10, highHalf: c11)
+    let d5 = dp5.evenHalf, d13 = dp5.oddHalf
+    let dp6 = SIMD32<Float>(lowHalf: c12, highHalf: c13)
+    let d6 = dp6.evenHalf, d14 = dp6.oddHalf
+    let dp7 = SIMD32<Float>(lowHalf: c14, highHalf: c15)
+    let d7 = dp7.evenHalf, d15 = dp7.oddHalf
+    let ep0 = SIMD32<Float>(lowHalf: d0, highHalf: d1)
+    let e0 = ep0.evenHalf, e8 = ep0.oddHalf
+    let ep1 = SIMD32<Float>(lowHalf: d2, highHalf: d3)
+    let e1 = ep1.evenHalf, e9 = ep1.oddHalf
+    let ep2 = SIMD32<Float>(lowHalf: d4, highHalf: d5)
+    let e2 = ep2.evenHalf, e10 = ep2.oddHalf
+    let ep3 = SIMD32<Float>(lowHalf: d6, highHalf: d7)
+    let e3 = ep3.evenHalf, e11 = ep3.oddHalf
+    let ep4 = SIMD32<Float>(lowHalf: d8, highHalf: d9)
+    let e4 = ep4.evenHalf, e12 = ep4.oddHalf
+    let ep5 = SIMD32<Float>(lowHalf: d10, highHalf: d11)
+    let e5 = ep5.evenHalf, e13 = ep5.oddHalf
+    let ep6 = SIMD32<Float>(lowHalf: d12, highHalf: d13)
+    let e6 = ep6.evenHalf, e14 = ep6.oddHalf
+    let ep7 = SIMD32<Float>(lowHalf: d14, highHalf: d15)
+    let e7 = ep7.evenHalf, e15 = ep7.oddHalf
+    UnsafeMutableRawPointer(dst + 0 * dstStride).storeBytes(of: e0, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 1 * dstStride).storeBytes(of: e1, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 2 * dstStride).storeBytes(of: e2, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 3 * dstStride).storeBytes(of: e3, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 4 * dstStride).storeBytes(of: e4, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 5 * dstStride).storeBytes(of: e5, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 6 * dstStride).storeBytes(of: e6, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 7 * dstStride).storeBytes(of: e7, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 8 * dstStride).storeBytes(of: e8, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 9 * dstStride).storeBytes(of: e9, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 10 * dstStride).storeBytes(of: e10, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 11 * dstStride).storeBytes(of: e11, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 12 * dstStride).storeBytes(of: e12, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 13 * dstStride).storeBytes(of: e13, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 14 * dstStride).storeBytes(of: e14, as: SIMD16<Float>.self)
+    UnsafeMutableRawPointer(dst + 15 * dstStride).storeBytes(of: e15, as: SIMD16<Float>.self)
+}
 
 #endif

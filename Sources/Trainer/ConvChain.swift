@@ -254,7 +254,7 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 p.initialize(from: o, count: o.count)
                 return p
             }
-            dYTCount = zip(ls, ldb).map { $0.outSize * $0.outSize * g * $1 }
+            dYTCount = zip(ls, ldb).map { $0.outChannels < 4 ? 1 : $0.outSize * $0.outSize * g * $1 }   // none for layers of < 4 channels
             let rowBlocks = zip(ls, ldb).map { (l, ldb) in
                 let rowBytes = l.outSize * g * ldb * MemoryLayout<Float>.stride
                 let rows = max(1, min(l.outSize, (512 << 10) / rowBytes))
@@ -454,14 +454,13 @@ public final class ConvChainTrainer: @unchecked Sendable {
             let li = layers[i]
             let dy = ws.grads[i].view()
             let ldb = ws.ldb[i], width = dy.width
-            // dY^T (pixel-major) for the weight gradient; the bias gradient.
+            // dY^T (pixel-major) for the weight gradient (layers of fewer than 4 channels read dY
+            // in place instead); the bias gradient.
             let dyt = ws.dYT[i]
-            for y in 0..<li.outSize {
-                let d = dyt + y * width * ldb
-                for c in 0..<li.outChannels {
-                    let row = dy.pointer(c, y, 0)
-                    for xx in 0..<width { d[xx * ldb + c] = row[xx] }
-                }
+            let singles = li.outChannels < 4
+            for y in 0..<li.outSize where !singles {
+                WeightGradient.transpose(dy.pointer(0, y, 0), srcStride: dy.layout.planeStride, rows: li.outChannels, cols: width,
+                                         into: dyt + y * width * ldb, dstStride: ldb, isa: isa)
             }
             let bias = acc + accOffsets[i] + accSizes[i]
             for c in 0..<li.outChannels { bias[c] += ConvChainTrainer.channelSum(dy, c) }
@@ -470,7 +469,15 @@ public final class ConvChainTrainer: @unchecked Sendable {
             let xin = i == 0 ? ws.input.view() : ws.acts[i - 1].view()
             let offsets = UnsafePointer(ws.tapOffsets[i])
             let a = acc + accOffsets[i]
-            for rows in ws.rowBlocks[i] {
+            if singles {
+                for c in 0..<li.outChannels {
+                    WeightGradient.accumulateSingleChannel(input: UnsafePointer(xin.base), rowStride: xin.rowStride,
+                                                           offsets: UnsafeBufferPointer(start: offsets, count: ws.tapCount[i]),
+                                                           outHeight: li.outSize, outWidth: width, dY: dy.pointer(c, 0, 0),
+                                                           dYRow: dy.rowStride, acc: a + c, accStride: ldb, isa: isa)
+                }
+            }
+            for rows in ws.rowBlocks[i] where !singles {
                 WeightGradient.accumulate(input: UnsafePointer(xin.base + rows.lowerBound * xin.rowStride), rowStride: xin.rowStride,
                                           offsets: UnsafeBufferPointer(start: offsets, count: ws.tapCount[i]),
                                           outHeight: rows.count, outWidth: width, dYT: dyt + rows.lowerBound * width * ldb,

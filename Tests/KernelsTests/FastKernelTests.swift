@@ -244,3 +244,88 @@ final class FastKernelTests: XCTestCase {
         XCTAssertEqual(f.view().featureMap().data, [Float](repeating: 0, count: 15) + [Float](repeating: 2.5, count: 15))
     }
 }
+
+/// The weight-gradient kernels (`WeightGradient.accumulate` on the output gradient transposed to
+/// pixel-major, and `accumulateSingleChannel` reading one channel in place) against a Float64 sum
+/// of the same products, on every ISA, for random tap offsets, odd widths (vector tails), output
+/// gradients with a row stride wider than the row, and accumulation onto non-zero sums.
+final class WeightGradientKernelTests: XCTestCase {
+    func testWeightGradientsMatchAFloat64Sum() {
+        var rng = TestRNG(seed: 31)
+        for isa in KernelISA.allCases where isa.supported {
+            for (h, w, outChannels) in [(1, 1, 1), (3, 17, 1), (5, 33, 2), (4, 40, 3), (7, 9, 5), (2, 64, 16), (6, 161, 1)] {
+                let taps = 24 + Int.random(in: 0...13, using: &rng)
+                let aRow = w + Int.random(in: 0...9, using: &rng)
+                let inputCount = (h + 6) * aRow + 64
+                let input = (0..<inputCount).map { _ in rng.float(-1, 1) }
+                var offsets = (0..<taps).map { _ in Int.random(in: 0...(6 * aRow), using: &rng) }
+                let padded = WeightGradient.paddedTaps(taps)
+                offsets += [Int](repeating: offsets[taps - 1], count: padded - taps)
+                let dyRow = w + Int.random(in: 0...5, using: &rng)
+                let dy = (0..<(outChannels * h * dyRow)).map { _ in rng.float(-1, 1) }
+                let ldb = WeightGradient.paddedChannels(outChannels, isa: isa)
+                let start = (0..<(padded * ldb)).map { _ in rng.float(-1, 1) }
+                var expected = [Double](repeating: 0, count: padded * ldb)
+                for t in 0..<taps { for o in 0..<outChannels {
+                    var s = Double(start[t * ldb + o])
+                    for y in 0..<h { for x in 0..<w {
+                        s += Double(input[offsets[t] + y * aRow + x]) * Double(dy[(o * h + y) * dyRow + x])
+                    } }
+                    expected[t * ldb + o] = s
+                } }
+                let tol = Double(h * w) * 4e-7 + 1e-5
+                // Transposed: dYT[(y * w + x) * ldb + o].
+                var dyt = [Float](repeating: 0, count: h * w * ldb)
+                for o in 0..<outChannels { for y in 0..<h { for x in 0..<w { dyt[(y * w + x) * ldb + o] = dy[(o * h + y) * dyRow + x] } } }
+                var acc = start
+                input.withUnsafeBufferPointer { ip in offsets.withUnsafeBufferPointer { op in dyt.withUnsafeBufferPointer { dp in
+                    acc.withUnsafeMutableBufferPointer { ap in
+                        WeightGradient.accumulate(input: ip.baseAddress!, rowStride: aRow, offsets: op, outHeight: h, outWidth: w,
+                                                  dYT: dp.baseAddress!, ldb: ldb, acc: ap.baseAddress!, isa: isa)
+                    }
+                } } }
+                var single = start
+                input.withUnsafeBufferPointer { ip in offsets.withUnsafeBufferPointer { op in dy.withUnsafeBufferPointer { dp in
+                    single.withUnsafeMutableBufferPointer { ap in
+                        for o in 0..<outChannels {
+                            WeightGradient.accumulateSingleChannel(input: ip.baseAddress!, rowStride: aRow, offsets: op, outHeight: h,
+                                                                   outWidth: w, dY: dp.baseAddress! + o * h * dyRow, dYRow: dyRow,
+                                                                   acc: ap.baseAddress! + o, accStride: ldb, isa: isa)
+                        }
+                    }
+                } } }
+                for t in 0..<taps { for o in 0..<outChannels {
+                    let i = t * ldb + o
+                    XCTAssertEqual(Double(acc[i]), expected[i], accuracy: tol, "\(isa) \(h)x\(w) o=\(o) tap \(t): transposed")
+                    XCTAssertEqual(Double(single[i]), expected[i], accuracy: tol, "\(isa) \(h)x\(w) o=\(o) tap \(t): in place")
+                } }
+                // Padding rows and unused channels are left alone by the single-channel kernel.
+                for t in 0..<padded { for o in outChannels..<ldb { XCTAssertEqual(single[t * ldb + o], start[t * ldb + o]) } }
+            }
+        }
+    }
+
+    /// The blocked transpose is an exact copy on every ISA: full blocks, edge rows and columns,
+    /// strides wider than the data, nothing outside the destination rows written.
+    func testTransposeIsExact() {
+        var rng = TestRNG(seed: 32)
+        for isa in KernelISA.allCases where isa.supported {
+            for (rows, cols) in [(1, 1), (3, 5), (8, 8), (16, 16), (17, 33), (64, 161), (16, 138), (40, 7)] {
+                let srcStride = cols + Int.random(in: 0...4, using: &rng), dstStride = rows + Int.random(in: 0...4, using: &rng)
+                let src = (0..<(rows * srcStride)).map { _ in rng.float(-1, 1) }
+                var dst = [Float](repeating: .nan, count: cols * dstStride)
+                src.withUnsafeBufferPointer { s in dst.withUnsafeMutableBufferPointer { d in
+                    WeightGradient.transpose(s.baseAddress!, srcStride: srcStride, rows: rows, cols: cols, into: d.baseAddress!,
+                                             dstStride: dstStride, isa: isa)
+                } }
+                for c in 0..<cols { for r in 0..<dstStride {
+                    if r < rows {
+                        XCTAssertEqual(dst[c * dstStride + r].bitPattern, src[r * srcStride + c].bitPattern, "\(isa) \(rows)x\(cols) (\(r), \(c))")
+                    } else {
+                        XCTAssertTrue(dst[c * dstStride + r].isNaN, "\(isa) \(rows)x\(cols): wrote past row \(rows)")
+                    }
+                } }
+            }
+        }
+    }
+}
