@@ -39,6 +39,10 @@ public struct DenoiseResult: Sendable {
     public var parameters: String
     public var restored: Image2D
     public var catalogue: [CatalogEntry]
+    /// PSNR with the reference's own noise taken out of the squared error (`Reference.noiseVariance`;
+    /// nil without an estimate, infinite where the error does not exceed that noise): an estimate
+    /// of the PSNR against the noiseless field.
+    public var psnrReferenceNoiseRemoved: Double? = nil
 }
 
 /// The Astro U-net protocol: a truth (long exposure), a noisy image (a real or simulated short
@@ -80,6 +84,10 @@ public struct DenoiseEvaluator {
     /// this): bright cores, where a network trained on fainter pixels errs, pass through as
     /// measured.
     public var capSigma = 0.0
+    /// Estimate the reference's own noise (`referenceNoiseVariance`) and score every method also
+    /// with it taken out of the squared error (`DenoiseResult.psnrReferenceNoiseRemoved`): for
+    /// real references (a mean of other frames), whose noise is part of every method's error.
+    public var referenceNoise = false
 
     public init() {}
 
@@ -105,6 +113,40 @@ public struct DenoiseEvaluator {
         /// The FWHMs of the input and of the reference measured for `psfMatch` (nan when not matched).
         public var inputFWHM = Double.nan
         public var referenceFWHM = Double.nan
+        /// The variance of the reference's own noise per pixel, as the pixel scores see it (after
+        /// any matching blur), nil when not estimated (`referenceNoise`).
+        public var noiseVariance: Double? = nil
+        /// The PSNR the noiseless field itself would score against this reference: range^2 over
+        /// the reference's noise variance (nil without an estimate).
+        public var psnrCeiling: Double? {
+            noiseVariance.flatMap { $0 > 0 ? 10 * log10(range * range / $0) : nil }
+        }
+    }
+
+    /// The per-pixel variance of a real reference's noise: the square of its sky sigma (the
+    /// clipped MAD of `RobustSky`, as `restore` measures the sky) over the scored pixels of the
+    /// reference as scored (`pixelTruth`: blurred when PSF matching blurred it, resampled when
+    /// frames were registered; so both count). Sources' photon noise is above the sky's, so the
+    /// squared error this removes is a lower bound of the reference's noise: scores corrected by
+    /// it are conservative. Independent of the methods' outputs, so for each method
+    /// E[(estimate - reference)^2] = E[(estimate - field)^2] + this.
+    public func referenceNoiseVariance(_ ref: Reference) -> Double? {
+        let (h, w) = (ref.pixelTruth.height, ref.pixelTruth.width)
+        let sky = RobustSky.estimate(count: h * w) { i in
+            let (y, x) = (i / w, i % w)
+            guard ref.valid[i], y >= crop, x >= crop, y < h - crop, x < w - crop else { return nil }
+            let v = ref.pixelTruth.pixels[i]
+            return v.isFinite ? v : nil
+        }
+        return sky.pixels > 0 && sky.sigma.isFinite ? sky.sigma * sky.sigma : nil
+    }
+
+    /// PSNR with `noiseVariance` taken out of the mean squared error (infinite when the error is
+    /// not above it).
+    public static func psnrRemovingNoise(_ truth: Image2D, _ estimate: Image2D, range: Double, mask: [Bool], noiseVariance v: Double) -> Double {
+        let excess = Metrics.mse(truth, estimate, mask: mask) - v
+        if excess.isNaN { return .nan }
+        return excess > 0 ? 10 * log10(range * range / excess) : .infinity
     }
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
@@ -241,12 +283,16 @@ public struct DenoiseEvaluator {
         let pixels = pixelEstimate(estimate, ref)
         let truthMasked = Image2D(height: ref.truth.height, width: ref.truth.width, pixels: zip(ref.pixelTruth.pixels, m).map { $1 ? $0 : .nan })
         let estMasked = Image2D(height: estimate.height, width: estimate.width, pixels: zip(pixels.pixels, m).map { $1 ? $0 : .nan })
-        return DenoiseResult(image: image, method: method,
+        var result = DenoiseResult(image: image, method: method,
                              psnr: Metrics.psnr(ref.pixelTruth, pixels, dataRange: ref.range, mask: m),
                              ssim: Metrics.ssim(truthMasked, estMasked, dataRange: ref.range),
                              kl: Metrics.klDivergence(truthMasked, estMasked),
                              detection: det, snrGain: inputSNR.map { det.meanSNR / $0 } ?? 1,
                              seconds: seconds, parameters: parameters, restored: estimate, catalogue: cat)
+        if let v = ref.noiseVariance {
+            result.psnrReferenceNoiseRemoved = DenoiseEvaluator.psnrRemovingNoise(ref.pixelTruth, pixels, range: ref.range, mask: m, noiseVariance: v)
+        }
+        return result
     }
 
     /// Every method on one (truth, noisy) pair; the first result is the noisy input itself.
@@ -255,7 +301,8 @@ public struct DenoiseEvaluator {
         guard truth.height == noisy.height && truth.width == noisy.width else {
             throw Failure(description: "\(name): the noisy image is \(noisy.width)x\(noisy.height) and the reference \(truth.width)x\(truth.height)")
         }
-        let ref = try matched(try prepare(name: name, truth: truth), input: noisy)
+        var ref = try matched(try prepare(name: name, truth: truth), input: noisy)
+        if referenceNoise { ref.noiseVariance = referenceNoiseVariance(ref) }
         var results: [DenoiseResult] = []
         let input = try score(image: name, method: "none", estimate: noisy, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
         results.append(input)

@@ -91,6 +91,9 @@ extension Evaluate {
         guard denoise.cap >= 0, denoise.cap.isFinite else { throw ValidationError("--cap must be >= 0") }
         ev.capSigma = denoise.cap
         ev.threads = threads
+        // Real references (other frames) hold noise of their own: each method is also scored
+        // with it taken out of the squared error.
+        ev.referenceNoise = denoise.input != nil || !denoise.frames.isEmpty
         guard denoise.ratio >= 1 else { throw ValidationError("--ratio must be >= 1") }
         // The pairs to score: (name, truth, noisy, how the noisy image was made).
         var pairs: [(String, Image2D, Image2D, String, Double?)] = []
@@ -184,6 +187,7 @@ extension Evaluate {
         }
         var injected: [InjectionScore] = []
         var all: [DenoiseResult] = []
+        var ceilings: [String: Double] = [:]   // per image: the noiseless field's PSNR against its reference
         var panelImages: [(title: String, pixels: [Float], marks: [ComparisonPanel.Mark])] = []
         var panelSize = (0, 0), panelRadius = 6.0
         for (k, (name, truth, noisy, how, gain)) in pairs.enumerated() {
@@ -204,6 +208,11 @@ extension Evaluate {
             }
             FileHandle.standardError.write(Data(String(format: "  reference: %d sources, FWHM %.2f px, match radius %.2f px\n",
                                                        ref.catalogue.count, ref.fwhm, ref.radius).utf8))
+            if let v = ref.noiseVariance, let c = ref.psnrCeiling {
+                ceilings[name] = c
+                FileHandle.standardError.write(Data(String(format: "  reference noise: sky sigma %.4g as scored, so the noiseless field would score PSNR %.2f dB against it\n",
+                                                           v.squareRoot(), c).utf8))
+            }
             if denoise.psfMatch {
                 let what = ref.estimateBlur > 0 ? String(format: "every output blurred by a Gaussian of sigma %.2f px", ref.estimateBlur)
                     : ref.inputFWHM > ref.referenceFWHM ? "the reference blurred to the input's FWHM" : "no blur (same FWHM, or not measured)"
@@ -239,13 +248,15 @@ extension Evaluate {
             let base = denoise.cap > 0 ? [m.name, m.name + "+cap"] : [m.name]
             return denoise.fluxRestore > 0 ? base.flatMap { [$0, $0 + "+flux"] } : base
         }
-        printDenoiseTable(all, methods: ["none"] + withFlux + (2...max(2, injection.stacks)).map { "stack\($0)" }.filter { s in all.contains { $0.method == s } })
+        let tableMethods = ["none"] + withFlux + (2...max(2, injection.stacks)).map { "stack\($0)" }.filter { s in all.contains { $0.method == s } }
+        printDenoiseTable(all, methods: tableMethods)
+        if !ceilings.isEmpty { printReferenceNoiseTable(all, methods: tableMethods, ceilings: ceilings) }
         if !injected.isEmpty { printInjection(injected, plans: plans) }
         if let c = csv {
-            var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters\n"
+            var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters,psnr_reference_noise_removed\n"
             for r in all {
                 let d = r.detection
-                text += "\(r.image),\(r.method),\(r.psnr),\(r.ssim),\(r.kl),\(d.tpr),\(d.precision),\(d.fMeasure),\(d.relativeFluxError),\(d.relativeFluxErrorUncertainty),\(r.snrGain),\(r.seconds),\"\(r.parameters)\"\n"
+                text += "\(r.image),\(r.method),\(r.psnr),\(r.ssim),\(r.kl),\(d.tpr),\(d.precision),\(d.fMeasure),\(d.relativeFluxError),\(d.relativeFluxErrorUncertainty),\(r.snrGain),\(r.seconds),\"\(r.parameters)\",\(r.psnrReferenceNoiseRemoved.map { "\($0)" } ?? "")\n"
             }
             try AtomicFile.write(Array(text.utf8), to: c, overwrite: true)
             print("wrote \(c)")
@@ -260,6 +271,29 @@ extension Evaluate {
 
     /// The Astro U-net paper's Table 2 layout, averaged over the images (one block per image
     /// when there are several, then the mean).
+    /// Per image and on average: each method's PSNR with the reference's own noise taken out of
+    /// its squared error, and the ceiling (the noiseless field's PSNR against the reference).
+    func printReferenceNoiseTable(_ results: [DenoiseResult], methods: [String], ceilings: [String: Double]) {
+        let imgs = results.map(\.image).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        print("\nPSNR[dB] with the reference's own noise removed from the squared error: an estimate of the PSNR against the noiseless")
+        print("field (the reference's noise from its sky, a lower bound: conservative); 'as scored': against the reference, as above;")
+        print("'ceiling': what the noiseless field itself scores as scored (its whole error is the reference's noise)")
+        let width = max(12, imgs.map(\.count).max() ?? 0) + 2
+        print("method".padding(toLength: 12, withPad: " ", startingAt: 0) + imgs.map { String($0.prefix(width - 2)).leftPad(width) }.joined()
+              + "mean".leftPad(10) + "as scored".leftPad(11))
+        func fmt(_ v: Double) -> String { v.isFinite ? String(format: "%.2f", v) : (v > 0 ? "inf" : "n/a") }
+        func meanOf(_ v: [Double]) -> Double { v.contains { !$0.isFinite } || v.isEmpty ? (v.contains(.infinity) ? .infinity : .nan) : v.reduce(0, +) / Double(v.count) }
+        let c = imgs.map { ceilings[$0] ?? .nan }
+        print("ceiling".padding(toLength: 12, withPad: " ", startingAt: 0) + c.map { fmt($0).leftPad(width) }.joined() + fmt(meanOf(c)).leftPad(10))
+        for m in methods {
+            let rs = imgs.map { i in results.first { $0.image == i && $0.method == m } }
+            let v = rs.map { $0?.psnrReferenceNoiseRemoved ?? .nan }
+            let raw = rs.compactMap { $0?.psnr }
+            print((m == "none" ? "noisy" : m).padding(toLength: 12, withPad: " ", startingAt: 0) + v.map { fmt($0).leftPad(width) }.joined()
+                  + fmt(meanOf(v)).leftPad(10) + fmt(meanOf(raw)).leftPad(11))
+        }
+    }
+
     func printDenoiseTable(_ results: [DenoiseResult], methods: [String]) {
         let header = "method".padding(toLength: 12, withPad: " ", startingAt: 0)
             + ["RFE[%]", "RFE err", "TPR[%]", "prec", "F", "SNR gain", "PSNR[dB]", "SSIM", "KL", "time[s]"].map { $0.leftPad(9) }.joined()

@@ -9,7 +9,7 @@ import XCTest
 final class PSFMatchedScoringTests: XCTestCase {
     /// 40 Gaussian stars of FWHM `fwhm` (same positions and fluxes for every call), sky 0, white
     /// noise of sigma 1 from `seed`.
-    func field(fwhm: Double, seed: UInt64) -> Image2D {
+    static func field(fwhm: Double, seed: UInt64) -> Image2D {
         let n = 192
         var img = Image2D(height: n, width: n)
         var g = SplitMix64(seed: 7)
@@ -32,7 +32,7 @@ final class PSFMatchedScoringTests: XCTestCase {
     }
 
     func testSharperInputIsMatchedToTheReference() throws {
-        let input = field(fwhm: 3, seed: 1), reference = field(fwhm: 4.5, seed: 2)
+        let input = Self.field(fwhm: 3, seed: 1), reference = Self.field(fwhm: 4.5, seed: 2)
         var ev = DenoiseEvaluator()
         ev.threads = 2
         ev.detection.threshold = 5
@@ -56,6 +56,50 @@ final class PSFMatchedScoringTests: XCTestCase {
         let swapped = try ev.matched(try ev.prepare(name: "field", truth: input), input: reference)
         XCTAssertEqual(swapped.estimateBlur, 0)
         XCTAssertNotEqual(swapped.pixelTruth.pixels, swapped.truth.pixels)
+    }
+}
+
+/// `DenoiseEvaluator.referenceNoise`: a real reference's own noise, estimated from its sky and
+/// taken out of each method's squared error, recovers the PSNR against the noiseless field.
+final class ReferenceNoiseTests: XCTestCase {
+    func testNoiseRemovedScoresMatchTheNoiselessField() throws {
+        // field(seed:) adds unit white noise to 40 fixed stars; the noiseless field is their
+        // difference from a draw with the noise scaled away.
+        let reference = PSFMatchedScoringTests.field(fwhm: 3.5, seed: 11)
+        var noise = Image2D(height: reference.height, width: reference.width)
+        var h = SplitMix64(seed: 11)
+        for i in 0..<noise.count { noise.pixels[i] = NoiseStreams.normal(&h) }
+        let clean = Image2D(height: reference.height, width: reference.width, pixels: zip(reference.pixels, noise.pixels).map { $0 - $1 })
+        var ev = DenoiseEvaluator()
+        ev.threads = 2
+        ev.detection.threshold = 5
+        ev.referenceNoise = true
+        var ref = try ev.prepare(name: "field", truth: reference)
+        XCTAssertNil(ref.noiseVariance)
+        ref.noiseVariance = ev.referenceNoiseVariance(ref)
+        let v = try XCTUnwrap(ref.noiseVariance)
+        XCTAssertEqual(v, 1, accuracy: 0.06, "the reference's noise variance is 1")
+        let ceiling = try XCTUnwrap(ref.psnrCeiling)
+        XCTAssertEqual(ceiling, 10 * log10(ref.range * ref.range / v), accuracy: 1e-9)
+        // An estimate with independent noise of sigma 0.5: scored against the reference, its
+        // error holds both noises (variance 1.25); removed, it is close to its PSNR against the
+        // noiseless field (variance 0.25), 7 dB better.
+        var g = SplitMix64(seed: 99)
+        let estimate = clean.map { $0 + 0.5 * NoiseStreams.normal(&g) }
+        let r = try ev.score(image: "field", method: "noisy-half", estimate: estimate, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
+        let againstField = Metrics.psnr(clean, estimate, dataRange: ref.range)
+        let removed = try XCTUnwrap(r.psnrReferenceNoiseRemoved)
+        XCTAssertEqual(removed, againstField, accuracy: 0.35, "noise removed \(removed) vs against the field \(againstField)")
+        XCTAssertGreaterThan(removed, r.psnr + 5)
+        // The noiseless field itself scores the ceiling as scored, and no error once removed.
+        let perfect = try ev.score(image: "field", method: "field", estimate: clean, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
+        XCTAssertEqual(perfect.psnr, ceiling, accuracy: 0.3)
+        XCTAssertGreaterThan(perfect.psnrReferenceNoiseRemoved ?? 0, ceiling + 8)
+        // Without the option nothing is estimated.
+        ev.referenceNoise = false
+        let plain = try ev.score(image: "field", method: "field", estimate: clean, reference: try ev.prepare(name: "field", truth: reference),
+                                 inputSNR: nil, seconds: 0, parameters: "")
+        XCTAssertNil(plain.psnrReferenceNoiseRemoved)
     }
 }
 
