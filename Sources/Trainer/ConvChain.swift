@@ -232,6 +232,10 @@ public final class ConvChainTrainer: @unchecked Sendable {
         /// (dY with a zero frame of kernel - 1 rows above and below and kernel - 1 columns before
         /// each sample and after the last: never written, so zero) and output.
         let sideBySide: [(forwardIn: PlanarBuffer, forwardOut: PlanarBuffer, backwardIn: PlanarBuffer, backwardOut: PlanarBuffer)?]
+        /// For `firstLayerGradient`: one vector width of channels of one row of the first layer's
+        /// output gradient, and its channel sums.
+        let firstRows: UnsafeMutablePointer<Float>
+        let firstSums: UnsafeMutablePointer<Float>
 
         init(_ t: ConvChainTrainer, group g: Int) {
             self.g = g
@@ -267,6 +271,8 @@ public final class ConvChainTrainer: @unchecked Sendable {
                 return p
             }
             dYT = dYTCount.map(zeroed)
+            firstRows = zeroed(t.isa.vectorWidth * ls[0].outSize * g)
+            firstSums = zeroed(ls[0].outChannels)
             sideBySide = zip(ls, t.winogradVariants).map { l, v in
                 guard v != nil else { return nil }
                 let (s, k) = (l.inSize, l.kernel)
@@ -279,6 +285,8 @@ public final class ConvChainTrainer: @unchecked Sendable {
 
         deinit {
             for p in dYT { p.deallocate() }
+            firstRows.deallocate()
+            firstSums.deallocate()
             for p in tapOffsets { p.deallocate() }
         }
     }
@@ -450,6 +458,9 @@ public final class ConvChainTrainer: @unchecked Sendable {
             l += loss.accumulate(yv.pointer(c, y, 0), tv.pointer(c, y, 0), yv.width, total: total, grad: gv.pointer(c, y, 0))
         } }
         if layers[last].relu { ConvChainTrainer.mask(gv, by: yv) }
+        // Set when the second layer's Winograd data gradient has already made the first layer's
+        // dY^T and bias sums (`firstLayerGradient`).
+        var firstDone = false
         for i in stride(from: last, through: 0, by: -1) {
             let li = layers[i]
             let dy = ws.grads[i].view()
@@ -458,12 +469,14 @@ public final class ConvChainTrainer: @unchecked Sendable {
             // in place instead); the bias gradient.
             let dyt = ws.dYT[i]
             let singles = li.outChannels < 4
-            for y in 0..<li.outSize where !singles {
-                WeightGradient.transpose(dy.pointer(0, y, 0), srcStride: dy.layout.planeStride, rows: li.outChannels, cols: width,
-                                         into: dyt + y * width * ldb, dstStride: ldb, isa: isa)
-            }
             let bias = acc + accOffsets[i] + accSizes[i]
-            for c in 0..<li.outChannels { bias[c] += ConvChainTrainer.channelSum(dy, c) }
+            if !(i == 0 && firstDone) {
+                for y in 0..<li.outSize where !singles {
+                    WeightGradient.transpose(dy.pointer(0, y, 0), srcStride: dy.layout.planeStride, rows: li.outChannels, cols: width,
+                                             into: dyt + y * width * ldb, dstStride: ldb, isa: isa)
+                }
+                for c in 0..<li.outChannels { bias[c] += ConvChainTrainer.channelSum(dy, c) }
+            }
             // dW^T by row blocks (each block's dY^T stays in L2 while every tap reads it); the
             // rows of each tap are summed in order, as in one call over the whole map.
             let xin = i == 0 ? ws.input.view() : ws.acts[i - 1].view()
@@ -492,6 +505,13 @@ public final class ConvChainTrainer: @unchecked Sendable {
                     let (pin, pout) = (sb.backwardIn.view(), sb.backwardOut.view())
                     ConvChainTrainer.sideBySide(dy, into: pin, stride: li.inSize, pixels: li.outSize, group: g, offset: k - 1)
                     wg.run(pin, pout, activation: .none, isa: isa, tileRows: 0..<((li.inSize + wg.tileSize - 1) / wg.tileSize))
+                    if i == 1 && layers[0].outChannels >= 4 {
+                        // The first layer needs only dY^T and its sums: made from here, the
+                        // interleaved map is not written.
+                        firstLayerGradient(pout, stride: li.inSize, ws: ws, bias: acc + accOffsets[0] + accSizes[0])
+                        firstDone = true
+                        continue
+                    }
                     ConvChainTrainer.interleaveSideBySide(pout, stride: li.inSize, into: dst, pixels: li.inSize, group: g)
                 } else {
                     var padded = dy.layout
@@ -503,6 +523,56 @@ public final class ConvChainTrainer: @unchecked Sendable {
             }
         }
         return l
+    }
+
+    /// The first layer's output gradient from the second layer's side-by-side data gradient
+    /// `src` (sample n's column x at n * stride + x), masked by the first layer's ReLU, written
+    /// straight to its pixel-major copy dY^T (`ws.dYT[0]`), its channel sums added to `bias`:
+    /// row by row, a vector width of channels at a time through `ws.firstRows` (what
+    /// `interleaveSideBySide`, `mask`, the transpose and `channelSum` do over the whole
+    /// interleaved map, in one pass that stays in cache). Each channel's sum runs over the rows
+    /// in order (16 lanes per row, then the row's tail): the same bits on any thread count.
+    private func firstLayerGradient(_ src: PlanarView, stride: Int, ws: Workspace, bias: UnsafeMutablePointer<Float>) {
+        let l0 = layers[0], g = ws.g
+        let (pixels, channels) = (l0.outSize, l0.outChannels)
+        let width = pixels * g, ldb = ws.ldb[0], vw = isa.vectorWidth
+        let y0 = ws.acts[0].view(), dyt = ws.dYT[0], buf = ws.firstRows, sums = ws.firstSums
+        sums.update(repeating: 0, count: channels)
+        let zero = SIMD16<Float>(repeating: 0)
+        for y in 0..<pixels {
+            var c0 = 0
+            while c0 < channels {
+                let cn = min(vw, channels - c0)
+                for j in 0..<cn {
+                    let c = c0 + j
+                    let s = src.pointer(c, y, 0), a = y0.pointer(c, y, 0), d = buf + j * width
+                    for n in 0..<g {
+                        let sn = s + n * stride
+                        for x in 0..<pixels { d[x * g + n] = sn[x] }
+                    }
+                    var acc = zero
+                    var tail: Float = 0
+                    var x = 0
+                    while x + 16 <= width {
+                        let v = UnsafeRawPointer(d + x).loadUnaligned(as: SIMD16<Float>.self)
+                        let av = UnsafeRawPointer(a + x).loadUnaligned(as: SIMD16<Float>.self)
+                        let m = l0.relu ? v.replacing(with: zero, where: av .<= zero) : v
+                        UnsafeMutableRawPointer(d + x).storeBytes(of: m, as: SIMD16<Float>.self)
+                        acc += m
+                        x += 16
+                    }
+                    while x < width {
+                        if l0.relu && a[x] <= 0 { d[x] = 0 }
+                        tail += d[x]
+                        x += 1
+                    }
+                    sums[c] += acc.sum() + tail
+                }
+                WeightGradient.transpose(buf, srcStride: width, rows: cn, cols: width, into: dyt + y * width * ldb + c0, dstStride: ldb, isa: isa)
+                c0 += cn
+            }
+        }
+        for c in 0..<channels { bias[c] += sums[c] }
     }
 
     /// The sum of one channel of a map, in a fixed order (16 running sums over each row's
