@@ -43,6 +43,9 @@ public struct DenoiseResult: Sendable {
     /// nil without an estimate, infinite where the error does not exceed that noise): an estimate
     /// of the PSNR against the noiseless field.
     public var psnrReferenceNoiseRemoved: Double? = nil
+    /// The same over the faint pixels only: where the reference is below its sky + 5 sigma (the
+    /// sky and faint sources, what a denoiser is for; bright cores excluded).
+    public var psnrFaintReferenceNoiseRemoved: Double? = nil
 }
 
 /// The Astro U-net protocol: a truth (long exposure), a noisy image (a real or simulated short
@@ -116,6 +119,8 @@ public struct DenoiseEvaluator {
         /// The variance of the reference's own noise per pixel, as the pixel scores see it (after
         /// any matching blur), nil when not estimated (`referenceNoise`).
         public var noiseVariance: Double? = nil
+        /// The reference's sky level (the clipped median beside `noiseVariance`).
+        public var skyLevel: Double? = nil
         /// The PSNR the noiseless field itself would score against this reference: range^2 over
         /// the reference's noise variance (nil without an estimate).
         public var psnrCeiling: Double? {
@@ -130,7 +135,10 @@ public struct DenoiseEvaluator {
     /// squared error this removes is a lower bound of the reference's noise: scores corrected by
     /// it are conservative. Independent of the methods' outputs, so for each method
     /// E[(estimate - reference)^2] = E[(estimate - field)^2] + this.
-    public func referenceNoiseVariance(_ ref: Reference) -> Double? {
+    public func referenceNoiseVariance(_ ref: Reference) -> Double? { referenceSky(ref)?.variance }
+
+    /// The sky level and noise variance of `referenceNoiseVariance`.
+    public func referenceSky(_ ref: Reference) -> (level: Double, variance: Double)? {
         let (h, w) = (ref.pixelTruth.height, ref.pixelTruth.width)
         let sky = RobustSky.estimate(count: h * w) { i in
             let (y, x) = (i / w, i % w)
@@ -138,7 +146,7 @@ public struct DenoiseEvaluator {
             let v = ref.pixelTruth.pixels[i]
             return v.isFinite ? v : nil
         }
-        return sky.pixels > 0 && sky.sigma.isFinite ? sky.sigma * sky.sigma : nil
+        return sky.pixels > 0 && sky.sigma.isFinite ? (sky.median, sky.sigma * sky.sigma) : nil
     }
 
     /// PSNR with `noiseVariance` taken out of the mean squared error (infinite when the error is
@@ -291,6 +299,12 @@ public struct DenoiseEvaluator {
                              seconds: seconds, parameters: parameters, restored: estimate, catalogue: cat)
         if let v = ref.noiseVariance {
             result.psnrReferenceNoiseRemoved = DenoiseEvaluator.psnrRemovingNoise(ref.pixelTruth, pixels, range: ref.range, mask: m, noiseVariance: v)
+            if let sky = ref.skyLevel {
+                let limit = sky + 5 * v.squareRoot()
+                let faint = zip(m, ref.pixelTruth.pixels).map { $0 && $1 < limit }
+                result.psnrFaintReferenceNoiseRemoved = DenoiseEvaluator.psnrRemovingNoise(ref.pixelTruth, pixels, range: ref.range, mask: faint,
+                                                                                            noiseVariance: v)
+            }
         }
         return result
     }
@@ -302,7 +316,7 @@ public struct DenoiseEvaluator {
             throw Failure(description: "\(name): the noisy image is \(noisy.width)x\(noisy.height) and the reference \(truth.width)x\(truth.height)")
         }
         var ref = try matched(try prepare(name: name, truth: truth), input: noisy)
-        if referenceNoise { ref.noiseVariance = referenceNoiseVariance(ref) }
+        if referenceNoise, let sky = referenceSky(ref) { (ref.skyLevel, ref.noiseVariance) = (sky.level, sky.variance) }
         var results: [DenoiseResult] = []
         let input = try score(image: name, method: "none", estimate: noisy, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
         results.append(input)

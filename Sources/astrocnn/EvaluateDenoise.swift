@@ -253,10 +253,10 @@ extension Evaluate {
         if !ceilings.isEmpty { printReferenceNoiseTable(all, methods: tableMethods, ceilings: ceilings) }
         if !injected.isEmpty { printInjection(injected, plans: plans) }
         if let c = csv {
-            var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters,psnr_reference_noise_removed\n"
+            var text = "image,method,psnr,ssim,kl,tpr,precision,f,rfe,rfe_err,snr_gain,seconds,parameters,psnr_reference_noise_removed,psnr_faint_reference_noise_removed\n"
             for r in all {
                 let d = r.detection
-                text += "\(r.image),\(r.method),\(r.psnr),\(r.ssim),\(r.kl),\(d.tpr),\(d.precision),\(d.fMeasure),\(d.relativeFluxError),\(d.relativeFluxErrorUncertainty),\(r.snrGain),\(r.seconds),\"\(r.parameters)\",\(r.psnrReferenceNoiseRemoved.map { "\($0)" } ?? "")\n"
+                text += "\(r.image),\(r.method),\(r.psnr),\(r.ssim),\(r.kl),\(d.tpr),\(d.precision),\(d.fMeasure),\(d.relativeFluxError),\(d.relativeFluxErrorUncertainty),\(r.snrGain),\(r.seconds),\"\(r.parameters)\",\(r.psnrReferenceNoiseRemoved.map { "\($0)" } ?? ""),\(r.psnrFaintReferenceNoiseRemoved.map { "\($0)" } ?? "")\n"
             }
             try AtomicFile.write(Array(text.utf8), to: c, overwrite: true)
             print("wrote \(c)")
@@ -291,6 +291,12 @@ extension Evaluate {
             let raw = rs.compactMap { $0?.psnr }
             print((m == "none" ? "noisy" : m).padding(toLength: 12, withPad: " ", startingAt: 0) + v.map { fmt($0).leftPad(width) }.joined()
                   + fmt(meanOf(v)).leftPad(10) + fmt(meanOf(raw)).leftPad(11))
+        }
+        print("\nthe same over the faint pixels only (the reference below its sky + 5 sigma: sky and faint sources; bright cores left out)")
+        for m in methods {
+            let v = imgs.map { i in results.first { $0.image == i && $0.method == m }?.psnrFaintReferenceNoiseRemoved ?? .nan }
+            print((m == "none" ? "noisy" : m).padding(toLength: 12, withPad: " ", startingAt: 0) + v.map { fmt($0).leftPad(width) }.joined()
+                  + fmt(meanOf(v)).leftPad(10))
         }
     }
 

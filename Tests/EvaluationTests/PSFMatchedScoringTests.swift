@@ -76,7 +76,9 @@ final class ReferenceNoiseTests: XCTestCase {
         ev.referenceNoise = true
         var ref = try ev.prepare(name: "field", truth: reference)
         XCTAssertNil(ref.noiseVariance)
-        ref.noiseVariance = ev.referenceNoiseVariance(ref)
+        let sky = try XCTUnwrap(ev.referenceSky(ref))
+        XCTAssertEqual(sky.level, 0, accuracy: 0.05, "the field's sky is 0")
+        (ref.skyLevel, ref.noiseVariance) = (sky.level, sky.variance)
         let v = try XCTUnwrap(ref.noiseVariance)
         XCTAssertEqual(v, 1, accuracy: 0.06, "the reference's noise variance is 1")
         let ceiling = try XCTUnwrap(ref.psnrCeiling)
@@ -91,6 +93,10 @@ final class ReferenceNoiseTests: XCTestCase {
         let removed = try XCTUnwrap(r.psnrReferenceNoiseRemoved)
         XCTAssertEqual(removed, againstField, accuracy: 0.35, "noise removed \(removed) vs against the field \(againstField)")
         XCTAssertGreaterThan(removed, r.psnr + 5)
+        // Over the faint pixels (the reference below its sky + 5 sigma) the same holds.
+        let faint = zip(reference.pixels, clean.pixels).map { $0.0 < sky.level + 5 * sky.variance.squareRoot() }
+        let faintField = Metrics.psnr(clean, estimate, dataRange: ref.range, mask: faint)
+        XCTAssertEqual(try XCTUnwrap(r.psnrFaintReferenceNoiseRemoved), faintField, accuracy: 0.35)
         // The noiseless field itself scores the ceiling as scored, and no error once removed.
         let perfect = try ev.score(image: "field", method: "field", estimate: clean, reference: ref, inputSNR: nil, seconds: 0, parameters: "")
         XCTAssertEqual(perfect.psnr, ceiling, accuracy: 0.3)
