@@ -76,6 +76,10 @@ public struct DenoiseEvaluator {
     /// classical methods' parameters are chosen on those scores); with a sharper reference, the
     /// reference is.
     public var psfMatch = false
+    /// With `psfMatch`: match by a kernel fitted between the two images (`MatchingKernel`:
+    /// the profiles' shapes, not just their FWHMs) instead of the Gaussian; which image is
+    /// blurred is decided by the measured FWHMs as before.
+    public var psfMatchFitted = false
     /// Each network is also scored with its removed component's low frequencies added back
     /// (method `NAME+flux`): output + G_sigma * (input - output), a Gaussian of this sigma in px
     /// (0: off). What a denoiser takes from a faint source is source-shaped (low frequencies);
@@ -113,6 +117,9 @@ public struct DenoiseEvaluator {
         public var pixelTruth: Image2D
         /// Gaussian sigma (px) every estimate is blurred by before its pixel scores (0: none).
         public var estimateBlur = 0.0
+        /// The fitted kernel every estimate is convolved by before its pixel scores
+        /// (`psfMatchFitted`, the input sharper than the reference; nil: none).
+        public var estimateKernel: MatchingKernel? = nil
         /// The FWHMs of the input and of the reference measured for `psfMatch` (nan when not matched).
         public var inputFWHM = Double.nan
         public var referenceFWHM = Double.nan
@@ -194,6 +201,16 @@ public struct DenoiseEvaluator {
         r.inputFWHM = f
         r.referenceFWHM = fr
         let (sIn, sRef) = (f / 2.3548, fr / 2.3548)
+        if psfMatchFitted {
+            // Half-width 1.5 FWHM of the broader image: its profile's wings fit inside.
+            let h = min(12, Int((1.5 * max(f, fr)).rounded(.up)))
+            if sRef > sIn {
+                r.estimateKernel = try MatchingKernel.fit(sharp: noisy, broad: ref.truth, halfWidth: h)
+            } else if sIn > sRef {
+                r.pixelTruth = try MatchingKernel.fit(sharp: ref.truth, broad: noisy, halfWidth: h).apply(ref.truth, threads: threads)
+            }
+            return r
+        }
         if sRef > sIn {
             r.estimateBlur = (sRef * sRef - sIn * sIn).squareRoot()
         } else if sIn > sRef {
@@ -204,7 +221,8 @@ public struct DenoiseEvaluator {
 
     /// The estimate as the pixel scores see it (blurred to the reference's seeing when matched).
     func pixelEstimate(_ img: Image2D, _ ref: Reference) -> Image2D {
-        ref.estimateBlur > 0 ? Denoisers.gaussian(img, sigma: ref.estimateBlur, threads: threads) : img
+        if let k = ref.estimateKernel { return k.apply(img, threads: threads) }
+        return ref.estimateBlur > 0 ? Denoisers.gaussian(img, sigma: ref.estimateBlur, threads: threads) : img
     }
 
     static func catalogue(_ r: DetectionResult) -> [CatalogEntry] {

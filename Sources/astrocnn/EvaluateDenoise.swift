@@ -19,6 +19,7 @@ struct DenoiseOptions: ParsableArguments {
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: the deeper image(s) of the same field (several are registered and averaged).") var reference: [String] = []
     @Option(name: .long, parsing: .upToNextOption, help: "denoise, real data: frames of one field; each is scored against the mean of the others.") var frames: [String] = []
     @Flag(help: "denoise: PSF-matched pixel scores (PSNR, SSIM, KL): the sharper of the input and the reference is blurred by a Gaussian to the other's measured FWHM first (frames of one field at different seeing).") var psfMatch = false
+    @Flag(help: "denoise, with --psf-match: blur by a kernel fitted between the two images (the profiles' shapes, as image subtraction matches them) instead of the Gaussian.") var psfMatchFit = false
     @Option(help: "denoise: also score each network with the low frequencies of what it removed added back (NAME+flux: output + Gaussian(sigma) * (input - output)); sigma in px, 0: off.") var fluxRestore: Double = 0
     @Option(help: "denoise: also score each network run on the input capped at sky + K sigma, the excess added back (NAME+cap); 0: off.") var cap: Double = 0
     @Option(help: "denoise: detection threshold in units of the background RMS.") var thresh: Double = 5
@@ -85,6 +86,8 @@ extension Evaluate {
         ev.crop = denoise.crop
         ev.exposureRatio = denoise.ratio
         ev.psfMatch = denoise.psfMatch
+        guard !denoise.psfMatchFit || denoise.psfMatch else { throw ValidationError("--psf-match-fit needs --psf-match") }
+        ev.psfMatchFitted = denoise.psfMatchFit
         guard denoise.fluxRestore >= 0, denoise.fluxRestore.isFinite else { throw ValidationError("--flux-restore must be >= 0") }
         if denoise.fluxRestore > 0 { _ = try FluxRestore(width: 1, height: 1, sigma: denoise.fluxRestore) }   // its range, before any work
         ev.fluxRestoreSigma = denoise.fluxRestore
@@ -214,8 +217,10 @@ extension Evaluate {
                                                            v.squareRoot(), c).utf8))
             }
             if denoise.psfMatch {
-                let what = ref.estimateBlur > 0 ? String(format: "every output blurred by a Gaussian of sigma %.2f px", ref.estimateBlur)
-                    : ref.inputFWHM > ref.referenceFWHM ? "the reference blurred to the input's FWHM" : "no blur (same FWHM, or not measured)"
+                let what = ref.estimateKernel.map { String(format: "every output convolved by a fitted %dx%d kernel", 2 * $0.halfWidth + 1, 2 * $0.halfWidth + 1) }
+                    ?? (ref.pixelTruth.pixels != ref.truth.pixels && denoise.psfMatchFit ? "the reference convolved by a fitted kernel to the input's profile" : nil)
+                    ?? (ref.estimateBlur > 0 ? String(format: "every output blurred by a Gaussian of sigma %.2f px", ref.estimateBlur)
+                    : ref.inputFWHM > ref.referenceFWHM ? "the reference blurred to the input's FWHM" : "no blur (same FWHM, or not measured)")
                 FileHandle.standardError.write(Data(String(format: "  PSF-matched pixel scores: input FWHM %.2f px, reference %.2f px (Moffat fits): %@\n",
                                                            ref.inputFWHM, ref.referenceFWHM, what).utf8))
             }

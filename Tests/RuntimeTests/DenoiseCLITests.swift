@@ -82,6 +82,14 @@ final class DenoiseCLITests: XCTestCase {
         XCTAssertEqual(numbers.count, 2)
         XCTAssertEqual(numbers.first ?? 0, 1.5, accuracy: 0.05, e2)
         XCTAssertEqual(numbers.last ?? 0, -2.25, accuracy: 0.05, e2)
+        // A real reference has noise of its own: measured, and each method also scored without it.
+        XCTAssertTrue(e2.contains("reference noise: sky sigma"), e2)
+        for m in ["with the reference's own noise removed", "ceiling", "faint pixels"] { XCTAssertTrue(o2.contains(m), "lacks \(m):\n\(o2)") }
+        // PSF matching by a fitted kernel runs on the same pair.
+        let (s3, o3, e3) = try runProcess(exe, ["evaluate", "--task", "denoise", "--input", short, "--reference", long, "--back-size", "32",
+                                                "--methods", "none,gaussian", "--psf-match", "--psf-match-fit"])
+        XCTAssertEqual(s3, 0, o3 + e3)
+        XCTAssertTrue(e3.contains("PSF-matched pixel scores"), e3)
     }
 
     func testEvaluateDenoiseBadInput() throws {
@@ -100,6 +108,7 @@ final class DenoiseCLITests: XCTestCase {
             (["--input", long], "--reference"),
             (["--images", long, "--frames", long, other], "exactly one of"),
             (["--images", long, "--methods", "none,wiener"], "unknown denoising method"),
+            (["--input", long, "--reference", long, "--psf-match-fit"], "--psf-match-fit needs --psf-match"),
         ]
         for (args, message) in cases {
             let (s, o, e) = try runProcess(exe, ["evaluate", "--task", "denoise", "--back-size", "32"] + args)
