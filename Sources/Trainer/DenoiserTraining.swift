@@ -48,6 +48,10 @@ public struct DenoiserConfig: Equatable, Sendable {
     public var brightnessBoost = 1.0
     /// `CropSampler.recorruption` (0 = off), for the training and the validation crops.
     public var recorruption = 0.0
+    /// `LowPassLoss` added to the training loss with this weight (0 = off) and Gaussian sigma
+    /// (px); the validation loss stays the per-pixel loss.
+    public var lowPassLossWeight = 0.0
+    public var lowPassLossSigma = 1.5
     /// Deconvolution instead of denoising: the degradation (PSF and noise, in the units of the
     /// max-normalised truth) the crops are made with; nil for the Astro U-net denoiser.
     public var degradation: Degradation?
@@ -171,6 +175,10 @@ public struct DenoiserConfig: Equatable, Sendable {
         ]
         if tiedUpsampling { m["training.tied_upsampling"] = .bool(true) }
         if recorruption > 0 { m["training.recorruption"] = .float(recorruption) }
+        if lowPassLossWeight > 0 {
+            m["training.low_pass_loss_weight"] = .float(lowPassLossWeight)
+            m["training.low_pass_loss_sigma"] = .float(lowPassLossSigma)
+        }
         if let f = psfFamily {
             m["training.task"] = .string("deconvolve")
             m["training.psf_family"] = .string(f.description)
@@ -218,6 +226,8 @@ public struct DenoiserConfig: Equatable, Sendable {
         tiedUpsampling = m["training.tied_upsampling"].flatMap(bool) ?? false
         brightnessBoost = m["training.brightness_boost"]?.doubleValue ?? 1
         recorruption = m["training.recorruption"]?.doubleValue ?? 0
+        lowPassLossWeight = m["training.low_pass_loss_weight"]?.doubleValue ?? 0
+        lowPassLossSigma = m["training.low_pass_loss_sigma"]?.doubleValue ?? 1.5
         if let f = m["training.psf_family"]?.stringValue {
             psfFamily = try PSFFamily(parsing: f)
             wienerContext = Int(try get("training.wiener_context") { $0.intValue })
@@ -317,6 +327,9 @@ public final class DenoiserSession: ResumableTraining {
         self.train = train
         self.validation = validation
         trainer = try GraphTrainer(model: model, inputHeight: config.cropSize, inputWidth: config.cropSize)
+        if config.lowPassLossWeight > 0 {
+            trainer.lowPassLoss = try LowPassLoss(weight: Float(config.lowPassLossWeight), sigma: config.lowPassLossSigma)
+        }
         parameters = trainer.layout.flatten(model)
         let layout = trainer.layout
         frozenRanges = config.biasFree ? ParameterLayout.biasNames(model).map { layout.range($0) } : []

@@ -71,6 +71,9 @@ public final class GraphTrainer: @unchecked Sendable {
     /// Per step (forward then backward), seconds summed over samples and threads, when
     /// `collectTimings` is set.
     public var collectTimings = false
+    /// A loss term on the error's low frequencies, added to the per-pixel loss (`LowPassLoss`;
+    /// nil: none). Set between steps, not during one.
+    public var lowPassLoss: LowPassLoss? = nil
     private var timingSums: [Double]
     private let timingLock = NSLock()
 
@@ -504,6 +507,8 @@ public final class GraphTrainer: @unchecked Sendable {
         let acc: UnsafeMutablePointer<Float>
         let sums: UnsafeMutablePointer<Float>
         let lossRow: UnsafeMutablePointer<Float>
+        /// Two output planes of scratch for `LowPassLoss`.
+        let lowPass: UnsafeMutablePointer<Float>
         var timings: [Double]
         private let buffers: [BufferSpec]
 
@@ -519,6 +524,8 @@ public final class GraphTrainer: @unchecked Sendable {
             sums.initialize(repeating: 0, count: p.maxChannels)
             lossRow = .allocate(capacity: t.outputWidth)
             lossRow.initialize(repeating: 0, count: t.outputWidth)
+            lowPass = .allocate(capacity: 3 * t.outputHeight * t.outputWidth)
+            lowPass.initialize(repeating: 0, count: 3 * t.outputHeight * t.outputWidth)
             timings = [Double](repeating: 0, count: p.forward.count + 3 * p.backward.count)
         }
 
@@ -527,6 +534,7 @@ public final class GraphTrainer: @unchecked Sendable {
             acc.deallocate()
             sums.deallocate()
             lossRow.deallocate()
+            lowPass.deallocate()
         }
 
         @inline(__always)
@@ -629,6 +637,23 @@ public final class GraphTrainer: @unchecked Sendable {
             l += loss.accumulate(yv.pointer(c, y, 0), target + (c * oh + y) * ow, ow, total: total, grad: g)
             if weight != 1 { for i in 0..<ow { g[i] *= weight } }
         } }
+        if let lp = lowPassLoss, lp.weight > 0 {
+            let plane = oh * ow
+            let (d, f, back) = (ws.lowPass, ws.lowPass + plane, ws.lowPass + 2 * plane)
+            for c in 0..<yv.channels {
+                for y in 0..<oh {
+                    let yr = yv.pointer(c, y, 0), tr = target + (c * oh + y) * ow
+                    for x in 0..<ow { d[y * ow + x] = yr[x] - tr[x] }
+                }
+                l += lp.accumulate(difference: d, filtered: f, back: back, height: oh, width: ow)
+                guard let gv else { continue }
+                let scale = lp.weight * weight / Float(total)
+                for y in 0..<oh {
+                    let g = gv.pointer(c, y, 0)
+                    for x in 0..<ow { g[x] += scale * back[y * ow + x] }
+                }
+            }
+        }
         backward(ws)
         return weight == 1 ? l : l * Double(weight)
     }

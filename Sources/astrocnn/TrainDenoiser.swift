@@ -32,6 +32,10 @@ struct UNetTrainOptions: ParsableArguments {
     var brightnessBoost: Double = 1
     @Option(help: "astro-unet: recorrupted targets (recorrupted-to-recorrupted, Pang et al. 2021) with this alpha: the short exposure is drawn from the long one plus alpha z, the target is the long one minus z / alpha (z: white noise of the long exposure's sky sigma), so the long exposure's own noise is not learnt as signal (0 = off).")
     var recorrupt: Double = 0
+    @Option(help: "astro-unet, deconv recipes: add W x the L1 norm of the error's low frequencies (the error Gaussian-filtered, --low-pass-sigma) to the training loss, so that flux taken from or added to sources (source-shaped, low-frequency errors) costs more than the per-pixel loss alone makes it (0 = off; the validation loss stays the per-pixel one).")
+    var lowPassLoss: Double = 0
+    @Option(help: "The Gaussian sigma (px) of --low-pass-loss.")
+    var lowPassSigma: Double = 1.5
     @Flag(help: "astro-unet, deconv-unet: bias-free convolutions (every bias held at 0: the network is scale-equivariant, so sources brighter than any in training are not extrapolated through biases; Mohan et al. 2020).")
     var biasFree = false
     @Flag(help: "deconv-psf: the model written declares the data-consistency correction (restore --data-consistency, docs/EVALUATION.md) as its run-time default (also with --finish).")
@@ -188,6 +192,11 @@ extension Train {
             guard unet.recorrupt >= 0, unet.recorrupt.isFinite else { throw ValidationError("--recorrupt must be >= 0") }
             guard unet.recorrupt == 0 || !deconvolution else { throw ValidationError("--recorrupt is for the astro-unet denoiser") }
             c.recorruption = unet.recorrupt
+            if unet.lowPassLoss != 0 {
+                _ = try LowPassLoss(weight: Float(unet.lowPassLoss), sigma: unet.lowPassSigma)   // its ranges, before any work
+                c.lowPassLossWeight = unet.lowPassLoss
+                c.lowPassLossSigma = unet.lowPassSigma
+            }
             if !deconvolution {
                 guard let n = Normalization.Kind(rawValue: unet.normalization), n == .skyMAD || n == .skyVST else {
                     throw ValidationError("--normalization must be sky_mad or sky_vst")
