@@ -578,12 +578,17 @@ public final class DenoiserSession: ResumableTraining {
     }
 
     /// The model of the best validation epoch with its provenance.
-    public func finalModel() -> Model {
-        var m = trainer.layout.apply(bestEpoch > 0 ? bestParameters : parameters, to: model)
+    public func finalModel() -> Model { finalModel(latest: false) }
+
+    /// The model of the best validation epoch (`latest`: of the latest epoch) with its provenance.
+    public func finalModel(latest: Bool) -> Model {
+        let last = latest || bestEpoch == 0
+        var m = trainer.layout.apply(last ? parameters : bestParameters, to: model)
         provenance(&m)
         m.metadata["training.epochs_run"] = .int(Int64(history.count))
         m.metadata["training.best_epoch"] = .int(Int64(bestEpoch))
-        if let h = history.first(where: { $0.epoch == bestEpoch }) ?? history.last {
+        if latest { m.metadata["training.written_epoch"] = .int(Int64(history.count)) }
+        if let h = (latest ? nil : history.first(where: { $0.epoch == bestEpoch })) ?? history.last {
             m.metadata["training.train_loss"] = .float(h.trainLoss)
             m.metadata["training.validation_loss"] = .float(h.validationLoss)
         }

@@ -46,6 +46,9 @@ struct Train: ParsableCommand {
     @Flag(help: "With --resume: stop here and write the model of the best epoch so far (no more training).")
     var finish = false
 
+    @Flag(help: "With --finish (U-net recipes): write the latest epoch's model instead of the best validation epoch's (when the validation loss does not measure what the run trains for, e.g. with --low-pass-loss).")
+    var latest = false
+
     @Option(help: "With --resume: raise the epoch budget to this many epochs in all (the run then goes past its original plan).")
     var extendEpochs: Int?
 
@@ -135,6 +138,7 @@ struct Train: ParsableCommand {
                   + "\(c.optimizer) lr \(c.learningRate), augment \(c.augment), \(nThreads) threads; "
                   + "psf \(c.degradation.psfSpec.exactDescription), noise \(c.degradation.noise)")
         }
+        guard !latest else { throw ValidationError("--latest is for the U-net recipes (with --resume CKPT --finish)") }
         if finish {
             guard resume != nil, session.bestEpoch > 0 else { throw ValidationError("--finish needs --resume with a checkpoint after at least one epoch") }
             try ModelWriter.write(session.finalModel(), to: output, overwrite: overwrite)

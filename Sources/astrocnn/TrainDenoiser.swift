@@ -78,7 +78,7 @@ extension Train {
     /// The model written: the best validation epoch, declaring the data-consistency correction
     /// as its run-time default when asked (`--declare-data-consistency`).
     func written(_ session: DenoiserSession) -> Model {
-        var m = session.finalModel()
+        var m = session.finalModel(latest: latest)
         if unet.declareDataConsistency { m.metadata["deconvolution.data_consistency"] = .bool(true) }
         if unet.declareCap > 0 { m.metadata["denoise.cap_sigma"] = .float(unet.declareCap) }
         if unet.declareFluxRestore > 0 { m.metadata["denoise.flux_restore_sigma"] = .float(unet.declareFluxRestore) }
@@ -233,10 +233,16 @@ extension Train {
         if finish {
             guard resume != nil, session.bestEpoch > 0 else { throw ValidationError("--finish needs --resume with a checkpoint after at least one epoch") }
             try ModelWriter.write(written(session), to: output, overwrite: overwrite)
-            print(String(format: "wrote %@ from the checkpoint: best epoch %d of %d, validation loss %.4e", output, session.bestEpoch,
-                         session.history.count, session.bestValidation))
+            if latest {
+                print(String(format: "wrote %@ from the checkpoint: the latest epoch, %d, validation loss %.4e (best %d: %.4e)", output,
+                             session.history.count, session.history.last?.validationLoss ?? .nan, session.bestEpoch, session.bestValidation))
+            } else {
+                print(String(format: "wrote %@ from the checkpoint: best epoch %d of %d, validation loss %.4e", output, session.bestEpoch,
+                             session.history.count, session.bestValidation))
+            }
             return
         }
+        guard !latest else { throw ValidationError("--latest goes with --resume CKPT --finish") }
         session.trainer.collectTimings = unet.profile
         try runTraining(session, unit: "crops", rateFormat: "%.2f", checkpointPath: ckptPath, logPath: logPath, plotPath: plotPath,
                         title: "\(c.recipe) \(c.widths.map(String.init).joined(separator: "-")): \(c.loss.rawValue) loss", quiet: quiet)

@@ -70,6 +70,11 @@ final class DenoiserTrainingTests: XCTestCase {
         XCTAssertEqual(m.metadata["training.input_skip"], .bool(true))
         let net = try Network(model: m)
         XCTAssertEqual(net.runtimeParameters["exposure_ratio"], 2)
+        // --latest: the latest epoch's parameters, whatever the best validation epoch.
+        let latest = full.finalModel(latest: true)
+        XCTAssertEqual(latest.metadata["training.written_epoch"], .int(Int64(full.history.count)))
+        XCTAssertEqual(full.trainer.layout.flatten(latest), full.parameters)
+        XCTAssertEqual(full.trainer.layout.flatten(m), full.bestParameters)
         XCTAssertThrowsError(try DenoiserSession(config: c, training: [Self.field(60, 70, seed: 1)], validation: [], threads: 1))
         XCTAssertThrowsError(try DenoiserSession(config: c, training: [Self.field(60, 70, seed: 1)], validation: [Self.field(60, 70, seed: 1)], threads: 1))
     }
