@@ -91,7 +91,7 @@ public struct DenoiseEvaluator {
     /// this): bright cores, where a network trained on fainter pixels errs, pass through as
     /// measured.
     public var capSigma = 0.0
-    /// Estimate the reference's own noise (`referenceNoiseVariance`) and score every method also
+    /// Estimate the reference's own noise (`referenceSky`) and score every method also
     /// with it taken out of the squared error (`DenoiseResult.psnrReferenceNoiseRemoved`): for
     /// real references (a mean of other frames), whose noise is part of every method's error.
     public var referenceNoise = false
@@ -135,16 +135,13 @@ public struct DenoiseEvaluator {
         }
     }
 
-    /// The per-pixel variance of a real reference's noise: the square of its sky sigma (the
-    /// clipped MAD of `RobustSky`, as `restore` measures the sky) over the scored pixels of the
-    /// reference as scored (`pixelTruth`: blurred when PSF matching blurred it, resampled when
-    /// frames were registered; so both count). Sources' photon noise is above the sky's, so the
-    /// squared error this removes is a lower bound of the reference's noise: scores corrected by
-    /// it are conservative. Independent of the methods' outputs, so for each method
-    /// E[(estimate - reference)^2] = E[(estimate - field)^2] + this.
-    public func referenceNoiseVariance(_ ref: Reference) -> Double? { referenceSky(ref)?.variance }
-
-    /// The sky level and noise variance of `referenceNoiseVariance`.
+    /// A real reference's sky level and the per-pixel variance of its noise: the clipped median
+    /// and the square of the sky sigma (the clipped MAD of `RobustSky`, as `restore` measures the
+    /// sky) over the scored pixels of the reference as scored (`pixelTruth`: blurred when PSF
+    /// matching blurred it, resampled when frames were registered; so both count). Sources'
+    /// photon noise is above the sky's, so the squared error this removes is a lower bound of the
+    /// reference's noise: scores corrected by it are conservative. Independent of the methods'
+    /// outputs, so for each method E[(estimate - reference)^2] = E[(estimate - field)^2] + this.
     public func referenceSky(_ ref: Reference) -> (level: Double, variance: Double)? {
         let (h, w) = (ref.pixelTruth.height, ref.pixelTruth.width)
         let sky = RobustSky.estimate(count: h * w) { i in
