@@ -287,7 +287,12 @@ extension Evaluate {
         print("method".padding(toLength: 12, withPad: " ", startingAt: 0) + imgs.map { String($0.prefix(width - 2)).leftPad(width) }.joined()
               + "mean".leftPad(10) + "as scored".leftPad(11))
         func fmt(_ v: Double) -> String { v.isFinite ? String(format: "%.2f", v) : (v > 0 ? "inf" : "n/a") }
-        func meanOf(_ v: [Double]) -> Double { v.contains { !$0.isFinite } || v.isEmpty ? (v.contains(.infinity) ? .infinity : .nan) : v.reduce(0, +) / Double(v.count) }
+        // A mean over the images: n/a when one is missing, inf when one's error is below what the
+        // reference's noise estimate resolves.
+        func meanOf(_ v: [Double]) -> Double {
+            if v.isEmpty || v.contains(where: \.isNaN) { return .nan }
+            return v.contains(.infinity) ? .infinity : v.reduce(0, +) / Double(v.count)
+        }
         let c = imgs.map { ceilings[$0] ?? .nan }
         print("ceiling".padding(toLength: 12, withPad: " ", startingAt: 0) + c.map { fmt($0).leftPad(width) }.joined() + fmt(meanOf(c)).leftPad(10))
         for m in methods {
