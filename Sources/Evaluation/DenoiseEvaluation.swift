@@ -95,6 +95,8 @@ public struct DenoiseEvaluator {
     /// with it taken out of the squared error (`DenoiseResult.psnrReferenceNoiseRemoved`): for
     /// real references (a mean of other frames), whose noise is part of every method's error.
     public var referenceNoise = false
+    /// Networks run as a self-ensemble of this many symmetries of the square (`SelfEnsemble`).
+    public var ensemble = 1
 
     public init() {}
 
@@ -269,10 +271,13 @@ public struct DenoiseEvaluator {
             let fits = FITSImage(width: noisy.width, height: noisy.height, pixels: noisy.pixels.map { Float($0) })
             var opts = Restoration.Options(threads: threads)
             opts.gain = noisyGain
+            // 'Valid' models (the Flamary 3-CNN) cannot be turned: they run once.
+            opts.ensemble = (try? SelfEnsemble.check(net, count: ensemble)) != nil ? ensemble : 1
             if net.runtimeParameters["exposure_ratio"] != nil { opts.parameters["exposure_ratio"] = Float(exposureRatio) }
             let (px, _) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: noisy.height, width: noisy.width, pixels: px.map(Double.init)),
-                    "model=\((path as NSString).lastPathComponent)" + (opts.parameters["exposure_ratio"].map { ",exposure_ratio=\($0)" } ?? ""))
+                    "model=\((path as NSString).lastPathComponent)" + (opts.parameters["exposure_ratio"].map { ",exposure_ratio=\($0)" } ?? "")
+                        + (opts.ensemble > 1 ? ",ensemble=\(opts.ensemble)" : ""))
         }
     }
 

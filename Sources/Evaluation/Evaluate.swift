@@ -74,6 +74,8 @@ public struct Evaluator {
     public var seed: UInt64 = 1
     public var threads = ParallelFor.availableCores
     public var crop = 32
+    /// Networks run as a self-ensemble of this many symmetries of the square (`SelfEnsemble`).
+    public var ensemble = 1
 
     public init() {}
 
@@ -141,9 +143,12 @@ public struct Evaluator {
             // least 0, which Richardson-Lucy and Prox-TV assume too).
             opts.dataConsistency = name.hasSuffix(Method.dataConsistencySuffix) || name.hasSuffix(Method.dataConsistencySuffix + Method.lowerBoundSuffix)
             if name.hasSuffix(Method.dataConsistencySuffix + Method.lowerBoundSuffix) { opts.lowerBound = 0 }
+            // 'Valid' models (the Flamary 3-CNN) cannot be turned: they run once.
+            opts.ensemble = (try? SelfEnsemble.check(net, count: ensemble)) != nil ? ensemble : 1
             let (px, report) = try Restoration.restore(fits, network: net, options: opts)
             return (Image2D(height: observed.height, width: observed.width, pixels: px.map(Double.init)),
-                    "model=\((path as NSString).lastPathComponent)" + (report.dataConsistency.map { ",dc=\($0.keyword)" } ?? ""))
+                    "model=\((path as NSString).lastPathComponent)" + (report.dataConsistency.map { ",dc=\($0.keyword)" } ?? "")
+                        + (opts.ensemble > 1 ? ",ensemble=\(opts.ensemble)" : ""))
         }
     }
 

@@ -435,7 +435,8 @@ final class ExecutionPlan {
     /// returns the output map. With `timings`, the seconds of each step are added to it.
     /// The result does not depend on the thread count: every output value is computed by the
     /// same operations whichever thread computes it.
-    func run(_ input: FeatureMap, parameters: [String: Float], threads: Int = 1, timings: UnsafeMutablePointer<Double>? = nil) -> FeatureMap {
+    func run(_ input: FeatureMap, parameters: [String: Float], threads: Int = 1, timings: UnsafeMutablePointer<Double>? = nil,
+             psf psfOverride: PSFKernel? = nil) -> FeatureMap {
         if let b = bands { return b.run(input, parameters: parameters, threads: threads, isa: isa, timings: timings) }
         for v in inputFrames { v.clearMargins() }
         inputView.load(input)
@@ -462,7 +463,7 @@ final class ExecutionPlan {
                 Self.rows(y.height, threads) { FastOps.copy(x, y, rows: $0) }
             case let .wiener(x, y, psf):
                 let fixed = parameters[WienerDeconvolution.lambdaParameter].flatMap { $0 > 0 ? Double($0) : nil }
-                WienerDeconvolution.apply(x.pointer(0, 0, 0), inputStride: x.rowStride, height: y.height, width: y.width, psf: psf!,
+                WienerDeconvolution.apply(x.pointer(0, 0, 0), inputStride: x.rowStride, height: y.height, width: y.width, psf: psfOverride ?? psf!,
                                           output: y.pointer(0, 0, 0), outputStride: y.rowStride, lambda: fixed, threads: threads)
             }
         }

@@ -239,7 +239,7 @@ public final class Network: @unchecked Sendable {
     }
 
     /// The scalar reference executor (the test oracle).
-    func referenceForward(_ input: FeatureMap, parameters: [String: Float]) -> FeatureMap {
+    func referenceForward(_ input: FeatureMap, parameters: [String: Float], psf psfOverride: PSFKernel? = nil) -> FeatureMap {
         // Free each value after its last use.
         var lastUse: [String: Int] = [:]
         for (step, i) in analysis.order.enumerated() {
@@ -273,7 +273,7 @@ public final class Network: @unchecked Sendable {
             case .wienerDeconvolution:
                 let fixed = parameters[WienerDeconvolution.lambdaParameter].flatMap { $0 > 0 ? Double($0) : nil }
                 y = FeatureMap(channels: 1, height: x.height, width: x.width,
-                               data: WienerDeconvolution.apply(x.data, height: x.height, width: x.width, psf: psf!, lambda: fixed).image)
+                               data: WienerDeconvolution.apply(x.data, height: x.height, width: x.width, psf: psfOverride ?? psf!, lambda: fixed).image)
             }
             values[n.output] = y
             for v in n.inputs where lastUse[v] == step && !graph.outputs.contains(v) { values[v] = nil }

@@ -55,6 +55,9 @@ public enum Restoration {
         /// never below it: bias-subtracted counts, or a sky-subtracted image whose sky estimate
         /// is right), held by the correction (`DataConsistency.correct`'s `lowerBound`); nil: none.
         public var lowerBound: Float?
+        /// Symmetries of the square each tile runs in, outputs averaged (`SelfEnsemble`: 1, 2, 4
+        /// or 8; 'same' models without a Wiener step).
+        public var ensemble = 1
         public init(threads: Int = ParallelFor.availableCores, tileSize: Int? = nil, parameters: [String: Float] = [:],
                     algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.threads = threads
@@ -122,7 +125,7 @@ public enum Restoration {
         let ph = h + pads[0] + pads[1], pw = w + pads[2] + pads[3]
 
         let runner = TiledRunner(network: network, tileSize: options.tileSize, threads: options.threads, algorithm: options.algorithm, isa: options.isa,
-                                 memoryBudget: options.memoryBudget)
+                                 memoryBudget: options.memoryBudget, ensemble: options.ensemble)
         // The image's copies (network units, padded, output, restored) and the tile maps.
         let maps = min(Double(runner.wholeImageBudget), Double(ph) * Double(pw) * network.bytesPerInputPixel)
         try MemoryBudget.check(Double(ph) * Double(pw) * 4 * 4 + maps, "restoring the \(w)x\(h) image in memory with '\(network.name)'",
@@ -209,6 +212,9 @@ public enum Restoration {
         let (pk, ph) = network.psfProvenance
         keywords += pk
         history += ph
+        let (ek, eh) = SelfEnsemble.provenance(options.ensemble)
+        keywords += ek
+        history += eh
         if let d = report.dataConsistency {
             keywords.append(("ACNNDC", .string(d.keyword), "data-consistency correction (mu in noise units)"))
             history.append(d.history)

@@ -184,6 +184,7 @@ public enum StreamingRestore {
             throw ScaleError.badInput("window rows \(rows) columns \(columns) is not on the \(T)-pixel tile grid of the \(layout.width)x\(layout.height) image")
         }
         try network.checkParameters(options.parameters)
+        try SelfEnsemble.check(network, count: options.ensemble)
         let g = network.analysis.geometry
         let m = g.sizeMultiple
         let (w, h) = (layout.width, layout.height)
@@ -289,20 +290,15 @@ public enum StreamingRestore {
                         }
                         let y: FeatureMap
                         do {
-                            if let packed = packed {
-                                let cache = free.pop()
-                                defer { free.push(cache) }
-                                let plan = try cache.plan(network, packed, bh, ww, isa, algorithm)
-                                if !tileParallel { profile.mark("tile input copy, plan (+ Winograd weights)") }
-                                y = plan.run(input, parameters: parameters, threads: tileParallel ? 1 : threads)
-                            } else {
-                                y = try network.forward(input, parameters: parameters, algorithm: .reference)
-                            }
+                            let cache = free.pop()
+                            defer { free.push(cache) }
+                            y = try TiledRunner.runWindow(input, network: network, packed: packed, cache: cache, isa: isa, algorithm: algorithm,
+                                                          parameters: parameters, threads: tileParallel ? 1 : threads, ensemble: options.ensemble)
                         } catch {
                             failure.set(error)
                             return
                         }
-                        if !tileParallel { profile.mark("graph run") }
+                        if !tileParallel { profile.mark("tile input copy, plan (+ Winograd weights), graph run") }
                         // Network output row k of this window is output row r0 + k.
                         let xs0 = max(tile.b, columns.lowerBound), xs1 = min(tile.b + tile.u, columns.upperBound)
                         if xs1 > xs0 {
@@ -371,6 +367,9 @@ public enum StreamingRestore {
         let (pk, ph) = network.psfProvenance
         keywords += pk
         history += ph
+        let (ek, eh) = SelfEnsemble.provenance(options.ensemble)
+        keywords += ek
+        history += eh
         history += extraHistory
         if let c = command { history.append("Command: \(c)") }
         return FITSIO.Provenance(keywords: keywords, history: history)
@@ -387,6 +386,7 @@ public enum StreamingRestore {
         for (k, v) in options.parameters.sorted(by: { $0.key < $1.key }) { parts.append("\(k)=\(v)") }
         if let p = options.psf { parts.append("psf=\(p)") }
         if options.dataConsistency { parts.append("dc") }
+        if options.ensemble > 1 { parts.append("ensemble=\(options.ensemble)") }
         if options.dataConsistency, let b = options.lowerBound { parts.append("lower_bound=\(b)") }
         return parts.joined(separator: ";")
     }

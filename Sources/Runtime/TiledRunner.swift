@@ -27,10 +27,14 @@ public struct TiledRunner: Sendable {
     /// least `memoryBudget`; the streaming restore runs whole frames that fit the in-memory
     /// budget, and tiles larger images from its smaller band budget).
     public let wholeImageBudget: Int
+    /// Symmetries of the square each tile window runs in, outputs averaged (`SelfEnsemble`).
+    public let ensemble: Int
 
     public init(network: Network, tileSize: Int? = nil, threads: Int = ParallelFor.availableCores,
-                algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, memoryBudget: Int? = nil, wholeImageBudget: Int? = nil) {
+                algorithm: ConvAlgorithm = .auto, isa: KernelISA = .best, memoryBudget: Int? = nil, wholeImageBudget: Int? = nil,
+                ensemble: Int = 1) {
         self.network = network
+        self.ensemble = ensemble
         self.algorithm = algorithm
         self.isa = isa
         self.requestedTile = tileSize ?? network.metadata["default_tile"]?.intValue.map(Int.init)
@@ -90,6 +94,7 @@ public struct TiledRunner: Sendable {
     public func run(padded: [Float], height: Int, width: Int, parameters: [String: Float] = [:],
                     progress: (@Sendable (Int, Int) -> Void)? = nil) throws -> FeatureMap {
         try network.checkParameters(parameters)
+        try SelfEnsemble.check(network, count: ensemble)
         let (oh, ow) = try outputSize(height: height, width: width)
         let g = network.analysis.geometry
         let m = g.sizeMultiple
@@ -120,7 +125,7 @@ public struct TiledRunner: Sendable {
         let caches = network.planCaches(workers)
         let free = PlanCacheStack(caches)
         let done = Counter(), failure = FirstError()
-        let (network, isa, algorithm, threads) = (self.network, self.isa, self.algorithm, self.threads)
+        let (network, isa, algorithm, threads, ensemble) = (self.network, self.isa, self.algorithm, self.threads, self.ensemble)
         try out.data.withUnsafeMutableBufferPointer { outBuffer in
             nonisolated(unsafe) let dstBase = outBuffer.baseAddress!
             let source = padded
@@ -141,14 +146,10 @@ public struct TiledRunner: Sendable {
                 }
                 let y: FeatureMap
                 do {
-                    if let packed = packed {
-                        let cache = free.pop()
-                        defer { free.push(cache) }
-                        let plan = try cache.plan(network, packed, wh, ww, isa, algorithm)
-                        y = plan.run(tile, parameters: parameters, threads: tileParallel ? 1 : threads)
-                    } else {
-                        y = try network.forward(tile, parameters: parameters, algorithm: .reference)
-                    }
+                    let cache = free.pop()
+                    defer { free.push(cache) }
+                    y = try TiledRunner.runWindow(tile, network: network, packed: packed, cache: cache, isa: isa, algorithm: algorithm,
+                                                  parameters: parameters, threads: tileParallel ? 1 : threads, ensemble: ensemble)
                 } catch {
                     failure.set(error)
                     return
@@ -167,6 +168,22 @@ public struct TiledRunner: Sendable {
             if let e = failure.error { throw e }
         }
         return out
+    }
+
+    /// One tile window through the network (its plan from `cache`, or the scalar reference when
+    /// `packed` is nil), in `ensemble` symmetries averaged (`SelfEnsemble`).
+    static func runWindow(_ window: FeatureMap, network: Network, packed: PackedWeights?, cache: PlanCache, isa: KernelISA,
+                          algorithm: ConvAlgorithm, parameters: [String: Float], threads: Int, ensemble: Int) throws -> FeatureMap {
+        try SelfEnsemble.run(window, count: ensemble) { x, k in
+            // A Wiener step deconvolves the turned window by the turned PSF.
+            let psf = try k == 0 ? nil : network.psf.map { try SelfEnsemble.transform(psf: $0, k) }
+            guard let packed = packed else {
+                try network.checkInput(x, parameters)
+                return network.referenceForward(x, parameters: parameters, psf: psf)
+            }
+            let plan = try cache.plan(network, packed, x.height, x.width, isa, algorithm)
+            return plan.run(x, parameters: parameters, threads: threads, psf: psf)
+        }
     }
 }
 

@@ -46,12 +46,14 @@ struct Evaluate: ParsableCommand {
     @Option(help: "PNG panel like the paper's Fig. 3 (truth, degraded, each method, same zoom and stretch).") var panel: String?
     @Option(help: "Side of the zoomed region in the panel.") var zoom: Int = 192
     @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Option(help: "Run each network as a self-ensemble of 1, 2, 4 or 8 symmetries of the square (turns and flips; a Wiener step's PSF turned with the image), outputs turned back and averaged, as restore --ensemble; 'valid' models such as flamary3 run once (the parameters column says which ran as an ensemble).") var ensemble: Int = 1
 
     @OptionGroup var denoise: DenoiseOptions
     @OptionGroup var injection: InjectionOptions
 
     func run() throws {
         do {
+            guard SelfEnsemble.counts.contains(ensemble) else { throw ValidationError("--ensemble takes 1, 2, 4 or 8") }
             switch task {
             case "deconvolve": try evaluate()
             case "denoise": try evaluateDenoising()
@@ -111,6 +113,7 @@ struct Evaluate: ParsableCommand {
         ev.degradation = degradation
         ev.seed = seed
         ev.threads = max(1, threads ?? ParallelFor.availableCores)
+        ev.ensemble = ensemble
         var results: [MethodResult] = []
         var panels: [(title: String, pixels: [Float])] = []
         var panelSize = (0, 0)

@@ -93,6 +93,7 @@ extension Evaluate {
         ev.fluxRestoreSigma = denoise.fluxRestore
         guard denoise.cap >= 0, denoise.cap.isFinite else { throw ValidationError("--cap must be >= 0") }
         ev.capSigma = denoise.cap
+        ev.ensemble = ensemble
         ev.threads = threads
         // Real references (other frames) hold noise of their own: each method is also scored
         // with it taken out of the squared error.

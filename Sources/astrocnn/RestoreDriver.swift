@@ -29,6 +29,9 @@ struct RestoreCommonOptions: ParsableArguments {
     @Option(name: .customLong("param"), help: "Run-time model parameter NAME=VALUE (e.g. exposure_ratio=4). Repeatable.")
     var params: [String] = []
 
+    @Option(help: "Self-ensemble: run each tile in 1, 2, 4 or 8 symmetries of the square (turns and flips), turn the outputs back and average them (N times the time; 'same' models without a PSF step, such as the denoisers). Default 1.")
+    var ensemble: Int = 1
+
     @Flag(help: "Replace output files that exist (a batch skips outputs already made from the same input, model and options).")
     var overwrite = false
 
@@ -143,6 +146,8 @@ struct RestoreDriver {
         var options = Restoration.Options(threads: c.threads ?? ParallelFor.availableCores, tileSize: c.tile, parameters: parameters,
                                           algorithm: algorithm)
         options.psf = network.psfDescription
+        do { try SelfEnsemble.check(network, count: c.ensemble) } catch { throw failure(describe(error)) }
+        options.ensemble = c.ensemble
         if c.dataConsistency && c.noDataConsistency { throw failure("--data-consistency and --no-data-consistency contradict each other") }
         if c.dataConsistency {
             guard network.wienerContext != nil, network.normalization == .noiseMAD else {
