@@ -254,7 +254,11 @@ public final class WinogradConv: @unchecked Sendable {
         // 16 floats so that the input transform's n^2 stores per channel (kStride apart) fall in
         // different L1 sets (c * tb floats alone is a multiple of 2 KiB for c = 64).
         let kStride = c * tb + 16
-        let vSize = nk * kStride, mSize = nk * o * tb + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
+        // M[k] likewise: the output transform reads the n^2 matrices' rows of one output channel
+        // at once, o * tb floats apart (a multiple of 4 KiB for o = 64 on AVX-512); 16 floats of
+        // padding spread them over the L1 sets (that phase's time -8 to -15% at 1024², 1 thread).
+        let mStride = o * tb + 16
+        let vSize = nk * kStride, mSize = nk * mStride + vw, stageSize = n * m * phaseLen, outStage = m * m * phaseLen
         let (buf, capacity) = pool.borrow(vSize + mSize + stageSize + outStage)
         defer { pool.giveBack(buf, capacity: capacity) }
         let v = buf, mm = buf + vSize, stage = mm + mSize, ostage = stage + stageSize
@@ -284,11 +288,11 @@ public final class WinogradConv: @unchecked Sendable {
             }
             // n^2 GEMMs: M[k] (o x tb) = U[k] (o x c) V[k] (c x tb).
             for k in 0..<nk {
-                FastOps.gemm(isa, UnsafePointer(v + k * kStride), tb, c, packed[k].weights, packed[k].bias, o / 4, mm + k * o * tb, tb, tb / vw)
+                FastOps.gemm(isa, UnsafePointer(v + k * kStride), tb, c, packed[k].weights, packed[k].bias, o / 4, mm + k * mStride, tb, tb / vw)
             }
             // Output transform, bias, activation; interleave the m phases into the rows.
             for oc in 0..<o {
-                Self.outputTransform(isa, n, m, mm + oc * tb, o * tb, tb, bias[oc], act, alpha, ostage, phaseLen)
+                Self.outputTransform(isa, n, m, mm + oc * tb, mStride, tb, bias[oc], act, alpha, ostage, phaseLen)
                 for seg in segments {
                     for i in 0..<m {
                         let yy = m * seg.row + i
