@@ -11,7 +11,8 @@ import ModelFormat
 /// Members, in the order they run and are summed (fixed, so the result is the same bits for any
 /// thread count): 2 = identity and a left-right flip; 4 = those two, the half turn and the
 /// top-bottom flip (shape-preserving); 8 = the four above, then the four that transpose the
-/// window (one plan change per tile). Symmetry `k` is `k & 3` counter-clockwise quarter turns
+/// window (a non-square window changes its plan's shape once each way per tile: the plan cache
+/// frees one before making the other, so memory stays that of one plan). Symmetry `k` is `k & 3` counter-clockwise quarter turns
 /// followed by a left-right flip when `k & 4` is set (`Image2D.dihedral`'s convention).
 public enum SelfEnsemble {
     public static let counts = [1, 2, 4, 8]
